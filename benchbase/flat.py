@@ -1,0 +1,61 @@
+"""One contiguous buffer for all of a model's parameters (and one for their gradients).
+
+Mixing reads and writes a learner's parameters as one tensor, so the communication layer sends
+one message per neighbour and combines with a handful of vector operations. The model's
+parameters become views of the buffer, so writing the buffer writes the model; gradients
+accumulate into views of a second buffer, so an optimiser can step the single `flat` parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FlatParameters:
+    """Re-seats every parameter of `modules` into one buffer. Build optimisers on `.parameter`."""
+
+    def __init__(self, *modules: nn.Module) -> None:
+        params = [p for module in modules for p in module.parameters()]
+        if not params:
+            raise ValueError("a model without parameters has nothing to mix")
+        total = sum(p.numel() for p in params)
+        first = params[0]
+        data = torch.empty(total, dtype=first.dtype, device=first.device)
+        grad = torch.zeros(total, dtype=first.dtype, device=first.device)
+        offset = 0
+        for p in params:
+            size = p.numel()
+            data[offset : offset + size].copy_(p.detach().reshape(-1))
+            p.data = data[offset : offset + size].view_as(p)
+            p.grad = grad[offset : offset + size].view_as(p)
+            offset += size
+        self.parameter = nn.Parameter(data)
+        self.parameter.grad = grad
+        self._views = params
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The buffer that holds every parameter (mixing writes it in place)."""
+        return self.parameter.data
+
+    @property
+    def grad(self) -> torch.Tensor:
+        return self.parameter.grad
+
+    def zero_grad(self) -> None:
+        self.parameter.grad.zero_()
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Scale the gradient to at most `max_norm`; returns the norm before clipping."""
+        norm = float(torch.linalg.vector_norm(self.parameter.grad))
+        if max_norm > 0 and norm > max_norm:
+            self.parameter.grad.mul_(max_norm / (norm + 1e-6))
+        return norm
+
+    def check_views(self) -> None:
+        """Fail loudly if autograd replaced a gradient instead of accumulating into the buffer."""
+        storage = self.parameter.grad.untyped_storage().data_ptr()
+        for p in self._views:
+            if p.grad is None or p.grad.untyped_storage().data_ptr() != storage:
+                raise RuntimeError("a parameter's gradient left the flat buffer (was zero_grad(set_to_none) used?)")

@@ -1,0 +1,1 @@
+"""Built-in algorithms: actor-critic learners that mix parameters with their neighbours."""

@@ -1,0 +1,303 @@
+"""Shared pieces of the on-policy actor-critic learners: networks, normalisation, rollouts, returns.
+
+Algorithms subclass `OnPolicyLearner` and write only their `update` (Stable-Baselines3's shape:
+the base collects, the algorithm learns). Facts follow `reference/algorithms.md`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from benchbase.contracts import FinishedEpisode, IterationOutput, LearnerSpec, TaskVectorEnv
+from benchbase.flat import FlatParameters
+
+# -- networks ---------------------------------------------------------------------------------
+
+
+def _linear(in_features: int, out_features: int, gain: float) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _tower(in_features: int, hidden: int, out_features: int, head_gain: float) -> nn.Sequential:
+    return nn.Sequential(
+        _linear(in_features, hidden, math.sqrt(2)),
+        nn.Tanh(),
+        _linear(hidden, hidden, math.sqrt(2)),
+        nn.Tanh(),
+        _linear(hidden, out_features, head_gain),
+    )
+
+
+class MLPActorCritic(nn.Module):
+    """Separate actor and critic towers (2×hidden, tanh), orthogonal init, zero biases.
+
+    Discrete actions: the actor outputs logits. Continuous: it outputs the Gaussian mean, and a
+    state-independent `log_std` (init 0) is a parameter like any other, so it is mixed too.
+    """
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, hidden: int = 64) -> None:
+        super().__init__()
+        obs_dim = int(np.prod(observation_space.shape))
+        self.continuous = isinstance(action_space, spaces.Box)
+        out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
+        self.actor = _tower(obs_dim, hidden, out, head_gain=0.01)
+        self.critic = _tower(obs_dim, hidden, 1, head_gain=1.0)
+        if self.continuous:
+            self.log_std = nn.Parameter(torch.zeros(out))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+
+class ActionDistribution:
+    """Sampling, log-probabilities and entropy for the actor's output, without the overhead of
+    `torch.distributions` (acting is the hot loop)."""
+
+    def __init__(self, model: MLPActorCritic) -> None:
+        self.model = model
+
+    def sample(self, actor_out: torch.Tensor) -> torch.Tensor:
+        if self.model.continuous:
+            return actor_out + self.model.log_std.exp() * torch.randn_like(actor_out)
+        return torch.multinomial(torch.softmax(actor_out, dim=-1), 1).squeeze(-1)
+
+    def greedy(self, actor_out: torch.Tensor) -> torch.Tensor:
+        return actor_out if self.model.continuous else actor_out.argmax(dim=-1)
+
+    def log_prob_entropy(self, actor_out: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.model.continuous:
+            log_std = self.model.log_std
+            log_prob = (-0.5 * ((actions - actor_out) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum().expand(actor_out.shape[0])
+            return log_prob, entropy
+        log_probs = torch.log_softmax(actor_out, dim=-1)
+        log_prob = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return log_prob, entropy
+
+
+# -- normalisation (statistics stay local to a learner) ---------------------------------------
+
+
+class RunningMeanStd:
+    """Running mean and variance over batches (parallel-variance update)."""
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = 1e-4
+
+    def update(self, batch: np.ndarray) -> None:
+        batch_mean, batch_var, batch_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        self.var = (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
+        self.count = total
+
+
+class ObservationNormaliser:
+    """(obs − mean) / std, clipped to ±clip. Statistics are refreshed once per rollout."""
+
+    def __init__(self, shape: tuple[int, ...], enabled: bool, clip: float = 10.0) -> None:
+        self.enabled = enabled
+        self.clip = clip
+        self.stats = RunningMeanStd(shape)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._mean = self.stats.mean.astype(np.float32)
+        self._inv_std = (1.0 / np.sqrt(self.stats.var + 1e-8)).astype(np.float32)
+
+    def update(self, raw_batch: np.ndarray) -> None:
+        if self.enabled:
+            self.stats.update(raw_batch.reshape(-1, *self.stats.mean.shape))
+            self._refresh()
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return raw.astype(np.float32, copy=False)
+        return np.clip((raw - self._mean) * self._inv_std, -self.clip, self.clip)
+
+
+class RewardScaler:
+    """Divides rewards by the running std of each simulator's discounted return (clip ±clip)."""
+
+    def __init__(self, num_envs: int, gamma: float, enabled: bool, clip: float = 10.0) -> None:
+        self.enabled = enabled
+        self.gamma = gamma
+        self.clip = clip
+        self.stats = RunningMeanStd(())
+        self.discounted = np.zeros(num_envs, dtype=np.float64)
+
+    def scale(self, rewards: np.ndarray, ended: np.ndarray) -> np.ndarray:
+        """Scale a rollout's rewards [T, P]; `ended[t]` marks episodes that ended at step t."""
+        if not self.enabled:
+            return rewards
+        returns = np.empty_like(rewards, dtype=np.float64)
+        for t in range(rewards.shape[0]):
+            self.discounted = self.discounted * self.gamma + rewards[t]
+            returns[t] = self.discounted
+            self.discounted[ended[t]] = 0.0
+        self.stats.update(returns.reshape(-1))
+        return np.clip(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip, self.clip).astype(np.float32)
+
+
+# -- returns ----------------------------------------------------------------------------------
+
+
+def discounted_returns(rewards: np.ndarray, not_done: np.ndarray, bootstrap: np.ndarray, gamma: float) -> np.ndarray:
+    """n-step bootstrapped returns: R_t = r_t + γ·m_t·R_{t+1}, R_T = V(s_T); m_t = 0 if the episode
+    ended at step t. Arrays are [T, P]; `bootstrap` is [P]."""
+    returns = np.empty_like(rewards, dtype=np.float32)
+    running = bootstrap.astype(np.float32)
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = rewards[t] + gamma * not_done[t] * running
+        returns[t] = running
+    return returns
+
+
+def gae_advantages(
+    rewards: np.ndarray, values: np.ndarray, not_done: np.ndarray, bootstrap: np.ndarray, gamma: float, lam: float
+) -> np.ndarray:
+    """Generalised advantage estimates A_t = Σ_k (γλ)^k δ_{t+k}, δ_t = r_t + γ m_t V_{t+1} − V_t."""
+    advantages = np.empty_like(rewards, dtype=np.float32)
+    running = np.zeros_like(bootstrap, dtype=np.float32)
+    next_value = bootstrap.astype(np.float32)
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        delta = rewards[t] + gamma * not_done[t] * next_value - values[t]
+        running = delta + gamma * lam * not_done[t] * running
+        advantages[t] = running
+        next_value = values[t]
+    return advantages
+
+
+# -- the on-policy learner --------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """T steps from P simulators. Observations are as the policy saw them (normalised)."""
+
+    observations: np.ndarray  # [T, P, *obs_shape] float32
+    actions: np.ndarray  # [T, P] int64 or [T, P, act_dim] float32
+    rewards: np.ndarray  # [T, P] float32, scaled, truncation bootstrap included
+    not_done: np.ndarray  # [T, P] float32: 0 where the episode ended at step t
+    last_observations: np.ndarray  # [P, *obs_shape] float32, for the bootstrap V(s_T)
+
+
+class OnPolicyLearner:
+    """Collects T-step rollouts from the learner's simulators; subclasses write `update`."""
+
+    def __init__(
+        self,
+        spec: LearnerSpec,
+        *,
+        n_steps: int,
+        gamma: float,
+        hidden: int,
+        normalise_observations: bool,
+        normalise_rewards: bool,
+    ) -> None:
+        self.env: TaskVectorEnv = spec.env
+        self.device = torch.device(spec.device)
+        self.n_steps = n_steps
+        self.gamma = gamma
+        # Same torch seed on every learner: every learner starts from the same parameters.
+        torch.manual_seed(spec.seed)
+        self.model = MLPActorCritic(self.env.observation_space, self.env.action_space, hidden).to(self.device)
+        self.flat = FlatParameters(self.model)
+        self.distribution = ActionDistribution(self.model)
+        # From here on each learner samples its own actions.
+        torch.manual_seed(spec.seed * 100_003 + spec.rank + 1)
+
+        num_envs = self.env.num_envs
+        obs_shape = self.env.observation_space.shape
+        action_space = self.env.action_space
+        self.continuous = isinstance(action_space, spaces.Box)
+        if self.continuous:
+            self._action_low = action_space.low.astype(np.float32)
+            self._action_high = action_space.high.astype(np.float32)
+        self.obs_normaliser = ObservationNormaliser(obs_shape, normalise_observations)
+        self.reward_scaler = RewardScaler(num_envs, gamma, normalise_rewards)
+
+        self._raw_obs = self.env.reset(seed=spec.seed * 1_000_003 + spec.rank)
+        self._observations = np.zeros((n_steps, num_envs, *obs_shape), dtype=np.float32)
+        self._raw_observations = np.zeros((n_steps + 1, num_envs, *obs_shape), dtype=np.float32)
+        action_shape = (n_steps, num_envs, *action_space.shape) if self.continuous else (n_steps, num_envs)
+        self._actions = np.zeros(action_shape, dtype=np.float32 if self.continuous else np.int64)
+        self._rewards = np.zeros((n_steps, num_envs), dtype=np.float32)
+        self._ended = np.zeros((n_steps, num_envs), dtype=bool)
+        self._truncation_bonus = np.zeros((n_steps, num_envs), dtype=np.float32)
+
+    # -- what the core calls ----------------------------------------------------------------
+
+    def parameters_buffer(self) -> torch.Tensor:
+        return self.flat.data
+
+    def iterate(self) -> IterationOutput:
+        rollout, finished = self.collect()
+        metrics = self.update(rollout)
+        return IterationOutput(env_steps=self.n_steps * self.env.num_envs, finished=finished, metrics=metrics)
+
+    def act_greedy(self, observations: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            obs = torch.from_numpy(self.obs_normaliser(observations)).to(self.device)
+            actions = self.distribution.greedy(self.model.actor(obs)).cpu().numpy()
+        return self._to_env(actions)
+
+    # -- algorithm-specific ---------------------------------------------------------------------
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- collection -----------------------------------------------------------------------------
+
+    def _to_env(self, actions: np.ndarray) -> np.ndarray:
+        return np.clip(actions, self._action_low, self._action_high) if self.continuous else actions
+
+    def collect(self) -> tuple[Rollout, list[FinishedEpisode]]:
+        finished: list[FinishedEpisode] = []
+        self._truncation_bonus.fill(0.0)
+        actor = self.model.actor
+        with torch.inference_mode():
+            for t in range(self.n_steps):
+                self._raw_observations[t] = self._raw_obs
+                obs = self.obs_normaliser(self._raw_obs)
+                self._observations[t] = obs
+                actions = self.distribution.sample(actor(torch.from_numpy(obs).to(self.device))).cpu().numpy()
+                self._actions[t] = actions
+                result = self.env.step(self._to_env(actions))
+                self._rewards[t] = result.rewards
+                ended = result.terminated | result.truncated
+                self._ended[t] = ended
+                if result.truncated.any():
+                    # A time limit is not a terminal state: bootstrap from the state it cut off.
+                    cut = result.truncated & ~result.terminated
+                    if cut.any():
+                        final = torch.from_numpy(self.obs_normaliser(result.final_observations[cut])).to(self.device)
+                        self._truncation_bonus[t, cut] = self.gamma * self.model.value(final).cpu().numpy()
+                if result.finished:
+                    finished.extend(result.finished)
+                self._raw_obs = result.observations
+        self._raw_observations[self.n_steps] = self._raw_obs
+        last = self.obs_normaliser(self._raw_obs)
+        self.obs_normaliser.update(self._raw_observations[1:])
+        rewards = self.reward_scaler.scale(self._rewards, self._ended) + self._truncation_bonus
+        rollout = Rollout(
+            observations=self._observations,
+            actions=self._actions,
+            rewards=rewards,
+            not_done=(~self._ended).astype(np.float32),
+            last_observations=last,
+        )
+        return rollout, finished

@@ -1,0 +1,102 @@
+"""Diff-A2C: A2C learners combined by diffusion (Diff-DAC, Valcarcel Macua et al. 2021).
+
+Adapt-then-combine: each learner takes one A2C gradient step on its own rollout (adapt), then
+the core replaces its parameters by the weighted average of its closed neighbourhood (combine),
+θ_i ← Σ_j c_ij θ_j. Every parameter is mixed, the Gaussian log-std included (the original
+forgot it); optimiser state and normalisation statistics stay local to the learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchbase.contracts import Algorithm, ConsensusParams, LearnerSpec
+from benchbase.hookspecs import hookimpl
+from benchbase.params import param
+from plugins.algorithms.actor_critic import OnPolicyLearner, Rollout, discounted_returns, gae_advantages
+
+
+@dataclass(frozen=True)
+class A2CParams(ConsensusParams):
+    lr: float = param(7e-4, "RMSprop learning rate", min=0.0)
+    rmsprop_eps: float = param(1e-5, "RMSprop epsilon", min=0.0)
+    rmsprop_alpha: float = param(0.99, "RMSprop smoothing constant", min=0.0, max=1.0)
+    gamma: float = param(0.99, "discount factor", min=0.0, max=1.0)
+    n_steps: int = param(5, "rollout length T per simulator between updates", min=1)
+    entropy_coef: float = param(0.01, "entropy bonus weight c_e", min=0.0)
+    value_coef: float = param(0.5, "value loss weight c_v", min=0.0)
+    max_grad_norm: float = param(0.0, "gradient-norm clipping; 0 = none (Diff-DAC), GALA uses 0.5", min=0.0)
+    gae_lambda: float | None = param(None, "GAE(λ) advantages when set (e.g. 0.95); n-step returns otherwise")
+    hidden: int = param(64, "units in each of the two hidden layers", min=1)
+    normalise_observations: bool = param(True, "running mean/std observation normalisation (clip ±10)")
+    normalise_rewards: bool = param(True, "scale rewards by the running std of the discounted return")
+
+
+class A2CLearner(OnPolicyLearner):
+    def __init__(self, params: A2CParams, spec: LearnerSpec) -> None:
+        super().__init__(
+            spec,
+            n_steps=params.n_steps,
+            gamma=params.gamma,
+            hidden=params.hidden,
+            normalise_observations=params.normalise_observations,
+            normalise_rewards=params.normalise_rewards,
+        )
+        self.params = params
+        self.optimizer = torch.optim.RMSprop(
+            [self.flat.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
+        )
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        p = self.params
+        steps, envs = rollout.rewards.shape
+        observations = torch.from_numpy(rollout.observations.reshape(steps * envs, -1)).to(self.device)
+        last = torch.from_numpy(rollout.last_observations).to(self.device)
+
+        # One critic pass over the rollout's states and the bootstrap states s_T.
+        values_all = self.model.value(torch.cat([observations, last]))
+        values, bootstrap = values_all[: steps * envs], values_all[steps * envs :].detach().cpu().numpy()
+        if p.gae_lambda is None:
+            returns = discounted_returns(rollout.rewards, rollout.not_done, bootstrap, p.gamma)
+        else:
+            old_values = values.detach().cpu().numpy().reshape(steps, envs)
+            advantages = gae_advantages(rollout.rewards, old_values, rollout.not_done, bootstrap, p.gamma, p.gae_lambda)
+            returns = advantages + old_values
+        advantages = torch.from_numpy(returns.reshape(-1)).to(self.device) - values
+
+        actions = torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])).to(self.device)
+        log_prob, entropy = self.distribution.log_prob_entropy(self.model.actor(observations), actions)
+
+        value_loss = advantages.pow(2).mean()
+        policy_loss = -(advantages.detach() * log_prob).mean()
+        entropy_mean = entropy.mean()
+        loss = p.value_coef * value_loss + policy_loss - p.entropy_coef * entropy_mean
+
+        self.flat.zero_grad()
+        loss.backward()
+        grad_norm = self.flat.clip_grad_norm(p.max_grad_norm)
+        self.optimizer.step()
+        return {
+            "loss": float(loss),
+            "policy_loss": float(policy_loss),
+            "value_loss": float(value_loss),
+            "entropy": float(entropy_mean),
+            "grad_norm": grad_norm,
+        }
+
+
+class DiffA2C(Algorithm):
+    name = "diff-a2c"
+    description = "A2C learners combined with their neighbours after every update (Diff-DAC diffusion)"
+    Params = A2CParams
+    consensus = "diffusion"
+
+    def make_learner(self, params: A2CParams, spec: LearnerSpec) -> A2CLearner:
+        return A2CLearner(params, spec)
+
+
+@hookimpl
+def register_algorithms(register) -> None:
+    register(DiffA2C())

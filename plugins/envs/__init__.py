@@ -1,0 +1,1 @@
+"""Built-in environment families: classic control (fast numpy simulators) and any Gymnasium id."""

@@ -1,0 +1,20 @@
+"""`none`: no replay. On-policy algorithms learn from each rollout once and store nothing."""
+
+from __future__ import annotations
+
+from benchbase.contracts import ReplayStrategy
+from benchbase.hookspecs import hookimpl
+
+
+class NoReplay(ReplayStrategy):
+    name = "none"
+    description = "no replay buffer: on-policy learning from each fresh rollout"
+    stores_segments = False
+
+    def make_buffer(self, params, seed: int) -> None:
+        return None
+
+
+@hookimpl
+def register_replay_strategies(register) -> None:
+    register(NoReplay())

@@ -1,0 +1,1 @@
+"""Built-in topologies: ring, fully-connected, random, adjacency, exponential, isolated, centralised."""
