@@ -79,10 +79,10 @@ class A2CLearner(OnPolicyLearner):
         grad_norm = self.flat.clip_grad_norm(p.max_grad_norm)
         self.optimizer.step()
         return {
-            "loss": float(loss),
-            "policy_loss": float(policy_loss),
-            "value_loss": float(value_loss),
-            "entropy": float(entropy_mean),
+            "loss": loss.item(),
+            "policy_loss": policy_loss.item(),
+            "value_loss": value_loss.item(),
+            "entropy": entropy_mean.item(),
             "grad_norm": grad_norm,
         }
 

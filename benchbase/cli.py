@@ -1,0 +1,167 @@
+"""The `bench` command: thin — it parses, then calls the core."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from benchbase.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Benchmark decentralised, multitask deep RL: algorithms × topologies × env families × replay.",
+)
+
+_selection: dict[str, tuple[str, ...] | None] = {"only": None, "blocked": ()}
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@app.callback()
+def _global_options(
+    plugins: Optional[str] = typer.Option(
+        None, "--plugins", envvar="BENCHBASE_PLUGINS", help="Load only these plugins (comma-separated names)."
+    ),
+    block_plugins: Optional[str] = typer.Option(
+        None, "--block-plugins", envvar="BENCHBASE_BLOCK_PLUGINS", help="Do not load these plugins (comma-separated)."
+    ),
+) -> None:
+    _selection["only"] = _split(plugins)
+    _selection["blocked"] = _split(block_plugins) or ()
+
+
+def _registry():
+    from benchbase.plugins import load_registry
+
+    only = _selection["only"]
+    registry = load_registry(only=set(only) if only is not None else None, blocked=set(_selection["blocked"] or ()))
+    registry.check()
+    return registry
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")) -> None:
+    """List every registered algorithm, topology, env family and replay strategy."""
+    registry = _registry()
+    rows = registry.listing()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    console = Console()
+    table = Table(title="benchbase plugins", show_lines=False)
+    for column in ("kind", "name", "provider", "description", "parameters"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        parameters = ", ".join(f"{p['name']}={p['default']}" for p in row["parameters"])
+        name = row["name"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else "")
+        table.add_row(row["kind"], name, row["provider"], row["description"], parameters)
+    table.add_row("env", "<any Gymnasium id>", "gymnasium", "a registered Gymnasium id (e.g. CartPole-v1) as a one-task family", "")
+    console.print(table)
+    for error in registry.errors:
+        console.print(f"[yellow]warning:[/yellow] {error.splitlines()[0]}", markup=True, highlight=False)
+
+
+@app.command()
+def run(
+    algorithm: list[str] = typer.Option([], "--algorithm", "-a", help="Algorithm axis entry, NAME[:key=value,…]; repeatable."),
+    topology: list[str] = typer.Option([], "--topology", "-t", help="Topology axis entry, e.g. ring or random:p=0.3; repeatable."),
+    env: list[str] = typer.Option([], "--env", "-e", help="Env family axis entry, e.g. random-cartpole or CartPole-v1; repeatable."),
+    replay: list[str] = typer.Option([], "--replay", "-r", help="Replay axis entry (none for on-policy algorithms); repeatable."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (0..N-1)."),
+    learners: Optional[int] = typer.Option(None, "--learners", help="Learners per cell (tasks per cell)."),
+    envs_per_learner: Optional[int] = typer.Option(None, "--envs-per-learner", help="Simulators per learner."),
+    env_steps: Optional[int] = typer.Option(None, "--env-steps", help="Budget: total env steps across a cell's learners."),
+    evaluations: Optional[int] = typer.Option(None, "--evaluations", help="Periodic evaluations per cell, the last at the end (0: none)."),
+    eval_episodes: Optional[int] = typer.Option(None, "--eval-episodes", help="Evaluation episodes per split and learner."),
+    set_: list[str] = typer.Option([], "--set", help="PLUGIN.KEY=VALUE, e.g. diff-a2c.lr=0.001; repeatable."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid file (options given here override it)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: results/grid-<id>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells and run nothing."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (CUDA round-robin when present)."),
+    comm_timeout: float = typer.Option(120.0, "--comm-timeout", help="Seconds before a stuck exchange fails its cell."),
+) -> None:
+    """Run a grid of cells. With no axes, runs the small embedded default grid."""
+    from benchbase import grid as grid_module
+
+    if device not in ("cpu", "cuda", "auto"):
+        raise UserError(f"--device {device!r}: choose cpu, cuda or auto")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available here (use cpu or auto)")
+    registry = _registry()
+    if not dry_run:
+        from benchbase.launch.local import warm_up
+
+        warm_up()  # the forkserver imports torch while the grid is validated
+    axes_given = any([algorithm, topology, env, replay, grid])
+    file_values = grid_module.load_grid_file(grid) if grid else ({} if axes_given else grid_module.default_grid())
+    cli_values = {
+        "algorithms": [grid_module.parse_axis_entry(a, "--algorithm") for a in algorithm],
+        "topologies": [grid_module.parse_axis_entry(t, "--topology") for t in topology],
+        "envs": [grid_module.parse_axis_entry(e, "--env") for e in env],
+        "replay": [grid_module.parse_axis_entry(r, "--replay") for r in replay],
+        "seeds": seeds, "learners": learners, "envs_per_learner": envs_per_learner, "env_steps": env_steps,
+        "evaluations": evaluations, "eval_episodes": eval_episodes,
+        "set_items": [grid_module.parse_set(item) for item in set_],
+    }
+    spec = grid_module.make_spec(file_values, cli_values)
+    plan = grid_module.expand(spec, registry)
+    console = Console(highlight=False)
+    for combination, reason in plan.invalid:
+        console.print(f"[yellow]skipped[/yellow] {combination}: {reason}")
+    if not plan.cells:
+        raise UserError("no valid cell in this grid (see the reasons above)")
+    if out is None:
+        import hashlib
+
+        out = Path("results") / ("grid-" + hashlib.sha256(",".join(grid_module.grid_fingerprint(plan.cells)).encode()).hexdigest()[:8])
+    if dry_run:
+        _print_cells(console, plan.cells, out)
+        return
+    from benchbase.runner import check_folder, run_grid
+    from benchbase.results import RunFolder
+
+    check_folder(RunFolder(out), plan.cells)  # a different grid in --out: fail before writing anything
+    console.print(f"benchbase: {len(plan.cells)} cells → {out}")
+    code = run_grid(spec, plan.cells, out, registry, console=console, device=device, comm_timeout_s=comm_timeout,
+                    plugins_only=_selection["only"], plugins_blocked=_selection["blocked"] or ())
+    console.print(f"results: {out}")
+    raise typer.Exit(code)
+
+
+def _print_cells(console: Console, cells: list, out: Path) -> None:
+    table = Table(title=f"{len(cells)} cells (dry run: nothing runs, nothing is written; would write to {out})")
+    for column in ("cell", "algorithm", "topology", "env", "replay", "seed", "learners", "sims/learner", "env steps"):
+        table.add_column(column)
+    for cell in cells:
+        table.add_row(cell.cell_id, cell.algorithm, cell.topology, cell.env, cell.replay, str(cell.seed),
+                      str(cell.learner_processes), str(cell.envs_per_learner), f"{cell.env_steps:,}")
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""Grid spec (command line or TOML) → validated cells with stable identities.
+
+A grid is the cross-product algorithm × topology × env family × replay × seed, plus settings
+shared by every cell. Axis entries may carry parameters: ``random:p=0.3`` or, in TOML,
+``{ name = "random", p = 0.3 }``. ``--set PLUGIN.KEY=VALUE`` sets a parameter of a plugin
+wherever it appears; an entry's own parameters win over ``--set``.
+
+Everything is resolved and checked before anything runs: names, parameter types, topology data,
+and algorithm/env/replay compatibility. A cell's id is a hash of its resolved config, so the
+same config always maps to the same id (this is what makes resume work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from benchbase.contracts import KINDS, params_of, space_kind
+from benchbase.errors import UserError, close_match
+from benchbase.params import to_dict
+from benchbase.plugins import Registry
+from benchbase.topology import build_mixing_plan
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AxisEntry:
+    """One value of an axis: a plugin name and the parameters given with it."""
+
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.overrides:
+            return self.name
+        return self.name + ":" + ",".join(f"{key}={value}" for key, value in self.overrides)
+
+
+def split_top_level(text: str, separator: str) -> list[str]:
+    """Split on `separator` outside brackets and quotes ("matrix=[[0,1],[1,0]],weights=uniform")."""
+    parts, depth, quote, current = [], 0, None, []
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[({":
+            depth += 1
+        elif char in "])}":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_axis_entry(text: str, option: str) -> AxisEntry:
+    """``name`` or ``name:key=value,key=value``."""
+    name, _, rest = text.strip().partition(":")
+    if not name:
+        raise UserError(f"{option} {text!r}: expected NAME or NAME:key=value,…")
+    overrides = []
+    if rest.strip():
+        for part in split_top_level(rest, ","):
+            key, equals, value = part.partition("=")
+            if not equals or not key.strip():
+                raise UserError(f"{option} {text!r}: parameter {part!r} is not key=value")
+            overrides.append((key.strip(), value.strip()))
+    return AxisEntry(name.strip(), tuple(overrides))
+
+
+def parse_set(text: str) -> tuple[str, str, str]:
+    """``PLUGIN.KEY=VALUE`` → (plugin, key, value)."""
+    target, equals, value = text.partition("=")
+    plugin, dot, key = target.rpartition(".")
+    if not equals or not dot or not plugin or not key:
+        raise UserError(f"--set {text!r}: expected PLUGIN.KEY=VALUE, e.g. diff-a2c.lr=0.001")
+    return plugin.strip(), key.strip(), value.strip()
+
+
+# -- the spec ---------------------------------------------------------------------------------
+
+
+@dataclass
+class GridSpec:
+    algorithms: list[AxisEntry]
+    topologies: list[AxisEntry]
+    envs: list[AxisEntry]
+    replay: list[AxisEntry]
+    seeds: list[int]
+    learners: int = 4
+    envs_per_learner: int = 8
+    env_steps: int = 100_000
+    evaluations: int = 3
+    eval_episodes: int = 5
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "algorithms": [str(e) for e in self.algorithms],
+            "topologies": [str(e) for e in self.topologies],
+            "envs": [str(e) for e in self.envs],
+            "replay": [str(e) for e in self.replay],
+            "seeds": self.seeds,
+            "learners": self.learners,
+            "envs_per_learner": self.envs_per_learner,
+            "env_steps": self.env_steps,
+            "evaluations": self.evaluations,
+            "eval_episodes": self.eval_episodes,
+            "set": self.overrides,
+        }
+
+
+_SCALARS = {"learners": 1, "envs_per_learner": 1, "env_steps": 1, "evaluations": 0, "eval_episodes": 1}
+_AXES = ("algorithms", "topologies", "envs", "replay")
+GRID_KEYS = (*_AXES, "seeds", *_SCALARS, "set")
+
+
+def load_grid_file(path: Path | str) -> dict[str, Any]:
+    """Read a TOML grid file into the keyword form `make_spec` takes."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"grid file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"grid file {path} is not valid TOML: {error}") from None
+    for key in data:
+        if key not in GRID_KEYS:
+            hint = close_match(key, GRID_KEYS)
+            raise UserError(
+                f"grid file {path}: unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                + f" (allowed: {', '.join(GRID_KEYS)})"
+            )
+    return data
+
+
+def default_grid() -> dict[str, Any]:
+    """The small grid `bench run` runs with no arguments (benchbase/default_grid.toml)."""
+    return tomllib.loads(resources.files("benchbase").joinpath("default_grid.toml").read_text())
+
+
+def _axis_from_file(values: Any, key: str) -> list[AxisEntry]:
+    if isinstance(values, (str, dict)):
+        values = [values]
+    entries = []
+    for value in values:
+        if isinstance(value, str):
+            entries.append(parse_axis_entry(value, key))
+        elif isinstance(value, dict) and isinstance(value.get("name"), str):
+            rest = tuple((k, v) for k, v in value.items() if k != "name")
+            entries.append(AxisEntry(value["name"], rest))
+        else:
+            raise UserError(f"grid {key}: {value!r} is neither \"name:key=value\" nor {{ name = … }}")
+    return entries
+
+
+def make_spec(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> GridSpec:
+    """Merge grid-file values with command-line values (the command line wins, axis by axis)."""
+    merged: dict[str, Any] = {}
+    for key in GRID_KEYS:
+        if cli_values.get(key) not in (None, [], ()):
+            merged[key] = cli_values[key]
+        elif key in file_values:
+            merged[key] = file_values[key]
+    axes = {}
+    for key in _AXES:
+        values = merged.get(key, ["none"] if key == "replay" else [])
+        if isinstance(values, (list, tuple)) and values and all(isinstance(v, AxisEntry) for v in values):
+            axes[key] = list(values)
+        else:
+            axes[key] = _axis_from_file(values, key)
+        if not axes[key]:
+            raise UserError(f"the grid names no {key} (give at least one, e.g. --{key[:-1] if key != 'replay' else key})")
+    seeds = merged.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
+        raise UserError(f"seeds: expected a count or a list of integers, got {seeds!r}")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else seeds
+    if not seed_list or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list):
+        raise UserError(f"seeds: expected a positive count or a list of non-negative integers, got {seeds!r}")
+    scalars = {}
+    for key, minimum in _SCALARS.items():
+        if key in merged:
+            value = merged[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise UserError(f"{key.replace('_', '-')}: expected an integer ≥ {minimum}, got {value!r}")
+            scalars[key] = value
+    overrides: dict[str, dict[str, Any]] = {}
+    for plugin, table in (merged.get("set") or {}).items():
+        if not isinstance(table, dict):
+            raise UserError(f"set.{plugin}: expected a table of parameters, got {table!r}")
+        overrides.setdefault(plugin, {}).update(table)
+    for plugin, key, value in cli_values.get("set_items") or []:
+        overrides.setdefault(plugin, {})[key] = value
+    return GridSpec(
+        algorithms=axes["algorithms"], topologies=axes["topologies"], envs=axes["envs"], replay=axes["replay"],
+        seeds=sorted(set(seed_list)), overrides=overrides, **scalars,
+    )
+
+
+# -- cells ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fully resolved point of the grid."""
+
+    algorithm: str
+    algorithm_params: dict[str, Any]
+    topology: str
+    topology_params: dict[str, Any]
+    env: str
+    env_params: dict[str, Any]
+    replay: str
+    replay_params: dict[str, Any]
+    seed: int
+    learners: int  # as asked for: the number of tasks (and of learners, unless centralised)
+    learner_processes: int  # learner processes actually run (1 for the centralised baseline)
+    envs_per_learner: int  # simulators of each learner process
+    env_steps: int  # budget: total env steps across the cell's learners
+    evaluations: int  # periodic evaluations, the last at the end
+    eval_episodes: int  # episodes per split and learner at each evaluation
+
+    def config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def cell_id(self) -> str:
+        canonical = json.dumps(self.config(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.algorithm} · {self.topology} · {self.env} · {self.replay} · seed {self.seed}"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Cell:
+        return cls(**config)
+
+
+@dataclass
+class GridPlan:
+    cells: list[Cell]
+    invalid: list[tuple[str, str]]  # (combination, reason)
+
+
+def _overrides_for(spec: GridSpec, entry: AxisEntry) -> dict[str, Any]:
+    merged = dict(spec.overrides.get(entry.name, {}))
+    merged.update(entry.overrides)
+    return merged
+
+
+def _check_set_targets(spec: GridSpec, registry: Registry) -> None:
+    """--set must name a registered plugin and parameters it has."""
+    for plugin, values in spec.overrides.items():
+        found = []
+        for kind in KINDS:
+            try:
+                found.append(registry.get(kind, plugin))
+            except UserError:
+                continue
+        if not found:
+            every = [name for kind in KINDS for name in registry.names(kind)]
+            hint = close_match(plugin, every)
+            raise UserError(f'--set names unknown plugin "{plugin}"' + (f'; did you mean "{hint}"?' if hint else ""))
+        errors = []
+        for component in found:
+            try:
+                params_of(component, values)
+                break
+            except UserError as error:
+                errors.append(error)
+        else:
+            raise errors[0]
+
+
+def expand(spec: GridSpec, registry: Registry) -> GridPlan:
+    """Resolve every cell of the grid, or raise a UserError for the first bad input."""
+    _check_set_targets(spec, registry)
+    resolved: dict[str, list[tuple[str, Any, Any]]] = {}
+    for kind, entries in (("algorithm", spec.algorithms), ("topology", spec.topologies), ("env", spec.envs), ("replay", spec.replay)):
+        resolved[kind] = []
+        for entry in entries:
+            component = registry.get(kind, entry.name)
+            params = params_of(component, _overrides_for(spec, entry))
+            resolved[kind].append((component.name, component, params))
+
+    probes: dict[str, tuple[str, str]] = {}
+    cells: list[Cell] = []
+    invalid: list[tuple[str, str]] = []
+    for (a_name, algorithm, a_params), (t_name, topology, t_params), (e_name, family, e_params), (r_name, replay, r_params) in itertools.product(
+        resolved["algorithm"], resolved["topology"], resolved["env"], resolved["replay"]
+    ):
+        combination = f"{a_name} · {t_name} · {e_name} · {r_name}"
+        reason = _incompatibility(algorithm, family, e_params, replay, probes)
+        if reason:
+            invalid.append((combination, reason))
+            continue
+        processes = topology.learner_count(spec.learners, t_params)
+        for seed in spec.seeds:
+            build_mixing_plan(topology, t_params, processes, seed)  # validates the topology data
+            cells.append(
+                Cell(
+                    algorithm=a_name, algorithm_params=to_dict(a_params),
+                    topology=t_name, topology_params=to_dict(t_params),
+                    env=e_name, env_params=to_dict(e_params),
+                    replay=r_name, replay_params=to_dict(r_params),
+                    seed=seed, learners=spec.learners, learner_processes=processes,
+                    envs_per_learner=spec.envs_per_learner * spec.learners // processes,
+                    env_steps=spec.env_steps, evaluations=spec.evaluations, eval_episodes=spec.eval_episodes,
+                )
+            )
+    ids = [cell.cell_id for cell in cells]
+    if len(set(ids)) != len(ids):
+        raise UserError("the grid names the same cell twice (an axis repeats an entry)")
+    return GridPlan(cells, invalid)
+
+
+def _incompatibility(algorithm: Any, family: Any, env_params: Any, replay: Any, probes: dict) -> str | None:
+    if replay.stores_segments and not algorithm.uses_replay:
+        return f"{algorithm.name} is on-policy and learns from fresh rollouts only: use replay none"
+    if algorithm.uses_replay and not replay.stores_segments:
+        return f"{algorithm.name} trains from replay: choose a replay strategy other than none"
+    key = json.dumps([family.name, to_dict(env_params)], sort_keys=True, default=str)
+    if key not in probes:
+        probes[key] = _probe_spaces(family, env_params)
+    action_kind, observation_kind = probes[key]
+    if action_kind not in algorithm.action_spaces:
+        return f"{algorithm.name} does not support {action_kind} actions, which {family.name} has"
+    if observation_kind not in algorithm.observation_kinds:
+        return f"{algorithm.name} does not support {observation_kind} observations, which {family.name} has"
+    return None
+
+
+def _probe_spaces(family: Any, env_params: Any) -> tuple[str, str]:
+    """Build one simulator of the family to read its action and observation spaces."""
+    tasks = family.training_tasks(dataclasses.replace(env_params, resample=False), 1, 0)
+    env = family.make_env(dataclasses.replace(env_params, resample=False), tasks, 0)
+    try:
+        shape = env.observation_space.shape or ()
+        return space_kind(env.action_space), "image" if len(shape) == 3 else "vector"
+    finally:
+        env.close()
+
+
+def grid_fingerprint(cells: Sequence[Cell]) -> list[str]:
+    return sorted(cell.cell_id for cell in cells)

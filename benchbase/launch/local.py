@@ -1,0 +1,173 @@
+"""Run one cell as N learner processes on this machine, rendezvousing on loopback.
+
+The launcher hosts the rendezvous store itself on a port the OS picks (port 0), so no fixed port
+is ever used and no other program can take the port between choosing and binding it. Learners
+start from a forkserver that has already imported torch and the built-in plugins, so a cell
+starts in well under a second after the first. A learner that raises or dies fails the cell at
+once (the others are stopped, not left waiting on a collective); Ctrl-C stops every learner.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+from benchbase.grid import Cell
+from benchbase.learner import LearnerLaunch, run_learner
+from benchbase.plugins import BUILTIN_PLUGINS
+
+_context: Any = None
+
+
+def _forkserver() -> Any:
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        # torch._dynamo: torch.optim imports it lazily on first use, ~1 s per learner otherwise.
+        _context.set_forkserver_preload(["torch._dynamo", "benchbase.learner", *BUILTIN_PLUGINS])
+    return _context
+
+
+def warm_up() -> None:
+    """Start the forkserver (it imports torch) while the caller does other work."""
+    from multiprocessing import forkserver
+
+    _forkserver()
+    forkserver.ensure_running()
+
+
+def _learner_process(launch: LearnerLaunch, events: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when learners stop
+    cell_id = Cell.from_config(launch.cell_config).cell_id
+    try:
+        summary = run_learner(launch, events.put)
+        events.put(("done", cell_id, launch.rank, summary))
+    except BaseException:
+        events.put(("error", cell_id, launch.rank, traceback.format_exc()))
+        events.close()
+        events.join_thread()
+        sys.exit(1)
+
+
+@dataclass
+class CellOutcome:
+    status: str  # completed | failed | interrupted
+    error: str | None
+    wall_time_s: float
+    startup_s: float
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def device_for(rank: int, requested: str) -> str:
+    """'cpu', or CUDA devices round-robin when available and asked for (or 'auto')."""
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{rank % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def run_cell(
+    cell: Cell,
+    out_dir: str,
+    on_event: Any,
+    *,
+    device: str = "cpu",
+    comm_timeout_s: float = 120.0,
+    plugins_only: tuple[str, ...] | None = None,
+    plugins_blocked: tuple[str, ...] = (),
+) -> CellOutcome:
+    """Run every learner of `cell` and wait for them. `on_event(event)` sees progress events.
+
+    KeyboardInterrupt is re-raised after every learner has been stopped.
+    """
+    context = _forkserver()
+    world = cell.learner_processes
+    started_at = time.time()
+    store = None
+    port = 0
+    if world > 1:
+        store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
+                              timeout=timedelta(seconds=comm_timeout_s))
+        port = store.port
+    events = context.Queue()
+    processes = []
+    for rank in range(world):
+        launch = LearnerLaunch(
+            cell_config=cell.config(), out_dir=out_dir, rank=rank, world_size=world, store_host="127.0.0.1",
+            store_port=port, device=device_for(rank, device), comm_timeout_s=comm_timeout_s,
+            cell_started_at=started_at, plugins_only=plugins_only, plugins_blocked=plugins_blocked,
+        )
+        process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
+        process.start()
+        processes.append(process)
+
+    summaries: dict[int, dict[str, Any]] = {}
+    first_steps: dict[int, float] = {}
+    error: str | None = None
+    try:
+        while len(summaries) < world and error is None:
+            try:
+                event = events.get(timeout=0.1)
+            except queue.Empty:
+                error = _dead_learner(processes, summaries)
+                continue
+            kind, _, rank = event[0], event[1], event[2]
+            if kind == "started":
+                first_steps[rank] = event[3]
+            elif kind == "done":
+                summaries[rank] = event[3]
+            elif kind == "error":
+                error = f"learner {rank} failed:\n{event[3]}"
+            else:
+                on_event(event)
+    except KeyboardInterrupt:
+        _stop(processes)
+        raise
+    finally:
+        if error is not None:
+            _stop(processes)
+        for process in processes:
+            process.join(timeout=10)
+        _stop(processes)
+        events.close()
+        del store
+    wall = time.time() - started_at
+    startup = max(first_steps.values()) - started_at if first_steps else float("nan")
+    if error is not None:
+        return CellOutcome("failed", error, wall, startup)
+    return CellOutcome("completed", None, wall, startup, [summaries[r] for r in range(world)])
+
+
+def _dead_learner(processes: list[Any], summaries: dict[int, Any]) -> str | None:
+    for rank, process in enumerate(processes):
+        if process.exitcode is not None and process.exitcode != 0 and rank not in summaries:
+            code = process.exitcode
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            return f"learner {rank} {how} without reporting an error"
+    return None
+
+
+def _stop(processes: list[Any]) -> None:
+    """Terminate learners still running; kill those that ignore it."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.time() + 3
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.time()))
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGKILL)
+            process.join(timeout=1)

@@ -1,0 +1,246 @@
+"""The per-process learner loop: collect → update → mix → log / evaluate, until the budget is spent.
+
+`run_learner` is independent of how the process was started: the local launcher calls it in a
+forked process, and a torchrun entry point can call it with rank and rendezvous from the
+environment. It reports progress through a callback and writes its own Parquet files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from benchbase.comm import Communicator
+from benchbase.contracts import ConsensusParams, EnvFamily, FinishedEpisode, LearnerSpec, Task, params_of
+from benchbase.grid import Cell
+from benchbase.plugins import load_registry
+from benchbase.results import EPISODES_SCHEMA, EVALUATIONS_SCHEMA, METRICS_SCHEMA, RowBuffer, RunFolder, write_table
+from benchbase.topology import build_mixing_plan
+
+Report = Callable[[tuple], None]
+
+PROGRESS_INTERVAL_S = 0.5
+METRIC_POINTS = 100  # metric rows per learner over a cell (plus the last iteration)
+MAX_EVAL_STEPS = 1_000_000  # guards against an env that never ends an episode
+
+
+@dataclass(frozen=True)
+class LearnerLaunch:
+    """Everything one learner process needs (picklable)."""
+
+    cell_config: dict[str, Any]
+    out_dir: str
+    rank: int
+    world_size: int
+    store_host: str
+    store_port: int
+    device: str
+    comm_timeout_s: float
+    cell_started_at: float  # time.time() when the launcher started the cell
+    plugins_only: tuple[str, ...] | None = None
+    plugins_blocked: tuple[str, ...] = ()
+
+
+def simulator_tasks(tasks: Sequence[Task], cell: Cell, rank: int) -> list[Task]:
+    """The task of each of this process's simulators. Learner k of the grid owns task k; the
+    centralised baseline's single process runs every learner's simulators."""
+    simulators_per_task = cell.envs_per_learner * cell.learner_processes // cell.learners
+    first = rank * cell.envs_per_learner
+    return [tasks[(first + k) // simulators_per_task] for k in range(cell.envs_per_learner)]
+
+
+class Evaluator:
+    """Greedy episodes on the learner's own tasks ("train") and on the family's held-out splits."""
+
+    def __init__(self, family: EnvFamily, env_params: Any, own_tasks: Sequence[Task], cell: Cell, rank: int) -> None:
+        self.params = dataclasses.replace(env_params, resample=False)
+        self.family = family
+        self.seed = cell.seed * 1_000_003 + 7_777
+        self.rank = rank
+        episodes = cell.eval_episodes
+        splits: dict[str, list[Task]] = {"train": [own_tasks[k % len(own_tasks)] for k in range(episodes)]}
+        for split in family.splits:
+            # The same held-out tasks for every learner and every evaluation: fair comparisons.
+            splits[split] = family.evaluation_tasks(self.params, split, episodes, cell.seed)
+        self.envs = {split: family.make_env(self.params, tasks, self.seed) for split, tasks in splits.items()}
+
+    def run(self, act: Callable[[np.ndarray], np.ndarray]) -> dict[str, list[FinishedEpisode]]:
+        results = {}
+        for split, env in self.envs.items():
+            observations = env.reset(seed=self.seed)
+            first: list[FinishedEpisode | None] = [None] * env.num_envs
+            for _ in range(MAX_EVAL_STEPS):
+                step = env.step(act(observations))
+                for episode in step.finished:
+                    if first[episode.simulator] is None:
+                        first[episode.simulator] = episode
+                if all(episode is not None for episode in first):
+                    break
+                observations = step.observations
+            else:
+                raise RuntimeError(f"evaluation on split {split} did not finish within {MAX_EVAL_STEPS} steps")
+            results[split] = first
+        return results
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+
+
+def _task_params(task: Task) -> list[tuple[str, float]]:
+    return [(key, float(value)) for key, value in task.parameters.items()]
+
+
+def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
+    """Run one learner of a cell to the end of its budget; returns its summary."""
+    torch.set_num_threads(1)  # N learners share the cores without thrashing
+    registry = load_registry(
+        only=set(launch.plugins_only) if launch.plugins_only is not None else None,
+        blocked=set(launch.plugins_blocked),
+    )
+    cell = Cell.from_config(launch.cell_config)
+    cell_id, rank, world = cell.cell_id, launch.rank, launch.world_size
+    algorithm = registry.get("algorithm", cell.algorithm)
+    topology = registry.get("topology", cell.topology)
+    family = registry.get("env", cell.env)
+    algorithm_params = params_of(algorithm, cell.algorithm_params)
+    topology_params = params_of(topology, cell.topology_params)
+    env_params = params_of(family, cell.env_params)
+    staleness = algorithm_params.staleness if isinstance(algorithm_params, ConsensusParams) else 0
+
+    if world > 1:
+        store = dist.TCPStore(
+            launch.store_host, launch.store_port, world, is_master=False, timeout=timedelta(seconds=launch.comm_timeout_s)
+        )
+        dist.init_process_group(
+            "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=launch.comm_timeout_s)
+        )
+    try:
+        plan = build_mixing_plan(topology, topology_params, world, cell.seed)
+        tasks = family.training_tasks(env_params, cell.learners, cell.seed)
+        own_tasks = simulator_tasks(tasks, cell, rank)
+        env = family.make_env(env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank)
+        device = torch.device(launch.device)
+        learner = algorithm.make_learner(algorithm_params, LearnerSpec(env, rank, world, cell.seed, device))
+        buffer = learner.parameters_buffer()
+        comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, launch.comm_timeout_s)
+        evaluator = Evaluator(family, env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
+        summary = _train(cell, launch, learner, comm, evaluator, staleness, report)
+        comm.close()
+        if evaluator is not None:
+            evaluator.close()
+        env.close()
+        return summary
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, evaluator: Evaluator | None,
+           staleness: int, report: Report) -> dict[str, Any]:
+    cell_id, rank, world = cell.cell_id, launch.rank, launch.world_size
+    episodes = RowBuffer(EPISODES_SCHEMA)
+    evaluations = RowBuffer(EVALUATIONS_SCHEMA)
+    metrics = RowBuffer(METRICS_SCHEMA)
+
+    budget = math.ceil(cell.env_steps / world)  # this learner's share of the cell's budget
+    steps_per_iteration = None
+    iterations = None
+    local_steps = 0
+    iteration = 0
+    recent_returns: deque[float] = deque(maxlen=20)
+    metric_sums: dict[str, float] = {}
+    metric_count = 0
+    eval_time = 0.0
+    final_eval: dict[str, list[FinishedEpisode]] = {}
+
+    first_step_at = time.time()
+    report(("started", cell_id, rank, first_step_at))
+    loop_start = time.perf_counter()
+    last_report = loop_start
+    while True:
+        output = learner.iterate()
+        comm.mix(learner.parameters_buffer(), iteration)
+        iteration += 1
+        local_steps += output.env_steps
+        if iterations is None:
+            steps_per_iteration = output.env_steps
+            iterations = max(1, math.ceil(budget / steps_per_iteration))
+            metric_every = max(1, iterations // METRIC_POINTS)
+            eval_at = {round(iterations * k / cell.evaluations): k for k in range(1, cell.evaluations + 1)}
+        now = time.perf_counter()
+        wall = now - loop_start
+        for episode in output.finished:
+            recent_returns.append(episode.episode_return)
+            episodes.append(
+                cell_id=cell_id, learner=rank, simulator=episode.simulator, task_id=episode.task.task_id,
+                task_params=_task_params(episode.task), env_step=local_steps, cell_env_step=local_steps * world,
+                episode_return=episode.episode_return, episode_length=episode.episode_length,
+                success=episode.success, wall_time_s=wall,
+            )
+        for name, value in output.metrics.items():
+            metric_sums[name] = metric_sums.get(name, 0.0) + value
+        metric_count += 1
+
+        if iteration % metric_every == 0 or iteration == iterations:
+            values = {name: total / metric_count for name, total in metric_sums.items()}
+            values.update(comm.statistics())
+            comm.reset_staleness()
+            values["steps_per_second"] = local_steps / max(wall - eval_time, 1e-9)
+            if recent_returns:
+                values["recent_return"] = float(np.mean(recent_returns))
+            if staleness == 0:
+                values["consensus_distance"] = comm.consensus_distance(learner.parameters_buffer())
+            for name, value in values.items():
+                metrics.append(cell_id=cell_id, learner=rank, iteration=iteration, env_step=local_steps,
+                               cell_env_step=local_steps * world, wall_time_s=wall, metric=name, value=float(value))
+            metric_sums, metric_count = {}, 0
+
+        if evaluator is not None and iteration in eval_at:
+            started = time.perf_counter()
+            number = eval_at[iteration]
+            results = evaluator.run(learner.act_greedy)
+            for split, finished in results.items():
+                for episode in finished:
+                    evaluations.append(
+                        cell_id=cell_id, learner=rank, evaluation=number, final=iteration == iterations,
+                        env_step=local_steps, cell_env_step=local_steps * world, split=split,
+                        task_id=episode.task.task_id, task_params=_task_params(episode.task),
+                        episode_return=episode.episode_return, episode_length=episode.episode_length,
+                        success=episode.success, wall_time_s=wall,
+                    )
+            final_eval = results
+            eval_time += time.perf_counter() - started
+
+        if now - last_report >= PROGRESS_INTERVAL_S or iteration == iterations:
+            last_report = now
+            rate = local_steps / max(now - loop_start - eval_time, 1e-9)
+            report(("progress", cell_id, rank, local_steps, rate, float(np.mean(recent_returns)) if recent_returns else None))
+        if iteration >= iterations:
+            break
+
+    train_time = time.perf_counter() - loop_start - eval_time
+    folder = RunFolder(launch.out_dir)
+    for name, rows in (("episodes", episodes), ("evaluations", evaluations), ("metrics", metrics)):
+        write_table(folder.learner_path(name, cell_id, rank), rows.to_table())
+
+    train_split = final_eval.get("train", [])
+    successes = [e.success for e in train_split if e.success is not None]
+    return {
+        "env_steps": local_steps,
+        "train_time_s": train_time,
+        "first_step_at": first_step_at,
+        "bytes_sent": comm.bytes_sent,
+        "final_return": float(np.mean([e.episode_return for e in train_split])) if train_split else math.nan,
+        "final_success": float(np.mean(successes)) if successes else math.nan,
+    }

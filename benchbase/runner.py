@@ -1,0 +1,147 @@
+"""Run a validated grid into a results folder: resume, one cell after another, statuses, hooks."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchbase import __version__
+from benchbase.console import GridConsole, print_summary
+from benchbase.errors import UserError
+from benchbase.grid import Cell, GridSpec, grid_fingerprint
+from benchbase.launch.local import CellOutcome, run_cell, warm_up
+from benchbase.plugins import Registry
+from benchbase.results import SCHEMA_VERSION, RunFolder, write_json
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def package_versions(registry: Registry) -> dict[str, Any]:
+    versions: dict[str, Any] = {"benchbase": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("torch", "gymnasium", "numpy", "pyarrow", "pluggy", "typer", "rich", "mujoco", "ale-py"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    versions["plugins"] = {name: provider for name, provider in registry.loaded}
+    return versions
+
+
+def check_folder(folder: RunFolder, cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """The folder's earlier rows, or a UserError if it holds a different grid."""
+    existing = folder.read_grid()
+    if existing is not None and existing.get("cell_ids") != grid_fingerprint(cells):
+        ours, theirs = set(grid_fingerprint(cells)), set(existing.get("cell_ids", []))
+        raise UserError(
+            f"{folder.root} holds a different grid ({len(theirs)} cells, {len(ours & theirs)} in common with "
+            f"this one's {len(ours)}): choose another --out"
+        )
+    return folder.read_cells()
+
+
+def _row(cell: Cell, status: str, outcome: CellOutcome | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "cell_id": cell.cell_id, "algorithm": cell.algorithm, "topology": cell.topology, "env": cell.env,
+        "replay": cell.replay, "seed": cell.seed, "learners": cell.learner_processes, "status": status,
+        "error": None, "wall_time_s": None, "startup_s": None, "env_steps": None, "steps_per_second": None,
+        "final_return": None, "final_success": None, "bytes_sent_per_learner": None,
+        "config": json.dumps(cell.config(), sort_keys=True),
+    }
+    if outcome is not None:
+        row.update(error=outcome.error, wall_time_s=outcome.wall_time_s,
+                   startup_s=None if math.isnan(outcome.startup_s) else outcome.startup_s)
+        if outcome.summaries:
+            summaries = outcome.summaries
+            steps = sum(s["env_steps"] for s in summaries)
+            train_time = max(s["train_time_s"] for s in summaries)
+            row.update(
+                env_steps=steps,
+                steps_per_second=steps / train_time if train_time > 0 else None,
+                final_return=_nanmean([s["final_return"] for s in summaries]),
+                final_success=_nanmean([s["final_success"] for s in summaries]),
+                bytes_sent_per_learner=sum(s["bytes_sent"] for s in summaries) / len(summaries),
+            )
+    return row
+
+
+def _nanmean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def run_grid(
+    spec: GridSpec,
+    cells: list[Cell],
+    out: Path,
+    registry: Registry,
+    *,
+    console: Any,
+    device: str = "cpu",
+    comm_timeout_s: float = 120.0,
+    plugins_only: tuple[str, ...] | None = None,
+    plugins_blocked: tuple[str, ...] = (),
+) -> int:
+    """Run every cell not already completed in `out`; returns the process exit code."""
+    warm_up()
+    folder = RunFolder(out)
+    previous = check_folder(folder, cells)
+    rows = {cell.cell_id: previous.get(cell.cell_id) or _row(cell, "pending") for cell in cells}
+    to_run = [cell for cell in cells if rows[cell.cell_id]["status"] != "completed"]
+    write_json(folder.grid_path, {
+        "schema_version": SCHEMA_VERSION,
+        "spec": spec.to_dict(),
+        "cell_ids": grid_fingerprint(cells),
+        "versions": package_versions(registry),
+        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    })
+    for cell in cells:
+        write_json(folder.root / "configs" / f"{cell.cell_id}.json", cell.config())
+    folder.write_cells(rows.values())
+
+    hook = registry.manager.hook
+    total_steps = sum(cell.env_steps for cell in to_run)
+    status = EXIT_OK
+    with GridConsole(len(cells), total_steps, console=console) as grid_console:
+        if len(to_run) < len(cells):
+            grid_console.skipped(len(cells) - len(to_run))
+
+        def on_event(event: tuple) -> None:
+            if event[0] == "progress":
+                _, cell_id, rank, steps, rate, recent = event
+                grid_console.progress(cell_id, rank, steps, rate, recent)
+
+        for cell in to_run:
+            folder.clear_cell(cell.cell_id)
+            rows[cell.cell_id] = _row(cell, "running")
+            folder.write_cells(rows.values())
+            hook.cell_started(cell=cell, out_dir=str(out))
+            grid_console.cell_started(cell.cell_id, cell.label, cell.env_steps, cell.learner_processes)
+            try:
+                outcome = run_cell(cell, str(out), on_event, device=device, comm_timeout_s=comm_timeout_s,
+                                   plugins_only=plugins_only, plugins_blocked=plugins_blocked)
+            except KeyboardInterrupt:
+                folder.clear_cell(cell.cell_id)
+                rows[cell.cell_id] = _row(cell, "interrupted")
+                folder.write_cells(rows.values())
+                grid_console.cell_finished(cell.cell_id, "interrupted", 0.0, 0, 0.0, None)
+                grid_console.message("interrupted: re-run the same command to continue the grid")
+                status = EXIT_INTERRUPTED
+                break
+            if outcome.status != "completed":
+                folder.clear_cell(cell.cell_id)
+                status = EXIT_FAILED_CELLS
+            row = _row(cell, outcome.status, outcome)
+            rows[cell.cell_id] = row
+            folder.write_cells(rows.values())
+            hook.cell_finished(cell=cell, row=row, out_dir=str(out))
+            hook.results_written(out_dir=str(out))
+            grid_console.cell_finished(cell.cell_id, outcome.status, outcome.wall_time_s, row["env_steps"] or 0,
+                                       row["steps_per_second"] or 0.0, outcome.error)
+    print_summary(console, list(rows.values()))
+    return status
