@@ -41,6 +41,11 @@ def _global_options(
     _selection["blocked"] = _split(block_plugins) or ()
 
 
+def _console() -> Console:
+    """Rich console; when not a terminal (CI, pipes) wide enough that tables are not truncated."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
 def _registry():
     from benchbase.plugins import load_registry
 
@@ -58,7 +63,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    console = Console()
+    console = _console()
     table = Table(title="benchbase plugins", show_lines=False)
     for column in ("kind", "name", "provider", "description", "parameters"):
         table.add_column(column, overflow="fold")
@@ -119,7 +124,7 @@ def run(
     }
     spec = grid_module.make_spec(file_values, cli_values)
     plan = grid_module.expand(spec, registry)
-    console = Console(highlight=False)
+    console = _console()
     for combination, reason in plan.invalid:
         console.print(f"[yellow]skipped[/yellow] {combination}: {reason}")
     if not plan.cells:
@@ -137,13 +142,15 @@ def run(
     check_folder(RunFolder(out), plan.cells)  # a different grid in --out: fail before writing anything
     console.print(f"benchbase: {len(plan.cells)} cells → {out}")
     code = run_grid(spec, plan.cells, out, registry, console=console, device=device, comm_timeout_s=comm_timeout,
-                    plugins_only=_selection["only"], plugins_blocked=_selection["blocked"] or ())
+                    plugins_only=_selection["only"], plugins_blocked=_selection["blocked"] or (),
+                    plugins_extra=registry.extra)
     console.print(f"results: {out}")
     raise typer.Exit(code)
 
 
 def _print_cells(console: Console, cells: list, out: Path) -> None:
-    table = Table(title=f"{len(cells)} cells (dry run: nothing runs, nothing is written; would write to {out})")
+    console.print(f"dry run: nothing runs and nothing is written (results would go to {out})")
+    table = Table(title=f"{len(cells)} cells")
     for column in ("cell", "algorithm", "topology", "env", "replay", "seed", "learners", "sims/learner", "env steps"):
         table.add_column(column)
     for cell in cells:

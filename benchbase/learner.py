@@ -49,6 +49,7 @@ class LearnerLaunch:
     cell_started_at: float  # time.time() when the launcher started the cell
     plugins_only: tuple[str, ...] | None = None
     plugins_blocked: tuple[str, ...] = ()
+    plugins_extra: tuple[str, ...] = ()
 
 
 def simulator_tasks(tasks: Sequence[Task], cell: Cell, rank: int) -> list[Task]:
@@ -107,6 +108,7 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     registry = load_registry(
         only=set(launch.plugins_only) if launch.plugins_only is not None else None,
         blocked=set(launch.plugins_blocked),
+        extra=launch.plugins_extra,
     )
     cell = Cell.from_config(launch.cell_config)
     cell_id, rank, world = cell.cell_id, launch.rank, launch.world_size

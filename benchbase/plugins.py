@@ -5,7 +5,9 @@ points in the group ``benchbase``. Both go through `_load`, so a built-in has no
 third-party package lacks. What loads can be limited:
 
 - ``BENCHBASE_PLUGINS=a,b``        load only these plugins (built-in module or entry-point names);
-- ``BENCHBASE_BLOCK_PLUGINS=a,b``  load everything except these.
+- ``BENCHBASE_BLOCK_PLUGINS=a,b``  load everything except these;
+- ``BENCHBASE_EXTRA_PLUGINS=pkg.mod`` also load these modules by import path (a local plugin
+  without packaging; handy for experiments and tests).
 
 A plugin that fails to import or register is recorded in `Registry.errors` (shown by
 `bench plugins`); the others keep working. Two components of one kind with the same name (or
@@ -68,6 +70,7 @@ class Registry:
     errors: list[str] = field(default_factory=list)  # plugins that failed to load or register
     clashes: list[str] = field(default_factory=list)
     loaded: list[tuple[str, str]] = field(default_factory=list)  # (plugin name, provider)
+    extra: tuple[str, ...] = ()  # modules loaded by import path (passed on to learner processes)
 
     def check(self) -> None:
         """Raise a UserError if two plugins claim one name."""
@@ -166,24 +169,30 @@ def _split_env(name: str) -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
-def _plugin_sources() -> Iterable[tuple[str, Callable[[], Any], str]]:
-    """(plugin name, loader, provider) for built-ins, then entry points: one code path."""
+def _plugin_sources(extra: Iterable[str] = ()) -> Iterable[tuple[str, Callable[[], Any], str]]:
+    """(plugin name, loader, provider) for built-ins, extra modules, then entry points: one code path."""
     for module_name in BUILTIN_PLUGINS:
         yield module_name, (lambda m=module_name: importlib.import_module(m)), f"benchbase {__version__}"
+    for module_name in extra:
+        yield module_name, (lambda m=module_name: importlib.import_module(m)), "local module"
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry_point.dist
         provider = f"{dist.name} {dist.version}" if dist is not None else entry_point.value
         yield entry_point.name, entry_point.load, provider
 
 
-def load_registry(only: set[str] | None = None, blocked: set[str] | None = None) -> Registry:
-    """Load every allowed plugin. Defaults come from BENCHBASE_PLUGINS / BENCHBASE_BLOCK_PLUGINS."""
+def load_registry(
+    only: set[str] | None = None, blocked: set[str] | None = None, extra: Iterable[str] | None = None
+) -> Registry:
+    """Load every allowed plugin. Defaults come from BENCHBASE_PLUGINS, BENCHBASE_BLOCK_PLUGINS
+    and BENCHBASE_EXTRA_PLUGINS."""
     only = only if only is not None else _split_env("BENCHBASE_PLUGINS")
     blocked = blocked if blocked is not None else (_split_env("BENCHBASE_BLOCK_PLUGINS") or set())
+    extra = tuple(extra) if extra is not None else tuple(sorted(_split_env("BENCHBASE_EXTRA_PLUGINS") or ()))
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    registry = Registry(manager)
-    for plugin_name, load, provider in _plugin_sources():
+    registry = Registry(manager, extra=extra)
+    for plugin_name, load, provider in _plugin_sources(extra):
         if plugin_name in blocked or (only is not None and plugin_name not in only):
             continue
         registry._load(plugin_name, load, provider)

@@ -86,6 +86,7 @@ def run_grid(
     comm_timeout_s: float = 120.0,
     plugins_only: tuple[str, ...] | None = None,
     plugins_blocked: tuple[str, ...] = (),
+    plugins_extra: tuple[str, ...] = (),
 ) -> int:
     """Run every cell not already completed in `out`; returns the process exit code."""
     warm_up()
@@ -124,7 +125,8 @@ def run_grid(
             grid_console.cell_started(cell.cell_id, cell.label, cell.env_steps, cell.learner_processes)
             try:
                 outcome = run_cell(cell, str(out), on_event, device=device, comm_timeout_s=comm_timeout_s,
-                                   plugins_only=plugins_only, plugins_blocked=plugins_blocked)
+                                   plugins_only=plugins_only, plugins_blocked=plugins_blocked,
+                                   plugins_extra=plugins_extra)
             except KeyboardInterrupt:
                 folder.clear_cell(cell.cell_id)
                 rows[cell.cell_id] = _row(cell, "interrupted")

@@ -53,7 +53,7 @@ def _learner_process(launch: LearnerLaunch, events: Any) -> None:
         summary = run_learner(launch, events.put)
         events.put(("done", cell_id, launch.rank, summary))
     except BaseException:
-        events.put(("error", cell_id, launch.rank, traceback.format_exc()))
+        events.put(("error", cell_id, launch.rank, traceback.format_exc(), time.time()))
         events.close()
         events.join_thread()
         sys.exit(1)
@@ -88,6 +88,7 @@ def run_cell(
     comm_timeout_s: float = 120.0,
     plugins_only: tuple[str, ...] | None = None,
     plugins_blocked: tuple[str, ...] = (),
+    plugins_extra: tuple[str, ...] = (),
 ) -> CellOutcome:
     """Run every learner of `cell` and wait for them. `on_event(event)` sees progress events.
 
@@ -109,6 +110,7 @@ def run_cell(
             cell_config=cell.config(), out_dir=out_dir, rank=rank, world_size=world, store_host="127.0.0.1",
             store_port=port, device=device_for(rank, device), comm_timeout_s=comm_timeout_s,
             cell_started_at=started_at, plugins_only=plugins_only, plugins_blocked=plugins_blocked,
+            plugins_extra=plugins_extra,
         )
         process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
         process.start()
@@ -116,23 +118,33 @@ def run_cell(
 
     summaries: dict[int, dict[str, Any]] = {}
     first_steps: dict[int, float] = {}
+    errors: list[tuple[float, int, str]] = []  # (when it was raised, rank, traceback)
+    grace_until = None  # after a first error, collect the others briefly to find the root cause
     error: str | None = None
     try:
-        while len(summaries) < world and error is None:
+        while len(summaries) + len(errors) < world:
+            if grace_until is not None and time.time() > grace_until:
+                break
             try:
                 event = events.get(timeout=0.1)
             except queue.Empty:
-                error = _dead_learner(processes, summaries)
+                dead = _dead_learner(processes, summaries, {rank for _, rank, _ in errors})
+                if dead is not None:
+                    errors.append((time.time(), dead[0], dead[1]))
+                    grace_until = grace_until or time.time() + _ERROR_GRACE_S
                 continue
-            kind, _, rank = event[0], event[1], event[2]
+            kind, rank = event[0], event[2]
             if kind == "started":
                 first_steps[rank] = event[3]
             elif kind == "done":
                 summaries[rank] = event[3]
             elif kind == "error":
-                error = f"learner {rank} failed:\n{event[3]}"
+                errors.append((event[4], rank, event[3]))
+                grace_until = grace_until or time.time() + _ERROR_GRACE_S
             else:
                 on_event(event)
+        if errors:
+            error = _root_cause(errors)
     except KeyboardInterrupt:
         _stop(processes)
         raise
@@ -151,12 +163,26 @@ def run_cell(
     return CellOutcome("completed", None, wall, startup, [summaries[r] for r in range(world)])
 
 
-def _dead_learner(processes: list[Any], summaries: dict[int, Any]) -> str | None:
+_ERROR_GRACE_S = 1.0
+
+
+def _root_cause(errors: list[tuple[float, int, str]]) -> str:
+    """The error raised first is the cause; the others (a neighbour's broken connection…) follow."""
+    errors.sort()
+    _, rank, text = errors[0]
+    message = f"learner {rank} failed:\n{text}"
+    for _, other, other_text in errors[1:]:
+        message += f"\n(then learner {other}: {other_text.strip().splitlines()[-1]})"
+    return message
+
+
+def _dead_learner(processes: list[Any], summaries: dict[int, Any], reported: set[int]) -> tuple[int, str] | None:
+    """A learner that died without reporting (killed, out of memory): (rank, description)."""
     for rank, process in enumerate(processes):
-        if process.exitcode is not None and process.exitcode != 0 and rank not in summaries:
+        if process.exitcode is not None and process.exitcode != 0 and rank not in summaries and rank not in reported:
             code = process.exitcode
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            return f"learner {rank} {how} without reporting an error"
+            return rank, f"learner {rank} {how} without reporting an error"
     return None
 
 
