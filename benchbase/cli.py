@@ -62,6 +62,8 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
     rows = registry.listing()
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
+        for error in registry.errors:
+            print(f"warning: {error}", file=sys.stderr)
         return
     console = _console()
     table = Table(title="benchbase plugins", show_lines=False)
@@ -74,7 +76,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
     table.add_row("env", "<any Gymnasium id>", "gymnasium", "a registered Gymnasium id (e.g. CartPole-v1) as a one-task family", "")
     console.print(table)
     for error in registry.errors:
-        console.print(f"[yellow]warning:[/yellow] {error.splitlines()[0]}", markup=True, highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {error}", markup=True, highlight=False)
 
 
 @app.command()

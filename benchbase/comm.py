@@ -94,6 +94,8 @@ class Communicator:
         self.timeout_s = timeout_s
         self._timeout = timedelta(seconds=timeout_s)
         self.dtype = dtype
+        # Tagged messages carry their iteration in a trailing slot: keep it exact (fp16 is not).
+        self.message_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.element_bytes = torch.empty((), dtype=dtype).element_size()
         self.bytes_sent = 0
         self.messages_sent = 0
@@ -115,7 +117,7 @@ class Communicator:
         self._sending: deque[tuple[dist.Work, torch.Tensor]] = deque()
         if staleness > 0:
             for j in plan.in_peers(rank):
-                inbox = _Inbox(j, numel + 1, dtype)
+                inbox = _Inbox(j, numel + 1, self.message_dtype)
                 inbox.start()
                 self._inboxes[j] = inbox
 
@@ -147,8 +149,9 @@ class Communicator:
         own_weight, in_weights, outs = self._phases[self.plan.phase(iteration)]
         works = [dist.isend(params, dst=j) for j in outs]
         works += [dist.irecv(self._received[j], src=j) for j, _ in in_weights]
+        deadline = time.monotonic() + self.timeout_s  # one timeout for the whole mix
         for work in works:
-            work.wait(self._timeout)
+            work.wait(timedelta(seconds=max(0.001, deadline - time.monotonic())))
         self._count_sent(len(outs), self.numel)
         self.messages_received += len(in_weights)
         params.mul_(own_weight)
@@ -162,14 +165,14 @@ class Communicator:
         incoming = []
         for j, weight in in_weights:
             message, sent_at = self._inboxes[j].wait_fresh(iteration - self.staleness, self.timeout_s)
-            self.staleness_seen.append(iteration - sent_at)
-            incoming.append((message[:-1], weight))
+            self.staleness_seen.append(max(0.0, iteration - sent_at))  # a neighbour may be ahead
+            incoming.append((message[:-1].to(params.dtype), weight))
         params.mul_(own_weight)
         for message, weight in incoming:
             params.add_(message, alpha=weight)
 
     def _send_tagged(self, params: torch.Tensor, iteration: float, destination: int) -> None:
-        message = torch.empty(self.numel + 1, dtype=params.dtype)
+        message = torch.empty(self.numel + 1, dtype=self.message_dtype)
         message[:-1].copy_(params)
         message[-1] = iteration
         self._sending.append((dist.isend(message, dst=destination), message))
@@ -217,19 +220,24 @@ class Communicator:
 
     def close(self) -> None:
         """Match every send with a receive: final markers out, every inbox drained to its marker."""
+        try:
+            self._send_finals_and_drain()
+        finally:
+            while self._sending:
+                work, _ = self._sending.popleft()
+                work.wait(self._timeout)
+
+    def _send_finals_and_drain(self) -> None:
         if self.staleness > 0 and self.plan.has_edges:
-            final = torch.zeros(self.numel + 1, dtype=self.dtype)
+            final = torch.zeros(self.numel + 1, dtype=self.message_dtype)
             for j in self.plan.out_peers(self.rank):
                 marker = final.clone()
                 marker[-1] = _FINAL
                 self._sending.append((dist.isend(marker, dst=j), marker))
-                self.messages_sent += 1
+                self._count_sent(1, self.numel + 1)
             for inbox in self._inboxes.values():
                 inbox.join(self.timeout_s)
                 if inbox.is_alive():
                     raise TimeoutError(f"learner {inbox.source} never sent its final message")
                 if inbox.error is not None:
                     raise RuntimeError(f"receiving from learner {inbox.source} failed: {inbox.error}")
-        while self._sending:
-            work, _ = self._sending.popleft()
-            work.wait(self._timeout)

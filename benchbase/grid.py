@@ -256,8 +256,16 @@ class GridPlan:
     invalid: list[tuple[str, str]]  # (combination, reason)
 
 
-def _overrides_for(spec: GridSpec, entry: AxisEntry) -> dict[str, Any]:
-    merged = dict(spec.overrides.get(entry.name, {}))
+def _overrides_for(spec: GridSpec, registry: Registry, kind: str, component: Any, entry: AxisEntry) -> dict[str, Any]:
+    """--set values for this component (under its name or an alias), then the entry's own."""
+    merged: dict[str, Any] = {}
+    for plugin, values in spec.overrides.items():
+        try:
+            target = registry.get(kind, plugin)
+        except UserError:
+            continue
+        if target.name == component.name:  # resolved families are new objects each time
+            merged.update(values)
     merged.update(entry.overrides)
     return merged
 
@@ -294,7 +302,7 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
         resolved[kind] = []
         for entry in entries:
             component = registry.get(kind, entry.name)
-            params = params_of(component, _overrides_for(spec, entry))
+            params = params_of(component, _overrides_for(spec, registry, kind, component, entry))
             resolved[kind].append((component.name, component, params))
 
     probes: dict[str, tuple[str, str]] = {}

@@ -9,6 +9,7 @@ Supported field types: int, float, bool, str, `Literal[...]` (choices) and `X | 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -95,22 +96,32 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
+            text = value.replace("_", "")
             try:
-                number = float(value.replace("_", ""))
+                return int(text)
+            except ValueError:
+                pass
+            try:
+                number = float(text)  # "1e5" is a fine way to write 100000
             except ValueError:
                 number = None
             if number is not None and number.is_integer():
                 return int(number)
         raise UserError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise UserError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -67,7 +67,8 @@ class Registry:
     manager: pluggy.PluginManager
     components: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in KINDS})
     aliases: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
-    errors: list[str] = field(default_factory=list)  # plugins that failed to load or register
+    errors: list[str] = field(default_factory=list)  # one line per plugin that failed to load or register
+    tracebacks: list[str] = field(default_factory=list)  # the same failures in full
     clashes: list[str] = field(default_factory=list)
     loaded: list[tuple[str, str]] = field(default_factory=list)  # (plugin name, provider)
     extra: tuple[str, ...] = ()  # modules loaded by import path (passed on to learner processes)
@@ -143,6 +144,7 @@ class Registry:
             self.manager.register(module, name=plugin_name)
         except Exception as error:  # a broken plugin must not take the others down
             self.errors.append(f"plugin {plugin_name} ({provider}) failed to load: {_one_line(error)}")
+            self.tracebacks.append(traceback.format_exc())
             return
         for kind, hook_name in _HOOK_OF_KIND.items():
             hook = getattr(self.manager.hook, hook_name)
@@ -154,7 +156,7 @@ class Registry:
                     self.errors.append(
                         f"plugin {plugin_name} ({provider}) failed in {hook_name}: {_one_line(error)}"
                     )
-                    self.errors.append(traceback.format_exc())
+                    self.tracebacks.append(traceback.format_exc())
         self.loaded.append((plugin_name, provider))
 
 

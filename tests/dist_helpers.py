@@ -1,11 +1,15 @@
 """Multi-process helpers for the tests: real processes, gloo on CPU, rendezvous on loopback.
 
-`run_group(target, world, *args)` starts `world` spawned processes that join one gloo process
+`run_group(target, world, *args)` starts `world` processes that join one gloo process
 group through a TCPStore the test process hosts on a port the OS picks, calls
 `target(rank, world, *args)` in each, and returns the results by rank. Every wait has a
 deadline: a child that raises, dies or does not report in time fails the test, and leftovers
 are terminated (then killed) in a `finally`. The children's functions live here so that the
-spawn start method can import them.
+child processes can import them.
+
+Processes come from the local launcher's forkserver, which has already imported torch (a fresh
+interpreter per learner would spend seconds importing torch on a small machine); sharing it
+means the launcher's own tests find it started with the modules they expect.
 
 Children report only plain data (floats, lists, numpy arrays), never tensors: torch would send
 tensors through shared memory, which does not survive the child's exit.
@@ -26,8 +30,10 @@ import torch
 import torch.distributed as dist
 
 from benchbase.comm import Communicator
+from benchbase.launch.local import warm_up
 
 PG_TIMEOUT_S = 20.0
+_KEEP_ALIVE: list[Any] = []
 
 
 # -- the harness (runs in the test process) ---------------------------------------------------
@@ -35,7 +41,8 @@ PG_TIMEOUT_S = 20.0
 
 def run_group(target: Callable[..., Any], world: int, *args: Any, timeout_s: float = 60.0) -> list[Any]:
     """Run `target(rank, world, *args)` in `world` gloo processes; their results by rank."""
-    context = multiprocessing.get_context("spawn")
+    warm_up()  # the launcher's forkserver (one per test session), preloaded with torch
+    context = multiprocessing.get_context("forkserver")
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=PG_TIMEOUT_S))
     results_queue = context.Queue()
@@ -192,6 +199,9 @@ def failure_suite(rank: int, world: int, plan: Any, numel: int, staleness: int, 
     params = initial_vector(rank, numel)
     for iteration in range(fail_at + staleness + 10):
         if rank == 0 and iteration == fail_at:
+            # Keep the communicator: gloo drops a pending send whose work object is destroyed,
+            # and the scenario is a learner that stops mixing, not one that retracts messages.
+            _KEEP_ALIVE.append(comm)
             try:
                 raise RuntimeError("learner 0 broke")
             except RuntimeError as error:

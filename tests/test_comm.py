@@ -189,7 +189,8 @@ def test_bounded_staleness_with_a_straggler(registry):
         before = result[bound]["before_close"]
         assert before["bytes_sent"] == iterations * degree * (numel + 1) * FLOAT_BYTES  # iteration slot
         assert before["staleness_max"] <= bound
-        assert min(result[bound]["staleness_seen"]) >= 0
+        # (iteration − sent_at is negative where the in-neighbour is ahead: the straggler's case.)
+        assert max(result[bound]["staleness_seen"]) <= bound
         assert len(result[bound]["staleness_seen"]) == iterations * degree
         assert np.isfinite(result[bound]["final"]).all()
     # The gossip path was really exercised: the straggler's neighbours ran ahead of it.

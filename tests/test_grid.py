@@ -26,9 +26,7 @@ from benchbase.grid import (
     split_top_level,
 )
 from benchbase.params import coerce, describe, param, resolve
-from benchbase.plugins import load_registry
-
-ENV_VARS = ("BENCHBASE_PLUGINS", "BENCHBASE_BLOCK_PLUGINS", "BENCHBASE_EXTRA_PLUGINS")
+from benchbase.plugins import BUILTIN_PLUGINS, load_registry
 
 FAKES = """
     from benchbase.contracts import Algorithm, ReplayStrategy
@@ -70,9 +68,7 @@ FAKES = """
 @pytest.fixture(scope="module")
 def registry():
     """The built-in plugins only (whatever is installed or set in the caller's shell)."""
-    return load_registry(only={"plugins.algorithms.diff_a2c", "plugins.topologies.builtin",
-                               "plugins.envs.classic_control", "plugins.envs.gymnasium_ids", "plugins.replay.none"},
-                         blocked=set(), extra=())
+    return load_registry(only=set(BUILTIN_PLUGINS), blocked=set(), extra=())
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +79,7 @@ def fake_registry(tmp_path_factory):
     (folder / f"{module}.py").write_text(textwrap.dedent(FAKES))
     sys.path.insert(0, str(folder))
     try:
-        registry = load_registry(only=None, blocked={"star"}, extra=[module])
+        registry = load_registry(only={*BUILTIN_PLUGINS, module}, blocked=set(), extra=[module])
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop(module, None)
@@ -220,6 +216,11 @@ def test_axis_entries_through_an_alias_resolve_to_the_canonical_name(registry):
     assert only_cell(registry, t=["complete"]).topology == "fully-connected"
     with pytest.raises(UserError, match="same cell twice"):
         plan(registry, t=["complete", "fully-connected"])
+
+
+def test_set_reaches_an_entry_named_by_alias(registry, entry: str, target: str):
+    cell = only_cell(registry, t=[entry], sets=[f"{target}.weights=uniform"])
+    assert cell.topology_params["weights"] == "uniform"
 
 
 # -- make_spec and expand -----------------------------------------------------------------------
@@ -510,6 +511,15 @@ def test_coerce_literal_and_optional():
     assert coerce("5", int | None, "x.limit") == 5
     with pytest.raises(UserError, match="integer"):
         coerce("five", int | None, "x.limit")
+
+
+def test_non_finite_numbers_are_rejected(value: Any):
+    @dataclasses.dataclass(frozen=True)
+    class Rate:
+        lr: float = param(1e-3, "a learning rate", min=0.0)
+
+    with pytest.raises(UserError, match=r"example\.lr"):
+        resolve(Rate, {"lr": value}, "example")
 
 
 def test_resolve_applies_bounds_and_names_the_owner():
