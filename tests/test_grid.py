@@ -218,6 +218,7 @@ def test_axis_entries_through_an_alias_resolve_to_the_canonical_name(registry):
         plan(registry, t=["complete", "fully-connected"])
 
 
+@pytest.mark.parametrize(("entry", "target"), [("complete", "fully-connected"), ("fully-connected", "complete")])
 def test_set_reaches_an_entry_named_by_alias(registry, entry: str, target: str):
     cell = only_cell(registry, t=[entry], sets=[f"{target}.weights=uniform"])
     assert cell.topology_params["weights"] == "uniform"
@@ -513,6 +514,7 @@ def test_coerce_literal_and_optional():
         coerce("five", int | None, "x.limit")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", float("nan")])
 def test_non_finite_numbers_are_rejected(value: Any):
     @dataclasses.dataclass(frozen=True)
     class Rate:
