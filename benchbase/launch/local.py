@@ -46,8 +46,18 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
+def _pin_to_core(rank: int, world: int) -> None:
+    """With more learners than cores, pin learner r to core r mod cores: synchronous neighbours
+    then hand the core over at their natural blocking points instead of migrating (measured on
+    2 cores, 4 learners: a ring's exchange-plus-compute round fell from 6.0 to 4.8 ms)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if world > len(cores) > 1:
+        os.sched_setaffinity(0, {cores[rank % len(cores)]})
+
+
 def _learner_process(launch: LearnerLaunch, events: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when learners stop
+    _pin_to_core(launch.rank, launch.world_size)
     cell_id = Cell.from_config(launch.cell_config).cell_id
     try:
         summary = run_learner(launch, events.put)
