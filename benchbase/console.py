@@ -423,7 +423,9 @@ def summary_tables(cells: list[dict]) -> list[Table]:
     """One table per env family, one row per (algorithm, topology, replay), aggregated over seeds."""
     by_env: dict[str, dict[tuple[str, str, str], list[dict]]] = {}
     for cell in cells:
-        key = (str(cell.get("algorithm")), str(cell.get("topology")), str(cell.get("replay")))
+        # Entries of one plugin with different parameters (the cell's "variant") stay apart.
+        algorithm = str(cell.get("algorithm")) + (f" ({cell['variant']})" if cell.get("variant") else "")
+        key = (algorithm, str(cell.get("topology")), str(cell.get("replay")))
         by_env.setdefault(str(cell.get("env")), {}).setdefault(key, []).append(cell)
 
     tables = []

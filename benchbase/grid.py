@@ -363,5 +363,20 @@ def _probe_spaces(family: Any, env_params: Any) -> tuple[str, str]:
         env.close()
 
 
+def variant(cell: Cell, registry: Registry) -> str:
+    """The cell's parameters that differ from their plugins' defaults ("diff-a2c.lr=0.002 random.p=0.3"),
+    so that two entries of one plugin with different parameters stay apart in summaries."""
+    parts = []
+    for kind, name, values in (
+        ("algorithm", cell.algorithm, cell.algorithm_params),
+        ("topology", cell.topology, cell.topology_params),
+        ("env", cell.env, cell.env_params),
+        ("replay", cell.replay, cell.replay_params),
+    ):
+        defaults = to_dict(params_of(registry.get(kind, name)))
+        parts += [f"{name}.{key}={value}" for key, value in values.items() if defaults.get(key) != value]
+    return " ".join(parts)
+
+
 def grid_fingerprint(cells: Sequence[Cell]) -> list[str]:
     return sorted(cell.cell_id for cell in cells)

@@ -49,6 +49,7 @@ CELLS_SCHEMA = _schema(
         pa.field("topology", pa.string()),
         pa.field("env", pa.string()),
         pa.field("replay", pa.string()),
+        pa.field("variant", pa.string()),  # non-default parameters, e.g. "diff-a2c.lr=0.002 random.p=0.3"
         pa.field("seed", pa.int64()),
         pa.field("learners", pa.int64()),
         pa.field("status", pa.string()),  # completed | failed | interrupted

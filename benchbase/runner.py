@@ -14,7 +14,7 @@ from typing import Any
 from benchbase import __version__
 from benchbase.console import GridConsole, print_summary
 from benchbase.errors import UserError
-from benchbase.grid import Cell, GridSpec, grid_fingerprint
+from benchbase.grid import Cell, GridSpec, grid_fingerprint, variant
 from benchbase.launch.local import CellOutcome, run_cell, warm_up
 from benchbase.plugins import Registry
 from benchbase.results import SCHEMA_VERSION, RunFolder, write_json
@@ -45,10 +45,10 @@ def check_folder(folder: RunFolder, cells: list[Cell]) -> dict[str, dict[str, An
     return folder.read_cells()
 
 
-def _row(cell: Cell, status: str, outcome: CellOutcome | None = None) -> dict[str, Any]:
+def _row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "cell_id": cell.cell_id, "algorithm": cell.algorithm, "topology": cell.topology, "env": cell.env,
-        "replay": cell.replay, "seed": cell.seed, "learners": cell.learner_processes, "status": status,
+        "replay": cell.replay, "variant": variant_text, "seed": cell.seed, "learners": cell.learner_processes, "status": status,
         "error": None, "wall_time_s": None, "startup_s": None, "env_steps": None, "steps_per_second": None,
         "final_return": None, "final_success": None, "bytes_sent_per_learner": None,
         "config": json.dumps(cell.config(), sort_keys=True),
@@ -92,7 +92,8 @@ def run_grid(
     warm_up()
     folder = RunFolder(out)
     previous = check_folder(folder, cells)
-    rows = {cell.cell_id: previous.get(cell.cell_id) or _row(cell, "pending") for cell in cells}
+    variants = {cell.cell_id: variant(cell, registry) for cell in cells}
+    rows = {cell.cell_id: previous.get(cell.cell_id) or _row(cell, variants[cell.cell_id], "pending") for cell in cells}
     to_run = [cell for cell in cells if rows[cell.cell_id]["status"] != "completed"]
     write_json(folder.grid_path, {
         "schema_version": SCHEMA_VERSION,
@@ -119,7 +120,7 @@ def run_grid(
 
         for cell in to_run:
             folder.clear_cell(cell.cell_id)
-            rows[cell.cell_id] = _row(cell, "running")
+            rows[cell.cell_id] = _row(cell, variants[cell.cell_id], "running")
             folder.write_cells(rows.values())
             hook.cell_started(cell=cell, out_dir=str(out))
             grid_console.cell_started(cell.cell_id, cell.label, cell.env_steps, cell.learner_processes)
@@ -129,7 +130,7 @@ def run_grid(
                                    plugins_extra=plugins_extra)
             except KeyboardInterrupt:
                 folder.clear_cell(cell.cell_id)
-                rows[cell.cell_id] = _row(cell, "interrupted")
+                rows[cell.cell_id] = _row(cell, variants[cell.cell_id], "interrupted")
                 folder.write_cells(rows.values())
                 grid_console.cell_finished(cell.cell_id, "interrupted", 0.0, 0, 0.0, None)
                 grid_console.message("interrupted: re-run the same command to continue the grid")
@@ -138,7 +139,7 @@ def run_grid(
             if outcome.status != "completed":
                 folder.clear_cell(cell.cell_id)
                 status = EXIT_FAILED_CELLS
-            row = _row(cell, outcome.status, outcome)
+            row = _row(cell, variants[cell.cell_id], outcome.status, outcome)
             rows[cell.cell_id] = row
             folder.write_cells(rows.values())
             hook.cell_finished(cell=cell, row=row, out_dir=str(out))
