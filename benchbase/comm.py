@@ -123,9 +123,22 @@ class Communicator:
 
     # -- mixing ---------------------------------------------------------------------------------
 
+    def _host(self, params: torch.Tensor) -> torch.Tensor:
+        """gloo exchanges CPU tensors: a GPU learner's buffer is staged through pinned memory."""
+        if params.device.type == "cpu":
+            return params
+        if getattr(self, "_staging", None) is None:
+            self._staging = torch.empty(params.numel(), dtype=params.dtype, pin_memory=True)
+        return self._staging.copy_(params)
+
     def mix(self, params: torch.Tensor, iteration: int) -> None:
         """Combine `params` (flat, written in place) with the neighbours' for this iteration."""
         if not self.plan.has_edges:
+            return
+        if params.device.type != "cpu":
+            host = self._host(params)
+            self.mix(host, iteration)
+            params.copy_(host)
             return
         started = time.perf_counter()
         if self.use_all_reduce:
@@ -194,7 +207,8 @@ class Communicator:
         n = self.plan.n_learners
         if n == 1:
             return 0.0
-        mean = params.detach().clone()
+        params = self._host(params.detach())
+        mean = params.clone()
         dist.all_reduce(mean)
         mean.div_(n)
         spread = torch.stack([(params - mean).pow(2).sum()]).double()
