@@ -181,8 +181,11 @@ def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_pat
     out = tmp_path / "run"
     args = ["run", "-a", "diff-a2c", "-t", "ring", "-e", "CartPole-v1", "--seeds", "2", "--learners", "2",
             "--env-steps", "60000", "--evaluations", "0", "--out", str(out)]
+    # A shell's background jobs inherit SIGINT as ignored (and Python then installs no handler):
+    # give the child the default disposition, as a terminal's Ctrl-C would find it.
     process = subprocess.Popen([sys.executable, "-m", "benchbase", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
         while time.time() < deadline:  # wait until the first cell is running
