@@ -97,10 +97,16 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells and run nothing."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (CUDA round-robin when present)."),
     comm_timeout: float = typer.Option(120.0, "--comm-timeout", help="Seconds before a stuck exchange fails its cell."),
+    transport: str = typer.Option(
+        "auto", "--transport",
+        help="Parameter exchange: shm (shared memory, learners on one host), p2p (gloo messages), or auto (shm when possible).",
+    ),
 ) -> None:
     """Run a grid of cells. With no axes, runs the small embedded default grid."""
     from benchbase import grid as grid_module
 
+    if transport not in ("auto", "shm", "p2p"):
+        raise UserError(f"--transport {transport!r}: choose auto, shm or p2p")
     if device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device {device!r}: choose cpu, cuda or auto")
     if device == "cuda":
@@ -145,7 +151,7 @@ def run(
     console.print(f"benchbase: {len(plan.cells)} cells → {out}")
     code = run_grid(spec, plan.cells, out, registry, console=console, device=device, comm_timeout_s=comm_timeout,
                     plugins_only=_selection["only"], plugins_blocked=_selection["blocked"] or (),
-                    plugins_extra=registry.extra)
+                    plugins_extra=registry.extra, transport=transport)
     console.print(f"results: {out}")
     raise typer.Exit(code)
 

@@ -26,6 +26,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from benchbase.shm import SharedBoard
 from benchbase.topology import MixingPlan
 
 _FINAL = -1.0  # iteration slot of the last message on a channel
@@ -86,8 +87,18 @@ class _Inbox(threading.Thread):
 class Communicator:
     """Mixes one learner's flat parameter buffer with its neighbours, as the plan says."""
 
-    def __init__(self, plan: MixingPlan, rank: int, numel: int, dtype: torch.dtype, staleness: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        plan: MixingPlan,
+        rank: int,
+        numel: int,
+        dtype: torch.dtype,
+        staleness: int,
+        timeout_s: float,
+        board: SharedBoard | None = None,
+    ) -> None:
         self.plan = plan
+        self.board = board  # same-host shared memory instead of gloo messages (benchbase.shm)
         self.rank = rank
         self.numel = numel
         self.staleness = staleness
@@ -102,7 +113,7 @@ class Communicator:
         self.messages_received = 0
         self.wait_s = 0.0
         self.staleness_seen: list[float] = []
-        self.use_all_reduce = plan.is_complete and staleness == 0
+        self.use_all_reduce = plan.is_complete and staleness == 0 and board is None
         # Per phase: (this learner's own weight, [(in-neighbour, weight)], [out-neighbours]).
         self._phases = [
             (
@@ -115,7 +126,7 @@ class Communicator:
         self._received = {j: torch.empty(numel, dtype=dtype) for j in plan.in_peers(rank)}
         self._inboxes: dict[int, _Inbox] = {}
         self._sending: deque[tuple[dist.Work, torch.Tensor]] = deque()
-        if staleness > 0:
+        if staleness > 0 and board is None:
             for j in plan.in_peers(rank):
                 inbox = _Inbox(j, numel + 1, self.message_dtype)
                 inbox.start()
@@ -141,7 +152,9 @@ class Communicator:
             params.copy_(host)
             return
         started = time.perf_counter()
-        if self.use_all_reduce:
+        if self.board is not None:
+            self._mix_shared(params, iteration)
+        elif self.use_all_reduce:
             self._all_reduce_average(params)
         elif self.staleness == 0:
             self._mix_synchronous(params, iteration)
@@ -183,6 +196,22 @@ class Communicator:
         params.mul_(own_weight)
         for message, weight in incoming:
             params.add_(message, alpha=weight)
+
+    def _mix_shared(self, params: torch.Tensor, iteration: int) -> None:
+        own_weight, in_weights, outs = self._phases[self.plan.phase(iteration)]
+        self.board.publish(params, iteration)
+        # Counted as the messages a network transport would send, so figures compare across transports.
+        self._count_sent(len(outs), self.numel)
+        for j, _ in in_weights:
+            if self.staleness == 0:
+                self.board.read_exact(j, iteration, self._received[j])
+            else:
+                sent_at = self.board.read_newest(j, iteration - self.staleness, self._received[j])
+                self.staleness_seen.append(max(0, iteration - sent_at))
+        self.messages_received += len(in_weights)
+        params.mul_(own_weight)
+        for j, weight in in_weights:
+            params.add_(self._received[j], alpha=weight)
 
     def _send_tagged(self, params: torch.Tensor, iteration: float, destination: int) -> None:
         message = torch.empty(self.numel + 1, dtype=self.message_dtype)
@@ -234,6 +263,11 @@ class Communicator:
 
     def close(self) -> None:
         """Match every send with a receive: final markers out, every inbox drained to its marker."""
+        if self.board is not None:
+            # Nothing is in flight: a neighbour that still reads our last iteration keeps its own
+            # mapping of the segment after we close and unlink it.
+            self.board.close()
+            return
         try:
             self._send_finals_and_drain()
         finally:

@@ -24,6 +24,7 @@ from benchbase.comm import Communicator
 from benchbase.contracts import ConsensusParams, EnvFamily, FinishedEpisode, LearnerSpec, Task, params_of
 from benchbase.grid import Cell
 from benchbase.plugins import load_registry
+from benchbase.shm import SharedBoard, segment_bytes, shared_memory_room, synchronous_slots
 from benchbase.results import EPISODES_SCHEMA, EVALUATIONS_SCHEMA, METRICS_SCHEMA, RowBuffer, RunFolder, write_table
 from benchbase.topology import build_mixing_plan
 
@@ -50,6 +51,8 @@ class LearnerLaunch:
     plugins_only: tuple[str, ...] | None = None
     plugins_blocked: tuple[str, ...] = ()
     plugins_extra: tuple[str, ...] = ()
+    transport: str = "p2p"  # "shm" (same host, benchbase.shm), "p2p" (gloo messages) or "auto"
+    shm_prefix: str = ""
 
 
 def simulator_tasks(tasks: Sequence[Task], cell: Cell, rank: int) -> list[Task]:
@@ -135,7 +138,8 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         device = torch.device(launch.device)
         learner = algorithm.make_learner(algorithm_params, LearnerSpec(env, rank, world, cell.seed, device))
         buffer = learner.parameters_buffer()
-        comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, launch.comm_timeout_s)
+        board = _shared_board(launch, plan, staleness, buffer)
+        comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, launch.comm_timeout_s, board)
         evaluator = Evaluator(family, env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
         summary = _train(cell, launch, learner, comm, evaluator, staleness, report)
         comm.close()
@@ -146,6 +150,25 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torch.Tensor) -> SharedBoard | None:
+    """Same-host shared memory for the exchange when asked for and possible; every learner of the
+    cell takes the same decision (a collective), else they fall back to gloo together."""
+    if launch.transport == "p2p" or launch.world_size == 1 or not plan.has_edges:
+        return None
+    slots = synchronous_slots(plan) if staleness == 0 else 2
+    room = slots is not None and shared_memory_room(launch.world_size * segment_bytes(buffer.numel(), slots, buffer.dtype))
+    agreed = torch.tensor([1 if room else 0])
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    if not agreed.item():
+        if launch.transport == "shm":
+            raise RuntimeError("transport shm: not enough room in /dev/shm or too many slots for this topology")
+        return None
+    board = SharedBoard(launch.shm_prefix, launch.rank, buffer.numel(), slots, buffer.dtype, launch.comm_timeout_s)
+    dist.barrier()  # every segment exists before anyone opens its neighbours'
+    board.attach(plan.in_peers(launch.rank))
+    return board
 
 
 def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, evaluator: Evaluator | None,

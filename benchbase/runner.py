@@ -87,6 +87,7 @@ def run_grid(
     plugins_only: tuple[str, ...] | None = None,
     plugins_blocked: tuple[str, ...] = (),
     plugins_extra: tuple[str, ...] = (),
+    transport: str = "auto",
 ) -> int:
     """Run every cell not already completed in `out`; returns the process exit code."""
     warm_up()
@@ -127,7 +128,7 @@ def run_grid(
             try:
                 outcome = run_cell(cell, str(out), on_event, device=device, comm_timeout_s=comm_timeout_s,
                                    plugins_only=plugins_only, plugins_blocked=plugins_blocked,
-                                   plugins_extra=plugins_extra)
+                                   plugins_extra=plugins_extra, transport=transport)
             except KeyboardInterrupt:
                 folder.clear_cell(cell.cell_id)
                 rows[cell.cell_id] = _row(cell, variants[cell.cell_id], "interrupted")

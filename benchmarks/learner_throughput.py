@@ -7,8 +7,9 @@ Figures:
 1. raw CartPole stepping, 8 simulators (benchbase's vectorised env, and Gymnasium's CartPole-v1
    in a plain Python loop), random actions;
 2. one Diff-A2C learner in this process: CartPole-v1, 8 simulators, T = 5, one torch thread;
-3. cells through the launcher (real processes, gloo): 1 learner, and 4 learners on isolated and
-   ring topologies — aggregate steps/s, the ring's ratio to one learner, start-up to first step;
+3. cells through the launcher (real processes): 1 learner, and 4 learners on isolated, ring,
+   fully connected and exponential topologies, exchanging through shared memory (shm) or gloo
+   messages (p2p) — aggregate steps/s, the ratio to one learner, start-up to first step;
 4. bytes sent per learner per combine on a ring for N = 4 and N = 8.
 """
 
@@ -77,7 +78,7 @@ def one_learner(steps: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def cell(topology: str, learners: int, steps: int, registry) -> dict:
+def cell(topology: str, learners: int, steps: int, registry, transport: str = "auto") -> dict:
     spec = make_spec({}, {
         "algorithms": [parse_axis_entry("diff-a2c", "-a")], "topologies": [parse_axis_entry(topology, "-t")],
         "envs": [parse_axis_entry("CartPole-v1", "-e")], "learners": learners, "envs_per_learner": 8,
@@ -85,7 +86,7 @@ def cell(topology: str, learners: int, steps: int, registry) -> dict:
     })
     (only,) = expand(spec, registry).cells
     with tempfile.TemporaryDirectory() as out:
-        outcome = run_cell(only, out, lambda event: None)
+        outcome = run_cell(only, out, lambda event: None, transport=transport)
     assert outcome.status == "completed", outcome.error
     total = sum(s["env_steps"] for s in outcome.summaries)
     train = max(s["train_time_s"] for s in outcome.summaries)
@@ -112,13 +113,15 @@ def main() -> None:
     print("== one Diff-A2C learner in-process (CartPole-v1, 8 simulators, T=5, 1 thread)")
     print(f"diff-a2c learner: {one_learner(int(200_000 * scale)):>10,.0f} env steps/s")
 
-    print("== cells through the launcher (real processes, gloo, 8 simulators per learner)")
+    print("== cells through the launcher (real processes, 8 simulators per learner)")
     single = cell("isolated", 1, int(200_000 * scale), registry)
     print(f"1 learner:             {single['steps_per_s']:>8,.0f} steps/s   start-up {single['startup_s']:.2f} s")
-    for topology in ("isolated", "ring", "fully-connected"):
-        result = cell(topology, 4, int(600_000 * scale), registry)
+    for topology, transport in (("isolated", "auto"), ("ring", "shm"), ("ring", "p2p"),
+                                ("fully-connected", "shm"), ("fully-connected", "p2p"), ("exponential", "shm")):
+        result = cell(topology, 4, int(600_000 * scale), registry, transport)
         ratio = result["steps_per_s"] / single["steps_per_s"]
-        print(f"4 learners {topology:<16} {result['steps_per_s']:>8,.0f} steps/s  ({ratio:.2f}× one learner)   "
+        label = f"{topology} ({transport})" if topology != "isolated" else topology
+        print(f"4 learners {label:<23} {result['steps_per_s']:>8,.0f} steps/s  ({ratio:.2f}× one learner)   "
               f"start-up {result['startup_s']:.2f} s")
 
     print("== bytes sent per learner per combine, ring")

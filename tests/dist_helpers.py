@@ -217,3 +217,54 @@ def failure_suite(rank: int, world: int, plan: Any, numel: int, staleness: int, 
 
 def as_matrix(vectors: list[np.ndarray]) -> np.ndarray:
     return np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
+
+
+# -- shared-memory transport (benchbase.shm) ---------------------------------------------------
+
+
+def _board(prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s: float = PG_TIMEOUT_S):
+    from benchbase.shm import SharedBoard
+
+    board = SharedBoard(prefix, rank, numel, slots, torch.float32, timeout_s)
+    dist.barrier()
+    board.attach(plan.in_peers(rank))
+    return board
+
+
+def shared_versus_gloo_suite(rank: int, world: int, plans: dict[str, Any], numel: int, steps: int,
+                             prefix: str) -> dict[str, Any]:
+    """The same synchronous mixing through gloo messages and through shared memory."""
+    from benchbase.shm import synchronous_slots
+
+    out: dict[str, Any] = {}
+    for name, plan in plans.items():
+        finals = {}
+        for transport in ("p2p", "shm"):
+            board = _board(f"{prefix}-{name}", rank, plan, numel, synchronous_slots(plan)) if transport == "shm" else None
+            comm = Communicator(plan, rank, numel, torch.float32, staleness=0, timeout_s=PG_TIMEOUT_S, board=board)
+            params = initial_vector(rank, numel)
+            for iteration in range(steps):
+                comm.mix(params, iteration)
+            finals[transport] = params.numpy().copy()
+            finals[f"{transport}_bytes"] = comm.bytes_sent
+            dist.barrier()  # nobody closes (unlinks) while a neighbour may still read
+            comm.close()
+        out[name] = finals
+    return out
+
+
+def shared_staleness_suite(rank: int, world: int, plan: Any, numel: int, iterations: int, bound: int,
+                           straggler_sleep_s: float, prefix: str) -> dict[str, Any]:
+    board = _board(prefix, rank, plan, numel, slots=2)
+    comm = Communicator(plan, rank, numel, torch.float32, staleness=bound, timeout_s=PG_TIMEOUT_S, board=board)
+    params = initial_vector(rank, numel)
+    started = time.monotonic()
+    for iteration in range(iterations):
+        if rank == 0:
+            time.sleep(straggler_sleep_s)
+        comm.mix(params, iteration)
+    elapsed = time.monotonic() - started
+    stats = comm.statistics()
+    dist.barrier()
+    comm.close()
+    return {"stats": stats, "staleness_seen": list(comm.staleness_seen), "elapsed_s": elapsed}

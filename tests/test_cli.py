@@ -205,3 +205,21 @@ def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_pat
     result = bench(*args)
     assert result.returncode == 0, result.stderr
     assert sorted(row["status"] for row in pq.read_table(out / "cells.parquet").to_pylist()) == ["completed", "completed"]
+
+
+def test_shared_memory_and_gloo_transports_give_the_same_results(tmp_path: Path) -> None:
+    returns = {}
+    for transport in ("shm", "p2p"):
+        out = tmp_path / transport
+        result = bench("run", "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", *TINY[:2], "--learners", "3",
+                       *TINY[4:], "--transport", transport, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        table = ds.dataset(out / "episodes").to_table().sort_by(
+            [("learner", "ascending"), ("env_step", "ascending"), ("simulator", "ascending")])
+        returns[transport] = table.column("episode_return").to_pylist()
+    assert returns["shm"] == returns["p2p"] and len(returns["shm"]) > 5
+
+
+def test_unknown_transport_is_refused(tmp_path: Path) -> None:
+    result = bench("run", "-a", "diff-a2c", "-t", "ring", "-e", "CartPole-v1", "--transport", "mpi", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "choose auto, shm or p2p" in result.stderr

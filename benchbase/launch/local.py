@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import secrets
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from benchbase.grid import Cell
 from benchbase.learner import LearnerLaunch, run_learner
 from benchbase.plugins import BUILTIN_PLUGINS
+from benchbase.shm import segment_name, unlink_segment
 
 _context: Any = None
 
@@ -99,6 +101,7 @@ def run_cell(
     plugins_only: tuple[str, ...] | None = None,
     plugins_blocked: tuple[str, ...] = (),
     plugins_extra: tuple[str, ...] = (),
+    transport: str = "auto",
 ) -> CellOutcome:
     """Run every learner of `cell` and wait for them. `on_event(event)` sees progress events.
 
@@ -114,13 +117,14 @@ def run_cell(
                               timeout=timedelta(seconds=comm_timeout_s))
         port = store.port
     events = context.Queue()
+    shm_prefix = f"benchbase-{secrets.token_hex(4)}"  # every learner on this host: shared memory may be used
     processes = []
     for rank in range(world):
         launch = LearnerLaunch(
             cell_config=cell.config(), out_dir=out_dir, rank=rank, world_size=world, store_host="127.0.0.1",
             store_port=port, device=device_for(rank, device), comm_timeout_s=comm_timeout_s,
             cell_started_at=started_at, plugins_only=plugins_only, plugins_blocked=plugins_blocked,
-            plugins_extra=plugins_extra,
+            plugins_extra=plugins_extra, transport=transport, shm_prefix=shm_prefix,
         )
         process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
         process.start()
@@ -166,6 +170,8 @@ def run_cell(
         _stop(processes)
         events.close()
         del store
+        for rank in range(world):  # a learner that crashed could not remove its segment
+            unlink_segment(segment_name(shm_prefix, rank))
     wall = time.time() - started_at
     startup = max(first_steps.values()) - started_at if first_steps else float("nan")
     if error is not None:
