@@ -114,6 +114,9 @@ class Communicator:
         self.wait_s = 0.0
         self.staleness_seen: list[float] = []
         self.use_all_reduce = plan.is_complete and staleness == 0 and board is None
+        # What carried the parameters (recorded per cell: a complete graph's all-reduce sums in
+        # another order than the neighbour sum, so its numbers differ in rounding).
+        self.transport = "none" if not plan.has_edges else "shm" if board else "all-reduce" if self.use_all_reduce else "p2p"
         # Per phase: (this learner's own weight, [(in-neighbour, weight)], [out-neighbours]).
         self._phases = [
             (

@@ -142,6 +142,7 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, launch.comm_timeout_s, board)
         evaluator = Evaluator(family, env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
         summary = _train(cell, launch, learner, comm, evaluator, staleness, report)
+        summary["transport"] = comm.transport
         comm.close()
         if evaluator is not None:
             evaluator.close()

@@ -50,7 +50,7 @@ def _row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None
         "cell_id": cell.cell_id, "algorithm": cell.algorithm, "topology": cell.topology, "env": cell.env,
         "replay": cell.replay, "variant": variant_text, "seed": cell.seed, "learners": cell.learner_processes, "status": status,
         "error": None, "wall_time_s": None, "startup_s": None, "env_steps": None, "steps_per_second": None,
-        "final_return": None, "final_success": None, "bytes_sent_per_learner": None,
+        "final_return": None, "final_success": None, "bytes_sent_per_learner": None, "transport": None,
         "config": json.dumps(cell.config(), sort_keys=True),
     }
     if outcome is not None:
@@ -66,6 +66,7 @@ def _row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None
                 final_return=_nanmean([s["final_return"] for s in summaries]),
                 final_success=_nanmean([s["final_success"] for s in summaries]),
                 bytes_sent_per_learner=sum(s["bytes_sent"] for s in summaries) / len(summaries),
+                transport=summaries[0]["transport"],
             )
     return row
 

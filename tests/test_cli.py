@@ -40,6 +40,8 @@ def test_tiny_grid_writes_every_table(tmp_path: Path) -> None:
     assert ring["env_steps"] >= 400 and ring["steps_per_second"] > 0 and ring["startup_s"] >= 0
     # Two learners on a ring each send to one neighbour (the other learner) per mix.
     assert ring["bytes_sent_per_learner"] > 0 and rows["isolated/0"]["bytes_sent_per_learner"] == 0
+    # --transport auto: shared memory where /dev/shm has room, else gloo messages.
+    assert ring["transport"] in ("shm", "p2p") and rows["isolated/0"]["transport"] == "none"
     episodes = ds.dataset(out / "episodes").to_table()
     assert episodes.num_rows > 0
     assert set(episodes.column("cell_id").to_pylist()) == {row["cell_id"] for row in rows.values()}
