@@ -144,14 +144,17 @@ def run(
     if dry_run:
         _print_cells(console, plan.cells, out)
         return
+    from benchbase.learner import ExecutionSettings
     from benchbase.runner import check_folder, run_grid
     from benchbase.results import RunFolder
 
     check_folder(RunFolder(out), plan.cells)  # a different grid in --out: fail before writing anything
     console.print(f"benchbase: {len(plan.cells)} cells → {out}")
-    code = run_grid(spec, plan.cells, out, registry, console=console, device=device, comm_timeout_s=comm_timeout,
-                    plugins_only=_selection["only"], plugins_blocked=_selection["blocked"] or (),
-                    plugins_extra=registry.extra, transport=transport)
+    settings = ExecutionSettings(
+        device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
+        plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra,
+    )
+    code = run_grid(spec, plan.cells, out, registry, console=console, settings=settings)
     console.print(f"results: {out}")
     raise typer.Exit(code)
 

@@ -36,6 +36,18 @@ MAX_EVAL_STEPS = 1_000_000  # guards against an env that never ends an episode
 
 
 @dataclass(frozen=True)
+class ExecutionSettings:
+    """How cells run, as opposed to what they are: none of this is part of a cell's identity."""
+
+    device: str = "cpu"  # cpu, cuda or auto (CUDA round-robin when present)
+    comm_timeout_s: float = 120.0
+    transport: str = "auto"  # shm (same host, benchbase.shm), p2p (gloo messages) or auto
+    plugins_only: tuple[str, ...] | None = None
+    plugins_blocked: tuple[str, ...] = ()
+    plugins_extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LearnerLaunch:
     """Everything one learner process needs (picklable)."""
 
@@ -45,13 +57,9 @@ class LearnerLaunch:
     world_size: int
     store_host: str
     store_port: int
-    device: str
-    comm_timeout_s: float
+    device: str  # this learner's device, resolved from settings.device
     cell_started_at: float  # time.time() when the launcher started the cell
-    plugins_only: tuple[str, ...] | None = None
-    plugins_blocked: tuple[str, ...] = ()
-    plugins_extra: tuple[str, ...] = ()
-    transport: str = "p2p"  # "shm" (same host, benchbase.shm), "p2p" (gloo messages) or "auto"
+    settings: ExecutionSettings
     shm_prefix: str = ""
 
 
@@ -108,10 +116,11 @@ def _task_params(task: Task) -> list[tuple[str, float]]:
 def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     """Run one learner of a cell to the end of its budget; returns its summary."""
     torch.set_num_threads(1)  # N learners share the cores without thrashing
+    settings = launch.settings
     registry = load_registry(
-        only=set(launch.plugins_only) if launch.plugins_only is not None else None,
-        blocked=set(launch.plugins_blocked),
-        extra=launch.plugins_extra,
+        only=set(settings.plugins_only) if settings.plugins_only is not None else None,
+        blocked=set(settings.plugins_blocked),
+        extra=settings.plugins_extra,
     )
     cell = Cell.from_config(launch.cell_config)
     cell_id, rank, world = cell.cell_id, launch.rank, launch.world_size
@@ -125,10 +134,10 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
 
     if world > 1:
         store = dist.TCPStore(
-            launch.store_host, launch.store_port, world, is_master=False, timeout=timedelta(seconds=launch.comm_timeout_s)
+            launch.store_host, launch.store_port, world, is_master=False, timeout=timedelta(seconds=settings.comm_timeout_s)
         )
         dist.init_process_group(
-            "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=launch.comm_timeout_s)
+            "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=settings.comm_timeout_s)
         )
     try:
         plan = build_mixing_plan(topology, topology_params, world, cell.seed)
@@ -139,7 +148,7 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         learner = algorithm.make_learner(algorithm_params, LearnerSpec(env, rank, world, cell.seed, device))
         buffer = learner.parameters_buffer()
         board = _shared_board(launch, plan, staleness, buffer)
-        comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, launch.comm_timeout_s, board)
+        comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board)
         evaluator = Evaluator(family, env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
         summary = _train(cell, launch, learner, comm, evaluator, staleness, report)
         summary["transport"] = comm.transport
@@ -156,17 +165,17 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
 def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torch.Tensor) -> SharedBoard | None:
     """Same-host shared memory for the exchange when asked for and possible; every learner of the
     cell takes the same decision (a collective), else they fall back to gloo together."""
-    if launch.transport == "p2p" or launch.world_size == 1 or not plan.has_edges:
+    if launch.settings.transport == "p2p" or launch.world_size == 1 or not plan.has_edges:
         return None
     slots = synchronous_slots(plan) if staleness == 0 else 2
     room = slots is not None and shared_memory_room(launch.world_size * segment_bytes(buffer.numel(), slots, buffer.dtype))
     agreed = torch.tensor([1 if room else 0])
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     if not agreed.item():
-        if launch.transport == "shm":
+        if launch.settings.transport == "shm":
             raise RuntimeError("transport shm: not enough room in /dev/shm or too many slots for this topology")
         return None
-    board = SharedBoard(launch.shm_prefix, launch.rank, buffer.numel(), slots, buffer.dtype, launch.comm_timeout_s)
+    board = SharedBoard(launch.shm_prefix, launch.rank, buffer.numel(), slots, buffer.dtype, launch.settings.comm_timeout_s)
     dist.barrier()  # every segment exists before anyone opens its neighbours'
     board.attach(plan.in_peers(launch.rank))
     return board

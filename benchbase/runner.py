@@ -16,6 +16,7 @@ from benchbase.console import GridConsole, print_summary
 from benchbase.errors import UserError
 from benchbase.grid import Cell, GridSpec, grid_fingerprint, variant
 from benchbase.launch.local import CellOutcome, run_cell, warm_up
+from benchbase.learner import ExecutionSettings
 from benchbase.plugins import Registry
 from benchbase.results import SCHEMA_VERSION, RunFolder, write_json
 
@@ -83,12 +84,7 @@ def run_grid(
     registry: Registry,
     *,
     console: Any,
-    device: str = "cpu",
-    comm_timeout_s: float = 120.0,
-    plugins_only: tuple[str, ...] | None = None,
-    plugins_blocked: tuple[str, ...] = (),
-    plugins_extra: tuple[str, ...] = (),
-    transport: str = "auto",
+    settings: ExecutionSettings = ExecutionSettings(),
 ) -> int:
     """Run every cell not already completed in `out`; returns the process exit code."""
     warm_up()
@@ -127,9 +123,7 @@ def run_grid(
             hook.cell_started(cell=cell, out_dir=str(out))
             grid_console.cell_started(cell.cell_id, cell.label, cell.env_steps, cell.learner_processes)
             try:
-                outcome = run_cell(cell, str(out), on_event, device=device, comm_timeout_s=comm_timeout_s,
-                                   plugins_only=plugins_only, plugins_blocked=plugins_blocked,
-                                   plugins_extra=plugins_extra, transport=transport)
+                outcome = run_cell(cell, str(out), on_event, settings)
             except KeyboardInterrupt:
                 folder.clear_cell(cell.cell_id)
                 rows[cell.cell_id] = _row(cell, variants[cell.cell_id], "interrupted")

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchbase.contracts import LearnerSpec, params_of  # noqa: E402
 from benchbase.grid import expand, make_spec, parse_axis_entry  # noqa: E402
 from benchbase.launch.local import run_cell, warm_up  # noqa: E402
+from benchbase.learner import ExecutionSettings  # noqa: E402
 from benchbase.plugins import load_registry  # noqa: E402
 
 
@@ -86,7 +87,7 @@ def cell(topology: str, learners: int, steps: int, registry, transport: str = "a
     })
     (only,) = expand(spec, registry).cells
     with tempfile.TemporaryDirectory() as out:
-        outcome = run_cell(only, out, lambda event: None, transport=transport)
+        outcome = run_cell(only, out, lambda event: None, ExecutionSettings(transport=transport))
     assert outcome.status == "completed", outcome.error
     total = sum(s["env_steps"] for s in outcome.summaries)
     train = max(s["train_time_s"] for s in outcome.summaries)

@@ -24,7 +24,7 @@ from typing import Any
 import torch.distributed as dist
 
 from benchbase.grid import Cell
-from benchbase.learner import LearnerLaunch, run_learner
+from benchbase.learner import ExecutionSettings, LearnerLaunch, run_learner
 from benchbase.plugins import BUILTIN_PLUGINS
 from benchbase.shm import segment_name, unlink_segment
 
@@ -95,13 +95,7 @@ def run_cell(
     cell: Cell,
     out_dir: str,
     on_event: Any,
-    *,
-    device: str = "cpu",
-    comm_timeout_s: float = 120.0,
-    plugins_only: tuple[str, ...] | None = None,
-    plugins_blocked: tuple[str, ...] = (),
-    plugins_extra: tuple[str, ...] = (),
-    transport: str = "auto",
+    settings: ExecutionSettings = ExecutionSettings(),
 ) -> CellOutcome:
     """Run every learner of `cell` and wait for them. `on_event(event)` sees progress events.
 
@@ -114,7 +108,7 @@ def run_cell(
     port = 0
     if world > 1:
         store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
-                              timeout=timedelta(seconds=comm_timeout_s))
+                              timeout=timedelta(seconds=settings.comm_timeout_s))
         port = store.port
     events = context.Queue()
     shm_prefix = f"benchbase-{secrets.token_hex(4)}"  # every learner on this host: shared memory may be used
@@ -122,9 +116,8 @@ def run_cell(
     for rank in range(world):
         launch = LearnerLaunch(
             cell_config=cell.config(), out_dir=out_dir, rank=rank, world_size=world, store_host="127.0.0.1",
-            store_port=port, device=device_for(rank, device), comm_timeout_s=comm_timeout_s,
-            cell_started_at=started_at, plugins_only=plugins_only, plugins_blocked=plugins_blocked,
-            plugins_extra=plugins_extra, transport=transport, shm_prefix=shm_prefix,
+            store_port=port, device=device_for(rank, settings.device), cell_started_at=started_at,
+            settings=settings, shm_prefix=shm_prefix,
         )
         process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
         process.start()
