@@ -145,10 +145,8 @@ def run(
         _print_cells(console, plan.cells, out)
         return
     from benchbase.learner import ExecutionSettings
-    from benchbase.runner import check_folder, run_grid
-    from benchbase.results import RunFolder
+    from benchbase.runner import run_grid
 
-    check_folder(RunFolder(out), plan.cells)  # a different grid in --out: fail before writing anything
     console.print(f"benchbase: {len(plan.cells)} cells → {out}")
     settings = ExecutionSettings(
         device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],

@@ -14,6 +14,7 @@ Every component has a `name`, a one-line `description` and a `Params` dataclass 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol
@@ -125,6 +126,14 @@ class EnvFamilyParams:
         "draw a new task at every episode reset (domain randomisation) instead of one fixed task "
         "per learner",
     )
+
+
+def without_resampling(params: Any) -> Any:
+    """`params` with per-episode resampling off (evaluation, probing), for families whose Params
+    may or may not derive from EnvFamilyParams."""
+    if dataclasses.is_dataclass(params) and any(f.name == "resample" for f in dataclasses.fields(params)):
+        return dataclasses.replace(params, resample=False)
+    return params
 
 
 class EnvFamily(Component):

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from benchbase.contracts import KINDS, params_of, space_kind
+from benchbase.contracts import KINDS, params_of, space_kind, without_resampling
 from benchbase.errors import UserError, close_match
 from benchbase.params import to_dict
 from benchbase.plugins import Registry
@@ -354,8 +354,8 @@ def _incompatibility(algorithm: Any, family: Any, env_params: Any, replay: Any, 
 
 def _probe_spaces(family: Any, env_params: Any) -> tuple[str, str]:
     """Build one simulator of the family to read its action and observation spaces."""
-    tasks = family.training_tasks(dataclasses.replace(env_params, resample=False), 1, 0)
-    env = family.make_env(dataclasses.replace(env_params, resample=False), tasks, 0)
+    fixed = without_resampling(env_params)
+    env = family.make_env(fixed, family.training_tasks(fixed, 1, 0), 0)
     try:
         shape = env.observation_space.shape or ()
         return space_kind(env.action_space), "image" if len(shape) == 3 else "vector"

@@ -7,7 +7,6 @@ environment. It reports progress through a callback and writes its own Parquet f
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections import deque
@@ -21,7 +20,9 @@ import torch
 import torch.distributed as dist
 
 from benchbase.comm import Communicator
-from benchbase.contracts import ConsensusParams, EnvFamily, FinishedEpisode, LearnerSpec, Task, params_of
+from benchbase.contracts import (
+    ConsensusParams, EnvFamily, FinishedEpisode, LearnerSpec, Task, params_of, without_resampling,
+)
 from benchbase.grid import Cell
 from benchbase.plugins import load_registry
 from benchbase.shm import SharedBoard, segment_bytes, shared_memory_room, synchronous_slots
@@ -75,7 +76,7 @@ class Evaluator:
     """Greedy episodes on the learner's own tasks ("train") and on the family's held-out splits."""
 
     def __init__(self, family: EnvFamily, env_params: Any, own_tasks: Sequence[Task], cell: Cell, rank: int) -> None:
-        self.params = dataclasses.replace(env_params, resample=False)
+        self.params = without_resampling(env_params)
         self.family = family
         self.seed = cell.seed * 1_000_003 + 7_777
         self.rank = rank
@@ -189,7 +190,6 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
     metrics = RowBuffer(METRICS_SCHEMA)
 
     budget = math.ceil(cell.env_steps / world)  # this learner's share of the cell's budget
-    steps_per_iteration = None
     iterations = None
     local_steps = 0
     iteration = 0
@@ -209,8 +209,7 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
         iteration += 1
         local_steps += output.env_steps
         if iterations is None:
-            steps_per_iteration = output.env_steps
-            iterations = max(1, math.ceil(budget / steps_per_iteration))
+            iterations = max(1, math.ceil(budget / output.env_steps))
             metric_every = max(1, iterations // METRIC_POINTS)
             eval_at = {round(iterations * k / cell.evaluations): k for k in range(1, cell.evaluations + 1)}
         now = time.perf_counter()
@@ -274,7 +273,6 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
     return {
         "env_steps": local_steps,
         "train_time_s": train_time,
-        "first_step_at": first_step_at,
         "bytes_sent": comm.bytes_sent,
         "final_return": float(np.mean([e.episode_return for e in train_split])) if train_split else math.nan,
         "final_success": float(np.mean(successes)) if successes else math.nan,

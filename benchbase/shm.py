@@ -112,7 +112,7 @@ class SharedBoard:
         segment = self.peers[peer]
         slot = iteration % self.slots
         headers = segment.headers
-        self._wait(lambda: headers[slot] == iteration or headers[slot] > iteration, peer, iteration)
+        self._wait(lambda: headers[slot] >= iteration, peer, iteration)
         into.copy_(segment.data[slot])
         if headers[slot] != iteration:
             raise RuntimeError(

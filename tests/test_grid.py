@@ -552,3 +552,12 @@ def test_describe_names_types_defaults_and_help():
     assert rows["mode"].type == "fast|slow"
     assert rows["limit"].type == "int or none" and rows["limit"].default is None
     assert list(rows) == ["flag", "count", "rate", "mode", "level", "limit", "label"]
+
+
+def test_resampling_is_turned_off_whatever_a_family_params_derive_from():
+    from benchbase.contracts import EnvFamilyParams, without_resampling
+    from benchbase.params import NoParams
+
+    assert without_resampling(EnvFamilyParams(resample=True)).resample is False
+    plain = NoParams()  # a third-party family need not derive from EnvFamilyParams
+    assert without_resampling(plain) is plain

@@ -256,10 +256,15 @@ def test_name_clash_through_an_alias(plugin_dir):
         registry.check()
 
 
+def extra_plugin_env(folder, module: str) -> dict[str, str]:
+    """Environment that makes `bench` load `module` from `folder` as a local plugin."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
+            "BENCHBASE_EXTRA_PLUGINS": module}
+
+
 def test_bench_plugins_reports_a_clash(tmp_path):
     module = write_module(tmp_path, CLASHING_RING, "clash")
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
-           "BENCHBASE_EXTRA_PLUGINS": module}
+    env = extra_plugin_env(tmp_path, module)
     result = bench("plugins", env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
@@ -290,8 +295,7 @@ def test_a_plugin_that_fails_to_import_is_reported(plugin_dir):
 
 def test_bench_plugins_warns_about_a_raising_plugin(tmp_path):
     module = write_module(tmp_path, RAISING, "broken")
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
-           "BENCHBASE_EXTRA_PLUGINS": module}
+    env = extra_plugin_env(tmp_path, module)
     result = bench("plugins", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning" in result.stdout and module in result.stdout
