@@ -174,6 +174,9 @@ class LearnerSpec:
     seed: int
     device: Any  # torch.device
     replay: Any = None  # a replay mix for off-policy algorithms; None for on-policy ones
+    #: This learner's share of the cell's env-step budget (for schedules such as lr annealing);
+    #: 0 when unknown (a learner built outside a cell).
+    env_steps_budget: int = 0
 
 
 @dataclass
