@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import numpy as np
 
+from benchbase.errors import UserError
 from benchbase.params import NoParams, param
 
 
@@ -41,10 +42,13 @@ class Component:
 class TopologyParams:
     """Base of every topology's parameters: the core turns the graph into mixing weights."""
 
-    weights: Literal["metropolis", "uniform"] = param(
-        "metropolis",
-        "mixing weights: metropolis (doubly stochastic on any undirected graph; equals uniform on "
-        "regular graphs) or uniform 1/(deg+1), the Diff-DAC original",
+    weights: Literal["auto", "metropolis", "uniform", "push-sum"] = param(
+        "auto",
+        "mixing weights: metropolis (doubly stochastic on any undirected graph), uniform "
+        "1/(in-degree+1) (the Diff-DAC original; keeps the average only on regular graphs), or "
+        "push-sum (each sender splits its parameters and a scalar weight evenly over itself and "
+        "its out-neighbours; exact average on any directed or time-varying graph); auto = "
+        "metropolis on undirected graphs, push-sum on directed ones",
     )
 
 
@@ -211,12 +215,36 @@ class ConsensusParams:
         "waits only when it is more than K iterations old; 0 = synchronous diffusion",
         min=0,
     )
+    link_drop: float = param(
+        0.0,
+        "unreliable links: probability in [0, 1) that a learner skips publishing its parameters "
+        "in an iteration (its neighbours mix without it; push-sum keeps the skipped share)",
+        min=0.0,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.link_drop < 1.0:
+            raise UserError(
+                f"link_drop: {self.link_drop:g} is not allowed; it is a probability in [0, 1) "
+                f"(1 would mean no learner ever publishes)"
+            )
+
+
+@dataclass(frozen=True)
+class GossipParams(ConsensusParams):
+    """Gossip algorithms (GALA) talk to `num_peers` of their topology's out-neighbours per
+    iteration, cycling through them in order of ring offset (r+1, r+2, …); mixing is push-sum."""
+
+    num_peers: int = param(
+        1, "out-peers each learner sends to per iteration, cycling through its topology neighbours", min=1
+    )
 
 
 class Algorithm(Component):
     """A learning algorithm. Declares what it supports so the grid can refuse bad pairings."""
 
-    #: "diffusion" (synchronous adapt-then-combine), "gossip" (bounded staleness) or "none".
+    #: "diffusion" (adapt-then-combine with every neighbour), "gossip" (`GossipParams`: a few
+    #: peers per iteration, push-sum) or "none".
     consensus: ClassVar[str] = "diffusion"
     action_spaces: ClassVar[frozenset[str]] = frozenset({"discrete", "continuous"})
     observation_kinds: ClassVar[frozenset[str]] = frozenset({"vector"})

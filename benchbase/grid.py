@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from benchbase.contracts import KINDS, params_of, space_kind, without_resampling
+from benchbase.contracts import KINDS, GossipParams, params_of, space_kind, without_resampling
 from benchbase.errors import UserError, close_match
 from benchbase.params import to_dict
 from benchbase.plugins import Registry
@@ -318,7 +318,9 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
             continue
         processes = topology.learner_count(spec.learners, t_params)
         for seed in spec.seeds:
-            build_mixing_plan(topology, t_params, processes, seed)  # validates the topology data
+            # Validates the topology data, and a gossip algorithm's peer count against it.
+            num_peers = a_params.num_peers if isinstance(a_params, GossipParams) else None
+            build_mixing_plan(topology, t_params, processes, seed, num_peers)
             cells.append(
                 Cell(
                     algorithm=a_name, algorithm_params=to_dict(a_params),

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from benchbase.comm import Communicator
+from benchbase.comm import Communicator, message_layout
 from benchbase.contracts import (
-    ConsensusParams, EnvFamily, FinishedEpisode, LearnerSpec, Task, params_of, without_resampling,
+    ConsensusParams, EnvFamily, FinishedEpisode, GossipParams, LearnerSpec, Task, params_of, without_resampling,
 )
 from benchbase.grid import Cell
 from benchbase.plugins import load_registry
@@ -131,7 +131,10 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     algorithm_params = params_of(algorithm, cell.algorithm_params)
     topology_params = params_of(topology, cell.topology_params)
     env_params = params_of(family, cell.env_params)
-    staleness = algorithm_params.staleness if isinstance(algorithm_params, ConsensusParams) else 0
+    communicates = isinstance(algorithm_params, ConsensusParams)
+    staleness = algorithm_params.staleness if communicates else 0
+    link_drop = algorithm_params.link_drop if communicates else 0.0
+    num_peers = algorithm_params.num_peers if isinstance(algorithm_params, GossipParams) else None
 
     if world > 1:
         store = dist.TCPStore(
@@ -141,7 +144,7 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
             "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=settings.comm_timeout_s)
         )
     try:
-        plan = build_mixing_plan(topology, topology_params, world, cell.seed)
+        plan = build_mixing_plan(topology, topology_params, world, cell.seed, num_peers)
         tasks = family.training_tasks(env_params, cell.learners, cell.seed)
         own_tasks = simulator_tasks(tasks, cell, rank)
         env = family.make_env(env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank)
@@ -150,11 +153,20 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         learner = algorithm.make_learner(algorithm_params, spec)
         buffer = learner.parameters_buffer()
         board = _shared_board(launch, plan, staleness, buffer)
-        comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board)
+        comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board,
+                            link_drop=link_drop, seed=cell.seed)
         evaluator = Evaluator(family, env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
-        summary = _train(cell, launch, learner, comm, evaluator, staleness, report)
+        summary, tables = _train(cell, launch, learner, comm, evaluator, staleness, report)
         summary["transport"] = comm.transport
-        comm.close()
+        comm.close(learner.parameters_buffer())
+        if staleness > 0 and world > 1:
+            # Asynchronous learners never stand still together during training; once every one
+            # has finished (close() drained every channel), the spread is measured once.
+            _final_metric(tables["metrics"], cell, launch, summary, "consensus_distance",
+                          comm.consensus_distance(learner.parameters_buffer()))
+        folder = RunFolder(launch.out_dir)
+        for name, rows in tables.items():
+            write_table(folder.learner_path(name, cell_id, rank), rows.to_table())
         if evaluator is not None:
             evaluator.close()
         env.close()
@@ -169,22 +181,26 @@ def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torc
     cell takes the same decision (a collective), else they fall back to gloo together."""
     if launch.settings.transport == "p2p" or launch.world_size == 1 or not plan.has_edges:
         return None
+    layout = message_layout(plan, buffer.numel(), buffer.dtype, staleness)
+    channels = {j: layout.channels(plan, j) for j in range(launch.world_size)}
     slots = synchronous_slots(plan) if staleness == 0 else 2
-    room = slots is not None and shared_memory_room(launch.world_size * segment_bytes(buffer.numel(), slots, buffer.dtype))
+    needed = sum(segment_bytes(layout.width, slots or 2, layout.dtype, channels[j]) for j in channels)
+    room = slots is not None and shared_memory_room(needed)
     agreed = torch.tensor([1 if room else 0])
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     if not agreed.item():
         if launch.settings.transport == "shm":
             raise RuntimeError("transport shm: not enough room in /dev/shm or too many slots for this topology")
         return None
-    board = SharedBoard(launch.shm_prefix, launch.rank, buffer.numel(), slots, buffer.dtype, launch.settings.comm_timeout_s)
+    board = SharedBoard(launch.shm_prefix, launch.rank, layout.width, slots, layout.dtype,
+                        launch.settings.comm_timeout_s, channels[launch.rank])
     dist.barrier()  # every segment exists before anyone opens its neighbours'
-    board.attach(plan.in_peers(launch.rank))
+    board.attach(plan.in_peers(launch.rank), channels)
     return board
 
 
 def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, evaluator: Evaluator | None,
-           staleness: int, report: Report) -> dict[str, Any]:
+           staleness: int, report: Report) -> tuple[dict[str, Any], dict[str, RowBuffer]]:
     cell_id, rank, world = cell.cell_id, launch.rank, launch.world_size
     episodes = RowBuffer(EPISODES_SCHEMA)
     evaluations = RowBuffer(EVALUATIONS_SCHEMA)
@@ -236,6 +252,10 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
                 values["recent_return"] = float(np.mean(recent_returns))
             if staleness == 0:
                 values["consensus_distance"] = comm.consensus_distance(learner.parameters_buffer())
+            else:
+                nearby = comm.neighbour_distance(learner.parameters_buffer())
+                if nearby is not None:
+                    values["neighbour_distance"] = nearby
             for name, value in values.items():
                 metrics.append(cell_id=cell_id, learner=rank, iteration=iteration, env_step=local_steps,
                                cell_env_step=local_steps * world, wall_time_s=wall, metric=name, value=float(value))
@@ -265,16 +285,23 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
             break
 
     train_time = time.perf_counter() - loop_start - eval_time
-    folder = RunFolder(launch.out_dir)
-    for name, rows in (("episodes", episodes), ("evaluations", evaluations), ("metrics", metrics)):
-        write_table(folder.learner_path(name, cell_id, rank), rows.to_table())
-
     train_split = final_eval.get("train", [])
     successes = [e.success for e in train_split if e.success is not None]
-    return {
+    summary = {
         "env_steps": local_steps,
+        "iterations": iteration,
+        "wall_time_s": wall,
         "train_time_s": train_time,
         "bytes_sent": comm.bytes_sent,
         "final_return": float(np.mean([e.episode_return for e in train_split])) if train_split else math.nan,
         "final_success": float(np.mean(successes)) if successes else math.nan,
     }
+    return summary, {"episodes": episodes, "evaluations": evaluations, "metrics": metrics}
+
+
+def _final_metric(metrics: RowBuffer, cell: Cell, launch: LearnerLaunch, summary: dict[str, Any], name: str,
+                  value: float) -> None:
+    steps = summary["env_steps"]
+    metrics.append(cell_id=cell.cell_id, learner=launch.rank, iteration=summary["iterations"], env_step=steps,
+                   cell_env_step=steps * launch.world_size, wall_time_s=summary["wall_time_s"], metric=name,
+                   value=float(value))

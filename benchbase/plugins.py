@@ -34,6 +34,7 @@ from benchbase.params import describe
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.algorithms.diff_a2c",
     "plugins.algorithms.diff_ppo",
+    "plugins.algorithms.gala",
     "plugins.topologies.builtin",
     "plugins.envs.classic_control",
     "plugins.envs.gymnasium_ids",

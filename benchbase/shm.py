@@ -9,11 +9,13 @@ ring ran no faster than one learner. Here a waiting learner yields its core to t
 shares it with instead of sleeping: the same mix takes about 40 µs. The topology, the mixing
 weights and the neighbour-only pattern are unchanged: a learner reads only its in-neighbours.
 
-Layout of a segment: `slots` slots of the parameter buffer, each with an int64 header holding the
-iteration it contains (−1 while it is being written: a seqlock). A writer can run ahead of a
-reader by a bounded number of iterations (the number of slots is chosen so that a synchronous
-reader's slot is never overwritten before it was read); an asynchronous reader takes the newest
-consistent slot.
+Layout of a segment: a header block, then `channels` × `slots` slots of one message each. Each
+slot's int64 header holds the iteration it contains (−1 while it is being written: a seqlock);
+one more header word says the writer has finished (it will publish nothing more). A writer can
+run ahead of a reader by a bounded number of iterations (the number of slots is chosen so that a
+synchronous reader's slot is never overwritten before it was read); an asynchronous reader takes
+the newest consistent slot. A segment has one channel that every out-neighbour reads, except for
+asynchronous push-sum, where each out-neighbour has a channel of its own (`benchbase.comm`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import torch
 
 _WRITING = -1
 _EMPTY = -2
-_HEADER_BYTES = 64  # one cache line for the slot headers (up to 8 slots)
 MAX_SLOTS = 8
 _SPIN_BEFORE_SLEEP_S = 0.005  # yield for this long, then sleep briefly (a straggler is slow)
 
@@ -37,8 +38,13 @@ def segment_name(prefix: str, rank: int) -> str:
     return f"{prefix}-{rank}"
 
 
-def segment_bytes(numel: int, slots: int, dtype: torch.dtype) -> int:
-    return _HEADER_BYTES + slots * numel * torch.empty((), dtype=dtype).element_size()
+def _header_bytes(channels: int, slots: int) -> int:
+    """Slot headers plus the finished word, rounded up to whole cache lines."""
+    return -(-8 * (channels * slots + 1) // 64) * 64
+
+
+def segment_bytes(numel: int, slots: int, dtype: torch.dtype, channels: int = 1) -> int:
+    return _header_bytes(channels, slots) + channels * slots * numel * torch.empty((), dtype=dtype).element_size()
 
 
 def shared_memory_room(required_bytes: int) -> bool:
@@ -63,17 +69,23 @@ def unlink_segment(name: str) -> None:
 
 
 class _Segment:
-    """Typed views of one learner's segment."""
+    """Typed views of one learner's segment: headers[channel, slot], data[channel, slot]."""
 
-    def __init__(self, segment: shared_memory.SharedMemory, numel: int, slots: int, dtype: torch.dtype) -> None:
+    def __init__(self, segment: shared_memory.SharedMemory, numel: int, slots: int, dtype: torch.dtype,
+                 channels: int) -> None:
         self.segment = segment
         self.slots = slots
-        self.headers = np.ndarray((MAX_SLOTS,), dtype=np.int64, buffer=segment.buf, offset=0)
-        self.data = torch.frombuffer(segment.buf, dtype=dtype, count=slots * numel, offset=_HEADER_BYTES).view(slots, numel)
+        words = np.ndarray((channels * slots + 1,), dtype=np.int64, buffer=segment.buf, offset=0)
+        self.headers = words[:-1].reshape(channels, slots)
+        self.finished = words[-1:]
+        self.data = torch.frombuffer(
+            segment.buf, dtype=dtype, count=channels * slots * numel, offset=_header_bytes(channels, slots)
+        ).view(channels, slots, numel)
 
     def close(self) -> None:
         # Views must go before the mapping can close.
         del self.headers
+        del self.finished
         del self.data
         self.segment.close()
 
@@ -81,56 +93,79 @@ class _Segment:
 class SharedBoard:
     """This learner's outbox and its in-peers' outboxes."""
 
-    def __init__(self, prefix: str, rank: int, numel: int, slots: int, dtype: torch.dtype, timeout_s: float) -> None:
+    def __init__(self, prefix: str, rank: int, numel: int, slots: int, dtype: torch.dtype, timeout_s: float,
+                 channels: int = 1) -> None:
         if not 2 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be in 2..{MAX_SLOTS}, got {slots}")
         self.prefix, self.rank, self.numel, self.slots, self.dtype = prefix, rank, numel, slots, dtype
         self.timeout_s = timeout_s
         segment = shared_memory.SharedMemory(
-            name=segment_name(prefix, rank), create=True, size=segment_bytes(numel, slots, dtype)
+            name=segment_name(prefix, rank), create=True, size=segment_bytes(numel, slots, dtype, channels)
         )
-        self.own = _Segment(segment, numel, slots, dtype)
+        self.own = _Segment(segment, numel, slots, dtype, channels)
         self.own.headers[:] = _EMPTY
+        self.own.finished[0] = 0
         self.peers: dict[int, _Segment] = {}
 
-    def attach(self, peers: list[int]) -> None:
-        """Open the in-peers' segments (after every learner created its own: a barrier)."""
+    def attach(self, peers: list[int], channels: dict[int, int] | None = None) -> None:
+        """Open the in-peers' segments (after every learner created its own: a barrier);
+        `channels[peer]` is how many channels that peer's segment has (default 1)."""
         for peer in peers:
             # Learners fork from one forkserver and share its resource tracker, which holds one
             # registration per name: the owner's unlink() removes it, so attaching needs no care.
             segment = shared_memory.SharedMemory(name=segment_name(self.prefix, peer))
-            self.peers[peer] = _Segment(segment, self.numel, self.slots, self.dtype)
+            count = (channels or {}).get(peer, 1)
+            self.peers[peer] = _Segment(segment, self.numel, self.slots, self.dtype, count)
 
-    def publish(self, params: torch.Tensor, iteration: int) -> None:
+    def publish(self, message: torch.Tensor, iteration: int, channel: int = 0) -> None:
         slot = iteration % self.slots
-        self.own.headers[slot] = _WRITING
-        self.own.data[slot].copy_(params)
-        self.own.headers[slot] = iteration
+        headers = self.own.headers[channel]
+        headers[slot] = _WRITING
+        self.own.data[channel, slot].copy_(message)
+        headers[slot] = iteration
 
-    def read_exact(self, peer: int, iteration: int, into: torch.Tensor) -> None:
-        """Copy the peer's parameters of exactly `iteration` into `into` (waits for them)."""
+    def finish(self) -> None:
+        """Tell readers this learner will publish nothing more."""
+        self.own.finished[0] = 1
+
+    def wait_exact(self, peer: int, iteration: int, channel: int = 0) -> None:
+        """Wait until the peer has published `iteration` (without reading it)."""
+        headers = self.peers[peer].headers[channel]
+        slot = iteration % self.slots
+        self._wait(lambda: headers[slot] >= iteration, peer, iteration)
+
+    def read_exact(self, peer: int, iteration: int, into: torch.Tensor, channel: int = 0) -> None:
+        """Copy the peer's message of exactly `iteration` into `into` (waits for it)."""
         segment = self.peers[peer]
         slot = iteration % self.slots
-        headers = segment.headers
+        headers = segment.headers[channel]
         self._wait(lambda: headers[slot] >= iteration, peer, iteration)
-        into.copy_(segment.data[slot])
+        into.copy_(segment.data[channel, slot])
         if headers[slot] != iteration:
             raise RuntimeError(
                 f"learner {peer} overwrote iteration {iteration} before learner {self.rank} read it "
                 f"({self.slots} slots are too few for this topology)"
             )
 
-    def read_newest(self, peer: int, min_iteration: int, into: torch.Tensor) -> int:
-        """Copy the peer's newest parameters once they are from iteration ≥ min_iteration."""
+    def read_newest(self, peer: int, min_iteration: int, into: torch.Tensor, channel: int = 0) -> int | None:
+        """Copy the peer's newest message once it is from iteration ≥ min_iteration, or the newest
+        there is once the peer has finished; returns its iteration (None: it never published)."""
         segment = self.peers[peer]
-        headers = segment.headers
-        self._wait(lambda: int(headers[: self.slots].max()) >= min_iteration, peer, min_iteration)
+        headers = segment.headers[channel]
+        finished = segment.finished
+        self._wait(lambda: int(headers.max()) >= min_iteration or finished[0] == 1, peer, min_iteration)
         while True:
-            slot = int(np.argmax(headers[: self.slots]))
+            slot = int(np.argmax(headers))
             iteration = int(headers[slot])
-            into.copy_(segment.data[slot])
+            if iteration < 0:
+                return None
+            into.copy_(segment.data[channel, slot])
             if headers[slot] == iteration:  # not overwritten while copying
                 return iteration
+
+    def wait_finished(self, peer: int) -> None:
+        finished = self.peers[peer].finished
+        self._wait(lambda: finished[0] == 1, peer, -1)
 
     def _wait(self, ready, peer: int, iteration: int) -> None:
         if ready():
@@ -143,9 +178,9 @@ class SharedBoard:
             elif waited < self.timeout_s:
                 time.sleep(0.0002)
             else:
+                what = "final message" if iteration < 0 else f"parameters of iteration {iteration}"
                 raise TimeoutError(
-                    f"learner {self.rank}: no parameters of iteration {iteration} from learner {peer} "
-                    f"within {self.timeout_s:.0f} s"
+                    f"learner {self.rank}: no {what} from learner {peer} within {self.timeout_s:.0f} s"
                 )
 
     def close(self) -> None:

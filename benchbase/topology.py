@@ -9,10 +9,21 @@ third-party — gets the same checks and the same weight rules:
   row-stochastic on any graph, doubly stochastic only on regular ones.
 - `metropolis_weights`: c_ij = 1/(1 + max(deg_i, deg_j)) for neighbours, self gets the rest;
   doubly stochastic on any undirected graph, so diffusion keeps the network average.
+- `push_sum_weights`: a_ij = 1/(out_deg_j + 1): each sender splits its parameters evenly over
+  itself and its out-neighbours. Column-stochastic on any graph; the learners also mix a scalar
+  weight w with the same weights and act with θ/w, which undoes the bias of a directed, irregular
+  or time-varying graph (push-sum, Kempe et al. 2003; GALA, Assran et al. 2019).
+
+Gossip algorithms (`GossipParams.num_peers` = k) do not use every edge at every iteration: each
+learner cycles through its out-neighbours (over all phases of the topology, in order of ring
+offset r+1, r+2, …), k per iteration (`gossip_schedule`). On the `exponential` graph with k = 1
+that is exactly the graph's own schedule; on an undirected ring with k = 1 a learner alternates
+between its two neighbours.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +44,15 @@ class MixingPlan:
 
     `in_adjacency[k][i, j]` is True when learner i receives learner j's parameters in phase k;
     `weights[k][i]` holds what learner i gives to itself (diagonal) and to each in-neighbour.
-    Iteration t uses phase t % period. Arrays are read-only.
+    Iteration t uses phase t % period. Arrays are read-only. With `push_sum` the weights are
+    column-stochastic and the learners mix a scalar weight alongside their parameters.
     """
 
     n_learners: int
     directed: bool
     in_adjacency: tuple[np.ndarray, ...]
     weights: tuple[np.ndarray, ...]
+    push_sum: bool = False
 
     def __post_init__(self) -> None:
         if not self.in_adjacency or len(self.in_adjacency) != len(self.weights):
@@ -94,6 +107,11 @@ class MixingPlan:
         )
 
     @property
+    def is_symmetric(self) -> bool:
+        """Every phase is an undirected graph."""
+        return all(np.array_equal(a, a.T) for a in self.in_adjacency)
+
+    @property
     def doubly_stochastic(self) -> bool:
         """Every phase's weights are column-stochastic too (diffusion keeps the average)."""
         return all(np.allclose(w.sum(axis=0), 1.0) for w in self.weights)
@@ -120,21 +138,69 @@ def metropolis_weights(in_adjacency: np.ndarray) -> np.ndarray:
     return weights
 
 
-def build_mixing_plan(topology: Topology, params: Any, n_learners: int, seed: int) -> MixingPlan:
+def push_sum_weights(in_adjacency: np.ndarray) -> np.ndarray:
+    """a_ij = 1/(out_deg_j + 1) for j = i and each in-neighbour j: column-stochastic."""
+    adjacency = np.asarray(in_adjacency, dtype=bool)
+    closed = adjacency | np.eye(len(adjacency), dtype=bool)
+    return closed / closed.sum(axis=0, keepdims=True)
+
+
+WEIGHT_SCHEMES = ("auto", "metropolis", "uniform", "push-sum")
+MAX_GOSSIP_PHASES = 1024  # a gossip schedule that would need more phases is refused
+
+
+def gossip_schedule(union: np.ndarray, num_peers: int, where: str) -> list[np.ndarray]:
+    """Phases in which each learner sends to `num_peers` of its out-neighbours in `union`,
+    cycling through them in order of ring offset (GALA's peer rotation)."""
+    n = len(union)
+    out_lists = []
+    for r in range(n):
+        outs = np.flatnonzero(union[:, r]).tolist()
+        out_lists.append(sorted(outs, key=lambda j: (j - r) % n))
+    degrees = [len(outs) for outs in out_lists]
+    if min(degrees) < num_peers:
+        r = degrees.index(min(degrees))
+        raise UserError(
+            f"{where}: num_peers={num_peers} but learner {r} has only {degrees[r]} out-neighbour"
+            f"{'s' if degrees[r] != 1 else ''} in this topology; use num_peers between 1 and {min(degrees)}"
+        )
+    period = 1
+    for degree in degrees:
+        period = math.lcm(period, degree // math.gcd(num_peers, degree))
+    if period > MAX_GOSSIP_PHASES:
+        raise UserError(
+            f"{where}: rotating through out-neighbours of unequal degrees {sorted(set(degrees))} "
+            f"{num_peers} at a time repeats only after {period} iterations (at most "
+            f"{MAX_GOSSIP_PHASES}); use a regular topology or num_peers equal to the degree"
+        )
+    phases = []
+    for c in range(period):
+        adjacency = np.zeros((n, n), dtype=bool)
+        for r, outs in enumerate(out_lists):
+            for m in range(num_peers):
+                adjacency[outs[(c * num_peers + m) % len(outs)], r] = True
+        phases.append(adjacency)
+    return phases
+
+
+def build_mixing_plan(
+    topology: Topology, params: Any, n_learners: int, seed: int, num_peers: int | None = None
+) -> MixingPlan:
     """Build `topology` for `n_learners` (already `topology.learner_count(...)`), validate it and
-    derive its weights. Mistakes in the topology or its parameters raise a one-line UserError."""
+    derive its weights; with `num_peers`, rotate through out-neighbours as gossip does. Mistakes
+    in the topology or its parameters raise a one-line UserError."""
     name = topology.name
     if n_learners < 1:
         raise UserError(f"topology {name}: a cell needs at least 1 learner, got {n_learners}")
     directed = bool(topology.directed)
-    # A params class that does not derive from TopologyParams gets the safe default for its kind.
-    scheme = getattr(params, "weights", "uniform" if directed else "metropolis")
-    if scheme not in ("metropolis", "uniform"):
-        raise UserError(f"topology {name}: unknown weights {scheme!r} (choose from metropolis, uniform)")
+    # A params class that does not derive from TopologyParams gets the automatic choice.
+    scheme = getattr(params, "weights", "auto")
+    if scheme not in WEIGHT_SCHEMES:
+        raise UserError(f"topology {name}: unknown weights {scheme!r} (choose from {', '.join(WEIGHT_SCHEMES)})")
     if scheme == "metropolis" and directed:
         raise UserError(
             f"topology {name} is directed but metropolis weights need an undirected graph; "
-            f"use weights=uniform"
+            f"use weights=push-sum (or auto)"
         )
 
     rng = np.random.default_rng(np.random.SeedSequence([_TOPOLOGY_STREAM, int(seed) % 2**64]))
@@ -143,14 +209,31 @@ def build_mixing_plan(topology: Topology, params: Any, n_learners: int, seed: in
     adjacency = tuple(_validated(matrix, n_learners, directed, at) for matrix, at in zip(phases, where))
     if topology.requires_connected:
         _check_connected(np.logical_or.reduce(adjacency), directed, name, len(adjacency))
+    union = np.logical_or.reduce(adjacency)
+    if num_peers is not None and union.any():
+        adjacency = tuple(gossip_schedule(union, num_peers, f"topology {name}"))
+        if scheme == "metropolis":
+            raise UserError(
+                f"topology {name}: gossip with {num_peers} peer(s) per iteration is directed, so "
+                f"metropolis weights do not apply; use weights=push-sum (or auto)"
+            )
+        directed = True
 
-    derive = metropolis_weights if scheme == "metropolis" else uniform_weights
+    symmetric = all(np.array_equal(a, a.T) for a in adjacency)
+    if scheme == "auto":
+        scheme = "metropolis" if symmetric else "push-sum"
+    derive = {"metropolis": metropolis_weights, "uniform": uniform_weights, "push-sum": push_sum_weights}[scheme]
     weights = tuple(derive(a) for a in adjacency)
+    stochastic_axis = 0 if scheme == "push-sum" else 1
     for a, w in zip(adjacency, weights):
-        # Internal invariants: rows are convex combinations over the closed neighbourhood.
-        assert np.allclose(w.sum(axis=1), 1.0), "mixing weights rows must sum to 1"
+        # Internal invariants: convex combinations over the closed neighbourhood (rows, or
+        # columns for push-sum, where each sender splits what it has).
+        assert np.allclose(w.sum(axis=stochastic_axis), 1.0), "mixing weights must be stochastic"
         assert (w >= 0).all() and not (w[~(a | np.eye(n_learners, dtype=bool))]).any()
-    return MixingPlan(n_learners=n_learners, directed=directed, in_adjacency=adjacency, weights=weights)
+    return MixingPlan(
+        n_learners=n_learners, directed=directed, in_adjacency=adjacency, weights=weights,
+        push_sum=scheme == "push-sum",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -222,12 +222,17 @@ def as_matrix(vectors: list[np.ndarray]) -> np.ndarray:
 # -- shared-memory transport (benchbase.shm) ---------------------------------------------------
 
 
-def _board(prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s: float = PG_TIMEOUT_S):
+def _board(prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s: float = PG_TIMEOUT_S,
+           staleness: int = 0):
+    """The board the learner loop would build (`benchbase.learner._shared_board`)."""
+    from benchbase.comm import message_layout
     from benchbase.shm import SharedBoard
 
-    board = SharedBoard(prefix, rank, numel, slots, torch.float32, timeout_s)
+    layout = message_layout(plan, numel, torch.float32, staleness)
+    channels = {j: layout.channels(plan, j) for j in range(plan.n_learners)}
+    board = SharedBoard(prefix, rank, layout.width, slots, layout.dtype, timeout_s, channels[rank])
     dist.barrier()
-    board.attach(plan.in_peers(rank))
+    board.attach(plan.in_peers(rank), channels)
     return board
 
 
@@ -255,7 +260,7 @@ def shared_versus_gloo_suite(rank: int, world: int, plans: dict[str, Any], numel
 
 def shared_staleness_suite(rank: int, world: int, plan: Any, numel: int, iterations: int, bound: int,
                            straggler_sleep_s: float, prefix: str) -> dict[str, Any]:
-    board = _board(prefix, rank, plan, numel, slots=2)
+    board = _board(prefix, rank, plan, numel, slots=2, staleness=bound)
     comm = Communicator(plan, rank, numel, torch.float32, staleness=bound, timeout_s=PG_TIMEOUT_S, board=board)
     params = initial_vector(rank, numel)
     started = time.monotonic()

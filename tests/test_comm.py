@@ -115,8 +115,9 @@ def test_exponential_mixing_follows_the_phase_schedule(synchronous, plans):
         np.testing.assert_allclose(first, 0.5 * (x[rank] + x[(rank - 2) % N]), rtol=0, atol=1e-5)
         np.testing.assert_allclose(first, after_phase_1[rank], rtol=0, atol=1e-5)
         np.testing.assert_allclose(second, after_both[rank], rtol=0, atol=1e-5)
-        # One send per iteration on the directed graph.
-        assert result["exponential"]["bytes_sent"] == STEPS * 1 * NUMEL * FLOAT_BYTES
+        # One send per iteration on the directed graph; push-sum adds its scalar weight.
+        assert plan.push_sum
+        assert result["exponential"]["bytes_sent"] == STEPS * 1 * (NUMEL + 1) * FLOAT_BYTES
 
 
 # -- bytes accounting -----------------------------------------------------------------------------

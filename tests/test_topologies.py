@@ -13,7 +13,7 @@ from benchbase.errors import UserError
 from benchbase.plugins import load_registry
 from benchbase.topology import MixingPlan, build_mixing_plan, metropolis_weights, uniform_weights
 
-BUILTINS = ["ring", "fully-connected", "random", "adjacency", "exponential", "isolated", "centralised"]
+BUILTINS = ["ring", "directed-ring", "fully-connected", "random", "adjacency", "exponential", "isolated", "centralised"]
 SIZES = [1, 2, 3, 4, 5, 8]
 
 
@@ -179,10 +179,10 @@ def test_exponential_schedule_matches_powers_of_two_and_cycles(registry):
     np.testing.assert_allclose(plan.weights[0][1], [0.5, 0.5, 0, 0, 0, 0, 0, 0])
 
 
-def test_exponential_defaults_to_uniform_and_refuses_metropolis(registry):
-    topology = registry.get("topology", "exponential")
-    assert params_of(topology).weights == "uniform"
-    with pytest.raises(UserError, match="directed.*use weights=uniform"):
+def test_exponential_defaults_to_push_sum_and_refuses_metropolis(registry):
+    plan = plan_for("exponential", 4, registry=registry)
+    assert plan.push_sum and plan.directed
+    with pytest.raises(UserError, match="directed.*use weights=push-sum"):
         plan_for("exponential", 4, registry=registry, weights="metropolis")
 
 
@@ -369,8 +369,8 @@ def test_empty_schedule_is_refused():
         fixed_plan([], 2)
 
 
-def test_metropolis_on_a_directed_topology_says_to_use_uniform():
-    with pytest.raises(UserError, match="metropolis weights need an undirected graph; use weights=uniform"):
+def test_metropolis_on_a_directed_topology_says_to_use_push_sum():
+    with pytest.raises(UserError, match="metropolis weights need an undirected graph; use weights=push-sum"):
         fixed_plan(np.array([[0, 1], [1, 0]]), 2, weights="metropolis", directed=True)
 
 

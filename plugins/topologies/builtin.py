@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from benchbase.params import param
 
 @hookimpl
 def register_topologies(register: Any) -> None:
-    for topology in (Ring, FullyConnected, Random, Adjacency, Exponential, Isolated, Centralised):
+    for topology in (Ring, DirectedRing, FullyConnected, Random, Adjacency, Exponential, Isolated, Centralised):
         register(topology())
 
 
@@ -42,6 +42,20 @@ class Ring(Topology):
             learners = np.arange(n_learners)
             adjacency[learners, (learners + 1) % n_learners] = 1
             adjacency[(learners + 1) % n_learners, learners] = 1
+        return adjacency
+
+
+class DirectedRing(Topology):
+    name = "directed-ring"
+    aliases = ("ring-directed",)
+    description = "directed cycle: learner r sends to r+1 only (GALA's default graph with one peer)"
+    directed = True
+
+    def build(self, n_learners: int, params: Any, rng: np.random.Generator) -> np.ndarray:
+        adjacency = _no_edges(n_learners)
+        if n_learners > 1:
+            learners = np.arange(n_learners)
+            adjacency[(learners + 1) % n_learners, learners] = 1  # r+1 receives from r
         return adjacency
 
 
@@ -195,13 +209,6 @@ class Exponential(Topology):
     name = "exponential"
     description = "GALA's time-varying directed exponential graph: at phase k learner r sends to r + 2^k"
     directed = True
-
-    @dataclass(frozen=True)
-    class Params(TopologyParams):
-        # Uniform mixing over a permutation is doubly stochastic; metropolis needs undirected graphs.
-        weights: Literal["metropolis", "uniform"] = param(
-            "uniform", "mixing weights: uniform 1/(deg+1) (metropolis needs an undirected graph)"
-        )
 
     def build(self, n_learners: int, params: Any, rng: np.random.Generator) -> list[np.ndarray]:
         learners = np.arange(n_learners)
