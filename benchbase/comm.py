@@ -132,10 +132,11 @@ class _Inbox(threading.Thread):
 
     def wait_fresh(self, min_iteration: int, timeout_s: float) -> tuple[torch.Tensor, float] | None:
         """The newest message (a copy) once it is from iteration ≥ min_iteration, or once the
-        sender has finished (None if it never sent anything)."""
+        sender has finished (None if it never sent anything). The learners' common starting
+        point counts as iteration −1: a negative `min_iteration` never waits."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while self.newest_iteration < min_iteration and not self.finished:
+            while self.newest_iteration < min_iteration and not self.finished and min_iteration >= 0:
                 if self.error is not None:
                     raise RuntimeError(f"receiving from learner {self.source} failed: {self.error}") from self.error
                 remaining = deadline - time.monotonic()

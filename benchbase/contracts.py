@@ -21,7 +21,6 @@ from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import numpy as np
 
-from benchbase.errors import UserError
 from benchbase.params import NoParams, param
 
 
@@ -220,14 +219,8 @@ class ConsensusParams:
         "unreliable links: probability in [0, 1) that a learner skips publishing its parameters "
         "in an iteration (its neighbours mix without it; push-sum keeps the skipped share)",
         min=0.0,
+        below=1.0,
     )
-
-    def __post_init__(self) -> None:
-        if not self.link_drop < 1.0:
-            raise UserError(
-                f"link_drop: {self.link_drop:g} is not allowed; it is a probability in [0, 1) "
-                f"(1 would mean no learner ever publishes)"
-            )
 
 
 @dataclass(frozen=True)

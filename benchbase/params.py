@@ -23,9 +23,11 @@ class NoParams:
     """For plugins without tunables."""
 
 
-def param(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
-    """A dataclass field with a default, a help line and optional inclusive bounds."""
-    return dataclasses.field(default=default, metadata={"help": help, "min": min, "max": max})
+def param(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+          below: float | None = None) -> Any:
+    """A dataclass field with a default, a help line, optional inclusive bounds `min` and `max`
+    and an exclusive upper bound `below` (a probability in [0, 1): min=0, below=1)."""
+    return dataclasses.field(default=default, metadata={"help": help, "min": min, "max": max, "below": below})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +150,9 @@ def resolve(cls: type, overrides: Mapping[str, Any], owner: str) -> Any:
             raise UserError(f"{where}: {value} is below the minimum {low}")
         if value is not None and high is not None and value > high:
             raise UserError(f"{where}: {value} is above the maximum {high}")
+        below = fields[key].metadata.get("below")
+        if value is not None and below is not None and not value < below:
+            raise UserError(f"{where}: {value} is not allowed; it must be below {below}")
         values[key] = value
     return cls(**values)
 

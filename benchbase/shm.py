@@ -149,11 +149,13 @@ class SharedBoard:
 
     def read_newest(self, peer: int, min_iteration: int, into: torch.Tensor, channel: int = 0) -> int | None:
         """Copy the peer's newest message once it is from iteration ≥ min_iteration, or the newest
-        there is once the peer has finished; returns its iteration (None: it never published)."""
+        there is once the peer has finished; returns its iteration (None: it never published).
+        A negative `min_iteration` (the common starting point) never waits."""
         segment = self.peers[peer]
         headers = segment.headers[channel]
         finished = segment.finished
-        self._wait(lambda: int(headers.max()) >= min_iteration or finished[0] == 1, peer, min_iteration)
+        if min_iteration >= 0:
+            self._wait(lambda: int(headers.max()) >= min_iteration or finished[0] == 1, peer, min_iteration)
         while True:
             slot = int(np.argmax(headers))
             iteration = int(headers[slot])

@@ -273,3 +273,58 @@ def shared_staleness_suite(rank: int, world: int, plan: Any, numel: int, iterati
     dist.barrier()
     comm.close()
     return {"stats": stats, "staleness_seen": list(comm.staleness_seen), "elapsed_s": elapsed}
+
+
+# -- push-sum (directed graphs, gossip) ----------------------------------------------------------
+
+
+def push_sum_suite(rank: int, world: int, plans: dict[str, Any], numel: int, steps: int, prefix: str,
+                   link_drop: float = 0.0) -> dict[str, Any]:
+    """Synchronous mixing of every plan through gloo messages and shared memory, optionally with
+    link drops; the final (de-biased) parameters, push-sum weight and statistics per plan."""
+    from benchbase.shm import synchronous_slots
+
+    out: dict[str, Any] = {}
+    for name, plan in plans.items():
+        for transport in ("p2p", "shm"):
+            board = (_board(f"{prefix}-{name}", rank, plan, numel, synchronous_slots(plan))
+                     if transport == "shm" else None)
+            comm = Communicator(plan, rank, numel, torch.float32, staleness=0, timeout_s=PG_TIMEOUT_S,
+                                board=board, link_drop=link_drop, seed=7)
+            params = initial_vector(rank, numel)
+            for iteration in range(steps):
+                comm.mix(params, iteration)
+            out[(name, transport)] = {"final": params.numpy().copy(), "weight": comm.push_sum_weight,
+                                      "stats": comm.statistics()}
+            dist.barrier()  # nobody closes (unlinks) while a neighbour may still read
+            comm.close()
+    return out
+
+
+def async_push_sum_suite(rank: int, world: int, plan: Any, numel: int, iterations: int, bound: int,
+                         straggler_sleep_s: float, transport: str, prefix: str,
+                         link_drop: float = 0.0) -> dict[str, Any]:
+    """Asynchronous push-sum with learner 0 slowed down; no learning, so every learner's mass
+    w·θ summed over learners must stay Σ of the initial vectors, and Σ w must stay N."""
+    board = _board(prefix, rank, plan, numel, slots=2, staleness=bound) if transport == "shm" else None
+    comm = Communicator(plan, rank, numel, torch.float32, staleness=bound, timeout_s=PG_TIMEOUT_S, board=board,
+                        link_drop=link_drop, seed=3)
+    params = initial_vector(rank, numel)
+    dist.barrier()
+    started = time.monotonic()
+    for iteration in range(iterations):
+        if rank == 0:
+            time.sleep(straggler_sleep_s)
+        comm.mix(params, iteration)
+    elapsed = time.monotonic() - started
+    before_close = comm.statistics()
+    comm.close(params)
+    return {
+        "elapsed_s": elapsed,
+        "before_close": before_close,
+        "after_close": comm.statistics(),
+        "staleness_seen": list(comm.staleness_seen),
+        "weight": comm.push_sum_weight,
+        "mass": (params.double() * comm.push_sum_weight).numpy(),
+        "final": params.numpy().copy(),
+    }
