@@ -151,6 +151,62 @@ class _Inbox(threading.Thread):
             return self.newest.clone(), self.newest_iteration
 
 
+SNAPSHOT_TAG = 7  # gloo tag of consensus snapshots, apart from parameter messages (tag 0)
+SNAPSHOT_COORDINATES = 1 << 16  # larger models are measured on a fixed subset of coordinates
+
+
+class _SnapshotCollector:
+    """Learner 0's side of the asynchronous consensus measurement: every learner sends it a copy
+    of its parameters at each metric iteration; once all N copies of an iteration are in, the
+    spread is computed and the sums are dropped. Runs receiver threads so nobody waits."""
+
+    def __init__(self, n_learners: int, size: int) -> None:
+        self.n_learners = n_learners
+        self.size = size
+        self._pending: dict[int, list] = {}  # iteration -> [Σθ (float64), Σ‖θ‖², count]
+        self.distances: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self.errors: list[BaseException] = []
+        self._threads = [threading.Thread(target=self._receive, args=(j,), daemon=True, name=f"snapshots-from-{j}")
+                         for j in range(1, n_learners)]
+        for thread in self._threads:
+            thread.start()
+
+    def add(self, snapshot: torch.Tensor, iteration: int) -> None:
+        values = snapshot.double()
+        with self._lock:
+            entry = self._pending.setdefault(iteration, [torch.zeros(self.size, dtype=torch.float64), 0.0, 0])
+            entry[0].add_(values)
+            entry[1] += float(values.pow(2).sum())
+            entry[2] += 1
+            if entry[2] == self.n_learners:
+                mean = entry[0] / self.n_learners
+                spread = max(0.0, entry[1] / self.n_learners - float(mean.pow(2).sum()))
+                self.distances[iteration] = math.sqrt(spread) / (float(mean.norm()) + 1e-12)
+                del self._pending[iteration]
+
+    def _receive(self, source: int) -> None:
+        buffer = torch.empty(self.size + 1, dtype=torch.float32)
+        try:
+            while True:
+                dist.irecv(buffer, src=source, tag=SNAPSHOT_TAG).wait()
+                iteration = int(buffer[-1])
+                if iteration < 0:
+                    return
+                self.add(buffer[:-1], iteration)
+        except BaseException as error:  # reported by join()
+            self.errors.append(error)
+
+    def join(self, timeout_s: float) -> dict[int, float]:
+        for thread in self._threads:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                raise TimeoutError("a learner never sent its last consensus snapshot")
+        if self.errors:
+            raise RuntimeError(f"receiving consensus snapshots failed: {self.errors[0]}")
+        return dict(sorted(self.distances.items()))
+
+
 class Communicator:
     """Mixes one learner's flat parameter buffer with its neighbours, as the plan says."""
 
@@ -213,6 +269,15 @@ class Communicator:
         self._last_read: dict[int, int] = {}
         self._inboxes: dict[int, _Inbox] = {}
         self._sending: deque[tuple[dist.Work, torch.Tensor]] = deque()
+        # Asynchronous runs measure consensus through snapshots sent to learner 0 (no collective).
+        self._snapshot_index = None
+        if numel > SNAPSHOT_COORDINATES:
+            generator = torch.Generator().manual_seed(seed)
+            self._snapshot_index = torch.randperm(numel, generator=generator)[:SNAPSHOT_COORDINATES].sort().values
+        self._snapshot_size = min(numel, SNAPSHOT_COORDINATES)
+        self._snapshot_sends: deque[tuple[dist.Work, torch.Tensor]] = deque()
+        self._collector = (_SnapshotCollector(plan.n_learners, self._snapshot_size)
+                           if staleness > 0 and rank == 0 and plan.n_learners > 1 else None)
         if staleness > 0 and board is None:
             for j in plan.in_peers(rank):
                 inbox = _Inbox(j, width + 1, self.message_dtype, starts_empty=self.layout.running_sums)
@@ -435,6 +500,30 @@ class Communicator:
             total += float((own - theirs).pow(2).sum())
         return math.sqrt(total / len(self._neighbour_views)) / (float(own.norm()) + 1e-12)
 
+    def snapshot(self, params: torch.Tensor, iteration: int) -> None:
+        """Asynchronous runs: hand this learner's parameters at `iteration` to learner 0, which
+        computes the consensus distance once every learner's copy of that iteration is in.
+        Every learner must call it at the same iterations; nobody waits for anybody."""
+        if self.staleness == 0 or self.plan.n_learners == 1:
+            return
+        values = self._host(params.detach()).float()
+        if self._snapshot_index is not None:
+            values = values[self._snapshot_index]
+        if self._collector is not None:
+            self._collector.add(values, iteration)
+            return
+        message = torch.empty(self._snapshot_size + 1, dtype=torch.float32)
+        message[:-1].copy_(values)
+        message[-1] = iteration
+        self._snapshot_sends.append((dist.isend(message, dst=0, tag=SNAPSHOT_TAG), message))
+        while len(self._snapshot_sends) > 8:
+            work, _ = self._snapshot_sends.popleft()
+            work.wait(self._timeout)
+
+    def consensus_snapshots(self) -> dict[int, float]:
+        """Learner 0 after close(): consensus distance by iteration (empty elsewhere)."""
+        return self._consensus or {}
+
     def statistics(self) -> dict[str, float]:
         stats = {
             "bytes_sent": float(self.bytes_sent),
@@ -459,6 +548,9 @@ class Communicator:
         """Match every send with a receive: final markers out, every inbox drained to its marker.
         Asynchronous push-sum also consumes the mass still in flight into `params` (when given),
         so that afterwards Σ_i w_i equals the number of learners exactly."""
+        self._consensus = None
+        if self.staleness > 0 and self.plan.n_learners > 1:
+            self._finish_snapshots()
         if self.board is not None:
             self.board.finish()
             try:
@@ -479,6 +571,17 @@ class Communicator:
             while self._sending:
                 work, _ = self._sending.popleft()
                 work.wait(self._timeout)
+
+    def _finish_snapshots(self) -> None:
+        if self._collector is not None:
+            self._consensus = self._collector.join(self.timeout_s)
+            return
+        marker = torch.zeros(self._snapshot_size + 1, dtype=torch.float32)
+        marker[-1] = -1
+        self._snapshot_sends.append((dist.isend(marker, dst=0, tag=SNAPSHOT_TAG), marker))
+        while self._snapshot_sends:
+            work, _ = self._snapshot_sends.popleft()
+            work.wait(self._timeout)
 
     def _consume_remaining(self, params: torch.Tensor | None) -> None:
         mass = torch.zeros(self.numel + 1, dtype=torch.float64)

@@ -159,11 +159,8 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         summary, tables = _train(cell, launch, learner, comm, evaluator, staleness, report)
         summary["transport"] = comm.transport
         comm.close(learner.parameters_buffer())
-        if staleness > 0 and world > 1:
-            # Asynchronous learners never stand still together during training; once every one
-            # has finished (close() drained every channel), the spread is measured once.
-            _final_metric(tables["metrics"], cell, launch, summary, "consensus_distance",
-                          comm.consensus_distance(learner.parameters_buffer()))
+        # Asynchronous runs: learner 0 received every learner's snapshots and records the spread.
+        _add_consensus_rows(tables["metrics"], comm.consensus_snapshots())
         folder = RunFolder(launch.out_dir)
         for name, rows in tables.items():
             write_table(folder.learner_path(name, cell_id, rank), rows.to_table())
@@ -253,6 +250,7 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
             if staleness == 0:
                 values["consensus_distance"] = comm.consensus_distance(learner.parameters_buffer())
             else:
+                comm.snapshot(learner.parameters_buffer(), iteration)
                 nearby = comm.neighbour_distance(learner.parameters_buffer())
                 if nearby is not None:
                     values["neighbour_distance"] = nearby
@@ -289,8 +287,6 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
     successes = [e.success for e in train_split if e.success is not None]
     summary = {
         "env_steps": local_steps,
-        "iterations": iteration,
-        "wall_time_s": wall,
         "train_time_s": train_time,
         "bytes_sent": comm.bytes_sent,
         "final_return": float(np.mean([e.episode_return for e in train_split])) if train_split else math.nan,
@@ -299,9 +295,15 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
     return summary, {"episodes": episodes, "evaluations": evaluations, "metrics": metrics}
 
 
-def _final_metric(metrics: RowBuffer, cell: Cell, launch: LearnerLaunch, summary: dict[str, Any], name: str,
-                  value: float) -> None:
-    steps = summary["env_steps"]
-    metrics.append(cell_id=cell.cell_id, learner=launch.rank, iteration=summary["iterations"], env_step=steps,
-                   cell_env_step=steps * launch.world_size, wall_time_s=summary["wall_time_s"], metric=name,
-                   value=float(value))
+def _add_consensus_rows(metrics: RowBuffer, distances: dict[int, float]) -> None:
+    """One consensus_distance row per snapshot iteration, placed like that iteration's other rows."""
+    if not distances:
+        return
+    columns = metrics.columns
+    placed: dict[int, int] = {}
+    for index, iteration in enumerate(columns["iteration"]):
+        placed.setdefault(iteration, index)
+    for iteration, distance in distances.items():
+        index = placed[iteration]
+        metrics.append(**{name: column[index] for name, column in columns.items()} | {
+            "metric": "consensus_distance", "value": float(distance)})

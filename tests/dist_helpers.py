@@ -312,14 +312,17 @@ def async_push_sum_suite(rank: int, world: int, plan: Any, numel: int, iteration
     params = initial_vector(rank, numel)
     dist.barrier()
     started = time.monotonic()
+    comm.snapshot(params, 0)  # the starting spread, measured without a collective
     for iteration in range(iterations):
         if rank == 0:
             time.sleep(straggler_sleep_s)
         comm.mix(params, iteration)
+    comm.snapshot(params, iterations)
     elapsed = time.monotonic() - started
     before_close = comm.statistics()
     comm.close(params)
     return {
+        "consensus": comm.consensus_snapshots(),
         "elapsed_s": elapsed,
         "before_close": before_close,
         "after_close": comm.statistics(),

@@ -247,6 +247,13 @@ def test_asynchronous_push_sum_with_a_straggler_conserves_mass_and_respects_the_
         assert np.isfinite(result["final"]).all()
     # The straggler's out-neighbours (1, 2, 3 all hear from 0) ran ahead of it as far as K allows.
     assert max(results[r]["before_close"]["staleness_max"] for r in (1, 2, 3)) >= bound - 1
+    # Learner 0 measured the spread from snapshots: exactly the hand computation at the start.
+    x = initial_matrix()
+    expected = np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean()) / np.linalg.norm(x.mean(axis=0))
+    consensus = results[0]["consensus"]
+    assert set(consensus) == {0, iterations} and all(not r["consensus"] for r in results[1:])
+    assert consensus[0] == pytest.approx(expected, rel=1e-5)
+    assert consensus[iterations] < consensus[0] / 4
     # Every in-neighbour's mass arrived: the spread shrank from the initial one.
     spread_before = np.ptp(initial_matrix(), axis=0).max()
     spread_after = np.ptp(dh.as_matrix([r["final"] for r in results]), axis=0).max()
