@@ -123,7 +123,8 @@ def _weight_schemes(topology: Topology) -> list[dict[str, str]]:
     """Every weights choice valid for the topology ([{}] when its Params has no `weights`)."""
     if "weights" not in {f.name for f in dataclasses.fields(topology.Params)}:
         return [{}]
-    return [{"weights": "uniform"}] + ([] if topology.directed else [{"weights": "metropolis"}])
+    schemes = [{"weights": "uniform"}, {"weights": "push-sum"}, {"weights": "auto"}]
+    return schemes + ([] if topology.directed else [{"weights": "metropolis"}])
 
 
 @pytest.mark.parametrize("name", TOPOLOGIES)
@@ -143,11 +144,14 @@ def test_topology_builds_valid_mixing_plans(name: str):
                 assert all(np.array_equal(a, b) for a, b in zip(plan.in_adjacency, again.in_adjacency))
                 for adjacency, weights in zip(plan.in_adjacency, plan.weights):
                     assert (weights >= 0).all()
-                    np.testing.assert_allclose(weights.sum(axis=1), 1.0, err_msg=f"{name}, n={n}: rows")
+                    # Plain mixing averages what a learner receives (rows); push-sum splits
+                    # what a learner sends (columns).
+                    axis = 0 if plan.push_sum else 1
+                    np.testing.assert_allclose(weights.sum(axis=axis), 1.0, err_msg=f"{name}, n={n}: {scheme}")
                     assert not np.diag(adjacency).any()
                     if not topology.directed:
                         assert np.array_equal(adjacency, adjacency.T), f"{name} (undirected), n={n}: asymmetric"
-                        if scheme.get("weights", "metropolis") == "metropolis":
+                        if scheme.get("weights", "auto") in ("auto", "metropolis"):
                             np.testing.assert_allclose(weights, weights.T)
 
 

@@ -191,11 +191,11 @@ def test_set_with_an_unknown_plugin(registry):
 def test_set_applies_to_any_kind_and_entry_parameters_win(registry):
     cell = only_cell(registry, t=["random:p=0.3"], e=["random-cartpole"],
                      sets=["random.p=0.9", "random.graph_seed=5", "random-cartpole.max_episode_steps=50"])
-    assert cell.topology_params == {"weights": "metropolis", "p": 0.3, "graph_seed": 5}
+    assert cell.topology_params == {"weights": "auto", "p": 0.3, "graph_seed": 5}
     assert cell.env_params["max_episode_steps"] == 50
     # --set applies only where the plugin appears: other axis entries keep their defaults.
     cells = plan(registry, t=["ring", "random"], sets=["random.p=0.9"], seeds=1).cells
-    assert [c.topology_params for c in cells] == [{"weights": "metropolis"}, {"weights": "metropolis", "p": 0.9,
+    assert [c.topology_params for c in cells] == [{"weights": "auto"}, {"weights": "auto", "p": 0.9,
                                                                                "graph_seed": None}]
 
 
@@ -288,7 +288,7 @@ def test_cell_ids_are_stable(registry):
         assert Cell.from_config(cell.config()).cell_id == cell.cell_id
     # Naming a default explicitly resolves to the same config, hence the same cell.
     assert only_cell(registry, sets=["diff-a2c.lr=0.0007"]).cell_id == only_cell(registry).cell_id
-    assert only_cell(registry, t=["ring:weights=metropolis"]).cell_id == only_cell(registry).cell_id
+    assert only_cell(registry, t=["ring:weights=auto"]).cell_id == only_cell(registry).cell_id
 
 
 @pytest.mark.parametrize(
@@ -400,7 +400,7 @@ def test_load_a_valid_grid_file(tmp_path, registry):
         assert cell.algorithm_params["lr"] == 0.001 and cell.algorithm_params["n_steps"] == 4
         assert cell.algorithm_params["normalise_rewards"] is False
         assert (cell.env, cell.env_steps, cell.envs_per_learner) == ("CartPole-v1", 500, 2)
-    assert cells[2].topology_params == {"weights": "metropolis", "p": 0.8, "graph_seed": 3}
+    assert cells[2].topology_params == {"weights": "auto", "p": 0.8, "graph_seed": 3}
     assert cells[4].topology_params == {"weights": "uniform", "matrix": "[[0,1],[1,0]]"}
     # The command line overrides the file, --set included.
     again = make_spec(values, cli(t=["isolated"], sets=["diff-a2c.lr=0.002"]))

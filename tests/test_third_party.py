@@ -169,7 +169,7 @@ def test_star_runs_in_a_grid(tmp_path):
     (row,) = rows
     assert row["topology"] == "star" and row["status"] == "completed", row
     assert row["learners"] == 3 and row["env_steps"] >= 600
-    assert json.loads(row["config"])["topology_params"] == {"hub": 0, "weights": "metropolis"}
+    assert json.loads(row["config"])["topology_params"] == {"hub": 0, "weights": "auto"}
 
 
 # -- limiting what loads ----------------------------------------------------------------------
