@@ -221,7 +221,8 @@ def build_mixing_plan(
 
     symmetric = all(np.array_equal(a, a.T) for a in adjacency)
     if scheme == "auto":
-        scheme = "metropolis" if symmetric else "push-sum"
+        # Gossip is push-sum even where its rotation happens to be symmetric (k = degree).
+        scheme = "metropolis" if symmetric and num_peers is None else "push-sum"
     derive = {"metropolis": metropolis_weights, "uniform": uniform_weights, "push-sum": push_sum_weights}[scheme]
     weights = tuple(derive(a) for a in adjacency)
     stochastic_axis = 0 if scheme == "push-sum" else 1
