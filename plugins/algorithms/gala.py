@@ -15,6 +15,15 @@ unless a message is more than `staleness` iterations old. The core does the goss
 - asynchrony: the default bound is effectively unbounded, so learners never wait for each
   other (the original's Pong example does the same); `staleness=0` makes every mix synchronous
   and the run deterministic.
+
+Defaults differ from the A2C core's in two places, both chosen on 4 learners on `directed-ring`
+learning `random-cartpole` within 200k env steps (final greedy episodes of ≥ 195 steps on the
+learner's own task): lr 1.5e-3 (the original used 1.4e-3 on Pong) and no observation
+normalisation. With the core's lr 7e-4 learning is too slow for that budget; with normalisation
+(statistics local to each learner, so learners on different tasks feed the shared parameters
+differently scaled inputs) 25 of 36 learners succeeded over 9 seeds, without it 34 of 36; over
+15 seeds these defaults gave 57 of 60, at least 3 of 4 on every seed. Gradient clipping 0.5,
+RMSprop, T = 5 and c_e = 0.01 are GALA's.
 """
 
 from __future__ import annotations
@@ -35,7 +44,14 @@ class GalaParams(A2CParams, GossipParams):
         "than K iterations old (default: never wait; 0 = synchronous, deterministic)",
         min=0,
     )
+    lr: float = param(1.5e-3, "RMSprop learning rate (GALA used 1.4e-3 on Pong; A2C's 7e-4 learns too slowly)",
+                      min=0.0)
     max_grad_norm: float = param(0.5, "gradient-norm clipping (GALA's 0.5); 0 = none", min=0.0)
+    normalise_observations: bool = param(
+        False,
+        "running mean/std observation normalisation (clip ±10); off by default: its statistics are "
+        "local, so learners on different tasks would feed the shared parameters differently scaled inputs",
+    )
     lr_decay: bool = param(False, "decay the learning rate linearly to 0 over the learner's budget")
 
 
