@@ -1,0 +1,218 @@
+"""Diff-PPO: PPO learners combined by diffusion (the Diff-DAC framework with a PPO learner).
+
+Adapt-then-combine, once per rollout: each learner collects T steps from each of its P
+simulators, runs PPO on them (adapt), and only after its last epoch does the core replace its
+parameters by the weighted average of its closed neighbourhood, θ_i ← Σ_j c_ij θ_j (combine).
+Every parameter is mixed, the Gaussian log-std included; Adam's state and the normalisation
+statistics stay local to the learner.
+
+The local PPO update (Schulman et al. 2017), read top to bottom in `PPOLearner.update`:
+1. once per rollout, before anything moves: the old log-probabilities log π_old(a|s), the old
+   values V_old(s), GAE(λ) advantages A and value targets R = A + V_old;
+2. `n_epochs` passes over the rollout in shuffled minibatches of `minibatch_size`, each taking
+   one Adam step on L = −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] + c_v·E[(V − R)²] − c_e·E[H[π]],
+   ρ = π(a|s)/π_old(a|s), with A normalised per minibatch and the gradient norm clipped to 0.5.
+
+Defaults, tuned on classic control with 8 simulators per learner (one learner, greedy evaluation):
+- T = 32 steps per simulator, so a rollout of 256 is one minibatch; 20 epochs; Adam lr 1e-3 and
+  ε = 0.2, both annealed linearly to 0 over the learner's env-step budget; γ 0.99, GAE λ 0.9;
+  no entropy bonus; value loss weight 0.5; observation normalisation and reward scaling on.
+- Starting point: RL-Zoo's tuned CartPole PPO (the same T, batch, epochs and annealing, with
+  λ 0.8, γ 0.98 and no reward scaling), which solved CartPole-v1 on 5 of 5 seeds but left
+  Pendulum at −260 and −455 after 200k steps: its −16…0 per-step rewards make values in the
+  hundreds, which the critic fits slowly under a 0.5 gradient-norm clip. Reward scaling fixes
+  that (−100 and −180 by 50k) but with γ 0.98 / λ 0.8 CartPole then collapsed after reaching
+  500 on 2 of 5 seeds; γ 0.99 / λ 0.9 restores it.
+- Result: CartPole-v1 solved (return ≥ 475) within 100k env steps on 10 of 10 seeds; after 200k,
+  Acrobot-v1 about −84 on 3 of 3 seeds (random: −500) and Pendulum-v1 −108 and −205 on 2 of 3
+  (the third stuck near −575; random: about −1200).
+- Short rollouts suit all three because time limits are bootstrapped: episodes need not fit in
+  a rollout.
+- The value loss is not clipped by default: with RL-Zoo's CartPole settings clipping it to ±ε
+  solved 2 of 5 seeds against 5 of 5 (Andrychowicz et al. 2021 also found it neutral to
+  harmful); `clip_value_loss` turns it on.
+- Without a budget (`env_steps_budget` = 0) nothing is annealed. Losses are means over the
+  minibatch, so the step size does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from benchbase.contracts import Algorithm, ConsensusParams, LearnerSpec
+from benchbase.hookspecs import hookimpl
+from benchbase.params import param
+from plugins.algorithms.actor_critic import OnPolicyLearner, Rollout, gae_advantages
+
+
+@dataclass(frozen=True)
+class PPOParams(ConsensusParams):
+    lr: float = param(1e-3, "Adam learning rate (start value when annealed)", min=0.0)
+    anneal_lr: bool = param(True, "anneal the lr linearly to 0 over the learner's env-step budget")
+    adam_eps: float = param(1e-5, "Adam epsilon", min=0.0)
+    gamma: float = param(0.99, "discount factor", min=0.0, max=1.0)
+    gae_lambda: float = param(0.9, "GAE(λ) for the advantages", min=0.0, max=1.0)
+    n_steps: int = param(32, "rollout length T per simulator between combines", min=1)
+    n_epochs: int = param(20, "passes over each rollout", min=1)
+    minibatch_size: int = param(256, "samples per gradient step (capped at the rollout's T·P)", min=1)
+    clip_range: float = param(0.2, "PPO clipping ε of the probability ratio (start value when annealed)", min=0.0)
+    anneal_clip_range: bool = param(True, "anneal ε linearly to 0 over the learner's env-step budget")
+    clip_value_loss: bool = param(False, "clip the value update to ±ε around the old values (PPO2's option)")
+    normalise_advantages: bool = param(True, "normalise advantages to zero mean, unit std per minibatch")
+    entropy_coef: float = param(0.0, "entropy bonus weight c_e", min=0.0)
+    value_coef: float = param(0.5, "value loss weight c_v", min=0.0)
+    max_grad_norm: float = param(0.5, "gradient-norm clipping; 0 = none", min=0.0)
+    hidden: int = param(64, "units in each of the two hidden layers", min=1)
+    normalise_observations: bool = param(True, "running mean/std observation normalisation (clip ±10)")
+    normalise_rewards: bool = param(True, "scale rewards by the running std of the discounted return")
+
+
+class PPOLosses(NamedTuple):
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor
+    clip_fraction: torch.Tensor
+
+
+def ppo_losses(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    *,
+    clip_range: float,
+    clip_value_loss: bool,
+    value_coef: float,
+    entropy_coef: float,
+) -> PPOLosses:
+    """PPO's loss on one minibatch (advantages already normalised if wanted); all inputs [B]."""
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    # Pessimistic bound: the clipped term removes the incentive to move ρ beyond [1−ε, 1+ε].
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_range, 1 + clip_range) * advantages)
+    policy_loss = -surrogate.mean()
+
+    value_error = (values - returns).pow(2)
+    if clip_value_loss:
+        clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+        value_error = torch.max(value_error, (clipped_values - returns).pow(2))
+    value_loss = value_error.mean()
+
+    entropy_mean = entropy.mean()
+    loss = policy_loss + value_coef * value_loss - entropy_coef * entropy_mean
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()  # KL(π_old‖π) estimator, ≥ 0, low variance
+        clip_fraction = ((ratio - 1).abs() > clip_range).float().mean()
+    return PPOLosses(loss, policy_loss, value_loss, entropy_mean, approx_kl, clip_fraction)
+
+
+class PPOLearner(OnPolicyLearner):
+    def __init__(self, params: PPOParams, spec: LearnerSpec) -> None:
+        super().__init__(
+            spec,
+            n_steps=params.n_steps,
+            gamma=params.gamma,
+            hidden=params.hidden,
+            normalise_observations=params.normalise_observations,
+            normalise_rewards=params.normalise_rewards,
+        )
+        self.params = params
+        self.optimizer = torch.optim.Adam([self.flat.parameter], lr=params.lr, eps=params.adam_eps)
+        # Updates this learner will make within its budget: the schedules reach 0 there.
+        rollout_steps = params.n_steps * self.env.num_envs
+        self.total_updates = math.ceil(spec.env_steps_budget / rollout_steps) if spec.env_steps_budget > 0 else 0
+        self.updates_done = 0
+
+    def remaining_fraction(self) -> float:
+        """1 at the first update, 1/N at the N-th and last one of the budget; 1 without a budget."""
+        if self.total_updates == 0:
+            return 1.0
+        return max(0.0, 1.0 - self.updates_done / self.total_updates)
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        p = self.params
+        frac = self.remaining_fraction()
+        lr = p.lr * frac if p.anneal_lr else p.lr
+        clip_range = p.clip_range * frac if p.anneal_clip_range else p.clip_range
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        steps, envs = rollout.rewards.shape
+        size = steps * envs
+        observations = torch.from_numpy(rollout.observations.reshape(size, -1)).to(self.device)
+        actions = torch.from_numpy(rollout.actions.reshape(size, *rollout.actions.shape[2:])).to(self.device)
+        last = torch.from_numpy(rollout.last_observations).to(self.device)
+
+        # The rollout's policy and values, fixed before the first epoch moves the parameters.
+        with torch.no_grad():
+            all_values = self.model.value(torch.cat([observations, last]))
+            old_log_prob, _ = self.distribution.log_prob_entropy(self.model.actor(observations), actions)
+        old_values = all_values[:size]
+        old_values_np = old_values.cpu().numpy().reshape(steps, envs)
+        bootstrap = all_values[size:].cpu().numpy()
+        advantages_np = gae_advantages(
+            rollout.rewards, old_values_np, rollout.not_done, bootstrap, p.gamma, p.gae_lambda
+        )
+        returns_np = advantages_np + old_values_np
+        advantages = torch.from_numpy(advantages_np.reshape(-1)).to(self.device)
+        returns = torch.from_numpy(returns_np.reshape(-1)).to(self.device)
+
+        sums: dict[str, float] = {}
+        minibatch_size = min(p.minibatch_size, size)
+        for _ in range(p.n_epochs):
+            for batch in torch.randperm(size, device=self.device).split(minibatch_size):
+                log_prob, entropy = self.distribution.log_prob_entropy(
+                    self.model.actor(observations[batch]), actions[batch]
+                )
+                batch_advantages = advantages[batch]
+                if p.normalise_advantages and len(batch) > 1:
+                    batch_advantages = (batch_advantages - batch_advantages.mean()) / (batch_advantages.std() + 1e-8)
+                losses = ppo_losses(
+                    log_prob, old_log_prob[batch], batch_advantages,
+                    self.model.value(observations[batch]), old_values[batch], returns[batch], entropy,
+                    clip_range=clip_range, clip_value_loss=p.clip_value_loss,
+                    value_coef=p.value_coef, entropy_coef=p.entropy_coef,
+                )
+                self.flat.zero_grad()
+                losses.loss.backward()
+                grad_norm = self.flat.clip_grad_norm(p.max_grad_norm)
+                self.optimizer.step()
+                for name, value in losses._asdict().items():
+                    sums[name] = sums.get(name, 0.0) + value.item()
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+        self.updates_done += 1
+
+        # Means over every minibatch step of every epoch; explained variance of the old values.
+        count = p.n_epochs * math.ceil(size / minibatch_size)
+        metrics = {name: total / count for name, total in sums.items()}
+        returns_var = float(np.var(returns_np))
+        unexplained = float(np.var(returns_np - old_values_np))
+        metrics["explained_variance"] = 1.0 - unexplained / returns_var if returns_var > 0 else 0.0
+        metrics["lr"] = lr
+        metrics["clip_range"] = clip_range
+        return metrics
+
+
+class DiffPPO(Algorithm):
+    name = "diff-ppo"
+    description = "PPO learners combined with their neighbours once per rollout (diffusion)"
+    Params = PPOParams
+    consensus = "diffusion"
+
+    def make_learner(self, params: PPOParams, spec: LearnerSpec) -> PPOLearner:
+        return PPOLearner(params, spec)
+
+
+@hookimpl
+def register_algorithms(register) -> None:
+    register(DiffPPO())
