@@ -442,14 +442,15 @@ def test_missing_grid_file(tmp_path):
         load_grid_file(tmp_path / "nowhere.toml")
 
 
-def test_default_grid_expands_to_six_cells(registry):
+def test_default_grid_expands_to_twelve_cells(registry):
     values = default_grid()
     assert set(values) <= {"algorithms", "topologies", "envs", "replay", "seeds", "learners", "envs_per_learner",
                            "env_steps", "evaluations", "eval_episodes", "set"}
     result = expand(make_spec(values, {}), registry)
     assert not result.invalid
-    assert len(result.cells) == 6
-    assert sorted({c.topology for c in result.cells}) == ["fully-connected", "isolated", "ring"]
+    assert len(result.cells) == 12
+    assert sorted({c.algorithm for c in result.cells}) == ["diff-a2c", "diff-ppo", "gala-a2c"]
+    assert sorted({c.topology for c in result.cells}) == ["isolated", "ring"]
     assert sorted({c.seed for c in result.cells}) == [0, 1]
 
 
