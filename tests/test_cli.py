@@ -138,7 +138,7 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = bench("run", "--dry-run", "--out", str(out))
     assert result.returncode == 0
-    assert "6 cells" in result.stdout and "fully-connected" in result.stdout
+    assert "12 cells" in result.stdout and "gala-a2c" in result.stdout
     assert not out.exists()
 
 
