@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from benchbase.errors import UserError
 
@@ -155,6 +156,45 @@ def run(
     code = run_grid(spec, plan.cells, out, registry, console=console, settings=settings)
     console.print(f"results: {out}")
     raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    paths: list[str] = typer.Argument(..., metavar="PATH", help="Run folders, or globs of them (quote them: 'results/*')."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Report folder (default: <run folder>/report for one run, ./report for several)."
+    ),
+    metric: str = typer.Option("final", "--metric", help="final (final evaluation) or auc (area under the learning curve)."),
+    split: str = typer.Option("train", "--split", help="Evaluation split to rank on: train (own tasks) or a family split (D, R, E…)."),
+    group_by: Optional[str] = typer.Option(
+        None, "--group-by", help="What tells entries apart (comma-separated): algorithm,variant,topology,replay (default: all four)."
+    ),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Entry to compare against (its name or an unambiguous part)."),
+    repetitions: int = typer.Option(2000, "--repetitions", help="Bootstrap repetitions behind every interval."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    no_html: bool = typer.Option(False, "--no-html", help="Skip report.html."),
+) -> None:
+    """Leaderboard of one or many run folders: console, Markdown, HTML and leaderboard.parquet."""
+    from benchbase.report import GROUP_FIELDS, build_report, env_registry, load_runs, write_report
+    from benchbase.report_text import leaderboard_table
+
+    fields = _split(group_by) if group_by is not None else GROUP_FIELDS
+    if not fields:
+        raise UserError(f"--group-by is empty: name some of {', '.join(GROUP_FIELDS)}")
+    only = _selection["only"]
+    registry = env_registry(only=only, blocked=_selection["blocked"] or ())
+    runs = load_runs(paths)
+    result = build_report(runs, metric=metric, split=split, group_by=fields, baseline=baseline, repetitions=repetitions,
+                          confidence=confidence, seed=seed, registry=registry)
+    if out is None:
+        out = Path(runs.sources[0]) / "report" if len(runs.sources) == 1 else Path("report")
+    written = write_report(result, out, html=not no_html)
+    console = _console()
+    console.print(leaderboard_table(result))
+    for problem in result.problems:
+        console.print(Text("problem: ", style="yellow") + Text(problem), highlight=False)
+    console.print("report: " + ", ".join(str(path) for path in written), highlight=False)
 
 
 def _print_cells(console: Console, cells: list, out: Path) -> None:

@@ -104,3 +104,5 @@ class Report:
     problems: list[str] = field(default_factory=list)  # excluded cells, missing seeds, …
     repetitions: int = 0  # bootstrap repetitions behind every interval
     confidence: float = 0.95
+    #: family -> (random, reference) behind its "normalised return" scores
+    score_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from benchbase import __version__
 from benchbase.console import GridConsole, print_summary
 from benchbase.errors import UserError
@@ -143,4 +145,21 @@ def run_grid(
             grid_console.cell_finished(cell.cell_id, outcome.status, outcome.wall_time_s, row["env_steps"] or 0,
                                        row["steps_per_second"] or 0.0, outcome.error)
     print_summary(console, list(rows.values()))
+    if any(row["status"] == "completed" for row in rows.values()):
+        print_leaderboard(console, out, registry)
     return status
+
+
+def print_leaderboard(console: Any, out: Path, registry: Registry, repetitions: int = 1000) -> None:
+    """The run's own leaderboard after its summary; a failure here never fails the run."""
+    try:
+        from benchbase.report import build_report, load_runs
+        from benchbase.report_text import leaderboard_table
+
+        report = build_report(load_runs([str(out)]), repetitions=repetitions, registry=registry)
+        console.print(leaderboard_table(report))
+        if report.problems:
+            console.print(Text(f"{len(report.problems)} problem(s) behind this leaderboard: bench report {out} lists them"))
+    except Exception as error:  # noqa: BLE001 - the results are written; the leaderboard is a courtesy
+        first = (str(error).strip().splitlines() or [""])[0]
+        console.print(Text("warning: ", style="yellow") + Text(f"no leaderboard ({type(error).__name__}: {first}); try bench report {out}"))
