@@ -320,8 +320,11 @@ def _curves_chart(report: Report, colours: dict[str, str]) -> str:
     ncols = min(3, len(families))
     nrows = math.ceil(len(families) / ncols)
     entries = [e for e in colours if any(c.entry == e for c in report.curves)]
-    legend_rows = math.ceil(len(entries) / 3)
-    fig = Figure(figsize=(4.2 * ncols + 0.6, 3.0 * nrows + 0.25 * legend_rows + 0.3), layout="constrained")
+    # One legend column per panel column: long entry labels must fit under the panels.
+    legend_columns = max(1, ncols)
+    legend_rows = math.ceil(len(entries) / legend_columns)
+    width = max(7.5, 4.2 * ncols + 0.6)
+    fig = Figure(figsize=(width, 3.0 * nrows + 0.25 * legend_rows + 0.3), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     steps_fmt = EngFormatter(sep="")
     for ax, family in zip(axes, families):
@@ -339,7 +342,7 @@ def _curves_chart(report: Report, colours: dict[str, str]) -> str:
         ax.set_ylabel(_label(report.score_kinds.get(family, "score")), fontsize=9)
     for ax in axes[len(families):]:
         ax.set_visible(False)
-    _legend(fig, entries, colours)
+    _legend(fig, entries, colours, ncol_max=legend_columns)
     return _svg(fig, "curves")
 
 
