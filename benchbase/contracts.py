@@ -241,6 +241,8 @@ class Algorithm(Component):
     consensus: ClassVar[str] = "diffusion"
     action_spaces: ClassVar[frozenset[str]] = frozenset({"discrete", "continuous"})
     observation_kinds: ClassVar[frozenset[str]] = frozenset({"vector"})
+    #: True for off-policy algorithms trained from a replay mix; their Params then declare an
+    #: integer `batch_size` (segments per update), which the grid splits among the mix's strategies.
     uses_replay: ClassVar[bool] = False
 
     def make_learner(self, params: Any, spec: LearnerSpec) -> Learner:

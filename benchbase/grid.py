@@ -27,6 +27,7 @@ from benchbase.contracts import KINDS, GossipParams, params_of, space_kind, with
 from benchbase.errors import UserError, close_match
 from benchbase.params import to_dict
 from benchbase.plugins import Registry
+from benchbase.replay import batch_shares
 from benchbase.topology import build_mixing_plan
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -79,6 +80,37 @@ def parse_axis_entry(text: str, option: str) -> AxisEntry:
                 raise UserError(f"{option} {text!r}: parameter {part!r} is not key=value")
             overrides.append((key.strip(), value.strip()))
     return AxisEntry(name.strip(), tuple(overrides))
+
+
+@dataclass(frozen=True)
+class MixEntry:
+    """A replay axis value that mixes strategies by ratio: ``queue:ratio=0.5+uniform:ratio=0.5``."""
+
+    parts: tuple[AxisEntry, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join(part.name for part in self.parts)
+
+    def __str__(self) -> str:
+        return "+".join(str(part) for part in self.parts)
+
+
+def parse_replay_entry(text: str, option: str) -> AxisEntry | MixEntry:
+    """One strategy, or several joined by '+' (a '+' inside a number such as 1e+3 stays put)."""
+    pieces: list[str] = []
+    for piece in split_top_level(text, "+"):
+        if pieces and (not piece.strip() or not (piece.strip()[0].isalpha())):
+            pieces[-1] += "+" + piece
+        else:
+            pieces.append(piece)
+    parts = tuple(parse_axis_entry(piece, option) for piece in pieces)
+    if len(parts) == 1:
+        return parts[0]
+    names = [part.name for part in parts]
+    if len(set(names)) != len(names):
+        raise UserError(f"{option} {text!r}: a mix names each strategy once")
+    return MixEntry(parts)
 
 
 def parse_set(text: str) -> tuple[str, str, str]:
@@ -157,7 +189,15 @@ def _axis_from_file(values: Any, key: str) -> list[AxisEntry]:
         values = [values]
     entries = []
     for value in values:
-        if isinstance(value, str):
+        if isinstance(value, str) and key == "replay":
+            entries.append(parse_replay_entry(value, key))
+        elif isinstance(value, list) and key == "replay" and all(isinstance(v, (str, dict)) for v in value):
+            # TOML: replay = [[{ name = "queue", capacity = 1, ratio = 0.5 }, "uniform:ratio=0.5"]]
+            parts = tuple(entry for v in value for entry in _axis_from_file(v, key))
+            if any(isinstance(part, MixEntry) for part in parts):
+                raise UserError(f"grid {key}: {value!r}: a mix lists single strategies")
+            entries.append(MixEntry(parts) if len(parts) > 1 else parts[0])
+        elif isinstance(value, str):
             entries.append(parse_axis_entry(value, key))
         elif isinstance(value, dict) and isinstance(value.get("name"), str):
             rest = tuple((k, v) for k, v in value.items() if k != "name")
@@ -178,7 +218,7 @@ def make_spec(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> 
     axes = {}
     for key in _AXES:
         values = merged.get(key, ["none"] if key == "replay" else [])
-        if isinstance(values, (list, tuple)) and values and all(isinstance(v, AxisEntry) for v in values):
+        if isinstance(values, (list, tuple)) and values and all(isinstance(v, (AxisEntry, MixEntry)) for v in values):
             axes[key] = list(values)
         else:
             axes[key] = _axis_from_file(values, key)
@@ -298,12 +338,13 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
     """Resolve every cell of the grid, or raise a UserError for the first bad input."""
     _check_set_targets(spec, registry)
     resolved: dict[str, list[tuple[str, Any, Any]]] = {}
-    for kind, entries in (("algorithm", spec.algorithms), ("topology", spec.topologies), ("env", spec.envs), ("replay", spec.replay)):
+    for kind, entries in (("algorithm", spec.algorithms), ("topology", spec.topologies), ("env", spec.envs)):
         resolved[kind] = []
         for entry in entries:
             component = registry.get(kind, entry.name)
             params = params_of(component, _overrides_for(spec, registry, kind, component, entry))
             resolved[kind].append((component.name, component, params))
+    resolved["replay"] = [_resolve_replay(spec, registry, entry) for entry in spec.replay]
 
     probes: dict[str, tuple[str, str]] = {}
     cells: list[Cell] = []
@@ -316,6 +357,11 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
         if reason:
             invalid.append((combination, reason))
             continue
+        if algorithm.uses_replay:  # whole batch shares, capacities ≥ shares: bad input, not a pairing
+            batch_size = getattr(a_params, "batch_size", None)
+            if not isinstance(batch_size, int):
+                raise UserError(f"algorithm {a_name} uses replay but its parameters declare no integer batch_size")
+            batch_shares(replay_parts(r_name, r_params), batch_size, owner=f"replay {r_name}")
         processes = topology.learner_count(spec.learners, t_params)
         for seed in spec.seeds:
             # Validates the topology data, and a gossip algorithm's peer count against it.
@@ -326,7 +372,7 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
                     algorithm=a_name, algorithm_params=to_dict(a_params),
                     topology=t_name, topology_params=to_dict(t_params),
                     env=e_name, env_params=to_dict(e_params),
-                    replay=r_name, replay_params=to_dict(r_params),
+                    replay=r_name, replay_params=r_params,
                     seed=seed, learners=spec.learners, learner_processes=processes,
                     envs_per_learner=spec.envs_per_learner * spec.learners // processes,
                     env_steps=spec.env_steps, evaluations=spec.evaluations, eval_episodes=spec.eval_episodes,
@@ -336,6 +382,36 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
     if len(set(ids)) != len(ids):
         raise UserError("the grid names the same cell twice (an axis repeats an entry)")
     return GridPlan(cells, invalid)
+
+
+class _Mix:
+    """The replay side of a cell: one strategy, or several mixed by ratio."""
+
+    def __init__(self, components: list[Any]) -> None:
+        self.components = components
+        self.stores_segments = all(c.stores_segments for c in components)
+
+
+def _resolve_replay(spec: GridSpec, registry: Registry, entry: AxisEntry | MixEntry) -> tuple[str, _Mix, dict[str, Any]]:
+    """(label, strategies, the cell's replay_params): one strategy's parameters, or {name: params}
+    for a mix."""
+    parts = entry.parts if isinstance(entry, MixEntry) else (entry,)
+    components, params = [], {}
+    for part in parts:
+        component = registry.get("replay", part.name)
+        components.append(component)
+        params[component.name] = to_dict(params_of(component, _overrides_for(spec, registry, "replay", component, part)))
+    if len(components) > 1 and not all(c.stores_segments for c in components):
+        raise UserError(f"replay {entry}: none stores nothing and cannot be part of a mix")
+    label = "+".join(c.name for c in components)
+    return label, _Mix(components), (params if len(components) > 1 else params[components[0].name])
+
+
+def replay_parts(label: str, replay_params: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """[(strategy, its parameters)] of a cell's replay (one entry unless a mix)."""
+    if "+" in label:
+        return [(name, dict(replay_params[name])) for name in label.split("+")]
+    return [(label, dict(replay_params))]
 
 
 def _incompatibility(algorithm: Any, family: Any, env_params: Any, replay: Any, probes: dict) -> str | None:
@@ -373,7 +449,7 @@ def variant(cell: Cell, registry: Registry) -> str:
         ("algorithm", cell.algorithm, cell.algorithm_params),
         ("topology", cell.topology, cell.topology_params),
         ("env", cell.env, cell.env_params),
-        ("replay", cell.replay, cell.replay_params),
+        *(("replay", strategy, values) for strategy, values in replay_parts(cell.replay, cell.replay_params)),
     ):
         defaults = to_dict(params_of(registry.get(kind, name)))
         parts += [f"{name}.{key}={value}" for key, value in values.items() if defaults.get(key) != value]

@@ -23,8 +23,9 @@ from benchbase.comm import Communicator, message_layout
 from benchbase.contracts import (
     ConsensusParams, EnvFamily, FinishedEpisode, GossipParams, LearnerSpec, Task, params_of, without_resampling,
 )
-from benchbase.grid import Cell
+from benchbase.grid import Cell, replay_parts
 from benchbase.plugins import load_registry
+from benchbase.replay import ReplayMix, batch_shares
 from benchbase.shm import SharedBoard, segment_bytes, shared_memory_room, synchronous_slots
 from benchbase.results import EPISODES_SCHEMA, EVALUATIONS_SCHEMA, METRICS_SCHEMA, RowBuffer, RunFolder, write_table
 from benchbase.topology import build_mixing_plan
@@ -149,7 +150,9 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         own_tasks = simulator_tasks(tasks, cell, rank)
         env = family.make_env(env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank)
         device = torch.device(launch.device)
-        spec = LearnerSpec(env, rank, world, cell.seed, device, env_steps_budget=math.ceil(cell.env_steps / world))
+        replay = _replay_mix(registry, algorithm, algorithm_params, cell, rank)
+        spec = LearnerSpec(env, rank, world, cell.seed, device, replay=replay,
+                           env_steps_budget=math.ceil(cell.env_steps / world))
         learner = algorithm.make_learner(algorithm_params, spec)
         buffer = learner.parameters_buffer()
         board = _shared_board(launch, plan, staleness, buffer)
@@ -171,6 +174,21 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _replay_mix(registry: Any, algorithm: Any, algorithm_params: Any, cell: Cell, rank: int) -> ReplayMix | None:
+    """The learner's replay buffers, one per strategy of the cell's mix (off-policy algorithms)."""
+    if not algorithm.uses_replay:
+        return None
+    parts = batch_shares(
+        [(name, params_of(registry.get("replay", name), values)) for name, values in replay_parts(cell.replay, cell.replay_params)],
+        algorithm_params.batch_size, owner=f"replay {cell.replay}",
+    )
+    buffers = [
+        registry.get("replay", part.name).make_buffer(part.params, cell.seed * 1_000_003 + 7_919 * rank + k)
+        for k, part in enumerate(parts)
+    ]
+    return ReplayMix(parts, buffers)
 
 
 def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torch.Tensor) -> SharedBoard | None:

@@ -92,7 +92,7 @@ class MixPart:
 
 def batch_shares(parts: Sequence[tuple[str, Any]], batch_size: int, owner: str = "replay") -> list[MixPart]:
     """Whole-number shares of a batch of `batch_size` segments, or a one-line UserError."""
-    ratios = [float(getattr(params, "ratio", 1.0)) for _, params in parts]
+    ratios = [float(_field(params, "ratio", 1.0)) for _, params in parts]
     total = sum(ratios)
     if not math.isclose(total, 1.0, abs_tol=1e-9):
         listed = " + ".join(f"{name} {ratio:g}" for (name, _), ratio in zip(parts, ratios))
@@ -105,13 +105,20 @@ def batch_shares(parts: Sequence[tuple[str, Any]], batch_size: int, owner: str =
                 f"{owner}: {name}'s ratio {ratio:g} of a batch of {batch_size} segments is {share:g}, not a "
                 f"whole number; choose ratios that are multiples of 1/{batch_size}"
             )
-        capacity = getattr(params, "capacity", None)
+        capacity = _field(params, "capacity", None)
         if capacity is not None and capacity < round(share):
             raise UserError(
                 f"{owner}: {name}.capacity={capacity} is smaller than its batch share of {round(share)} segments"
             )
         mix.append(MixPart(name, params, int(round(share))))
     return mix
+
+
+def _field(params: Any, key: str, default: Any) -> Any:
+    """A parameter from a params dataclass or from its dict form (a cell's config)."""
+    if isinstance(params, dict):
+        return params.get(key, default)
+    return getattr(params, key, default)
 
 
 class ReplayMix:
@@ -195,4 +202,4 @@ _STOP = object()
 def memory_estimate(segment_bytes: int, parts: Sequence[MixPart]) -> int:
     """At most this many bytes when every buffer of the mix is full (buffers share the segments
     they have in common, so this is an upper bound)."""
-    return segment_bytes * sum(getattr(part.params, "capacity", 0) for part in parts)
+    return segment_bytes * sum(_field(part.params, "capacity", 0) for part in parts)

@@ -4,6 +4,7 @@ compatibility checks, and the coercion of user text into typed plugin parameters
 from __future__ import annotations
 
 import dataclasses
+import re
 import itertools
 import sys
 import textwrap
@@ -22,23 +23,33 @@ from benchbase.grid import (
     load_grid_file,
     make_spec,
     parse_axis_entry,
+    parse_replay_entry,
     parse_set,
     split_top_level,
+    variant,
 )
 from benchbase.params import coerce, describe, param, resolve
 from benchbase.plugins import BUILTIN_PLUGINS, load_registry
 
 FAKES = """
+    import dataclasses
+
     from benchbase.contracts import Algorithm, ReplayStrategy
+    from benchbase.replay import ReplayParams
     from benchbase.hookspecs import hookimpl
 
 
     class FakeReplay(ReplayStrategy):
         name = "fake-replay"
         description = "stores segments (for the grid's compatibility checks only)"
+        Params = ReplayParams
 
         def make_buffer(self, params, seed):
             return []
+
+
+    class OtherReplay(FakeReplay):
+        name = "other-replay"
 
 
     class DiscreteOnly(Algorithm):
@@ -52,10 +63,15 @@ FAKES = """
         description = "trains from replay"
         uses_replay = True
 
+        @dataclasses.dataclass(frozen=True)
+        class Params:
+            batch_size: int = 4
+
 
     @hookimpl
     def register_replay_strategies(register):
         register(FakeReplay())
+        register(OtherReplay())
 
 
     @hookimpl
@@ -93,7 +109,7 @@ def cli(*, a=("diff-a2c",), t=("ring",), e=("CartPole-v1",), r=(), sets=(), **sc
         "algorithms": [parse_axis_entry(x, "--algorithm") for x in a],
         "topologies": [parse_axis_entry(x, "--topology") for x in t],
         "envs": [parse_axis_entry(x, "--env") for x in e],
-        "replay": [parse_axis_entry(x, "--replay") for x in r],
+        "replay": [parse_replay_entry(x, "--replay") for x in r],
         "set_items": [parse_set(x) for x in sets],
         "learners": 2, "envs_per_learner": 2, "env_steps": 1000, "evaluations": 1, "eval_episodes": 1,
         **scalars,
@@ -338,6 +354,36 @@ def test_an_off_policy_algorithm_needs_a_replay_strategy(fake_registry):
     ((combination, reason),) = result.invalid
     assert combination == "fake-off-policy · ring · CartPole-v1 · none"
     assert "other than none" in reason
+
+
+def test_replay_mixes_by_ratio_from_the_command_line_and_toml(fake_registry):
+    mix = "fake-replay:capacity=2,ratio=0.5+other-replay:capacity=1e+3,ratio=0.5"
+    (cell,) = plan(fake_registry, a=["fake-off-policy"], r=[mix]).cells
+    assert cell.replay == "fake-replay+other-replay"
+    assert cell.replay_params == {"fake-replay": {"capacity": 2, "ratio": 0.5},
+                                  "other-replay": {"capacity": 1000, "ratio": 0.5}}
+    from_toml = make_spec({"algorithms": ["fake-off-policy"], "topologies": ["ring"], "envs": ["CartPole-v1"],
+                           "replay": [[{"name": "fake-replay", "capacity": 2, "ratio": 0.5},
+                                       "other-replay:capacity=1000,ratio=0.5"]]}, {})
+    toml_cell = expand(from_toml, fake_registry).cells[0]
+    assert (toml_cell.replay, toml_cell.replay_params) == (cell.replay, cell.replay_params)
+    assert "fake-replay.capacity=2" in variant(cell, fake_registry)
+
+
+@pytest.mark.parametrize(
+    ("mix", "message"),
+    [
+        ("fake-replay:ratio=0.5+other-replay:ratio=0.25", "the ratios must sum to 1, got fake-replay 0.5 + other-replay 0.25 = 0.75"),
+        ("fake-replay:ratio=0.3+other-replay:ratio=0.7", "ratio 0.3 of a batch of 4 segments is 1.2, not a whole number"),
+        ("fake-replay:capacity=1,ratio=0.5+other-replay:ratio=0.5", "fake-replay.capacity=1 is smaller than its batch share of 2"),
+        ("fake-replay+fake-replay", "names each strategy once"),
+        ("fake-replay:ratio=0.5+none", "none stores nothing"),
+        ("fake-replay+uniformm", 'unknown replay strategy "uniformm"'),
+    ],
+)
+def test_bad_replay_mixes_are_one_line_errors(fake_registry, mix, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        plan(fake_registry, a=["fake-off-policy"], r=[mix])
 
 
 def test_a_grid_with_only_invalid_cells_has_no_cells(fake_registry):
