@@ -141,6 +141,8 @@ def run(
         import hashlib
 
         out = Path("results") / ("grid-" + hashlib.sha256(",".join(grid_module.grid_fingerprint(plan.cells)).encode()).hexdigest()[:8])
+    for label, size in grid_module.replay_memory(plan.cells, registry):
+        console.print(f"replay memory: up to {size / 2**20:,.1f} MiB per learner when full ({label})")
     if dry_run:
         _print_cells(console, plan.cells, out)
         return

@@ -248,6 +248,11 @@ class Algorithm(Component):
     def make_learner(self, params: Any, spec: LearnerSpec) -> Learner:
         raise NotImplementedError
 
+    def segment_bytes(self, params: Any, observation_space: Any, action_space: Any) -> int | None:
+        """Off-policy algorithms: bytes of one stored segment, so that the memory a replay buffer
+        will take is reported before the run. None when unknown."""
+        return None
+
 
 # --------------------------------------------------------------------------------------------
 # Replay strategies

@@ -441,6 +441,34 @@ def _probe_spaces(family: Any, env_params: Any) -> tuple[str, str]:
         env.close()
 
 
+def replay_memory(cells: Sequence[Cell], registry: Registry) -> list[tuple[str, int]]:
+    """(label, bytes) per distinct off-policy setting: at most how much one learner's replay
+    buffers hold when full, from the algorithm's `segment_bytes` and the strategies' capacities."""
+    from benchbase.replay import memory_estimate
+
+    found: dict[str, int] = {}
+    spaces: dict[str, tuple[Any, Any]] = {}
+    for cell in cells:
+        algorithm = registry.get("algorithm", cell.algorithm)
+        if not algorithm.uses_replay:
+            continue
+        label = f"{cell.algorithm} · {cell.replay} · {cell.env}"
+        key = json.dumps([cell.env, cell.env_params], sort_keys=True, default=str)
+        if key not in spaces:
+            family = registry.get("env", cell.env)
+            fixed = without_resampling(params_of(family, cell.env_params))
+            env = family.make_env(fixed, family.training_tasks(fixed, 1, 0), 0)
+            spaces[key] = (env.observation_space, env.action_space)
+            env.close()
+        params = params_of(algorithm, cell.algorithm_params)
+        segment = algorithm.segment_bytes(params, *spaces[key])
+        if segment is None:
+            continue
+        parts = batch_shares(replay_parts(cell.replay, cell.replay_params), params.batch_size)
+        found[label] = max(found.get(label, 0), memory_estimate(segment, parts))
+    return sorted(found.items())
+
+
 def variant(cell: Cell, registry: Registry) -> str:
     """The cell's parameters that differ from their plugins' defaults ("diff-a2c.lr=0.002 random.p=0.3"),
     so that two entries of one plugin with different parameters stay apart in summaries."""

@@ -222,8 +222,8 @@ def test_unknown_axis_names_are_user_errors(registry):
         plan(registry, a=["diff-a2"])
     with pytest.raises(UserError, match=r'unknown env family "CartPol-v1"; did you mean "CartPole-v1"'):
         plan(registry, e=["CartPol-v1"])
-    with pytest.raises(UserError, match=r'unknown replay strategy "uniform"'):
-        plan(registry, r=["uniform"])
+    with pytest.raises(UserError, match=r'unknown replay strategy "unifrm"'):
+        plan(registry, r=["unifrm"])
     with pytest.raises(UserError, match=r'unknown parameter of random "q"'):
         plan(registry, t=["random:q=0.3"])
 
