@@ -39,6 +39,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.envs.classic_control",
     "plugins.envs.gymnasium_ids",
     "plugins.replay.none",
+    "plugins.replay.queue",
+    "plugins.replay.uniform",
+    "plugins.replay.attentive",
+    "plugins.replay.elite",
 )
 
 ENTRY_POINT_GROUP = "benchbase"

@@ -155,7 +155,7 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path: Path) -> None:
         (["--set", "diff-a2c.lr=fast"], "diff-a2c.lr"),
         (["--set", "diff-a2c.learning_rate=0.1"], 'unknown parameter of diff-a2c "learning_rate"'),
         (["--set", "diff-a2c.n_steps=0"], "minimum"),
-        (["-r", "uniform"], 'unknown replay strategy "uniform"'),
+        (["-r", "unifrom"], 'unknown replay strategy "unifrom"; did you mean "uniform"?'),
         (["-a", "gala-a2c:num_peers=2", "-t", "directed-ring"],
          "num_peers=2 but learner 0 has only 1 out-neighbour in this topology; use num_peers between 1 and 1"),
         (["--set", "diff-a2c.staleness=-1"], "diff-a2c.staleness: -1 is below the minimum 0"),

@@ -33,6 +33,7 @@ from benchbase.contracts import (
 )
 from benchbase.errors import UserError
 from benchbase.params import describe, to_dict
+from benchbase.replay import ReplayMix, batch_shares
 from benchbase.plugins import load_registry
 from benchbase.topology import build_mixing_plan
 
@@ -282,12 +283,20 @@ def _env_kinds(name: str) -> tuple[str, str]:
 
 
 def _replay_for(algorithm: Algorithm) -> Any:
+    """What the core hands an off-policy learner: a ReplayMix, here of the first storing strategy,
+    sized so that it can be sampled from after a rollout or two."""
     if not algorithm.uses_replay:
         return None
     for name in REPLAYS:
         strategy = component("replay", name)
         if strategy.stores_segments:
-            return strategy.make_buffer(params_of(strategy), 0)
+            fields = {f.name for f in dataclasses.fields(strategy.Params)}
+            batch_size = params_of(algorithm).batch_size
+            overrides: dict[str, Any] = {"min_fill": 1} if "min_fill" in fields else {}
+            if "capacity" in fields:
+                overrides["capacity"] = max(batch_size, params_of(strategy).capacity)
+            params = params_of(strategy, overrides)
+            return ReplayMix(batch_shares([(name, params)], batch_size), [strategy.make_buffer(params, 0)])
     pytest.skip(f"{algorithm.name} trains from replay but no replay strategy that stores segments is registered")
 
 

@@ -1,0 +1,78 @@
+"""`queue`: a small FIFO whose sampling removes what it returns, so each segment is used once.
+
+With capacity 1 and a share of the batch it is IMPALA's on-policy stream mixed into a replay
+batch. Adding to a full queue drops the oldest segment; `statistics()` counts those drops (a
+queue that drops segments is being filled faster than the learner drains it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from benchbase.contracts import ReplayStrategy
+from benchbase.hookspecs import hookimpl
+from benchbase.params import param
+from benchbase.replay import ReplayParams, Scorer, Segment
+
+
+@dataclass(frozen=True)
+class QueueParams(ReplayParams):
+    capacity: int = param(1, "segments kept; adding to a full queue drops the oldest", min=1)
+
+
+class QueueBuffer:
+    """FIFO of at most `capacity` segments; `sample(n)` removes and returns the n oldest."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self._items: deque[Segment] = deque()
+        self._dropped = 0
+        self._sampled = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, segment: Segment) -> None:
+        if len(self._items) >= self.capacity:
+            self._items.popleft()
+            self._dropped += 1
+        self._items.append(segment)
+
+    def can_sample(self, count: int) -> bool:
+        return count <= len(self._items)
+
+    def sample(self, count: int, scorer: Scorer | None = None) -> list[Segment]:
+        if count > len(self._items):
+            raise ValueError(f"queue holds {len(self._items)} segments, {count} were asked for (check can_sample)")
+        taken = [self._items.popleft() for _ in range(count)]
+        self._sampled += count
+        return taken
+
+    def statistics(self) -> dict[str, float]:
+        """Since the last call: segments sampled, their mean usage (always 1: each is used once),
+        segments dropped unused because the queue was full; and how many are stored now."""
+        stats = {
+            "sampled": float(self._sampled),
+            "mean_usage": 1.0 if self._sampled else 0.0,
+            "dropped": float(self._dropped),
+            "stored": float(len(self._items)),
+        }
+        self._sampled = self._dropped = 0
+        return stats
+
+
+class QueueReplay(ReplayStrategy):
+    name = "queue"
+    description = "FIFO of a few segments, each used exactly once (IMPALA's on-policy stream)"
+    Params = QueueParams
+    stores_segments = True
+
+    def make_buffer(self, params: Any, seed: int) -> QueueBuffer:
+        return QueueBuffer(params.capacity)  # no randomness: the seed changes nothing
+
+
+@hookimpl
+def register_replay_strategies(register: Any) -> None:
+    register(QueueReplay())
