@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.algorithms.diff_a2c",
     "plugins.algorithms.diff_ppo",
     "plugins.algorithms.gala",
+    "plugins.algorithms.vtrace",
     "plugins.topologies.builtin",
     "plugins.envs.classic_control",
     "plugins.envs.gymnasium_ids",
