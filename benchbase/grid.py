@@ -223,7 +223,8 @@ def make_spec(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> 
         else:
             axes[key] = _axis_from_file(values, key)
         if not axes[key]:
-            raise UserError(f"the grid names no {key} (give at least one, e.g. --{key[:-1] if key != 'replay' else key})")
+            option = {"algorithms": "--algorithm", "topologies": "--topology", "envs": "--env"}.get(key, "--replay")
+            raise UserError(f"the grid names no {key} (give at least one, e.g. {option} NAME)")
     seeds = merged.get("seeds", 1)
     if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
         raise UserError(f"seeds: expected a count or a list of integers, got {seeds!r}")
