@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from bench_helpers import bench_run, cells_solving
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -203,21 +204,11 @@ def test_without_a_budget_or_with_annealing_off_nothing_anneals():
 
 def test_one_diff_ppo_learner_solves_cartpole_within_100k_steps(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchbase", "run", "-a", "diff-ppo", "-t", "isolated", "-e", "CartPole-v1",
-         "--learners", "1", "--envs-per-learner", "8", "--env-steps", "100000", "--seeds", "3",
-         "--evaluations", "2", "--eval-episodes", "5", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    cells = pq.read_table(out / "cells.parquet").to_pylist()
-    final = ds.dataset(out / "evaluations").to_table().to_pylist()
-    solved = 0
-    for cell in cells:
-        returns = [row["episode_return"] for row in final if row["cell_id"] == cell["cell_id"] and row["final"]]
-        assert cell["env_steps"] <= 100_000 + 8 * 32
-        solved += sum(returns) / len(returns) >= 475
-    assert solved >= 2, [cell["final_return"] for cell in cells]
+    bench_run(out, "-a", "diff-ppo", "-t", "isolated", "-e", "CartPole-v1", "--learners", "1",
+              "--envs-per-learner", "8", "--env-steps", "100000", "--seeds", "3", "--evaluations", "2",
+              "--eval-episodes", "5")
+    solved, final_returns = cells_solving(out, 475, max_env_steps=100_000 + 8 * 32)
+    assert solved >= 2, final_returns
 
 
 def test_two_learner_ring_cell_completes_and_reports_consensus(tmp_path: Path) -> None:

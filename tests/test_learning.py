@@ -10,27 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_helpers import bench_run, cells_solving
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 
 def test_one_diff_a2c_learner_solves_cartpole_within_100k_steps(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchbase", "run", "-a", "diff-a2c", "-t", "isolated", "-e", "CartPole-v1",
-         "--learners", "1", "--envs-per-learner", "8", "--env-steps", "100000", "--seeds", "3",
-         "--evaluations", "2", "--eval-episodes", "5", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    cells = pq.read_table(out / "cells.parquet").to_pylist()
-    final = ds.dataset(out / "evaluations").to_table().to_pylist()
-    solved = 0
-    for cell in cells:
-        returns = [row["episode_return"] for row in final if row["cell_id"] == cell["cell_id"] and row["final"]]
-        assert cell["env_steps"] <= 100_000 + 8 * 5
-        solved += sum(returns) / len(returns) >= 475
-    assert solved >= 2, [cell["final_return"] for cell in cells]
+    bench_run(out, "-a", "diff-a2c", "-t", "isolated", "-e", "CartPole-v1", "--learners", "1",
+              "--envs-per-learner", "8", "--env-steps", "100000", "--seeds", "3", "--evaluations", "2",
+              "--eval-episodes", "5", timeout=300)
+    solved, final_returns = cells_solving(out, 475, max_env_steps=100_000 + 8 * 5)
+    assert solved >= 2, final_returns
 
 
 def test_ring_learners_succeed_on_their_tasks_and_agree_more_as_they_train(tmp_path: Path) -> None:

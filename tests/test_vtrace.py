@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from bench_helpers import bench_run, cells_solving
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -484,22 +485,11 @@ def test_segment_bytes_is_what_a_segment_takes(continuous):
 
 def test_one_vtrace_learner_with_queue_and_uniform_solves_cartpole_within_200k_steps(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchbase", "run", "-a", "vtrace", "-t", "isolated", "-e", "CartPole-v1",
-         "--learners", "1", "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "3",
-         "--evaluations", "2", "--eval-episodes", "5",
-         "-r", "queue:capacity=8,ratio=0.5+uniform:capacity=1000,ratio=0.5", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    cells = pq.read_table(out / "cells.parquet").to_pylist()
-    final = ds.dataset(out / "evaluations").to_table().to_pylist()
-    solved = 0
-    for cell in cells:
-        returns = [row["episode_return"] for row in final if row["cell_id"] == cell["cell_id"] and row["final"]]
-        assert cell["env_steps"] <= 200_000 + 8 * 20
-        solved += sum(returns) / len(returns) >= 475
-    assert solved >= 2, [cell["final_return"] for cell in cells]
+    bench_run(out, "-a", "vtrace", "-t", "isolated", "-e", "CartPole-v1", "--learners", "1",
+              "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "3", "--evaluations", "2",
+              "--eval-episodes", "5", "-r", "queue:capacity=8,ratio=0.5+uniform:capacity=1000,ratio=0.5")
+    solved, final_returns = cells_solving(out, 475, max_env_steps=200_000 + 8 * 20)
+    assert solved >= 2, final_returns
 
 
 def test_two_learner_ring_with_elite_replay_reports_replay_metrics(tmp_path: Path) -> None:
