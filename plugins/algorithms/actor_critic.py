@@ -266,15 +266,28 @@ class OnPolicyLearner:
         return np.clip(actions, self._action_low, self._action_high) if self.continuous else actions
 
     def collect(self) -> tuple[Rollout, list[FinishedEpisode]]:
+        finished, last, rewards = self.roll_out()
+        rollout = Rollout(
+            observations=self._observations,
+            actions=self._actions,
+            rewards=rewards,
+            not_done=(~self._ended).astype(np.float32),
+            last_observations=last,
+        )
+        return rollout, finished
+
+    def roll_out(self) -> tuple[list[FinishedEpisode], np.ndarray, np.ndarray]:
+        """T steps from every simulator, acting with `act`. Returns the finished episodes, the
+        normalised last observations (for the bootstrap V(s_T)) and the training rewards (scaled,
+        with the time-limit bootstrap γ·V(cut-off state) from `critic_values` folded in)."""
         finished: list[FinishedEpisode] = []
         self._truncation_bonus.fill(0.0)
-        actor = self.model.actor
         with torch.inference_mode():
             for t in range(self.n_steps):
                 self._raw_observations[t] = self._raw_obs
                 obs = self.obs_normaliser(self._raw_obs)
                 self._observations[t] = obs
-                actions = self.distribution.sample(actor(torch.from_numpy(obs).to(self.device))).cpu().numpy()
+                actions = self.act(t, torch.from_numpy(obs).to(self.device))
                 self._actions[t] = actions
                 result = self.env.step(self._to_env(actions))
                 self._rewards[t] = result.rewards
@@ -285,7 +298,7 @@ class OnPolicyLearner:
                     cut = result.truncated & ~result.terminated
                     if cut.any():
                         final = torch.from_numpy(self.obs_normaliser(result.final_observations[cut])).to(self.device)
-                        self._truncation_bonus[t, cut] = self.gamma * self.model.value(final).cpu().numpy()
+                        self._truncation_bonus[t, cut] = self.gamma * self.critic_values(final)
                 if result.finished:
                     finished.extend(result.finished)
                 self._raw_obs = result.observations
@@ -293,11 +306,12 @@ class OnPolicyLearner:
         last = self.obs_normaliser(self._raw_obs)
         self.obs_normaliser.update(self._raw_observations[1:])
         rewards = self.reward_scaler.scale(self._rewards, self._ended) + self._truncation_bonus
-        rollout = Rollout(
-            observations=self._observations,
-            actions=self._actions,
-            rewards=rewards,
-            not_done=(~self._ended).astype(np.float32),
-            last_observations=last,
-        )
-        return rollout, finished
+        return finished, last, rewards
+
+    def act(self, t: int, observations: torch.Tensor) -> np.ndarray:
+        """Actions for step t of the rollout (normalised observations); π samples them here."""
+        return self.distribution.sample(self.model.actor(observations)).cpu().numpy()
+
+    def critic_values(self, observations: torch.Tensor) -> np.ndarray:
+        """V of normalised observations, for the time-limit bootstrap (the acting network's critic)."""
+        return self.model.value(observations).cpu().numpy()

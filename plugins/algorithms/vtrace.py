@@ -365,42 +365,10 @@ class VTraceLearner(OnPolicyLearner):
 
     def collect_segments(self) -> tuple[list[Segment], list[FinishedEpisode]]:
         """T steps from each simulator with μ; one segment per simulator."""
-        finished: list[FinishedEpisode] = []
-        self._truncation_bonus.fill(0.0)
-        behaviour = self.behaviour
-        trunk, head = behaviour.actor[:4], behaviour.actor[4]
+        finished, last, rewards = self.roll_out()
         steps = self.params.unroll_length
         with torch.inference_mode():
-            for t in range(steps):
-                self._raw_observations[t] = self._raw_obs
-                obs = self.obs_normaliser(self._raw_obs)
-                self._observations[t] = obs
-                obs_t = torch.from_numpy(obs).to(self.device)
-                features = trunk(obs_t)
-                actor_out = head(features)
-                actions = self._sample(actor_out)
-                self._features[t] = features.cpu().numpy()
-                self._behaviour_out[t] = actor_out.cpu().numpy()
-                self._behaviour_values[t] = behaviour.value(obs_t).cpu().numpy()
-                self._actions[t] = actions
-                result = self.env.step(self._to_env(actions))
-                self._rewards[t] = result.rewards
-                ended = result.terminated | result.truncated
-                self._ended[t] = ended
-                if result.truncated.any():
-                    # A time limit is not a terminal state: bootstrap from the state it cut off.
-                    cut = result.truncated & ~result.terminated
-                    if cut.any():
-                        final = torch.from_numpy(self.obs_normaliser(result.final_observations[cut])).to(self.device)
-                        self._truncation_bonus[t, cut] = self.gamma * behaviour.value(final).cpu().numpy()
-                if result.finished:
-                    finished.extend(result.finished)
-                self._raw_obs = result.observations
-            self._raw_observations[steps] = self._raw_obs
-            last = self.obs_normaliser(self._raw_obs)
-            self._behaviour_values[steps] = behaviour.value(torch.from_numpy(last).to(self.device)).cpu().numpy()
-        self.obs_normaliser.update(self._raw_observations[1:])
-        rewards = self.reward_scaler.scale(self._rewards, self._ended) + self._truncation_bonus
+            self._behaviour_values[steps] = self.critic_values(torch.from_numpy(last).to(self.device))
         discounts = (self.gamma * (~self._ended)).astype(np.float32)
         observations = np.concatenate([self._observations, last[None]])  # [T+1, P, *obs]
         log_std = self.behaviour.log_std.detach().clone() if self.continuous else None
@@ -421,10 +389,20 @@ class VTraceLearner(OnPolicyLearner):
         self._recent_observation = segments[-1].observations[-1].clone()
         return segments, finished
 
-    def _sample(self, actor_out: torch.Tensor) -> np.ndarray:
+    def act(self, t: int, observations: torch.Tensor) -> np.ndarray:
+        """μ acts, and what it computed is kept for the segments: features, outputs, values."""
+        behaviour = self.behaviour
+        features = behaviour.actor[:4](observations)
+        actor_out = behaviour.actor[4](features)
+        self._features[t] = features.cpu().numpy()
+        self._behaviour_out[t] = actor_out.cpu().numpy()
+        self._behaviour_values[t] = self.critic_values(observations)
         if self.continuous:
-            return (actor_out + self.behaviour.log_std.exp() * torch.randn_like(actor_out)).cpu().numpy()
+            return (actor_out + behaviour.log_std.exp() * torch.randn_like(actor_out)).cpu().numpy()
         return torch.multinomial(torch.softmax(actor_out, dim=-1), 1).squeeze(-1).cpu().numpy()
+
+    def critic_values(self, observations: torch.Tensor) -> np.ndarray:
+        return self.behaviour.value(observations).cpu().numpy()  # bootstraps use μ's critic, as acting does
 
     # -- the update -----------------------------------------------------------------------------
 
