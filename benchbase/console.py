@@ -25,6 +25,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from benchbase.formatting import count, duration
+
 __all__ = ["GridConsole", "summary_tables", "print_summary"]
 
 _STATUS_MARK = {
@@ -40,29 +42,6 @@ def _clock() -> float:
 
 
 # --------------------------------------------------------------------------- formatting helpers
-
-
-def _fmt_count(n: float) -> str:
-    """Compact count for narrow columns: 950, 12.3k, 4.5M, 1.2G."""
-    # Round to 3 significant figures first so 999_999 becomes "1M", not "1e+03k".
-    n = float(f"{float(n):.3g}")
-    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= threshold:
-            return f"{n / threshold:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        minutes, secs = divmod(int(round(seconds)), 60)
-        return f"{minutes}m {secs:02d}s"
-    hours, rem = divmod(int(round(seconds)), 3600)
-    return f"{hours}h {rem // 60:02d}m"
 
 
 def _fmt_return(value: float | None) -> str:
@@ -167,7 +146,7 @@ class GridConsole:
             self._print(
                 Text(
                     f"Running {self.total_cells} cells "
-                    f"({_fmt_count(self.total_env_steps)} env steps)"
+                    f"({count(self.total_env_steps)} env steps)"
                 )
             )
         return self
@@ -181,7 +160,7 @@ class GridConsole:
             counts = f"{counts}, {self._skipped} skipped" if counts else f"{self._skipped} skipped"
         self._print(
             Text(
-                f"Grid finished in {_fmt_duration(_clock() - self._started_at)}: "
+                f"Grid finished in {duration(_clock() - self._started_at)}: "
                 f"{counts or 'no cells run'}"
             )
         )
@@ -211,7 +190,7 @@ class GridConsole:
                 Text.assemble(
                     ("▶ ", "cyan"),
                     label,
-                    f" (budget {_fmt_count(budget_env_steps)} env steps, "
+                    f" (budget {count(budget_env_steps)} env steps, "
                     f"{n_learners} learner{'s' if n_learners != 1 else ''})",
                 )
             )
@@ -266,7 +245,7 @@ class GridConsole:
         text = Text.assemble(
             (f"{mark} ", style),
             label,
-            f"  {_fmt_duration(wall_time_s)}  {_fmt_count(steps_per_s)} steps/s",
+            f"  {duration(wall_time_s)}  {count(steps_per_s)} steps/s",
         )
         if status != "completed":
             text.append(f"  {status}", style=style)
@@ -289,8 +268,8 @@ class GridConsole:
     def _plain_progress_line(self, cell: _RunningCell) -> Text:
         return Text(
             f"  … {cell.label}: {cell.fraction():.0%} "
-            f"({_fmt_count(cell.total_steps())}/{_fmt_count(cell.budget)} steps), "
-            f"{_fmt_count(cell.total_rate())} steps/s, "
+            f"({count(cell.total_steps())}/{count(cell.budget)} steps), "
+            f"{count(cell.total_rate())} steps/s, "
             f"return {_fmt_return(cell.mean_return())}"
         )
 
@@ -323,8 +302,8 @@ class GridConsole:
             ProgressBar(total=total, completed=accounted, width=30),
             Text(
                 f"{done_cells}/{self.total_cells} cells · "
-                f"{_fmt_count(steps_taken)}/{_fmt_count(self.total_env_steps)} env steps · "
-                f"{_fmt_duration(elapsed)} elapsed · ETA {_fmt_duration(eta)}"
+                f"{count(steps_taken)}/{count(self.total_env_steps)} env steps · "
+                f"{duration(elapsed)} elapsed · ETA {duration(eta)}"
             ),
         )
         if not running_rows:
@@ -342,8 +321,8 @@ class GridConsole:
                 Text(f"  {label}"),
                 ProgressBar(total=max(budget, 1), completed=min(steps, budget), width=20),
                 f"{fraction:.0%}",
-                f"{_fmt_count(steps)}/{_fmt_count(budget)}",
-                f"{_fmt_count(cell_rate)} steps/s",
+                f"{count(steps)}/{count(budget)}",
+                f"{count(cell_rate)} steps/s",
                 f"return {_fmt_return(ret)}",
             )
         return Group(grid, rows)
@@ -456,8 +435,8 @@ def summary_tables(cells: list[dict]) -> list[Table]:
                 _seeds_text(row),
                 _return_text(row),
                 "—" if row.success is None else f"{row.success * 100:.1f}%",
-                "—" if row.steps_per_s is None else _fmt_count(row.steps_per_s),
-                _fmt_duration(row.wall_time_s),
+                "—" if row.steps_per_s is None else count(row.steps_per_s),
+                duration(row.wall_time_s),
             )
         tables.append(table)
     return tables

@@ -22,12 +22,12 @@ from matplotlib.colors import hsv_to_rgb, to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from benchbase.formatting import DASH, count, duration, finite, size
 from benchbase.report_model import Curve, Estimate, GeneralisationCell, Report
 
 __all__ = ["render_html"]
 
 _MAX_POINTS = 120  # per curve or profile line in a chart; keeps the SVGs small
-_DASH = "—"
 
 # Tableau 10, then the lighter Tableau 20 shades; beyond 20 entries, golden-ratio hues.
 _PALETTE = [
@@ -89,14 +89,12 @@ ul.sources { margin: .2rem 0; padding-left: 1.3rem; }
 # --------------------------------------------------------------------------- formatting
 
 
-def _finite(x: float | None) -> bool:
-    return x is not None and isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(x)
 
 
 def _num(x: float | None) -> str:
     """A score-like number: 3 decimals for small magnitudes, fewer for large ones."""
-    if not _finite(x):
-        return _DASH
+    if not finite(x):
+        return DASH
     x = float(x)
     if abs(x) < 10:
         return f"{x:.3f}"
@@ -105,46 +103,12 @@ def _num(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def _count(x: float | None) -> str:
-    """Compact count: 950, 12.3k, 4.5M."""
-    if not _finite(x):
-        return _DASH
-    x = float(f"{float(x):.3g}")
-    for threshold, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= threshold:
-            return f"{x / threshold:.3g}{suffix}"
-    return f"{x:.3g}"
-
-
-def _bytes(x: float | None) -> str:
-    if not _finite(x):
-        return _DASH
-    x = float(x)
-    for threshold, suffix in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if abs(x) >= threshold:
-            return f"{x / threshold:.3g} {suffix}"
-    return f"{x:.0f} B"
-
-
-def _duration(seconds: float | None) -> str:
-    if not _finite(seconds):
-        return _DASH
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        minutes, secs = divmod(int(round(seconds)), 60)
-        return f"{minutes}m {secs:02d}s"
-    hours, rem = divmod(int(round(seconds)), 3600)
-    return f"{hours}h {rem // 60:02d}m"
-
-
 def _estimate_html(est: Estimate | None, fmt=_num) -> str:
     """``value [low, high]`` with the interval in a muted span; an em dash where there is no value."""
-    if est is None or not _finite(est.value):
-        return _DASH
+    if est is None or not finite(est.value):
+        return DASH
     value = escape(fmt(est.value))
-    if _finite(est.low) and _finite(est.high):
+    if finite(est.low) and finite(est.high):
         ci = f"[{escape(fmt(est.low))}, {escape(fmt(est.high))}]"
         return f'{value} <span class="ci">{ci}</span>'
     return value
@@ -152,9 +116,9 @@ def _estimate_html(est: Estimate | None, fmt=_num) -> str:
 
 def _estimate_text(est: Estimate | None) -> str:
     """Plain-text form of an estimate, for captions and chart labels."""
-    if est is None or not _finite(est.value):
-        return _DASH
-    if _finite(est.low) and _finite(est.high):
+    if est is None or not finite(est.value):
+        return DASH
+    if finite(est.low) and finite(est.high):
         return f"{_num(est.value)} [{_num(est.low)}, {_num(est.high)}]"
     return _num(est.value)
 
@@ -290,12 +254,12 @@ def _scores_chart(report: Report, colours: dict[str, str]) -> str:
         for yi, row in zip(y, rows):
             est: Estimate = getattr(row, attr)
             colour = colours[row.entry]
-            if not _finite(est.value):
-                ax.text(0.02, yi, _DASH, va="center", ha="left", fontsize=9, color="#888",
+            if not finite(est.value):
+                ax.text(0.02, yi, DASH, va="center", ha="left", fontsize=9, color="#888",
                         transform=ax.get_yaxis_transform())
                 continue
             ax.barh(yi, est.value, height=0.6, color=colour, alpha=0.35, edgecolor=colour, linewidth=1)
-            if _finite(est.low) and _finite(est.high):
+            if finite(est.low) and finite(est.high):
                 ax.errorbar(
                     est.value, yi,
                     xerr=[[max(0.0, est.value - est.low)], [max(0.0, est.high - est.value)]],
@@ -375,10 +339,10 @@ def _improvement_chart(report: Report, colours: dict[str, str]) -> str:
     for yi, imp in zip(y, imps):
         est = imp.probability
         colour = colours.get(imp.better, "#555555")
-        if not _finite(est.value):
-            ax.text(0.02, yi, f"{_DASH} no data", ha="left", va="center", color="#888", fontsize=9)
+        if not finite(est.value):
+            ax.text(0.02, yi, f"{DASH} no data", ha="left", va="center", color="#888", fontsize=9)
             continue
-        if _finite(est.low) and _finite(est.high):
+        if finite(est.low) and finite(est.high):
             ax.barh(yi, est.high - est.low, left=est.low, height=0.55, color=colour, alpha=0.3,
                     edgecolor=colour, linewidth=1)
         ax.plot([est.value, est.value], [yi - 0.27, yi + 0.27], color=colour, linewidth=2.2)
@@ -414,9 +378,9 @@ def _settings_section(report: Report, colours: dict[str, str]) -> str:
         else '<span class="muted">none (no probability of improvement against a baseline)</span>'
     )
     confidence = (
-        f"{report.confidence * 100:g}%" if _finite(report.confidence) else _DASH
+        f"{report.confidence * 100:g}%" if finite(report.confidence) else DASH
     )
-    repetitions = f"{report.repetitions:,}" if report.repetitions else _DASH
+    repetitions = f"{report.repetitions:,}" if report.repetitions else DASH
     rows = [
         ("Sources", sources_html),
         ("Metric", metric),
@@ -433,10 +397,10 @@ def _settings_section(report: Report, colours: dict[str, str]) -> str:
         kinds = []
         for family, kind in sorted(report.score_kinds.items()):
             span = ranges.get(family)
-            if span is not None and len(span) == 2 and all(_finite(v) for v in span):
+            if span is not None and len(span) == 2 and all(finite(v) for v in span):
                 span_text = f"{float(span[0]):.4g} → {float(span[1]):.4g}"
             else:
-                span_text = _DASH
+                span_text = DASH
             kinds.append(
                 f'<tr><td class="text">{escape(str(family))}</td><td class="text">{escape(str(kind))}'
                 f'</td><td class="text">{escape(span_text)}</td></tr>'
@@ -476,7 +440,7 @@ def _leaderboard_table(report: Report, colours: dict[str, str]) -> str:
     rows = report.leaderboard
     show_poi = report.baseline is not None or any(r.probability_of_improvement is not None for r in rows)
     show_consensus = any(r.consensus_distance is not None for r in rows)
-    level = f"{report.confidence * 100:g}%" if _finite(report.confidence) else "CI"
+    level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "CI"
     headers = ["#", "Entry", "Runs", "Excluded", f"IQM [{level} CI]", "Median", "Mean",
                "Optimality gap", "AUC"]  # fmt: skip
     if show_poi:
@@ -512,13 +476,13 @@ def _leaderboard_table(report: Report, colours: dict[str, str]) -> str:
         if show_poi:
             cells.append(f'<td class="est">{_estimate_html(r.probability_of_improvement)}</td>')
         cells += [
-            f"<td>{escape(_count(r.steps_per_second))}</td>",
-            f"<td>{escape(_duration(r.wall_time_s))}</td>",
-            f"<td>{escape(_bytes(r.bytes_sent_per_learner))}</td>",
+            f"<td>{escape(count(r.steps_per_second))}</td>",
+            f"<td>{escape(duration(r.wall_time_s))}</td>",
+            f"<td>{escape(size(r.bytes_sent_per_learner))}</td>",
         ]
         if show_consensus:
             cd = r.consensus_distance
-            cells.append(f"<td>{escape(f'{cd:.3g}' if _finite(cd) else _DASH)}</td>")
+            cells.append(f"<td>{escape(f'{cd:.3g}' if finite(cd) else DASH)}</td>")
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     return (
         f'<div class="table-wrap"><table id="leaderboard"><thead><tr>{head}</tr></thead>'
@@ -542,7 +506,7 @@ def _generalisation_table(report: Report, colours: dict[str, str]) -> str:
     entries = [e for e in colours if any(c.entry == e for c in report.generalisation)]
     best: dict[tuple[str, str], float] = {}
     for (e, f, s), c in cells.items():
-        if _finite(c.score.value):
+        if finite(c.score.value):
             best[(f, s)] = max(best.get((f, s), -math.inf), c.score.value)
 
     head1 = '<th class="text" rowspan="2">Entry</th>' + "".join(
@@ -555,9 +519,9 @@ def _generalisation_table(report: Report, colours: dict[str, str]) -> str:
         for f, s in columns:
             c = cells.get((e, f, s))
             if c is None:
-                tds.append(f"<td>{_DASH}</td>")
+                tds.append(f"<td>{DASH}</td>")
                 continue
-            is_best = _finite(c.score.value) and c.score.value == best.get((f, s))
+            is_best = finite(c.score.value) and c.score.value == best.get((f, s))
             runs = f' <span class="ci runs">n={c.runs}</span>'
             tds.append(f'<td class="est{" best" if is_best else ""}">{_estimate_html(c.score)}{runs}</td>')
         body.append(f"<tr>{''.join(tds)}</tr>")
@@ -568,7 +532,7 @@ def _generalisation_table(report: Report, colours: dict[str, str]) -> str:
 
 
 def _improvement_table(report: Report, colours: dict[str, str]) -> str:
-    level = f"{report.confidence * 100:g}%" if _finite(report.confidence) else "CI"
+    level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "CI"
     body = []
     for imp in report.improvements:
         body.append(
@@ -592,7 +556,7 @@ def _improvement_table(report: Report, colours: dict[str, str]) -> str:
 def render_html(report: Report) -> str:
     """The whole report as one self-contained HTML document."""
     colours = _entry_colours(report)
-    level = f"{report.confidence * 100:g}%" if _finite(report.confidence) else "confidence"
+    level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "confidence"
     reps = f"{report.repetitions:,} bootstrap repetitions" if report.repetitions else "bootstrap"
     title = "benchbase report"
 

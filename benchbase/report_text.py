@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from benchbase.formatting import DASH, count, duration, finite, size
 from benchbase.report_model import Estimate, Report
 
 __all__ = ["leaderboard_table", "render_markdown", "describe_ranking"]
 
-_DASH = "—"
 _SPLIT_ORDER = {"train": 0, "D": 1, "R": 2, "E": 3}
 _KIND_TEXT = {
     "success rate": "success rate: the fraction of evaluation episodes that met the family's success criterion",
@@ -26,63 +25,32 @@ _KIND_TEXT = {
 # --------------------------------------------------------------------------- formatting
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
 
 
 def number(value: float | None) -> str:
     """Scores: 0.82, 12.3, −1,234 (magnitude decides the decimals)."""
-    if not _finite(value):
-        return _DASH
-    size = abs(value)
-    if size >= 1000:
+    if not finite(value):
+        return DASH
+    magnitude = abs(value)
+    if magnitude >= 1000:
         return f"{value:,.0f}"
-    if size >= 100:
+    if magnitude >= 100:
         return f"{value:.0f}"
-    if size >= 10:
+    if magnitude >= 10:
         return f"{value:.1f}"
     return f"{value:.2f}"
 
 
 def estimate(value: Estimate | None, separator: str = " ") -> str:
-    if value is None or not _finite(value.value):
-        return _DASH
-    if not (_finite(value.low) and _finite(value.high)):
+    if value is None or not finite(value.value):
+        return DASH
+    if not (finite(value.low) and finite(value.high)):
         return number(value.value)
     return f"{number(value.value)}{separator}[{number(value.low)}, {number(value.high)}]"
 
 
-def count(value: float | None) -> str:
-    """Compact: 950, 12.3k, 4.5M."""
-    if not _finite(value):
-        return _DASH
-    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= threshold:
-            return f"{value / threshold:.3g}{suffix}"
-    return f"{value:.3g}"
-
-
-def size(value: float | None) -> str:
-    if not _finite(value):
-        return _DASH
-    for threshold, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if value >= threshold:
-            return f"{value / threshold:.3g} {suffix}"
-    return f"{value:.0f} B"
-
-
-def duration(seconds: float | None) -> str:
-    if not _finite(seconds):
-        return _DASH
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-
-
 def _consensus(value: float | None) -> str:
-    return f"{value:.2g}" if _finite(value) else _DASH
+    return f"{value:.2g}" if finite(value) else DASH
 
 
 def describe_ranking(report: Report) -> str:
@@ -146,10 +114,10 @@ def leaderboard_table(report: Report) -> Table:
 
 
 def _estimate_text(value: Estimate | None) -> Text:
-    if value is None or not _finite(value.value):
-        return Text(_DASH, style="dim")
+    if value is None or not finite(value.value):
+        return Text(DASH, style="dim")
     text = Text(number(value.value))
-    if _finite(value.low) and _finite(value.high):
+    if finite(value.low) and finite(value.high):
         text.append(f" [{number(value.low)}, {number(value.high)}]", style="dim")
     return text
 
@@ -198,7 +166,7 @@ def _generalisation_markdown(report: Report) -> list[str]:
     by_row: dict[tuple[str, str], dict[str, str]] = {}
     for c in report.generalisation:
         by_row.setdefault((c.entry, c.family), {})[c.split] = estimate(c.score) + (f" (n={c.runs})" if c.runs else "")
-    rows = [[entry, family] + [values.get(s, _DASH) for s in splits]
+    rows = [[entry, family] + [values.get(s, DASH) for s in splits]
             for (entry, family), values in sorted(by_row.items(), key=lambda item: (item[0][1], order.get(item[0][0], 1 << 30)))]
     header = ["Entry", "Family"] + [_split_name(s) for s in splits]
     return _table(header, rows, ["---", "---"] + ["--:"] * len(splits))
@@ -220,7 +188,7 @@ def _improvements_markdown(report: Report) -> list[str]:
         header = ["X \\ Y"] + [f"{j + 1}" for j in range(len(entries))]
         rows = []
         for i, x in enumerate(entries):
-            rows.append([f"{i + 1}. {x}"] + [_DASH if x == y else estimate(pairs.get((x, y))) for y in entries])
+            rows.append([f"{i + 1}. {x}"] + [DASH if x == y else estimate(pairs.get((x, y))) for y in entries])
         return lines + _table(header, rows, ["---"] + ["--:"] * len(entries))
     lines = ["P(X > Y): the probability that a random run of X scores above a random run of Y on the same family.", ""]
     rows = [[imp.better, imp.worse, estimate(imp.probability)] for imp in report.improvements]
