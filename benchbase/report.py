@@ -18,11 +18,13 @@ never dropped silently: they are counted per entry and listed in `Report.problem
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,18 +219,12 @@ def _score(runs: Runs, cell_ids: list[str], cell_family: np.ndarray, families: l
     return _Scores(split_names, final, auc, curve, steps)
 
 
-class _quiet:
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
     """Silence numpy's 'Mean of empty slice' RuntimeWarning (an all-NaN slice is a missing value)."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._catch.__exit__(*exc)
+        yield
 
 
 # ============================================================================================

@@ -62,14 +62,20 @@ def raw_gymnasium_cartpole(steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def one_learner(steps: int) -> float:
+def cartpole_learner(algorithm_name: str):
+    """One learner of `algorithm_name` with defaults, CartPole-v1 × 8 simulators, one torch thread,
+    no budget (so nothing anneals while it is timed)."""
     torch.set_num_threads(1)
     registry = load_registry()
     family = registry.get("env", "CartPole-v1")
     env_params = params_of(family)
     env = family.make_env(env_params, family.training_tasks(env_params, 1, 0) * 8, seed=0)
-    algorithm = registry.get("algorithm", "diff-a2c")
-    learner = algorithm.make_learner(params_of(algorithm), LearnerSpec(env, 0, 1, 0, torch.device("cpu")))
+    algorithm = registry.get("algorithm", algorithm_name)
+    return algorithm.make_learner(params_of(algorithm), LearnerSpec(env, 0, 1, 0, torch.device("cpu")))
+
+
+def one_learner(steps: int) -> float:
+    learner = cartpole_learner("diff-a2c")
     for _ in range(50):
         learner.iterate()
     done = 0

@@ -17,25 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchbase.contracts import LearnerSpec, params_of  # noqa: E402
-from benchbase.plugins import load_registry  # noqa: E402
-from learner_throughput import raw_benchbase_cartpole  # noqa: E402  (same folder)
+from learner_throughput import cartpole_learner, raw_benchbase_cartpole  # noqa: E402  (same folder)
 
 
 def one_ppo_learner(steps: int) -> dict[str, float]:
     """Env steps/s of one diff-ppo learner, and the seconds it spent collecting and updating."""
-    torch.set_num_threads(1)
-    registry = load_registry()
-    family = registry.get("env", "CartPole-v1")
-    env_params = params_of(family)
-    env = family.make_env(env_params, family.training_tasks(env_params, 1, 0) * 8, seed=0)
-    algorithm = registry.get("algorithm", "diff-ppo")
     # No budget: no annealing, so the timed updates are full-size ones.
-    learner = algorithm.make_learner(params_of(algorithm), LearnerSpec(env, 0, 1, 0, torch.device("cpu")))
+    learner = cartpole_learner("diff-ppo")
     for _ in range(10):  # warm-up
         learner.iterate()
     done, collect_s, update_s = 0, 0.0, 0.0

@@ -19,6 +19,15 @@ def bench_run(out: Path, *args: str, timeout: float = 600) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
 
 
+def learners_succeeding(out: Path, min_length: int) -> tuple[set[int], list[tuple[int, int]]]:
+    """Learners with a final greedy episode of ≥ `min_length` steps on their own training task,
+    and every (learner, length) seen, for the assertion message."""
+    final = [row for row in ds.dataset(out / "evaluations").to_table().to_pylist()
+             if row["final"] and row["split"] == "train"]
+    lengths = sorted((row["learner"], row["episode_length"]) for row in final)
+    return {learner for learner, length in lengths if length >= min_length}, lengths
+
+
 def cells_solving(out: Path, threshold: float, max_env_steps: int) -> tuple[int, list[float]]:
     """How many cells' final greedy evaluation averages ≥ `threshold` (and every cell's final
     return), checking that no cell spent more than `max_env_steps`."""

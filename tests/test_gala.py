@@ -54,7 +54,10 @@ def test_asynchronous_gala_with_link_drops_records_its_gossip(tmp_path: Path) ->
             mine.setdefault(row["metric"], []).append(row["value"])
         # Gossip: staleness of the mixes, skipped publishes, a local distance during training;
         # learner 0 records the global consensus distance from every learner's snapshots.
-        assert max(mine["staleness_max"]) <= 1_000_000
+        # Recorded at (nearly) every metric point — not before a first message arrived — and each
+        # point's mean staleness is at most its maximum.
+        assert len(mine["staleness_max"]) == len(mine["staleness_mean"]) >= len(mine["bytes_sent"]) // 2
+        assert all(0 <= mean <= most for mean, most in zip(mine["staleness_mean"], mine["staleness_max"]))
         assert mine["publishes_skipped"][-1] > 0
         assert mine["neighbour_distance"]
         if learner == 0:

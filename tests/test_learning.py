@@ -6,11 +6,9 @@ These run real cells (a few seconds each on 2 cores) and assert on greedy evalua
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from bench_helpers import bench_run, cells_solving
+from bench_helpers import bench_run, cells_solving, learners_succeeding
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -26,19 +24,13 @@ def test_one_diff_a2c_learner_solves_cartpole_within_100k_steps(tmp_path: Path) 
 
 def test_ring_learners_succeed_on_their_tasks_and_agree_more_as_they_train(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchbase", "run", "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole",
-         "--learners", "4", "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "1",
-         "--set", "diff-a2c.normalise_observations=false",
-         "--evaluations", "1", "--eval-episodes", "5", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    bench_run(out, "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "4",
+              "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "1",
+              "--set", "diff-a2c.normalise_observations=false", "--evaluations", "1", "--eval-episodes", "5",
+              timeout=300)
     # Greedy episodes on each learner's own training task reach Packer's 195 steps.
-    final = [row for row in ds.dataset(out / "evaluations").to_table().to_pylist()
-             if row["final"] and row["split"] == "train"]
-    succeeded = {row["learner"] for row in final if row["episode_length"] >= 195}
-    assert len(succeeded) >= 3, sorted((row["learner"], row["episode_length"]) for row in final)
+    succeeded, lengths = learners_succeeding(out, 195)
+    assert len(succeeded) >= 3, lengths
     metrics = [
         row for row in ds.dataset(out / "metrics").to_table().to_pylist()
         if row["metric"] == "consensus_distance" and row["learner"] == 0
@@ -56,19 +48,13 @@ def test_ring_learners_succeed_on_their_tasks_and_agree_more_as_they_train(tmp_p
 
 def test_asynchronous_gala_learners_on_a_directed_ring_succeed_on_their_tasks(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchbase", "run", "-a", "gala-a2c", "-t", "directed-ring", "-e", "random-cartpole",
-         "--learners", "4", "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "1",
-         "--evaluations", "1", "--eval-episodes", "5", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    bench_run(out, "-a", "gala-a2c", "-t", "directed-ring", "-e", "random-cartpole", "--learners", "4",
+              "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "1", "--evaluations", "1",
+              "--eval-episodes", "5", timeout=300)
     # GALA's defaults (asynchronous, one peer) learn: greedy episodes on the learners' own tasks
     # reach Packer's 195 steps. Asynchronous runs are not reproducible, so allow one learner short.
-    final = [row for row in ds.dataset(out / "evaluations").to_table().to_pylist()
-             if row["final"] and row["split"] == "train"]
-    succeeded = {row["learner"] for row in final if row["episode_length"] >= 195}
-    assert len(succeeded) >= 3, sorted((row["learner"], row["episode_length"]) for row in final)
+    succeeded, lengths = learners_succeeding(out, 195)
+    assert len(succeeded) >= 3, lengths
     metrics = ds.dataset(out / "metrics").to_table().to_pylist()
     # The gossip was measured: how far the learners are apart, and how stale the mixed messages were.
     distances = [row["value"] for row in metrics if row["metric"] == "consensus_distance"]
