@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchbase.results import write_atomic
@@ -53,12 +55,48 @@ def checkpoint_name(env_steps: int) -> str:
     return f"step-{env_steps:012d}"
 
 
-def save(folder: Path | str, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any]) -> Path:
-    """Write `state` as the checkpoint at `env_steps` in `folder`; keep the newest `KEEP`."""
+def steps_of(path: Path) -> int:
+    """The env steps in a checkpoint file's name (`step-000000001280.pt` -> 1280)."""
+    return int(path.stem.split("-", 1)[1])
+
+
+_NUMPY = "__numpy__"
+
+
+def to_plain(value: Any) -> Any:
+    """`value` with numpy arrays and scalars turned into tensors (marked, so `from_plain` turns
+    them back) and tuples kept: what `torch.load(weights_only=True)` accepts."""
+    if isinstance(value, np.ndarray):
+        return {_NUMPY: torch.from_numpy(np.ascontiguousarray(value).copy())}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        converted = [to_plain(item) for item in value]
+        return converted if isinstance(value, list) else tuple(converted)
+    return value
+
+
+def from_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _NUMPY in value:
+            return value[_NUMPY].numpy()
+        return {key: from_plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_plain(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(from_plain(item) for item in value)
+    return value
+
+
+def save(folder: Path | str, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any],
+         keep: int | None = KEEP) -> Path:
+    """Write `state` as the checkpoint at `env_steps` in `folder`; keep the newest `keep` (None: all)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(to_plain(state), buffer)
     data = buffer.getvalue()
     name = checkpoint_name(env_steps)
     data_path, info_path = folder / f"{name}.pt", folder / f"{name}.json"
@@ -73,42 +111,33 @@ def save(folder: Path | str, state: dict[str, Any], *, env_steps: int, cell_conf
     }
     # The sidecar goes last: a checkpoint without one was never finished and is ignored.
     write_atomic(info_path, lambda temporary: Path(temporary).write_text(json.dumps(info, sort_keys=True, default=str)))
-    for old in sorted(folder.glob("step-*.json"))[:-KEEP]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".pt").unlink(missing_ok=True)
+    if keep is not None:
+        prune(folder, keep)
     return data_path
+
+
+def prune(folder: Path, keep: int, *, keep_steps: frozenset[int] = frozenset()) -> None:
+    """Delete all but the newest `keep` checkpoints in `folder` (and any in `keep_steps`)."""
+    for old in sorted(folder.glob("step-*.json"))[: max(0, len(list(folder.glob("step-*.json"))) - keep)]:
+        if steps_of(old) in keep_steps:
+            continue
+        old.unlink(missing_ok=True)  # the sidecar first: a data file without one is ignored
+        old.with_suffix(".pt").unlink(missing_ok=True)
 
 
 def load(path: Path | str, cell_config: dict[str, Any] | None = None) -> Checkpoint:
     """Verify and load one checkpoint (`.pt` path); CheckpointError with the reason otherwise."""
     data_path = Path(path)
-    info_path = data_path.with_suffix(".json")
-    try:
-        info = json.loads(info_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{data_path.name}: no {info_path.name} beside it (an unfinished checkpoint)") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{info_path.name} is unreadable: {error}") from None
+    info = verify(data_path, cell_config)
     if info.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{data_path.name}: checkpoint format {info.get('format')}, this benchbase reads {FORMAT_VERSION}")
     try:
         data = data_path.read_bytes()
-    except OSError as error:
-        raise CheckpointError(f"{data_path.name} is unreadable: {error}") from None
-    if len(data) != info.get("bytes"):
-        raise CheckpointError(f"{data_path.name} is truncated: {len(data):,} bytes of {info.get('bytes'):,}")
-    if hashlib.sha256(data).hexdigest() != info.get("sha256"):
-        raise CheckpointError(f"{data_path.name} is corrupted: its SHA-256 does not match the one recorded")
-    if cell_config is not None and info.get("cell_config") != json.loads(json.dumps(cell_config, default=str)):
-        differing = sorted(
-            key for key in set(cell_config) | set(info.get("cell_config") or {})
-            if (info.get("cell_config") or {}).get(key) != json.loads(json.dumps(cell_config.get(key), default=str))
-        )
-        raise CheckpointError(
-            f"{data_path.name} belongs to another cell (differs in {', '.join(differing)}): refusing to load it"
-        )
-    try:
-        state = torch.load(io.BytesIO(data), weights_only=True)
+        if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+            raise CheckpointError(f"{data_path.name} changed while it was being read")
+        state = from_plain(torch.load(io.BytesIO(data), weights_only=True))
+    except CheckpointError:
+        raise
     except Exception as error:  # noqa: BLE001 - any failure means this file is unusable
         raise CheckpointError(f"{data_path.name} cannot be loaded as plain data: {error}") from None
     return Checkpoint(path=data_path, env_steps=int(info["env_steps"]), state=state, info=info)
@@ -126,3 +155,94 @@ def latest_good(folder: Path | str, cell_config: dict[str, Any] | None = None) -
             skipped.append(str(error))
     return None, skipped
 
+
+
+def good_checkpoints(folder: Path | str, cell_config: dict[str, Any] | None = None) -> tuple[dict[int, Path], list[str]]:
+    """Every checkpoint in `folder` that verifies, by env steps, and why the others were skipped.
+    Verifying reads each file once (size, digest); nothing is unpickled here."""
+    folder = Path(folder)
+    good: dict[int, Path] = {}
+    skipped: list[str] = []
+    for path in sorted(folder.glob("step-*.pt"), reverse=True) if folder.is_dir() else []:
+        try:
+            verify(path, cell_config)
+            good[steps_of(path)] = path
+        except CheckpointError as error:
+            skipped.append(str(error))
+    return good, skipped
+
+
+def verify(path: Path, cell_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar of a checkpoint whose data file is intact; CheckpointError otherwise."""
+    data_path = Path(path)
+    info_path = data_path.with_suffix(".json")
+    try:
+        info = json.loads(info_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{data_path.name}: no {info_path.name} beside it (an unfinished checkpoint)") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{info_path.name} is unreadable: {error}") from None
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(data_path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+    except OSError as error:
+        raise CheckpointError(f"{data_path.name} is unreadable: {error}") from None
+    if size != info.get("bytes"):
+        raise CheckpointError(f"{data_path.name} is truncated: {size:,} bytes of {info.get('bytes'):,}")
+    if digest.hexdigest() != info.get("sha256"):
+        raise CheckpointError(f"{data_path.name} is corrupted: its SHA-256 does not match the one recorded")
+    _check_cell(data_path, info, cell_config)
+    return info
+
+
+def _check_cell(data_path: Path, info: dict[str, Any], cell_config: dict[str, Any] | None) -> None:
+    if cell_config is None or info.get("cell_config") == json.loads(json.dumps(cell_config, default=str)):
+        return
+    recorded = info.get("cell_config") or {}
+    differing = sorted(
+        key for key in set(cell_config) | set(recorded)
+        if recorded.get(key) != json.loads(json.dumps(cell_config.get(key), default=str))
+    )
+    raise CheckpointError(f"{data_path.name} belongs to another cell (differs in {', '.join(differing)}): refusing to load it")
+
+
+class BackgroundWriter:
+    """Writes checkpoints on a thread, so a learner pays only for copying its state, not for
+    serialising, hashing and writing it (its neighbours would wait for that too). One write at
+    a time: a new one first waits for the previous."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_path: Path | None = None
+        self.write_s = 0.0  # time spent writing on the thread, for the metrics
+
+    def submit(self, folder: Path, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any],
+               keep: int | None = KEEP) -> None:
+        self.wait()
+
+        def write() -> None:
+            import time
+
+            started = time.perf_counter()
+            try:
+                self.last_path = save(folder, state, env_steps=env_steps, cell_config=cell_config, keep=keep)
+            except BaseException as error:  # noqa: BLE001 - raised in the learner by wait()
+                self._error = error
+            self.write_s += time.perf_counter() - started
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the pending write is on disk; re-raise its error in the caller."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

@@ -101,6 +101,15 @@ def run(
         "auto", "--transport",
         help="Parameter exchange: shm (shared memory, learners on one host), p2p (gloo messages), or auto (shm when possible).",
     ),
+    checkpoint_every: Optional[int] = typer.Option(
+        None, "--checkpoint-every",
+        help="Cell env steps between checkpoints (default: every 10% of the budget; 0: only the final one).",
+    ),
+    init_from: Optional[str] = typer.Option(
+        None, "--init-from",
+        help="Start every cell's learners from these checkpoints: a cell's checkpoint folder (learner r from its "
+        "learner r mod N), one learner's folder or a step-….pt file. Recorded in each cell's config.",
+    ),
 ) -> None:
     """Run a grid of cells. With no axes, runs the small embedded default grid."""
     from benchbase import grid as grid_module
@@ -109,6 +118,8 @@ def run(
         raise UserError(f"--transport {transport!r}: choose auto, shm or p2p")
     if device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device {device!r}: choose cpu, cuda or auto")
+    if checkpoint_every is not None and checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every {checkpoint_every}: give a number of env steps ≥ 0 (0: only the final checkpoint)")
     if device == "cuda":
         import torch
 
@@ -137,6 +148,16 @@ def run(
         console.print(f"[yellow]skipped[/yellow] {combination}: {reason}")
     if not plan.cells:
         raise UserError("no valid cell in this grid (see the reasons above)")
+    if init_from is not None:
+        import dataclasses
+
+        from benchbase.sources import check_fits, init_source
+
+        source = init_source(init_from)
+        check_fits(plan.cells, source, registry)
+        plan.cells = [dataclasses.replace(cell, init_from=source) for cell in plan.cells]
+        console.print(f"every cell starts from {source['cell_id']}'s checkpoints "
+                      f"({source['algorithm']} on {source['env']}, {source['env_steps']:,} env steps)")
     if out is None:
         import hashlib
 
@@ -152,7 +173,7 @@ def run(
     console.print(f"benchbase: {len(plan.cells)} cells → {out}")
     settings = ExecutionSettings(
         device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
-        plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra,
+        plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
     )
     code = run_grid(spec, plan.cells, out, registry, console=console, settings=settings)
     console.print(f"results: {out}")

@@ -542,6 +542,34 @@ class Communicator:
     def reset_staleness(self) -> None:
         self.staleness_seen.clear()
 
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What carries over a resume: the push-sum weight, the counters, and (learner 0 of an
+        asynchronous run) the consensus distances measured so far. Asynchronous push-sum's running
+        sums start again from zero on every channel, so mass that was in flight is lost."""
+        state = {
+            "push_sum_weight": self.push_sum_weight,
+            "bytes_sent": self.bytes_sent,
+            "messages_sent": self.messages_sent,
+            "messages_received": int(self.statistics()["messages_received"]),
+            "publishes_skipped": self.publishes_skipped,
+            "wait_s": self.wait_s,
+        }
+        if self._collector is not None:
+            state["consensus"] = {str(k): v for k, v in self._collector.distances.items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.push_sum_weight = float(state["push_sum_weight"])
+        self.bytes_sent = int(state["bytes_sent"])
+        self.messages_sent = int(state["messages_sent"])
+        self.messages_received = int(state["messages_received"])
+        self.publishes_skipped = int(state["publishes_skipped"])
+        self.wait_s = float(state["wait_s"])
+        if self._collector is not None:
+            self._collector.distances.update({int(k): float(v) for k, v in state.get("consensus", {}).items()})
+
     # -- shutdown -------------------------------------------------------------------------------
 
     def close(self, params: torch.Tensor | None = None) -> None:

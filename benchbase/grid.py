@@ -273,9 +273,14 @@ class Cell:
     env_steps: int  # budget: total env steps across the cell's learners
     evaluations: int  # periodic evaluations, the last at the end
     eval_episodes: int  # episodes per split and learner at each evaluation
+    #: `bench run --init-from`: the checkpoints the learners start from (None: from scratch).
+    init_from: dict[str, Any] | None = None
 
     def config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        config = dataclasses.asdict(self)
+        if config["init_from"] is None:
+            del config["init_from"]  # cells started from scratch keep the ids they always had
+        return config
 
     @property
     def cell_id(self) -> str:

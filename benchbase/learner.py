@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from benchbase import checkpoint
 from benchbase.comm import Communicator, message_layout
 from benchbase.contracts import (
     ConsensusParams, EnvFamily, FinishedEpisode, GossipParams, LearnerSpec, Task, params_of, without_resampling,
@@ -26,6 +27,7 @@ from benchbase.contracts import (
 from benchbase.grid import Cell, replay_parts
 from benchbase.plugins import load_registry
 from benchbase.replay import ReplayMix, batch_shares
+from benchbase.resume import CheckpointKeeper, LoopState, StopSignal, checkpoint_folder, default_every, resume_point
 from benchbase.shm import SharedBoard, segment_bytes, shared_memory_room, synchronous_slots
 from benchbase.results import EPISODES_SCHEMA, EVALUATIONS_SCHEMA, METRICS_SCHEMA, RowBuffer, RunFolder, write_table
 from benchbase.topology import build_mixing_plan
@@ -47,6 +49,8 @@ class ExecutionSettings:
     plugins_only: tuple[str, ...] | None = None
     plugins_blocked: tuple[str, ...] = ()
     plugins_extra: tuple[str, ...] = ()
+    #: Cell env steps between checkpoints; None = every 10% of the budget, 0 = only at the end.
+    checkpoint_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     link_drop = algorithm_params.link_drop if communicates else 0.0
     num_peers = algorithm_params.num_peers if isinstance(algorithm_params, GossipParams) else None
 
+    stop = StopSignal()
+    store = None
     if world > 1:
         store = dist.TCPStore(
             launch.store_host, launch.store_port, world, is_master=False, timeout=timedelta(seconds=settings.comm_timeout_s)
@@ -149,19 +155,31 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         tasks = family.training_tasks(env_params, cell.learners, cell.seed)
         own_tasks = simulator_tasks(tasks, cell, rank)
         env = family.make_env(env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank)
-        device = torch.device(launch.device)
-        replay = _replay_mix(registry, algorithm, algorithm_params, cell, rank)
-        spec = LearnerSpec(env, rank, world, cell.seed, device, replay=replay,
-                           env_steps_budget=math.ceil(cell.env_steps / world))
-        learner = algorithm.make_learner(algorithm_params, spec)
+        learner = build_learner(registry, cell, env, rank=rank, world=world, device=launch.device)
+        if cell.init_from is not None:
+            initialise_from(learner, cell.init_from, rank)
         buffer = learner.parameters_buffer()
         board = _shared_board(launch, plan, staleness, buffer)
         comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board,
                             link_drop=link_drop, seed=cell.seed)
+        # Learners that wait for each other every iteration must resume and stop together.
+        lockstep = staleness == 0 and plan.has_edges and world > 1
+        keeper = CheckpointKeeper(
+            checkpoint_folder(launch.out_dir, cell_id, rank), launch.cell_config,
+            default_every(cell.env_steps, world, settings.checkpoint_every), enabled=hasattr(learner, "state_dict"),
+        )
+        loop = _resume(learner, comm, keeper, lockstep, world, report, cell_id, rank)
         evaluator = Evaluator(family, env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
-        summary, tables = _train(cell, launch, learner, comm, evaluator, staleness, report)
+        context = _LoopContext(cell, launch, learner, comm, evaluator, staleness, report, keeper, stop, store, lockstep)
+        summary, tables = _train(context, loop)
         summary["transport"] = comm.transport
+        if summary["stopped"]:  # checkpointed; no result files for an unfinished cell
+            comm.close(None)
+            return summary
         comm.close(learner.parameters_buffer())
+        if keeper.enabled:  # the final model (bench eval, --init-from); resuming from it only writes the rows
+            loop.rows = {name: buffer.copy_columns() for name, buffer in tables.items()}
+            keeper.save(_checkpoint_state(learner, comm, loop), summary["env_steps"], wait=True, keep=1)
         # Asynchronous runs: learner 0 received every learner's snapshots and records the spread.
         _add_consensus_rows(tables["metrics"], comm.consensus_snapshots())
         folder = RunFolder(launch.out_dir)
@@ -169,11 +187,54 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
             write_table(folder.learner_path(name, cell_id, rank), rows.to_table())
         if evaluator is not None:
             evaluator.close()
+        if hasattr(learner, "close"):
+            learner.close()
         env.close()
         return summary
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _checkpoint_state(learner: Any, comm: Communicator, loop: LoopState) -> dict[str, Any]:
+    return {"learner": learner.state_dict(), "comm": comm.state_dict(), "loop": loop.to_dict()}
+
+
+def _resume(learner: Any, comm: Communicator, keeper: CheckpointKeeper, lockstep: bool, world: int,
+            report: Report, cell_id: str, rank: int) -> LoopState:
+    """The loop state to start from: a checkpoint's (learner and communicator restored) or fresh."""
+    if not keeper.enabled:
+        return LoopState()
+    path, notes = resume_point(keeper.folder, keeper.cell_config, lockstep=lockstep, world=world)
+    for note in notes:
+        report(("note", cell_id, rank, note))
+    if path is None:
+        return LoopState()
+    found = checkpoint.load(path, keeper.cell_config)
+    learner.load_state_dict(found.state["learner"])
+    comm.load_state_dict(found.state["comm"])
+    loop = LoopState.from_dict(found.state["loop"])
+    report(("resumed", cell_id, rank, loop.local_steps))
+    return loop
+
+
+def initialise_from(learner: Any, source: dict[str, Any], rank: int) -> None:
+    """`bench run --init-from`: this learner starts from source learner (rank mod N)'s model,
+    normalisation statistics and optimiser moments, with the new cell's hyperparameters."""
+    paths = source["checkpoints"]
+    found = checkpoint.load(paths[rank % len(paths)])
+    learner.load_state_dict(found.state["learner"], mode="init")
+
+
+def build_learner(registry: Any, cell: Cell, env: Any, *, rank: int = 0, world: int = 1, device: str = "cpu") -> Any:
+    """The cell's algorithm's learner number `rank` of `world`, on `env` (also used outside a
+    cell: bench eval, checking that a checkpoint fits a cell's model)."""
+    algorithm = registry.get("algorithm", cell.algorithm)
+    algorithm_params = params_of(algorithm, cell.algorithm_params)
+    replay = _replay_mix(registry, algorithm, algorithm_params, cell, rank)
+    spec = LearnerSpec(env, rank, world, cell.seed, torch.device(device), replay=replay,
+                       env_steps_budget=math.ceil(cell.env_steps / world))
+    return algorithm.make_learner(algorithm_params, spec)
 
 
 def _replay_mix(registry: Any, algorithm: Any, algorithm_params: Any, cell: Cell, rank: int) -> ReplayMix | None:
@@ -214,36 +275,55 @@ def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torc
     return board
 
 
-def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, evaluator: Evaluator | None,
-           staleness: int, report: Report) -> tuple[dict[str, Any], dict[str, RowBuffer]]:
+@dataclass
+class _LoopContext:
+    cell: Cell
+    launch: LearnerLaunch
+    learner: Any
+    comm: Communicator
+    evaluator: Evaluator | None
+    staleness: int
+    report: Report
+    keeper: CheckpointKeeper
+    stop: StopSignal
+    store: Any
+    lockstep: bool
+
+
+def _train(context: _LoopContext, state: LoopState) -> tuple[dict[str, Any], dict[str, RowBuffer]]:
+    cell, launch, learner, comm, report = context.cell, context.launch, context.learner, context.comm, context.report
+    evaluator, keeper = context.evaluator, context.keeper
     cell_id, rank, world = cell.cell_id, launch.rank, launch.world_size
-    episodes = RowBuffer(EPISODES_SCHEMA)
-    evaluations = RowBuffer(EVALUATIONS_SCHEMA)
-    metrics = RowBuffer(METRICS_SCHEMA)
+    tables = {name: RowBuffer(schema, state.rows.get(name)) for name, schema in
+              (("episodes", EPISODES_SCHEMA), ("evaluations", EVALUATIONS_SCHEMA), ("metrics", METRICS_SCHEMA))}
+    episodes, evaluations, metrics = tables["episodes"], tables["evaluations"], tables["metrics"]
 
     budget = math.ceil(cell.env_steps / world)  # this learner's share of the cell's budget
-    iterations = None
-    local_steps = 0
-    iteration = 0
-    recent_returns: deque[float] = deque(maxlen=20)
-    metric_sums: dict[str, float] = {}
-    metric_count = 0
-    eval_time = 0.0
-    final_eval: dict[str, list[FinishedEpisode]] = {}
+    recent_returns: deque[float] = deque(state.recent_returns, maxlen=20)
+    stop_at: int | None = None
+    stopped = False
 
+    def schedule(iterations: int) -> tuple[int, dict[int, int]]:
+        every = max(1, iterations // METRIC_POINTS)
+        return every, {round(iterations * k / cell.evaluations): k for k in range(1, cell.evaluations + 1)}
+
+    if state.iterations is not None:
+        metric_every, eval_at = schedule(state.iterations)
     first_step_at = time.time()
     report(("started", cell_id, rank, first_step_at))
-    loop_start = time.perf_counter()
-    last_report = loop_start
-    while True:
+    loop_start = time.perf_counter() - state.wall_s  # a resumed cell's clock continues
+    last_report = time.perf_counter()
+    while state.iterations is None or state.iteration < state.iterations:
         output = learner.iterate()
-        comm.mix(learner.parameters_buffer(), iteration)
-        iteration += 1
-        local_steps += output.env_steps
-        if iterations is None:
-            iterations = max(1, math.ceil(budget / output.env_steps))
-            metric_every = max(1, iterations // METRIC_POINTS)
-            eval_at = {round(iterations * k / cell.evaluations): k for k in range(1, cell.evaluations + 1)}
+        comm.mix(learner.parameters_buffer(), state.iteration)
+        state.iteration += 1
+        iteration = state.iteration
+        state.local_steps += output.env_steps
+        local_steps = state.local_steps
+        if state.iterations is None:
+            state.iterations = max(1, math.ceil(budget / output.env_steps))
+            metric_every, eval_at = schedule(state.iterations)
+        iterations = state.iterations
         now = time.perf_counter()
         wall = now - loop_start
         for episode in output.finished:
@@ -255,17 +335,19 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
                 success=episode.success, wall_time_s=wall,
             )
         for name, value in output.metrics.items():
-            metric_sums[name] = metric_sums.get(name, 0.0) + value
-        metric_count += 1
+            state.metric_sums[name] = state.metric_sums.get(name, 0.0) + value
+        state.metric_count += 1
 
         if iteration % metric_every == 0 or iteration == iterations:
-            values = {name: total / metric_count for name, total in metric_sums.items()}
+            values = {name: total / state.metric_count for name, total in state.metric_sums.items()}
             values.update(comm.statistics())
             comm.reset_staleness()
-            values["steps_per_second"] = local_steps / max(wall - eval_time, 1e-9)
+            values["steps_per_second"] = local_steps / max(wall - state.eval_time_s, 1e-9)
+            if keeper.saved:
+                values["checkpoint_copy_s"] = keeper.copy_s
             if recent_returns:
                 values["recent_return"] = float(np.mean(recent_returns))
-            if staleness == 0:
+            if context.staleness == 0:
                 values["consensus_distance"] = comm.consensus_distance(learner.parameters_buffer())
             else:
                 comm.snapshot(learner.parameters_buffer(), iteration)
@@ -275,7 +357,7 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
             for name, value in values.items():
                 metrics.append(cell_id=cell_id, learner=rank, iteration=iteration, env_step=local_steps,
                                cell_env_step=local_steps * world, wall_time_s=wall, metric=name, value=float(value))
-            metric_sums, metric_count = {}, 0
+            state.metric_sums, state.metric_count = {}, 0
 
         if evaluator is not None and iteration in eval_at:
             started = time.perf_counter()
@@ -290,27 +372,43 @@ def _train(cell: Cell, launch: LearnerLaunch, learner: Any, comm: Communicator, 
                         episode_return=episode.episode_return, episode_length=episode.episode_length,
                         success=episode.success, wall_time_s=wall,
                     )
-            final_eval = results
-            eval_time += time.perf_counter() - started
+            state.final_train = [(e.episode_return, e.success) for e in results.get("train", [])]
+            state.eval_time_s += time.perf_counter() - started
 
         if now - last_report >= PROGRESS_INTERVAL_S or iteration == iterations:
             last_report = now
-            rate = local_steps / max(now - loop_start - eval_time, 1e-9)
+            rate = local_steps / max(now - loop_start - state.eval_time_s, 1e-9)
             report(("progress", cell_id, rank, local_steps, rate, float(np.mean(recent_returns)) if recent_returns else None))
-        if iteration >= iterations:
+
+        if context.stop.requested and stop_at is None:
+            stop_at = context.stop.stop_iteration(iteration, world, context.store, context.lockstep)
+        stopping = stop_at is not None and iteration >= stop_at and iteration < iterations
+        if stopping or keeper.due(iteration, iterations, output.env_steps):
+            started = time.perf_counter()
+            state.recent_returns = list(recent_returns)
+            state.wall_s = time.perf_counter() - loop_start
+            state.rows = {name: buffer.copy_columns() for name, buffer in tables.items()}
+            snapshot = _checkpoint_state(learner, comm, state)
+            keeper.copy_s += time.perf_counter() - started
+            keeper.save(snapshot, local_steps, wait=stopping)  # written on a thread unless stopping
+        if stopping:
+            stopped = True
             break
 
-    train_time = time.perf_counter() - loop_start - eval_time
-    train_split = final_eval.get("train", [])
-    successes = [e.success for e in train_split if e.success is not None]
+    keeper.close()
+    state.recent_returns = list(recent_returns)
+    state.wall_s = time.perf_counter() - loop_start
+    train_time = time.perf_counter() - loop_start - state.eval_time_s
+    successes = [success for _, success in state.final_train if success is not None]
     summary = {
-        "env_steps": local_steps,
+        "env_steps": state.local_steps,
         "train_time_s": train_time,
         "bytes_sent": comm.bytes_sent,
-        "final_return": float(np.mean([e.episode_return for e in train_split])) if train_split else math.nan,
+        "final_return": float(np.mean([r for r, _ in state.final_train])) if state.final_train else math.nan,
         "final_success": float(np.mean(successes)) if successes else math.nan,
+        "stopped": stopped,
     }
-    return summary, {"episodes": episodes, "evaluations": evaluations, "metrics": metrics}
+    return summary, tables
 
 
 def _add_consensus_rows(metrics: RowBuffer, distances: dict[int, float]) -> None:

@@ -62,6 +62,7 @@ CELLS_SCHEMA = _schema(
         pa.field("final_success", pa.float64()),
         pa.field("bytes_sent_per_learner", pa.float64()),
         pa.field("transport", pa.string()),  # shm | p2p | all-reduce | none: what carried the parameters
+        pa.field("resumed_from_env_step", pa.int64()),  # cell env steps restored from checkpoints; null: from scratch
         pa.field("config", pa.string()),  # JSON of the resolved cell config
     ],
 )
@@ -122,9 +123,13 @@ SCHEMAS = {"cells": CELLS_SCHEMA, "episodes": EPISODES_SCHEMA, "evaluations": EV
 class RowBuffer:
     """Column lists for one table; cheap appends, one conversion at the end."""
 
-    def __init__(self, schema: pa.Schema) -> None:
+    def __init__(self, schema: pa.Schema, columns: dict[str, list[Any]] | None = None) -> None:
         self.schema = schema
-        self.columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+        self.columns: dict[str, list[Any]] = {name: list(columns[name]) if columns else [] for name in schema.names}
+
+    def copy_columns(self) -> dict[str, list[Any]]:
+        """A copy of the rows so far (for a checkpoint, while appending goes on)."""
+        return {name: list(column) for name, column in self.columns.items()}
 
     def append(self, **row: Any) -> None:
         for name, column in self.columns.items():

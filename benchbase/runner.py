@@ -54,11 +54,12 @@ def _row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None
         "replay": cell.replay, "variant": variant_text, "seed": cell.seed, "learners": cell.learner_processes, "status": status,
         "error": None, "wall_time_s": None, "startup_s": None, "env_steps": None, "steps_per_second": None,
         "final_return": None, "final_success": None, "bytes_sent_per_learner": None, "transport": None,
-        "config": json.dumps(cell.config(), sort_keys=True),
+        "resumed_from_env_step": None, "config": json.dumps(cell.config(), sort_keys=True),
     }
     if outcome is not None:
         row.update(error=outcome.error, wall_time_s=outcome.wall_time_s,
-                   startup_s=None if math.isnan(outcome.startup_s) else outcome.startup_s)
+                   startup_s=None if math.isnan(outcome.startup_s) else outcome.startup_s,
+                   resumed_from_env_step=outcome.resumed_from_env_step)
         if outcome.summaries:
             summaries = outcome.summaries
             steps = sum(s["env_steps"] for s in summaries)
@@ -114,9 +115,15 @@ def run_grid(
             grid_console.skipped(len(cells) - len(to_run))
 
         def on_event(event: tuple) -> None:
-            if event[0] == "progress":
-                _, cell_id, rank, steps, rate, recent = event
-                grid_console.progress(cell_id, rank, steps, rate, recent)
+            kind, cell_id, rank = event[:3]
+            if kind == "progress":
+                grid_console.progress(cell_id, rank, *event[3:])
+            elif kind == "resumed" and rank == 0:
+                grid_console.message(f"{cell_id}: resuming from its checkpoint at learner step {event[3]:,}")
+            elif kind == "note":
+                grid_console.message(f"{cell_id} learner {rank}: {event[3]}")
+            elif kind == "stopping":
+                grid_console.message("stopping: every learner checkpoints, then exits (Ctrl-C again to stop at once)")
 
         for cell in to_run:
             folder.clear_cell(cell.cell_id)
@@ -131,7 +138,7 @@ def run_grid(
                 rows[cell.cell_id] = _row(cell, variants[cell.cell_id], "interrupted")
                 folder.write_cells(rows.values())
                 grid_console.cell_finished(cell.cell_id, "interrupted", 0.0, 0, 0.0, None)
-                grid_console.message("interrupted: re-run the same command to continue the grid")
+                grid_console.message("interrupted: re-run the same command to continue the grid from its checkpoints")
                 status = EXIT_INTERRUPTED
                 break
             if outcome.status != "completed":

@@ -78,6 +78,7 @@ class CellOutcome:
     wall_time_s: float
     startup_s: float
     summaries: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_env_step: int | None = None  # cell env steps already done when it resumed
 
 
 def device_for(rank: int, requested: str) -> str:
@@ -125,9 +126,11 @@ def run_cell(
 
     summaries: dict[int, dict[str, Any]] = {}
     first_steps: dict[int, float] = {}
+    resumed: dict[int, int] = {}
     errors: list[tuple[float, int, str]] = []  # (when it was raised, rank, traceback)
     grace_until = None  # after a first error, collect the others briefly to find the root cause
     error: str | None = None
+    interrupted = False
     try:
         while len(summaries) + len(errors) < world:
             if grace_until is not None and time.time() > grace_until:
@@ -140,6 +143,14 @@ def run_cell(
                     errors.append((time.time(), dead[0], dead[1]))
                     grace_until = grace_until or time.time() + _ERROR_GRACE_S
                 continue
+            except KeyboardInterrupt:
+                if interrupted:  # a second Ctrl-C: stop now, without waiting for checkpoints
+                    raise
+                interrupted = True
+                on_event(("stopping", cell.cell_id, -1))
+                _request_checkpoint_and_stop(processes, summaries)
+                grace_until = time.time() + settings.comm_timeout_s
+                continue
             kind, rank = event[0], event[2]
             if kind == "started":
                 first_steps[rank] = event[3]
@@ -149,6 +160,8 @@ def run_cell(
                 errors.append((event[4], rank, event[3]))
                 grace_until = grace_until or time.time() + _ERROR_GRACE_S
             else:
+                if kind == "resumed":
+                    resumed[rank] = event[3]
                 on_event(event)
         if errors:
             error = _root_cause(errors)
@@ -167,9 +180,12 @@ def run_cell(
             unlink_segment(segment_name(shm_prefix, rank))
     wall = time.time() - started_at
     startup = max(first_steps.values()) - started_at if first_steps else float("nan")
+    resumed_from = sum(resumed.values()) if resumed else None  # each learner's steps done, summed
+    if interrupted or any(summary.get("stopped") for summary in summaries.values()):
+        raise KeyboardInterrupt  # the learners have checkpointed (or were stopped, if they could not)
     if error is not None:
-        return CellOutcome("failed", error, wall, startup)
-    return CellOutcome("completed", None, wall, startup, [summaries[r] for r in range(world)])
+        return CellOutcome("failed", error, wall, startup, resumed_from_env_step=resumed_from)
+    return CellOutcome("completed", None, wall, startup, [summaries[r] for r in range(world)], resumed_from)
 
 
 _ERROR_GRACE_S = 1.0
@@ -193,6 +209,16 @@ def _dead_learner(processes: list[Any], summaries: dict[int, Any], reported: set
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             return rank, f"learner {rank} {how} without reporting an error"
     return None
+
+
+def _request_checkpoint_and_stop(processes: list[Any], finished: dict[int, Any]) -> None:
+    """Ask every running learner to checkpoint and stop (benchbase.resume.StopSignal)."""
+    for rank, process in enumerate(processes):
+        if rank not in finished and process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
 
 
 def _stop(processes: list[Any]) -> None:

@@ -6,6 +6,7 @@ the base collects, the algorithm learns). Facts follow `reference/algorithms.md`
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -104,6 +105,12 @@ class RunningMeanStd:
         self.var = (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
         self.count = total
 
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
+
 
 class ObservationNormaliser:
     """(obs − mean) / std, clipped to ±clip. Statistics are refreshed once per rollout."""
@@ -122,6 +129,10 @@ class ObservationNormaliser:
         if self.enabled:
             self.stats.update(raw_batch.reshape(-1, *self.stats.mean.shape))
             self._refresh()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state)
+        self._refresh()
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         if not self.enabled:
@@ -150,6 +161,13 @@ class RewardScaler:
             self.discounted[ended[t]] = 0.0
         self.stats.update(returns.reshape(-1))
         return np.clip(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {**self.stats.state_dict(), "discounted": self.discounted.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state)
+        self.discounted = np.array(state["discounted"])
 
 
 # -- returns ----------------------------------------------------------------------------------
@@ -198,6 +216,9 @@ class Rollout:
 class OnPolicyLearner:
     """Collects T-step rollouts from the learner's simulators; subclasses write `update`."""
 
+    #: Plain attributes (counters, schedules) a checkpoint carries besides the base's state.
+    checkpoint_attributes: tuple[str, ...] = ()
+
     def __init__(
         self,
         spec: LearnerSpec,
@@ -230,7 +251,8 @@ class OnPolicyLearner:
         self.obs_normaliser = ObservationNormaliser(obs_shape, normalise_observations)
         self.reward_scaler = RewardScaler(num_envs, gamma, normalise_rewards)
 
-        self._raw_obs = self.env.reset(seed=spec.seed * 1_000_003 + spec.rank)
+        self._reset_seed = spec.seed * 1_000_003 + spec.rank
+        self._raw_obs = self.env.reset(seed=self._reset_seed)
         self._observations = np.zeros((n_steps, num_envs, *obs_shape), dtype=np.float32)
         self._raw_observations = np.zeros((n_steps + 1, num_envs, *obs_shape), dtype=np.float32)
         action_shape = (n_steps, num_envs, *action_space.shape) if self.continuous else (n_steps, num_envs)
@@ -254,6 +276,72 @@ class OnPolicyLearner:
             obs = torch.from_numpy(self.obs_normaliser(observations)).to(self.device)
             actions = self.distribution.greedy(self.model.actor(obs)).cpu().numpy()
         return self._to_env(actions)
+
+    def act_sampled(self, observations: np.ndarray) -> np.ndarray:
+        """Actions drawn from π (stochastic evaluation)."""
+        with torch.inference_mode():
+            obs = torch.from_numpy(self.obs_normaliser(observations)).to(self.device)
+            actions = self.distribution.sample(self.model.actor(obs)).cpu().numpy()
+        return self._to_env(actions)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to carry on exactly: parameters, optimiser, normalisers, RNG, the
+        simulators (where the env can save them) and the subclass's `checkpoint_attributes`.
+        Copies, so a background writer can serialise it while training goes on."""
+        env_state = self.env.state_dict() if hasattr(self.env, "state_dict") else None
+        state = {
+            "parameters": self.flat.data.detach().to("cpu", copy=True),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "observation_statistics": self.obs_normaliser.stats.state_dict(),
+            "reward_statistics": self.reward_scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "env": env_state,
+            "last_observations": self._raw_obs.copy() if env_state is not None else None,
+            "attributes": {name: copy.deepcopy(getattr(self, name)) for name in self.checkpoint_attributes},
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict, *, mode: str = "resume") -> None:
+        """Carry on from `state_dict()`'s output. `mode`: "resume" restores everything; "init"
+        (a new run starting from a checkpoint) the model, normalisation statistics and the
+        optimiser's moments, keeping this learner's hyperparameters; "model" (evaluation) the
+        model and normalisation statistics."""
+        parameters = state["parameters"]
+        if parameters.numel() != self.flat.data.numel():
+            raise ValueError(
+                f"the checkpoint's model has {parameters.numel():,} parameters, this learner's {self.flat.data.numel():,} "
+                "(a different architecture: hidden size, env or algorithm)"
+            )
+        self.flat.data.copy_(parameters.to(self.flat.data.device))
+        self.obs_normaliser.load_state_dict(state["observation_statistics"])
+        self.reward_scaler.stats.load_state_dict(state["reward_statistics"])
+        if mode == "model":
+            return
+        if mode == "init":
+            saved = state["optimizer"]
+            current = self.optimizer.state_dict()
+            if len(saved["param_groups"]) == len(current["param_groups"]) and set(
+                key for group in saved["param_groups"] for key in group
+            ) == set(key for group in current["param_groups"] for key in group):
+                self.optimizer.load_state_dict({"state": saved["state"], "param_groups": current["param_groups"]})
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.reward_scaler.load_state_dict(state["reward_statistics"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        for name, value in state["attributes"].items():
+            setattr(self, name, value)
+        if state["env"] is not None and hasattr(self.env, "load_state_dict"):
+            self.env.load_state_dict(state["env"])
+            self._raw_obs = state["last_observations"]
+        else:
+            # The simulators cannot be saved: start fresh episodes (the ones in flight are lost).
+            self._raw_obs = self.env.reset(seed=int(torch.randint(2**31 - 1, (1,))))
 
     # -- algorithm-specific ---------------------------------------------------------------------
 

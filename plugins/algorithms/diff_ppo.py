@@ -117,6 +117,8 @@ def ppo_losses(
 
 
 class PPOLearner(OnPolicyLearner):
+    checkpoint_attributes = ("updates_done",)
+
     def __init__(self, params: PPOParams, spec: LearnerSpec) -> None:
         super().__init__(
             spec,

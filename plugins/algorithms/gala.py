@@ -56,6 +56,8 @@ class GalaParams(A2CParams, GossipParams):
 
 
 class GalaLearner(A2CLearner):
+    checkpoint_attributes = ("steps_done",)
+
     def __init__(self, params: GalaParams, spec: LearnerSpec) -> None:
         super().__init__(params, spec)
         self.budget = spec.env_steps_budget

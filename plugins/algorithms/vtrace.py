@@ -248,6 +248,8 @@ class TrunkScorer:
 class VTraceLearner(OnPolicyLearner):
     """Collects with the behaviour network, stores segments in the replay mix, trains on batches."""
 
+    checkpoint_attributes = ("steps_done", "updates", "refreshed_at", "_recent_observation")
+
     def __init__(self, params: VTraceParams, spec: LearnerSpec) -> None:
         if spec.replay is None:
             raise ValueError("vtrace trains from replay: the learner needs a replay mix (spec.replay)")
@@ -327,6 +329,14 @@ class VTraceLearner(OnPolicyLearner):
         metrics["updates"] = float(self.updates)
         metrics.update(statistics)
         return IterationOutput(env_steps=self.params.unroll_length * self.env.num_envs, finished=finished, metrics=metrics)
+
+    def state_dict(self) -> dict:
+        """The base's state and μ. The replay buffers are not saved: a resumed learner refills them."""
+        return {**super().state_dict(), "behaviour": self.behaviour_flat.data.detach().to("cpu", copy=True)}
+
+    def load_state_dict(self, state: dict, *, mode: str = "resume") -> None:
+        super().load_state_dict(state, mode=mode)
+        self.behaviour_flat.data.copy_(state["behaviour"] if mode == "resume" else self.flat.data)
 
     def close(self) -> None:
         if self.preparer is not None:

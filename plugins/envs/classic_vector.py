@@ -129,6 +129,38 @@ class ClassicVectorEnv:
     def close(self) -> None:
         pass
 
+    # -- checkpoints: every simulator mid-episode, so a resumed run continues exactly ---------------
+
+    def state_dict(self) -> dict:
+        dynamics = self.dynamics
+        return {
+            "physics": dynamics.state.copy(),
+            "upright_streak": None if dynamics.upright_streak is None else dynamics.upright_streak.copy(),
+            "parameters": self._parameters.copy(),
+            "tasks": [(task.task_id, dict(task.parameters)) for task in self._tasks],
+            "returns": self._returns.copy(),
+            "lengths": self._lengths.copy(),
+            "episodes": self._episodes.copy(),
+            "rng": self._rng.bit_generator.state,
+            "task_rngs": [rng.bit_generator.state for rng in self._task_rngs] if self._sampler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        dynamics = self.dynamics
+        dynamics.state[...] = state["physics"]  # in place: the dynamics keep views of its rows
+        if dynamics.upright_streak is not None:
+            dynamics.upright_streak[...] = state["upright_streak"]
+        self._parameters[...] = state["parameters"]
+        dynamics.set_parameters(self._parameters)
+        self._tasks = [Task(task_id, dict(parameters)) for task_id, parameters in state["tasks"]]
+        self._returns[...] = state["returns"]
+        self._lengths[...] = state["lengths"]
+        self._episodes[...] = state["episodes"]
+        self._rng.bit_generator.state = state["rng"]
+        if self._sampler is not None:
+            for rng, saved in zip(self._task_rngs, state["task_rngs"]):
+                rng.bit_generator.state = saved
+
     # -- episodes -----------------------------------------------------------------------------
 
     def _finish(self, ended: np.ndarray, terminated: np.ndarray) -> list[FinishedEpisode]:

@@ -1,0 +1,142 @@
+"""Which checkpoints a path names, for `bench eval` and `bench run --init-from`.
+
+A path may be a checkpoint file (`…/step-000000012800.pt`), one learner's folder
+(`…/checkpoints/<cell>/learner-0`), a cell's folder (`…/checkpoints/<cell>`) or a run folder
+(`results/grid-…`, every cell with checkpoints). Each learner contributes its newest checkpoint
+that verifies; for a completed cell that is the final one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchbase import checkpoint
+from benchbase.errors import UserError
+
+_LEARNER = re.compile(r"learner-(\d+)$")
+
+
+@dataclass(frozen=True)
+class CellCheckpoints:
+    """One cell's newest good checkpoint of each learner (ordered by learner)."""
+
+    cell_id: str
+    cell_config: dict[str, Any]
+    paths: tuple[Path, ...]
+    env_steps: tuple[int, ...]  # each learner's own env steps at its checkpoint
+    skipped: tuple[str, ...] = ()  # why newer files were passed over
+
+
+def _newest(folder: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    good, skipped = checkpoint.good_checkpoints(folder)
+    if not good:
+        return None, None, skipped
+    path = good[max(good)]
+    return path, checkpoint.verify(path), skipped
+
+
+def _learner_folders(cell_folder: Path) -> list[Path]:
+    found = [(int(m.group(1)), child) for child in cell_folder.iterdir() if (m := _LEARNER.match(child.name)) and child.is_dir()]
+    return [folder for _, folder in sorted(found)]
+
+
+def _cell(cell_folder: Path) -> CellCheckpoints | None:
+    paths, steps, skipped, config = [], [], [], None
+    for folder in _learner_folders(cell_folder):
+        path, info, notes = _newest(folder)
+        skipped += [f"{folder.name}: {note}" for note in notes]
+        if path is None:
+            return None
+        paths.append(path)
+        steps.append(int(info["env_steps"]))
+        config = info["cell_config"]
+    if not paths:
+        return None
+    return CellCheckpoints(cell_folder.name, config, tuple(paths), tuple(steps), tuple(skipped))
+
+
+def resolve(text: str) -> list[CellCheckpoints]:
+    """The cells `text` names, with their checkpoints; a UserError when it names none."""
+    path = Path(text)
+    if not path.exists():
+        raise UserError(f"{text}: no such file or folder")
+    if path.is_file():
+        if path.suffix != ".pt":
+            raise UserError(f"{text} is not a checkpoint (a step-….pt file written by bench run)")
+        try:
+            info = checkpoint.verify(path)
+        except checkpoint.CheckpointError as error:
+            raise UserError(f"{text}: {error}") from None
+        config = info["cell_config"]
+        return [CellCheckpoints(path.parent.parent.name, config, (path,), (int(info["env_steps"]),))]
+    if _LEARNER.match(path.name):
+        found, info, notes = _newest(path)
+        if found is None:
+            raise UserError(f"{text} holds no usable checkpoint{': ' + notes[0] if notes else ''}")
+        return [CellCheckpoints(path.parent.name, info["cell_config"], (found,), (int(info["env_steps"]),), tuple(notes))]
+    if _learner_folders(path):
+        cell = _cell(path)
+        if cell is None:
+            raise UserError(f"{text}: a learner of this cell has no usable checkpoint")
+        return [cell]
+    folder = path / "checkpoints"
+    if folder.is_dir():
+        cells = [cell for child in sorted(folder.iterdir()) if child.is_dir() and (cell := _cell(child)) is not None]
+        if cells:
+            return cells
+        raise UserError(f"{text}: no cell of this run has a usable checkpoint (cells write one when they finish)")
+    raise UserError(
+        f"{text} is not a checkpoint, a learner's or cell's checkpoint folder, or a run folder with checkpoints/"
+    )
+
+
+def init_source(text: str) -> dict[str, Any]:
+    """`bench run --init-from TEXT`: what goes into each cell's config (`Cell.init_from`)."""
+    cells = resolve(text)
+    if len(cells) > 1:
+        examples = ", ".join(str(Path(text) / "checkpoints" / cell.cell_id) for cell in cells[:2])
+        raise UserError(f"--init-from {text} holds {len(cells)} cells: name one, e.g. {examples}")
+    cell = cells[0]
+    return {
+        "checkpoints": [str(path.resolve()) for path in cell.paths],
+        "sha256": [checkpoint.verify(path)["sha256"] for path in cell.paths],
+        "cell_id": cell.cell_id,
+        "algorithm": cell.cell_config.get("algorithm"),
+        "env": cell.cell_config.get("env"),
+        "env_steps": sum(cell.env_steps),
+    }
+
+
+def check_fits(cells: list[Any], source: dict[str, Any], registry: Any) -> None:
+    """A UserError unless every cell's model has the shape of the checkpoint's (built once per
+    distinct algorithm and env setting, with one simulator)."""
+    import json
+
+    from benchbase.contracts import params_of, without_resampling
+    from benchbase.learner import build_learner
+
+    saved = checkpoint.load(Path(source["checkpoints"][0])).state["learner"]["parameters"].numel()
+    seen: set[str] = set()
+    for cell in cells:
+        key = json.dumps([cell.algorithm, cell.algorithm_params, cell.env, cell.env_params], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        family = registry.get("env", cell.env)
+        env_params = without_resampling(params_of(family, cell.env_params))
+        env = family.make_env(env_params, family.training_tasks(env_params, 1, cell.seed), 0)
+        try:
+            learner = build_learner(registry, cell, env)
+            built = learner.parameters_buffer().numel()
+            if hasattr(learner, "close"):
+                learner.close()
+        finally:
+            env.close()
+        if built != saved:
+            raise UserError(
+                f"--init-from: the checkpoint's model ({source['algorithm']} on {source['env']}) has {saved:,} "
+                f"parameters, {cell.algorithm} on {cell.env} builds {built:,}: the architecture or the env differs"
+            )

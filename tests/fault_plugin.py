@@ -1,0 +1,50 @@
+"""A test plugin: `faulty-a2c` is Diff-A2C whose learner fails on cue, for the fault tests.
+
+Point ``BENCHBASE_FAULT`` at a JSON file ``{"rank": 1, "at_step": 4000, "how": "kill"}``: learner
+`rank` kills itself with SIGKILL ("kill") or raises ("raise") once it has taken `at_step` env
+steps. The file is removed when the fault fires, so the next cell and a re-run go through.
+Loaded with ``BENCHBASE_EXTRA_PLUGINS=fault_plugin`` and ``tests/`` on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from benchbase.hookspecs import hookimpl
+from plugins.algorithms.diff_a2c import A2CLearner, DiffA2C
+
+
+class FaultyLearner(A2CLearner):
+    def __init__(self, params, spec) -> None:
+        super().__init__(params, spec)
+        self.rank = spec.rank
+        self.steps_taken = 0
+
+    def iterate(self):
+        output = super().iterate()
+        self.steps_taken += output.env_steps
+        fault = os.environ.get("BENCHBASE_FAULT")
+        if fault and Path(fault).exists():
+            plan = json.loads(Path(fault).read_text())
+            if plan["rank"] == self.rank and self.steps_taken >= plan["at_step"]:
+                Path(fault).unlink()
+                if plan["how"] == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError("injected fault")
+        return output
+
+
+class FaultyA2C(DiffA2C):
+    name = "faulty-a2c"
+    description = "Diff-A2C whose learner fails on cue (tests)"
+
+    def make_learner(self, params, spec) -> FaultyLearner:
+        return FaultyLearner(params, spec)
+
+
+@hookimpl
+def register_algorithms(register) -> None:
+    register(FaultyA2C())
