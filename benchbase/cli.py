@@ -219,6 +219,68 @@ def report(
     console.print("report: " + ", ".join(str(path) for path in written), highlight=False)
 
 
+@app.command("eval")
+def eval_(
+    path: str = typer.Argument(
+        ..., metavar="PATH",
+        help="A run folder (every cell with checkpoints), a cell's checkpoint folder (checkpoints/<cell>), "
+        "a learner's folder (…/learner-<r>) or a step-….pt file; each learner's newest good checkpoint is used.",
+    ),
+    env: Optional[str] = typer.Option(
+        None, "--env", "-e",
+        help="Evaluate on this env family, FAMILY[:key=value,…] (default: each cell's own family and parameters); "
+        "its observation and action spaces must be the model's.",
+    ),
+    split: list[str] = typer.Option(
+        [], "--split", "-s", help="train (each learner's own training tasks) or a split of the family (D, R, E…); "
+        "repeatable (default: train and every split of the family).",
+    ),
+    episodes: int = typer.Option(10, "--episodes", "-n", help="Episodes per split and learner."),
+    stochastic: bool = typer.Option(False, "--stochastic", help="Sample actions from the policy instead of acting greedily."),
+    learner: Optional[int] = typer.Option(None, "--learner", help="Evaluate only learner R of each cell."),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seed of the evaluation envs and held-out tasks (default: the run's own evaluation seeds, "
+        "so a final checkpoint reproduces the run's final evaluation)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Results folder (default: <run folder>/evals/<time> inside a run folder, else ./eval-<time>)."
+    ),
+    video_path: Optional[Path] = typer.Option(
+        None, "--video", help="Record a .mp4 or .gif (30 fps) of the first cell's first evaluated learner: the first "
+        "episode of every split (simulator 0's), captioned with cell, learner, split and task. The env must render: "
+        "classic control, and Gymnasium ids of MuJoCo and ALE envs.",
+    ),
+) -> None:
+    """Evaluate saved models: N episodes per split and learner, written to Parquet and summarised."""
+    from benchbase.video import check_video_path
+
+    # Mistakes that need no model are caught before torch is imported.
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such file or folder")
+    if episodes < 1:
+        raise UserError(f"--episodes {episodes}: give at least 1")
+    if learner is not None and learner < 0:
+        raise UserError(f"--learner {learner}: give a learner number ≥ 0")
+    if video_path is not None:
+        check_video_path(video_path)
+    import torch
+
+    from benchbase.eval_summary import summary_table
+    from benchbase.evaluate import EvalRequest, evaluate
+
+    torch.set_num_threads(1)  # small models: one thread is fastest and leaves the cores to others
+    request = EvalRequest(source=path, env=env, splits=tuple(split), episodes=episodes, stochastic=stochastic,
+                          learner=learner, seed=seed, out=out, video=video_path)
+    console = _console()
+    outcome = evaluate(request, _registry(), progress=lambda text: console.print(f"[dim]evaluating {text}[/dim]"))
+    for note in outcome.notes:
+        console.print(Text("skipped: ", style="yellow") + Text(note), highlight=False)
+    console.print(summary_table(outcome.summary, "stochastic" if stochastic else "greedy"))
+    if outcome.video is not None:
+        console.print(f"video: {outcome.video} ({outcome.video_frames:,} frames)", highlight=False)
+    console.print(f"results: {outcome.out / 'evaluations.parquet'}", highlight=False)
+
+
 def _print_cells(console: Console, cells: list, out: Path) -> None:
     console.print(f"dry run: nothing runs and nothing is written (results would go to {out})")
     table = Table(title=f"{len(cells)} cells")

@@ -9,6 +9,7 @@ Families that have no faster simulator (arbitrary Gymnasium ids, MuJoCo, ALE) bu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import gymnasium as gym
@@ -86,7 +87,55 @@ class GymnasiumTaskVectorEnv:
         )
 
     def close(self) -> None:
+        for renderer, _ in getattr(self, "_renderers", {}).values():
+            renderer.close()
         self._vector.close()
+
+    def render(self, simulator: int) -> np.ndarray:
+        """An (H, W, 3) uint8 picture of `simulator`'s current state: ALE envs from the emulator's
+        screen, MuJoCo envs through an offscreen `mujoco.Renderer` (set MUJOCO_GL=egl or osmesa
+        on a machine without a display). The envs need no `render_mode` for either."""
+        from benchbase.errors import UserError
+
+        env = self._vector.envs[simulator].unwrapped
+        if hasattr(env, "ale"):
+            return np.asarray(env.ale.getScreenRGB(), dtype=np.uint8)
+        if hasattr(env, "model") and hasattr(env, "data") and hasattr(env, "mujoco_renderer"):
+            renderer, camera = self._mujoco_renderer(simulator, env)
+            renderer.update_scene(env.data, camera=camera)
+            return renderer.render()
+        raise UserError(f"{env.spec.id if env.spec else type(env).__name__} cannot render here "
+                        "(benchbase draws ALE and MuJoCo Gymnasium envs only)")
+
+    def _mujoco_renderer(self, simulator: int, env: gym.Env) -> tuple:
+        """One offscreen renderer per simulator, with the env's default camera (Gymnasium's
+        `default_camera_config`, following the tracked body when it names one)."""
+        self._renderers = getattr(self, "_renderers", {})
+        if simulator not in self._renderers:
+            import mujoco
+
+            from benchbase.errors import UserError
+
+            model = env.model
+            width = min(int(getattr(env, "width", 480)), model.vis.global_.offwidth)
+            height = min(int(getattr(env, "height", 480)), model.vis.global_.offheight)
+            try:
+                renderer = mujoco.Renderer(model, height=height, width=width)
+            except Exception as error:  # noqa: BLE001 - no OpenGL context of any kind
+                backend = os.environ.get("MUJOCO_GL", "unset")
+                raise UserError(f"MuJoCo cannot render here (MUJOCO_GL={backend}: {str(error).splitlines()[0]}); "
+                                "install EGL or OSMesa, or set MUJOCO_GL to a backend that works") from None
+            camera = mujoco.MjvCamera()
+            mujoco.mjv_defaultFreeCamera(model, camera)
+            for key, value in (env.mujoco_renderer.default_cam_config or {}).items():
+                if isinstance(value, np.ndarray):
+                    getattr(camera, key)[:] = value
+                else:
+                    setattr(camera, key, value)
+            if camera.trackbodyid >= 0 and "trackbodyid" in (env.mujoco_renderer.default_cam_config or {}):
+                camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+            self._renderers[simulator] = (renderer, camera)
+        return self._renderers[simulator]
 
     def _prepare(self, actions: np.ndarray) -> np.ndarray:
         """Batch-shaped actions; continuous ones clipped to the action space (learners sample

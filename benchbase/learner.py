@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from benchbase import checkpoint
 from benchbase.comm import Communicator, message_layout
+from benchbase.episodes import run_episodes
 from benchbase.contracts import (
     ConsensusParams, EnvFamily, FinishedEpisode, GossipParams, LearnerSpec, Task, params_of, without_resampling,
 )
@@ -36,7 +37,6 @@ Report = Callable[[tuple], None]
 
 PROGRESS_INTERVAL_S = 0.5
 METRIC_POINTS = 100  # metric rows per learner over a cell (plus the last iteration)
-MAX_EVAL_STEPS = 1_000_000  # guards against an env that never ends an episode
 
 
 @dataclass(frozen=True)
@@ -93,22 +93,8 @@ class Evaluator:
         self.envs = {split: family.make_env(self.params, tasks, self.seed) for split, tasks in splits.items()}
 
     def run(self, act: Callable[[np.ndarray], np.ndarray]) -> dict[str, list[FinishedEpisode]]:
-        results = {}
-        for split, env in self.envs.items():
-            observations = env.reset(seed=self.seed)
-            first: list[FinishedEpisode | None] = [None] * env.num_envs
-            for _ in range(MAX_EVAL_STEPS):
-                step = env.step(act(observations))
-                for episode in step.finished:
-                    if first[episode.simulator] is None:
-                        first[episode.simulator] = episode
-                if all(episode is not None for episode in first):
-                    break
-                observations = step.observations
-            else:
-                raise RuntimeError(f"evaluation on split {split} did not finish within {MAX_EVAL_STEPS} steps")
-            results[split] = first
-        return results
+        """The first episode of every simulator (one simulator per episode) of every split."""
+        return {split: run_episodes(env, act, env.num_envs, self.seed) for split, env in self.envs.items()}
 
     def close(self) -> None:
         for env in self.envs.values():

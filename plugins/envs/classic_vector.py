@@ -129,6 +129,13 @@ class ClassicVectorEnv:
     def close(self) -> None:
         pass
 
+    def render(self, simulator: int) -> np.ndarray:
+        """An (H, W, 3) uint8 picture of `simulator`'s current state (for `bench eval --video`)."""
+        from plugins.envs.classic_render import draw  # Pillow only when someone records
+
+        names = self.dynamics.parameter_names
+        return draw(self.dynamics, simulator, dict(zip(names, self._parameters[:, simulator].tolist())))
+
     # -- checkpoints: every simulator mid-episode, so a resumed run continues exactly ---------------
 
     def state_dict(self) -> dict:
