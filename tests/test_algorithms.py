@@ -30,6 +30,11 @@ from plugins.algorithms.diff_a2c import A2CLearner, A2CParams
 # -- a deterministic fake env -------------------------------------------------------------------
 
 
+def actor_parameters(model):
+    """The actor tower's parameters (its trunk and its head; the critic is separate)."""
+    return [*model.actor_trunk.parameters(), *model.actor_head.parameters()]
+
+
 class FakeVectorEnv:
     """Two simulators; reward 1; terminated after 3 steps; simulator `truncate_env` is cut by a
     time limit at global step `truncate_at` (when that does not coincide with a termination)."""

@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_algorithms import FakeVectorEnv, expected_a2c_loss
+from test_algorithms import FakeVectorEnv, actor_parameters, expected_a2c_loss
 
 import plugins.algorithms.diff_ppo as diff_ppo
 from benchbase.contracts import LearnerSpec
@@ -145,12 +145,12 @@ def test_one_epoch_one_minibatch_follows_the_policy_gradient():
 def test_update_moves_every_tower_and_reports_float_metrics(continuous):
     learner = make_learner(continuous, normalise_observations=True, normalise_rewards=True)
     before = learner.parameters_buffer().clone()
-    actor_before = [p.detach().clone() for p in learner.model.actor.parameters()]
+    actor_before = [p.detach().clone() for p in actor_parameters(learner.model)]
     critic_before = [p.detach().clone() for p in learner.model.critic.parameters()]
     output = learner.iterate()
     assert output.env_steps == 10
     assert not torch.equal(learner.parameters_buffer(), before)
-    assert any(not torch.equal(p, q) for p, q in zip(learner.model.actor.parameters(), actor_before))
+    assert any(not torch.equal(p, q) for p, q in zip(actor_parameters(learner.model), actor_before))
     assert any(not torch.equal(p, q) for p, q in zip(learner.model.critic.parameters(), critic_before))
     if continuous:
         assert learner.model.log_std.grad.abs().sum() > 0

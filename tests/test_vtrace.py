@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_algorithms import FakeVectorEnv
+from test_algorithms import FakeVectorEnv, actor_parameters
 
 from benchbase.contracts import LearnerSpec
 from benchbase.replay import ReplayMix, ReplayParams, Segment, batch_shares
@@ -291,7 +291,7 @@ def test_iterate_updates_every_tower_and_reports_finite_metrics(continuous):
     learner = make_learner(continuous, batch_size=4, mix=mix_of(4, ("queue", queue), ("uniform", uniform)),
                            laser=True)
     before = learner.parameters_buffer().clone()
-    actor_before = [p.detach().clone() for p in learner.model.actor.parameters()]
+    actor_before = [p.detach().clone() for p in actor_parameters(learner.model)]
     critic_before = [p.detach().clone() for p in learner.model.critic.parameters()]
 
     first = learner.iterate()  # two segments stored; uniform needs 4 before it can answer
@@ -302,7 +302,7 @@ def test_iterate_updates_every_tower_and_reports_finite_metrics(continuous):
     output = learner.iterate()
     assert output.metrics["updated"] == 1.0 and output.metrics["updates"] == 1.0
     assert not torch.equal(learner.parameters_buffer(), before)
-    assert any(not torch.equal(p, q) for p, q in zip(learner.model.actor.parameters(), actor_before))
+    assert any(not torch.equal(p, q) for p, q in zip(actor_parameters(learner.model), actor_before))
     assert any(not torch.equal(p, q) for p, q in zip(learner.model.critic.parameters(), critic_before))
     expected = {"loss", "policy_loss", "value_loss", "entropy", "policy_cloning_loss", "value_cloning_loss",
                 "importance_ratio", "clipped_rho_fraction", "clipped_c_fraction", "laser_mask_rate", "grad_norm",
@@ -328,7 +328,7 @@ def test_segments_hold_what_the_behaviour_network_computed():
     for segment in segments:
         assert segment.observations.shape == (5, 3) and segment.features.shape == (4, 8)
         with torch.no_grad():
-            torch.testing.assert_close(segment.features, behaviour.actor[:4](segment.observations[:-1]))
+            torch.testing.assert_close(segment.features, behaviour.features(segment.observations[:-1]))
             torch.testing.assert_close(segment.behaviour_logits, behaviour.actor(segment.observations[:-1]))
             torch.testing.assert_close(segment.behaviour_values, behaviour.value(segment.observations))
     # Fake env: terminated after 3 steps (discount 0 at step 2); simulator 1 is also cut by a time
@@ -436,7 +436,7 @@ def test_background_scorer_is_a_snapshot_taken_before_the_update(monkeypatch):
 
     def recording(scorer):
         obs = torch.zeros(1, 1, 3)
-        scorers.append((scorer, scorer.features(obs).clone(), learner.model.actor[:4](obs).detach().clone()))
+        scorers.append((scorer, scorer.features(obs).clone(), learner.model.features(obs).detach().clone()))
         request(scorer)
 
     learner.preparer.request = recording
@@ -449,7 +449,7 @@ def test_background_scorer_is_a_snapshot_taken_before_the_update(monkeypatch):
     # After the updates the live network moved; the scorer handed out last still answers as before.
     scorer, at_request, _ = scorers[-1]
     obs = torch.zeros(1, 1, 3)
-    assert not torch.equal(learner.model.actor[:4](obs).detach(), at_request)
+    assert not torch.equal(learner.model.features(obs).detach(), at_request)
     torch.testing.assert_close(scorer.features(obs), at_request)
 
 
@@ -458,7 +458,7 @@ def test_recent_feature_is_that_of_the_last_state_seen():
     segments, _ = learner.collect_segments()
     scorer = learner.scorer()
     with torch.no_grad():
-        expected = learner.model.actor[:4](segments[-1].observations[-1])
+        expected = learner.model.features(segments[-1].observations[-1])
     torch.testing.assert_close(scorer.recent_feature(), expected)
     features = scorer.features(torch.stack([s.observations for s in segments]))
     assert features.shape == (2, 5, 8)

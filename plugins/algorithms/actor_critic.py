@@ -1,4 +1,5 @@
-"""Shared pieces of the on-policy actor-critic learners: networks, normalisation, rollouts, returns.
+"""Shared pieces of the on-policy actor-critic learners: normalisation, rollouts, returns (the
+networks are in `networks`).
 
 Algorithms subclass `OnPolicyLearner` and write only their `update` (Stable-Baselines3's shape:
 the base collects, the algorithm learns). Facts follow `reference/algorithms.md`.
@@ -13,57 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import nn
 
 from benchbase.contracts import FinishedEpisode, IterationOutput, LearnerSpec, TaskVectorEnv
 from benchbase.flat import FlatParameters
-
-# -- networks ---------------------------------------------------------------------------------
-
-
-def _linear(in_features: int, out_features: int, gain: float) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def _tower(in_features: int, hidden: int, out_features: int, head_gain: float) -> nn.Sequential:
-    return nn.Sequential(
-        _linear(in_features, hidden, math.sqrt(2)),
-        nn.Tanh(),
-        _linear(hidden, hidden, math.sqrt(2)),
-        nn.Tanh(),
-        _linear(hidden, out_features, head_gain),
-    )
-
-
-class MLPActorCritic(nn.Module):
-    """Separate actor and critic towers (2×hidden, tanh), orthogonal init, zero biases.
-
-    Discrete actions: the actor outputs logits. Continuous: it outputs the Gaussian mean, and a
-    state-independent `log_std` (init 0) is a parameter like any other, so it is mixed too.
-    """
-
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, hidden: int = 64) -> None:
-        super().__init__()
-        obs_dim = int(np.prod(observation_space.shape))
-        self.continuous = isinstance(action_space, spaces.Box)
-        out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
-        self.actor = _tower(obs_dim, hidden, out, head_gain=0.01)
-        self.critic = _tower(obs_dim, hidden, 1, head_gain=1.0)
-        if self.continuous:
-            self.log_std = nn.Parameter(torch.zeros(out))
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs).squeeze(-1)
-
+from plugins.algorithms.networks import ActorCritic, build_model, is_image
 
 class ActionDistribution:
     """Sampling, log-probabilities and entropy for the actor's output, without the overhead of
     `torch.distributions` (acting is the hot loop)."""
 
-    def __init__(self, model: MLPActorCritic) -> None:
+    def __init__(self, model: ActorCritic) -> None:
         self.model = model
 
     def sample(self, actor_out: torch.Tensor) -> torch.Tensor:
@@ -137,7 +97,8 @@ class ObservationNormaliser:
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         if not self.enabled:
             return raw.astype(np.float32, copy=False)
-        return np.clip((raw - self._mean) * self._inv_std, -self.clip, self.clip)
+        # float32 whatever the env gives (Gymnasium's MuJoCo envs give float64)
+        return np.clip((raw - self._mean) * self._inv_std, -self.clip, self.clip).astype(np.float32, copy=False)
 
 
 class RewardScaler:
@@ -235,7 +196,7 @@ class OnPolicyLearner:
         self.gamma = gamma
         # Same torch seed on every learner: every learner starts from the same parameters.
         torch.manual_seed(spec.seed)
-        self.model = MLPActorCritic(self.env.observation_space, self.env.action_space, hidden).to(self.device)
+        self.model = build_model(self.env.observation_space, self.env.action_space, hidden).to(self.device)
         self.flat = FlatParameters(self.model)
         self.distribution = ActionDistribution(self.model)
         # From here on each learner samples its own actions.
@@ -248,7 +209,8 @@ class OnPolicyLearner:
         if self.continuous:
             self._action_low = action_space.low.astype(np.float32)
             self._action_high = action_space.high.astype(np.float32)
-        self.obs_normaliser = ObservationNormaliser(obs_shape, normalise_observations)
+        # Images are scaled to [0, 1] by the network; running statistics per pixel would not help.
+        self.obs_normaliser = ObservationNormaliser(obs_shape, normalise_observations and not is_image(self.env.observation_space))
         self.reward_scaler = RewardScaler(num_envs, gamma, normalise_rewards)
 
         self._reset_seed = spec.seed * 1_000_003 + spec.rank

@@ -52,11 +52,12 @@ class A2CLearner(OnPolicyLearner):
     def update(self, rollout: Rollout) -> dict[str, float]:
         p = self.params
         steps, envs = rollout.rewards.shape
-        observations = torch.from_numpy(rollout.observations.reshape(steps * envs, -1)).to(self.device)
+        observations = torch.from_numpy(rollout.observations.reshape(steps * envs, *rollout.observations.shape[2:]))
+        observations = observations.to(self.device)
         last = torch.from_numpy(rollout.last_observations).to(self.device)
 
-        # One critic pass over the rollout's states and the bootstrap states s_T.
-        values_all = self.model.value(torch.cat([observations, last]))
+        # One pass over the rollout's states and the bootstrap states s_T.
+        actor_out, values_all = self.model.rollout_outputs(observations, last)
         values, bootstrap = values_all[: steps * envs], values_all[steps * envs :].detach().cpu().numpy()
         if p.gae_lambda is None:
             returns = discounted_returns(rollout.rewards, rollout.not_done, bootstrap, p.gamma)
@@ -67,7 +68,7 @@ class A2CLearner(OnPolicyLearner):
         advantages = torch.from_numpy(returns.reshape(-1)).to(self.device) - values
 
         actions = torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])).to(self.device)
-        log_prob, entropy = self.distribution.log_prob_entropy(self.model.actor(observations), actions)
+        log_prob, entropy = self.distribution.log_prob_entropy(actor_out, actions)
 
         value_loss = advantages.pow(2).mean()
         policy_loss = -(advantages.detach() * log_prob).mean()
@@ -92,6 +93,7 @@ class DiffA2C(Algorithm):
     description = "A2C learners combined with their neighbours after every update (Diff-DAC diffusion)"
     Params = A2CParams
     consensus = "diffusion"
+    observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
 
     def make_learner(self, params: A2CParams, spec: LearnerSpec) -> A2CLearner:
         return A2CLearner(params, spec)

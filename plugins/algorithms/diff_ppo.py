@@ -151,14 +151,14 @@ class PPOLearner(OnPolicyLearner):
 
         steps, envs = rollout.rewards.shape
         size = steps * envs
-        observations = torch.from_numpy(rollout.observations.reshape(size, -1)).to(self.device)
+        observations = torch.from_numpy(rollout.observations.reshape(size, *rollout.observations.shape[2:])).to(self.device)
         actions = torch.from_numpy(rollout.actions.reshape(size, *rollout.actions.shape[2:])).to(self.device)
         last = torch.from_numpy(rollout.last_observations).to(self.device)
 
         # The rollout's policy and values, fixed before the first epoch moves the parameters.
         with torch.no_grad():
-            all_values = self.model.value(torch.cat([observations, last]))
-            old_log_prob, _ = self.distribution.log_prob_entropy(self.model.actor(observations), actions)
+            old_actor_out, all_values = self.model.rollout_outputs(observations, last)
+            old_log_prob, _ = self.distribution.log_prob_entropy(old_actor_out, actions)
         old_values = all_values[:size]
         old_values_np = old_values.cpu().numpy().reshape(steps, envs)
         bootstrap = all_values[size:].cpu().numpy()
@@ -173,15 +173,14 @@ class PPOLearner(OnPolicyLearner):
         minibatch_size = min(p.minibatch_size, size)
         for _ in range(p.n_epochs):
             for batch in torch.randperm(size, device=self.device).split(minibatch_size):
-                log_prob, entropy = self.distribution.log_prob_entropy(
-                    self.model.actor(observations[batch]), actions[batch]
-                )
+                actor_out, values = self.model.actor_and_value(observations[batch])
+                log_prob, entropy = self.distribution.log_prob_entropy(actor_out, actions[batch])
                 batch_advantages = advantages[batch]
                 if p.normalise_advantages and len(batch) > 1:
                     batch_advantages = (batch_advantages - batch_advantages.mean()) / (batch_advantages.std() + 1e-8)
                 losses = ppo_losses(
                     log_prob, old_log_prob[batch], batch_advantages,
-                    self.model.value(observations[batch]), old_values[batch], returns[batch], entropy,
+                    values, old_values[batch], returns[batch], entropy,
                     clip_range=clip_range, clip_value_loss=p.clip_value_loss,
                     value_coef=p.value_coef, entropy_coef=p.entropy_coef,
                 )
@@ -210,6 +209,7 @@ class DiffPPO(Algorithm):
     description = "PPO learners combined with their neighbours once per rollout (diffusion)"
     Params = PPOParams
     consensus = "diffusion"
+    observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
 
     def make_learner(self, params: PPOParams, spec: LearnerSpec) -> PPOLearner:
         return PPOLearner(params, spec)

@@ -79,6 +79,7 @@ class Gala(Algorithm):
     description = "A2C learners that gossip with a few peers per update, asynchronously, by push-sum (GALA)"
     Params = GalaParams
     consensus = "gossip"
+    observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
 
     def make_learner(self, params: GalaParams, spec: LearnerSpec) -> GalaLearner:
         return GalaLearner(params, spec)

@@ -73,7 +73,6 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import nn
 
 from benchbase.contracts import Algorithm, ConsensusParams, FinishedEpisode, IterationOutput, LearnerSpec
 from benchbase.flat import FlatParameters
@@ -81,6 +80,7 @@ from benchbase.hookspecs import hookimpl
 from benchbase.params import param
 from benchbase.replay import BatchPreparer, ReplayMix, Segment
 from plugins.algorithms.actor_critic import OnPolicyLearner
+from plugins.algorithms.networks import ActorCritic, is_image
 from plugins.algorithms.vtrace_targets import vtrace_targets
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -224,16 +224,16 @@ def vtrace_losses(
 
 
 class TrunkScorer:
-    """φ′ = the actor's last hidden layer (`actor[:4]`) of a network, and the most recent state."""
+    """φ′ = the actor's last hidden layer (`features`) of a network, and the most recent state."""
 
-    def __init__(self, trunk: nn.Module, recent_observation: torch.Tensor | None = None) -> None:
-        self.trunk = trunk
+    def __init__(self, model: ActorCritic, recent_observation: torch.Tensor | None = None) -> None:
+        self.model = model
         self.recent_observation = recent_observation
 
     @torch.no_grad()
     def features(self, observations: torch.Tensor) -> torch.Tensor:
-        device = next(self.trunk.parameters()).device
-        return self.trunk(observations.to(device)).to(observations.device)
+        device = next(self.model.parameters()).device
+        return self.model.features(observations.to(device)).to(observations.device)
 
     @torch.no_grad()
     def recent_feature(self) -> torch.Tensor:
@@ -278,10 +278,10 @@ class VTraceLearner(OnPolicyLearner):
         self.refreshed_at = 0  # the update count at the last copy
 
         num_envs, steps = self.env.num_envs, params.unroll_length
-        out = self.model.actor[-1].out_features
+        out = self.model.action_outputs
         self._behaviour_out = np.zeros((steps, num_envs, out), dtype=np.float32)
         self._behaviour_values = np.zeros((steps + 1, num_envs), dtype=np.float32)
-        self._features = np.zeros((steps, num_envs, params.hidden), dtype=np.float32)
+        self._features = np.zeros((steps, num_envs, self.model.feature_dim), dtype=np.float32)
         self._recent_observation: torch.Tensor | None = None
 
         self.lock = threading.Lock()
@@ -290,7 +290,7 @@ class VTraceLearner(OnPolicyLearner):
         if params.background_preparation:
             self.preparer = BatchPreparer(self.replay, self.lock)
             # The preparer's scorer: a snapshot of π's trunk, copied in before each request.
-            self._snapshot_trunk = copy.deepcopy(self.model.actor[:4]).requires_grad_(False)
+            self._snapshot_model = copy.deepcopy(self.model).requires_grad_(False)
 
     # -- what the core calls ----------------------------------------------------------------
 
@@ -362,14 +362,14 @@ class VTraceLearner(OnPolicyLearner):
 
     def scorer(self) -> TrunkScorer:
         """The live network's trunk."""
-        return TrunkScorer(self.model.actor[:4], self._recent_observation)
+        return TrunkScorer(self.model, self._recent_observation)
 
     def _snapshot_scorer(self) -> TrunkScorer:
         """The network as it is now, for the preparer (it is read while π changes)."""
         with torch.no_grad():
-            for target, source in zip(self._snapshot_trunk.parameters(), self.model.actor[:4].parameters()):
+            for target, source in zip(self._snapshot_model.parameters(), self.model.parameters()):
                 target.copy_(source)
-        return TrunkScorer(self._snapshot_trunk, self._recent_observation)
+        return TrunkScorer(self._snapshot_model, self._recent_observation)
 
     # -- collection -------------------------------------------------------------------------------
 
@@ -402,8 +402,8 @@ class VTraceLearner(OnPolicyLearner):
     def act(self, t: int, observations: torch.Tensor) -> np.ndarray:
         """μ acts, and what it computed is kept for the segments: features, outputs, values."""
         behaviour = self.behaviour
-        features = behaviour.actor[:4](observations)
-        actor_out = behaviour.actor[4](features)
+        features = behaviour.features(observations)
+        actor_out = behaviour.policy_head(features)
         self._features[t] = features.cpu().numpy()
         self._behaviour_out[t] = actor_out.cpu().numpy()
         self._behaviour_values[t] = self.critic_values(observations)
@@ -425,8 +425,7 @@ class VTraceLearner(OnPolicyLearner):
             torch.stack([s.behaviour_log_std for s in segments]).to(device) if self.continuous else None
         )  # [B, A]: each segment's own μ
 
-        actor_out = self.model.actor(observations[:-1])
-        values = self.model.value(observations)
+        actor_out, values = self.model.sequence_outputs(observations)
         losses = vtrace_losses(
             actor_out, self.model.log_std if self.continuous else None, values,
             stack("actions"), stack("rewards"), stack("discounts"),
@@ -462,6 +461,7 @@ class VTrace(Algorithm):
     Params = VTraceParams
     consensus = "diffusion"
     uses_replay = True
+    observation_kinds = frozenset({"vector", "image"})
 
     def make_learner(self, params: VTraceParams, spec: LearnerSpec) -> VTraceLearner:
         return VTraceLearner(params, spec)
@@ -472,7 +472,8 @@ class VTrace(Algorithm):
         continuous = isinstance(action_space, spaces.Box)
         outputs = int(np.prod(action_space.shape)) if continuous else int(action_space.n)
         # observations, rewards and discounts, behaviour logits (or means), values, features
-        floats = (steps + 1) * obs + 2 * steps + steps * outputs + (steps + 1) + steps * params.hidden
+        features = 512 if is_image(observation_space) else params.hidden  # the Nature CNN's width is fixed
+        floats = (steps + 1) * obs + 2 * steps + steps * outputs + (steps + 1) + steps * features
         if continuous:
             floats += steps * outputs + outputs  # actions and the behaviour log-std
         return 4 * floats + (0 if continuous else 8 * steps)
