@@ -99,7 +99,7 @@ class FinishedEpisode:
 
 class StepResult(NamedTuple):
     observations: np.ndarray  # next observations; simulators whose episode ended are already reset
-    rewards: np.ndarray  # float32 [P], raw
+    rewards: np.ndarray  # float32 [P]: what the learner trains on (raw, or shaped by the family: Atari clips)
     terminated: np.ndarray  # bool [P]: a terminal state (no bootstrap)
     truncated: np.ndarray  # bool [P]: cut by a time limit (bootstrap from final_observations)
     final_observations: np.ndarray | None  # [P, ...]; rows valid where terminated | truncated

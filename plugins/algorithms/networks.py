@@ -129,7 +129,10 @@ class NatureCNNActorCritic(ActorCritic):
         self._init_log_std()
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.trunk(obs.float() / 255.0)
+        """φ for frames of any leading shape ([B, C, H, W], replay's [S, T, C, H, W], …)."""
+        leading = obs.shape[:-3]
+        features = self.trunk(obs.reshape(-1, *obs.shape[-3:]).float() / 255.0)
+        return features.reshape(*leading, self.feature_dim)
 
     def policy_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.actor_head(features)
