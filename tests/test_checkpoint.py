@@ -1,16 +1,23 @@
 """Checkpoint files: atomic, verified, plain data only, refused by another cell, and a bad newest
-checkpoint falls back to the previous good one."""
+checkpoint falls back to the previous good one; what they carry restores simulators and learners
+bit for bit."""
 
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from benchbase import checkpoint
 from benchbase.checkpoint import CheckpointError
+from benchbase.contracts import LearnerSpec, params_of
+from benchbase.plugins import load_registry
+from benchbase.resume import StopSignal, resume_point
 
 CONFIG = {"algorithm": "diff-a2c", "seed": 0, "env_steps": 1000}
 
@@ -85,3 +92,82 @@ def test_loading_never_unpickles_arbitrary_objects(tmp_path: Path):
     path.with_suffix(".json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="cannot be loaded as plain data"):
         checkpoint.load(path, CONFIG)
+
+
+# -- what a checkpoint carries: simulators, learners, the stop agreement --------------------------
+
+def _trajectory(env, steps: int, seed: int = 5) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        actions = rng.uniform(-2, 2, (env.num_envs, 1)) if env.action_space.shape else rng.integers(0, 2, env.num_envs)
+        result = env.step(actions)
+        out.append((result.observations.copy(), result.rewards.copy(), result.terminated.copy(),
+                    [(e.simulator, e.episode_return, e.task.task_id, dict(e.task.parameters)) for e in result.finished]))
+    return out
+
+
+@pytest.mark.parametrize("family_name,overrides", [("random-cartpole", {"resample": True}), ("random-pendulum", {})])
+def test_a_classic_env_saved_mid_episode_continues_exactly(family_name: str, overrides: dict):
+    registry = load_registry(only={"plugins.envs.classic_control"})
+    family = registry.get("env", family_name)
+    params = params_of(family, overrides)
+    tasks = family.training_tasks(params, 4, seed=1)
+    original = family.make_env(params, tasks, seed=3)
+    original.reset(seed=3)
+    _trajectory(original, 150)  # episodes in flight, resampled tasks, streaks
+    saved = checkpoint.from_plain(checkpoint.to_plain(original.state_dict()))
+    expected = _trajectory(original, 300)
+    restored = family.make_env(params, tasks, seed=99)  # built differently, then loaded
+    restored.load_state_dict(saved)
+    for ours, theirs in zip(_trajectory(restored, 300), expected):
+        assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
+        assert np.array_equal(ours[2], theirs[2]) and ours[3] == theirs[3]
+
+
+@pytest.mark.parametrize("name", ["diff-a2c", "diff-ppo", "gala-a2c"])
+def test_a_learner_restored_from_its_state_continues_bit_for_bit(tmp_path: Path, name: str):
+    torch.set_num_threads(1)
+    registry = load_registry(only={"plugins.algorithms.diff_a2c", "plugins.algorithms.diff_ppo",
+                                   "plugins.algorithms.gala", "plugins.envs.classic_control"})
+    algorithm, family = registry.get("algorithm", name), registry.get("env", "random-pendulum")
+    env_params = params_of(family)
+    overrides = {"n_steps": 8, "n_epochs": 2, "minibatch_size": 16} if name == "diff-ppo" else {"lr_decay": True} if name == "gala-a2c" else {}
+
+    def make():
+        env = family.make_env(env_params, family.training_tasks(env_params, 2, 0), seed=0)
+        return algorithm.make_learner(params_of(algorithm, overrides), LearnerSpec(env, 0, 1, 0, torch.device("cpu"),
+                                                                                 env_steps_budget=4000))
+
+    learner = make()
+    for _ in range(5):
+        learner.iterate()
+    path = checkpoint.save(tmp_path, {"learner": learner.state_dict()}, env_steps=5, cell_config=CONFIG)
+    for _ in range(5):
+        learner.iterate()
+    expected = learner.parameters_buffer().clone()
+
+    restored = make()
+    restored.load_state_dict(checkpoint.load(path, CONFIG).state["learner"])
+    for _ in range(5):
+        restored.iterate()
+    assert torch.equal(restored.parameters_buffer(), expected)
+
+
+def test_the_first_learner_to_stop_sets_the_iteration_everyone_stops_at():
+    store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=10))
+    stop = StopSignal(signals=())
+    # Synchronous learners (4 of them) may be up to 3 iterations apart: stop N past the first one.
+    assert stop.stop_iteration(17, 4, store, lockstep=True) == 21
+    assert stop.stop_iteration(19, 4, store, lockstep=True) == 21
+    assert stop.stop_iteration(19, 4, None, lockstep=False) == 19  # alone: stop where it is
+
+
+def test_a_learner_alone_resumes_from_its_newest_good_checkpoint(tmp_path: Path):
+    for steps in (100, 200):
+        checkpoint.save(tmp_path, state(steps), env_steps=steps, cell_config=CONFIG)
+    assert resume_point(tmp_path, CONFIG, lockstep=False, world=1) == (tmp_path / "step-000000000200.pt", [])
+    (tmp_path / "step-000000000200.pt").write_bytes(b"garbage")
+    found, notes = resume_point(tmp_path, CONFIG, lockstep=False, world=1)
+    assert found == tmp_path / "step-000000000100.pt" and "truncated" in notes[0]
+    assert resume_point(tmp_path, {**CONFIG, "seed": 9}, lockstep=False, world=1)[0] is None

@@ -281,6 +281,10 @@ class PythonAtariVectorEnv(AtariTaskVectorEnv):
 
     def close(self) -> None:
         self._ales = [None] * self.num_envs
+
+    def render(self, simulator: int) -> np.ndarray:
+        """The emulator's colour screen of `simulator` (for `bench eval --video`)."""
+        return np.asarray(self._ales[simulator].getScreenRGB(), dtype=np.uint8)
         self._loaded = [None] * self.num_envs
 
     def _restart(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Task]]:
