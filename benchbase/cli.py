@@ -105,6 +105,11 @@ def run(
         None, "--checkpoint-every",
         help="Cell env steps between checkpoints (default: every 10% of the budget; 0: only the final one).",
     ),
+    checkpoint_replay: bool = typer.Option(
+        False, "--checkpoint-replay",
+        help="Off-policy algorithms: checkpoints also hold the replay buffers' contents (each as large as the "
+        "'replay memory' printed before the run), so a resumed learner does not start with empty buffers.",
+    ),
     init_from: Optional[str] = typer.Option(
         None, "--init-from",
         help="Start every cell's learners from these checkpoints: a cell's checkpoint folder (learner r from its "
@@ -174,6 +179,7 @@ def run(
     settings = ExecutionSettings(
         device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
         plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
+        checkpoint_replay=checkpoint_replay,
     )
     code = run_grid(spec, plan.cells, out, registry, console=console, settings=settings)
     console.print(f"results: {out}")

@@ -51,6 +51,8 @@ class ExecutionSettings:
     plugins_extra: tuple[str, ...] = ()
     #: Cell env steps between checkpoints; None = every 10% of the budget, 0 = only at the end.
     checkpoint_every: int | None = None
+    #: Off-policy learners: also checkpoint the replay buffers' contents (as large as the buffers).
+    checkpoint_replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         )
         loop = _resume(learner, comm, keeper, lockstep, world, report, cell_id, rank)
         evaluator = Evaluator(family, env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
-        context = _LoopContext(cell, launch, learner, comm, evaluator, staleness, report, keeper, stop, store, lockstep)
+        context = _LoopContext(cell, launch, learner, comm, evaluator, staleness, report, keeper, stop, store, lockstep,
+                               settings.checkpoint_replay and algorithm.uses_replay)
         summary, tables = _train(context, loop)
         summary["transport"] = comm.transport
         if summary["stopped"]:  # checkpointed; no result files for an unfinished cell
@@ -165,7 +168,7 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         comm.close(learner.parameters_buffer())
         if keeper.enabled:  # the final model (bench eval, --init-from); resuming from it only writes the rows
             loop.rows = {name: buffer.copy_columns() for name, buffer in tables.items()}
-            keeper.save(_checkpoint_state(learner, comm, loop), summary["env_steps"], wait=True, keep=1)
+            keeper.save(_checkpoint_state(learner, comm, loop, False), summary["env_steps"], wait=True, keep=1)
         # Asynchronous runs: learner 0 received every learner's snapshots and records the spread.
         _add_consensus_rows(tables["metrics"], comm.consensus_snapshots())
         folder = RunFolder(launch.out_dir)
@@ -182,8 +185,9 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _checkpoint_state(learner: Any, comm: Communicator, loop: LoopState) -> dict[str, Any]:
-    return {"learner": learner.state_dict(), "comm": comm.state_dict(), "loop": loop.to_dict()}
+def _checkpoint_state(learner: Any, comm: Communicator, loop: LoopState, replay: bool) -> dict[str, Any]:
+    learner_state = learner.state_dict(replay=True) if replay else learner.state_dict()
+    return {"learner": learner_state, "comm": comm.state_dict(), "loop": loop.to_dict()}
 
 
 def _resume(learner: Any, comm: Communicator, keeper: CheckpointKeeper, lockstep: bool, world: int,
@@ -274,6 +278,7 @@ class _LoopContext:
     stop: StopSignal
     store: Any
     lockstep: bool
+    checkpoint_replay: bool
 
 
 def _train(context: _LoopContext, state: LoopState) -> tuple[dict[str, Any], dict[str, RowBuffer]]:
@@ -374,7 +379,7 @@ def _train(context: _LoopContext, state: LoopState) -> tuple[dict[str, Any], dic
             state.recent_returns = list(recent_returns)
             state.wall_s = time.perf_counter() - loop_start
             state.rows = {name: buffer.copy_columns() for name, buffer in tables.items()}
-            snapshot = _checkpoint_state(learner, comm, state)
+            snapshot = _checkpoint_state(learner, comm, state, context.checkpoint_replay)
             keeper.copy_s += time.perf_counter() - started
             keeper.save(snapshot, local_steps, wait=stopping)  # written on a thread unless stopping
         if stopping:

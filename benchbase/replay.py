@@ -44,6 +44,14 @@ class Segment:
     def nbytes(self) -> int:
         return sum(getattr(self, f.name).nbytes for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a checkpoint (tensors are shared, not copied: segments never change)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Segment:
+        return cls(**values)
+
 
 class Scorer(Protocol):
     """What similarity-based strategies need from the learner's current network."""
@@ -153,6 +161,16 @@ class ReplayMix:
             for key, value in buffer.statistics().items():
                 stats[f"replay_{part.name}_{key}"] = float(value)
         return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every buffer's contents (`bench run --checkpoint-replay`); a buffer that cannot save
+        itself is stored as None and starts empty on resume."""
+        return {"buffers": [buffer.state_dict() if hasattr(buffer, "state_dict") else None for buffer in self.buffers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for buffer, saved in zip(self.buffers, state["buffers"]):
+            if saved is not None:
+                buffer.load_state_dict(saved)
 
 
 class BatchPreparer:

@@ -171,3 +171,36 @@ def test_a_learner_alone_resumes_from_its_newest_good_checkpoint(tmp_path: Path)
     found, notes = resume_point(tmp_path, CONFIG, lockstep=False, world=1)
     assert found == tmp_path / "step-000000000100.pt" and "truncated" in notes[0]
     assert resume_point(tmp_path, {**CONFIG, "seed": 9}, lockstep=False, world=1)[0] is None
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "elite"])
+def test_vtrace_with_its_replay_contents_continues_bit_for_bit(tmp_path: Path, strategy: str):
+    from benchbase.replay import ReplayMix, batch_shares
+
+    torch.set_num_threads(1)
+    registry = load_registry(only={"plugins.algorithms.vtrace", "plugins.replay.uniform", "plugins.replay.elite",
+                                   "plugins.envs.classic_control"})
+    algorithm, family = registry.get("algorithm", "vtrace"), registry.get("env", "random-cartpole")
+    env_params = params_of(family)
+    params = params_of(algorithm, {"batch_size": 4, "unroll_length": 5, "background_preparation": False})
+    replay_plugin = registry.get("replay", strategy)
+    replay_params = params_of(replay_plugin, {"capacity": 12})
+
+    def make():
+        env = family.make_env(env_params, family.training_tasks(env_params, 2, 0), seed=0)
+        mix = ReplayMix(batch_shares([(strategy, replay_params)], 4), [replay_plugin.make_buffer(replay_params, 7)])
+        return algorithm.make_learner(params, LearnerSpec(env, 0, 1, 0, torch.device("cpu"), replay=mix,
+                                                          env_steps_budget=2000))
+
+    learner = make()
+    for _ in range(6):
+        learner.iterate()
+    path = checkpoint.save(tmp_path, {"learner": learner.state_dict(replay=True)}, env_steps=6, cell_config=CONFIG)
+    for _ in range(6):
+        learner.iterate()
+    restored = make()
+    restored.load_state_dict(checkpoint.load(path, CONFIG).state["learner"])
+    assert len(restored.replay.buffers[0]) == 12  # full again, not refilling from empty
+    for _ in range(6):
+        restored.iterate()
+    assert torch.equal(restored.parameters_buffer(), learner.parameters_buffer())

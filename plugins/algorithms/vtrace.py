@@ -330,13 +330,20 @@ class VTraceLearner(OnPolicyLearner):
         metrics.update(statistics)
         return IterationOutput(env_steps=self.params.unroll_length * self.env.num_envs, finished=finished, metrics=metrics)
 
-    def state_dict(self) -> dict:
-        """The base's state and μ. The replay buffers are not saved: a resumed learner refills them."""
-        return {**super().state_dict(), "behaviour": self.behaviour_flat.data.detach().to("cpu", copy=True)}
+    def state_dict(self, replay: bool = False) -> dict:
+        """The base's state and μ; the replay buffers' contents only when asked (they can be large:
+        without them a resumed learner refills its buffers)."""
+        state = {**super().state_dict(), "behaviour": self.behaviour_flat.data.detach().to("cpu", copy=True)}
+        if replay:
+            with self.lock:  # not while the preparer draws a batch
+                state["replay"] = self.replay.state_dict()
+        return state
 
     def load_state_dict(self, state: dict, *, mode: str = "resume") -> None:
         super().load_state_dict(state, mode=mode)
         self.behaviour_flat.data.copy_(state["behaviour"] if mode == "resume" else self.flat.data)
+        if mode == "resume" and "replay" in state:
+            self.replay.load_state_dict(state["replay"])
 
     def close(self) -> None:
         if self.preparer is not None:

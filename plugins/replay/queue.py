@@ -50,6 +50,13 @@ class QueueBuffer:
         self._sampled += count
         return taken
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"items": [segment.to_dict() for segment in self._items], "dropped": self._dropped, "sampled": self._sampled}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._items = deque(Segment.from_dict(values) for values in state["items"])
+        self._dropped, self._sampled = int(state["dropped"]), int(state["sampled"])
+
     def statistics(self) -> dict[str, float]:
         """Since the last call: segments sampled, their mean usage (always 1: each is used once),
         segments dropped unused because the queue was full; and how many are stored now."""

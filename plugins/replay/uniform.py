@@ -82,6 +82,24 @@ class RingBuffer:
         self.inserted[slot] = self._added
         self._added += 1
 
+    #: Counters a checkpoint carries besides the slots (subclasses add theirs).
+    checkpoint_attributes: tuple[str, ...] = ("size", "_added", "_sampled", "_usage_sum")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "slots": [None if segment is None else segment.to_dict() for segment in self.slots],
+            "usage": self.usage.copy(), "inserted": self.inserted.copy(), "rng": self.rng.bit_generator.state,
+            "attributes": {name: getattr(self, name) for name in self.checkpoint_attributes},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.slots = [None if values is None else Segment.from_dict(values) for values in state["slots"]]
+        self.usage[...] = state["usage"]
+        self.inserted[...] = state["inserted"]
+        self.rng.bit_generator.state = state["rng"]
+        for name, value in state["attributes"].items():
+            setattr(self, name, value)
+
     def _victim(self) -> int:
         """The slot a new segment overwrites in a full buffer: the oldest (a ring)."""
         return self._added % self.capacity
