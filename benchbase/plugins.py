@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.algorithms.vtrace",
     "plugins.topologies.builtin",
     "plugins.envs.classic_control",
+    "plugins.envs.mujoco",
     "plugins.envs.atari",
     "plugins.envs.gymnasium_ids",
     "plugins.replay.none",
