@@ -93,49 +93,18 @@ class GymnasiumTaskVectorEnv:
 
     def render(self, simulator: int) -> np.ndarray:
         """An (H, W, 3) uint8 picture of `simulator`'s current state: ALE envs from the emulator's
-        screen, MuJoCo envs through an offscreen `mujoco.Renderer` (set MUJOCO_GL=egl or osmesa
-        on a machine without a display). The envs need no `render_mode` for either."""
+        screen, MuJoCo envs through an offscreen renderer (`mujoco_frame`). The envs need no
+        `render_mode` for either."""
         from benchbase.errors import UserError
 
         env = self._vector.envs[simulator].unwrapped
         if hasattr(env, "ale"):
             return np.asarray(env.ale.getScreenRGB(), dtype=np.uint8)
         if hasattr(env, "model") and hasattr(env, "data") and hasattr(env, "mujoco_renderer"):
-            renderer, camera = self._mujoco_renderer(simulator, env)
-            renderer.update_scene(env.data, camera=camera)
-            return renderer.render()
+            self._renderers = getattr(self, "_renderers", {})
+            return mujoco_frame(self._renderers, simulator, env)
         raise UserError(f"{env.spec.id if env.spec else type(env).__name__} cannot render here "
                         "(benchbase draws ALE and MuJoCo Gymnasium envs only)")
-
-    def _mujoco_renderer(self, simulator: int, env: gym.Env) -> tuple:
-        """One offscreen renderer per simulator, with the env's default camera (Gymnasium's
-        `default_camera_config`, following the tracked body when it names one)."""
-        self._renderers = getattr(self, "_renderers", {})
-        if simulator not in self._renderers:
-            import mujoco
-
-            from benchbase.errors import UserError
-
-            model = env.model
-            width = min(int(getattr(env, "width", 480)), model.vis.global_.offwidth)
-            height = min(int(getattr(env, "height", 480)), model.vis.global_.offheight)
-            try:
-                renderer = mujoco.Renderer(model, height=height, width=width)
-            except Exception as error:  # noqa: BLE001 - no OpenGL context of any kind
-                backend = os.environ.get("MUJOCO_GL", "unset")
-                raise UserError(f"MuJoCo cannot render here (MUJOCO_GL={backend}: {str(error).splitlines()[0]}); "
-                                "install EGL or OSMesa, or set MUJOCO_GL to a backend that works") from None
-            camera = mujoco.MjvCamera()
-            mujoco.mjv_defaultFreeCamera(model, camera)
-            for key, value in (env.mujoco_renderer.default_cam_config or {}).items():
-                if isinstance(value, np.ndarray):
-                    getattr(camera, key)[:] = value
-                else:
-                    setattr(camera, key, value)
-            if camera.trackbodyid >= 0 and "trackbodyid" in (env.mujoco_renderer.default_cam_config or {}):
-                camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
-            self._renderers[simulator] = (renderer, camera)
-        return self._renderers[simulator]
 
     def _prepare(self, actions: np.ndarray) -> np.ndarray:
         """Batch-shaped actions; continuous ones clipped to the action space (learners sample
@@ -148,3 +117,38 @@ class GymnasiumTaskVectorEnv:
         if isinstance(space, spaces.Discrete):
             return actions.reshape(self.num_envs).astype(np.int64, copy=False)
         return actions
+
+
+def mujoco_frame(renderers: dict, simulator: int, env: gym.Env) -> np.ndarray:
+    """A frame of a Gymnasium MuJoCo env's current state from an offscreen `mujoco.Renderer`,
+    one per simulator (kept in `renderers`), with the env's default camera (Gymnasium's
+    `default_camera_config`, following the tracked body when it names one). A machine without a
+    display needs MUJOCO_GL=egl or osmesa."""
+    if simulator not in renderers:
+        import mujoco
+
+        from benchbase.errors import UserError
+
+        model = env.model
+        width = min(int(getattr(env, "width", 480)), model.vis.global_.offwidth)
+        height = min(int(getattr(env, "height", 480)), model.vis.global_.offheight)
+        try:
+            renderer = mujoco.Renderer(model, height=height, width=width)
+        except Exception as error:  # noqa: BLE001 - no OpenGL context of any kind
+            backend = os.environ.get("MUJOCO_GL", "unset")
+            raise UserError(f"MuJoCo cannot render here (MUJOCO_GL={backend}: {str(error).splitlines()[0]}); "
+                            "install EGL or OSMesa, or set MUJOCO_GL to a backend that works") from None
+        camera = mujoco.MjvCamera()
+        mujoco.mjv_defaultFreeCamera(model, camera)
+        config = env.mujoco_renderer.default_cam_config or {}
+        for key, value in config.items():
+            if isinstance(value, np.ndarray):
+                getattr(camera, key)[:] = value
+            else:
+                setattr(camera, key, value)
+        if camera.trackbodyid >= 0 and "trackbodyid" in config:
+            camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+        renderers[simulator] = (renderer, camera)
+    renderer, camera = renderers[simulator]
+    renderer.update_scene(env.data, camera=camera)
+    return renderer.render()

@@ -45,12 +45,15 @@ def prepare_rendering() -> str | None:
 
 
 def can_render(env: Any, family: str) -> None:
-    """A UserError unless `env` has a `render` method that gives a frame now (call after reset)."""
+    """A UserError unless `env` has a `render` method (its frames are checked as they come: some
+    envs only have a screen once reset)."""
     if not callable(getattr(env, "render", None)):
         raise UserError(f"env family {family} cannot render: its vector env ({type(env).__name__}) has no render method")
-    frame = env.render(0)
+
+
+def check_frame(frame: Any) -> None:
     if not (isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8):
-        raise UserError(f"env family {family} cannot render: render(0) gave no (H, W, 3) uint8 image")
+        raise UserError("this env cannot render: its render(0) gave no (H, W, 3) uint8 image")
 
 
 @functools.lru_cache(maxsize=4)
@@ -90,6 +93,8 @@ class VideoWriter:
         self._size: tuple[int, int] | None = None  # (width, height) of the first frame
 
     def add(self, frame: np.ndarray, caption: str = "") -> None:
+        if not self.frames:
+            check_frame(frame)
         frame = self._fit(frame)
         if caption:
             frame = _caption(frame, caption)
