@@ -31,7 +31,7 @@ from benchbase.params import param
 class Segment:
     """One simulator's T steps. Observations are as the policy saw them (normalised)."""
 
-    observations: torch.Tensor  # [T+1, *obs]: x_0 … x_T (x_T bootstraps)
+    observations: torch.Tensor  # [T+1, *obs]: x_0 … x_T (x_T bootstraps); frames as uint8
     actions: torch.Tensor  # [T] int64, or [T, act_dim] float32
     rewards: torch.Tensor  # [T] float32 (scaled for training; a time-limit bootstrap included)
     discounts: torch.Tensor  # [T] float32: γ, or 0 where the episode terminated at t

@@ -282,6 +282,7 @@ class VTraceLearner(OnPolicyLearner):
         self._behaviour_out = np.zeros((steps, num_envs, out), dtype=np.float32)
         self._behaviour_values = np.zeros((steps + 1, num_envs), dtype=np.float32)
         self._features = np.zeros((steps, num_envs, self.model.feature_dim), dtype=np.float32)
+        self._frames = is_image(self.env.observation_space)
         self._recent_observation: torch.Tensor | None = None
 
         self.lock = threading.Lock()
@@ -388,6 +389,8 @@ class VTraceLearner(OnPolicyLearner):
             self._behaviour_values[steps] = self.critic_values(torch.from_numpy(last).to(self.device))
         discounts = (self.gamma * (~self._ended)).astype(np.float32)
         observations = np.concatenate([self._observations, last[None]])  # [T+1, P, *obs]
+        if self._frames:  # frames stay uint8 in replay: a quarter of the memory (the CNN scales them)
+            observations = observations.astype(np.uint8)
         log_std = self.behaviour.log_std.detach().clone() if self.continuous else None
 
         segments = []
@@ -474,16 +477,18 @@ class VTrace(Algorithm):
         return VTraceLearner(params, spec)
 
     def segment_bytes(self, params: VTraceParams, observation_space, action_space) -> int:
-        """One stored segment: float32 everywhere except discrete actions (int64)."""
+        """One stored segment: float32 everywhere except frames (uint8) and discrete actions (int64)."""
         steps, obs = params.unroll_length, int(np.prod(observation_space.shape))
         continuous = isinstance(action_space, spaces.Box)
         outputs = int(np.prod(action_space.shape)) if continuous else int(action_space.n)
         # observations, rewards and discounts, behaviour logits (or means), values, features
-        features = 512 if is_image(observation_space) else params.hidden  # the Nature CNN's width is fixed
-        floats = (steps + 1) * obs + 2 * steps + steps * outputs + (steps + 1) + steps * features
+        frames = is_image(observation_space)
+        features = 512 if frames else params.hidden  # the Nature CNN's width is fixed
+        floats = 2 * steps + steps * outputs + (steps + 1) + steps * features
+        observation_bytes = (steps + 1) * obs * (1 if frames else 4)  # frames are stored as uint8
         if continuous:
             floats += steps * outputs + outputs  # actions and the behaviour log-std
-        return 4 * floats + (0 if continuous else 8 * steps)
+        return observation_bytes + 4 * floats + (0 if continuous else 8 * steps)
 
 
 @hookimpl
