@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -101,6 +102,28 @@ def run(
         "auto", "--transport",
         help="Parameter exchange: shm (shared memory, learners on one host), p2p (gloo messages), or auto (shm when possible).",
     ),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j",
+        help="Run up to K cells at once, each on cores (and GPUs) of its own: a cell starts only when enough are free.",
+    ),
+    cell: list[str] = typer.Option(
+        [], "--cell", help="Run only this cell (id) of the grid already in --out (no axes needed); repeatable.",
+    ),
+    launcher: str = typer.Option(
+        "local", "--launcher",
+        help="local (this machine runs the learners) or torchrun (prepare --out and print a torchrun command per cell).",
+    ),
+    execute: bool = typer.Option(
+        False, "--execute",
+        help="With --launcher torchrun: run the commands here, one after another (with --nnodes > 1, on every node).",
+    ),
+    nnodes: int = typer.Option(1, "--nnodes", help="With --launcher torchrun: machines sharing each cell's learners."),
+    rdzv_endpoint: Optional[str] = typer.Option(
+        None, "--rdzv-endpoint", help="With --launcher torchrun and --nnodes > 1: HOST:PORT of the node hosting the rendezvous.",
+    ),
+    rdzv_timeout: int = typer.Option(
+        120, "--rdzv-timeout", help="With --launcher torchrun: seconds to wait for the other nodes (and the rendezvous host).",
+    ),
     checkpoint_every: Optional[int] = typer.Option(
         None, "--checkpoint-every",
         help="Cell env steps between checkpoints (default: every 10% of the budget; 0: only the final one).",
@@ -123,6 +146,8 @@ def run(
         raise UserError(f"--transport {transport!r}: choose auto, shm or p2p")
     if device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device {device!r}: choose cpu, cuda or auto")
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: give the number of cells to run at once, at least 1")
     if checkpoint_every is not None and checkpoint_every < 0:
         raise UserError(f"--checkpoint-every {checkpoint_every}: give a number of env steps ≥ 0 (0: only the final checkpoint)")
     if device == "cuda":
@@ -130,12 +155,22 @@ def run(
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available here (use cpu or auto)")
+    if launcher not in ("local", "torchrun"):
+        raise UserError(f"--launcher {launcher!r}: choose local or torchrun")
+    if nnodes < 1:
+        raise UserError(f"--nnodes {nnodes}: give at least 1")
     registry = _registry()
-    if not dry_run:
+    from benchbase.launch.torchrun import under_torchrun
+
+    worker = under_torchrun()
+    if not dry_run and not worker and launcher == "local":
         from benchbase.launch.local import warm_up
 
         warm_up()  # the forkserver imports torch while the grid is validated
     axes_given = any([algorithm, topology, env, replay, grid])
+    if cell:
+        return _run_cells_of_folder(cell, out, axes_given, registry, worker, device, comm_timeout, transport,
+                                    checkpoint_every, checkpoint_replay, jobs)
     file_values = grid_module.load_grid_file(grid) if grid else ({} if axes_given else grid_module.default_grid())
     cli_values = {
         "algorithms": [grid_module.parse_axis_entry(a, "--algorithm") for a in algorithm],
@@ -175,13 +210,20 @@ def run(
     from benchbase.learner import ExecutionSettings
     from benchbase.runner import run_grid
 
-    console.print(f"benchbase: {len(plan.cells)} cells → {out}")
     settings = ExecutionSettings(
         device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
         plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
         checkpoint_replay=checkpoint_replay,
     )
-    code = run_grid(spec, plan.cells, out, registry, console=console, settings=settings)
+    if worker:
+        from benchbase.launch.torchrun import run_as_worker
+
+        raise typer.Exit(run_as_worker(spec, plan.cells, out, registry, console, settings))
+    if launcher == "torchrun":
+        raise typer.Exit(_torchrun_commands(spec, plan.cells, out, registry, console, nnodes, rdzv_endpoint,
+                                            rdzv_timeout, execute))
+    console.print(f"benchbase: {len(plan.cells)} cells → {out}")
+    code = run_grid(spec, plan.cells, out, registry, console=console, settings=settings, jobs=jobs)
     console.print(f"results: {out}")
     raise typer.Exit(code)
 
@@ -285,6 +327,64 @@ def eval_(
     if outcome.video is not None:
         console.print(f"video: {outcome.video} ({outcome.video_frames:,} frames)", highlight=False)
     console.print(f"results: {outcome.out / 'evaluations.parquet'}", highlight=False)
+
+
+def _run_cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, worker: bool,
+                         device: str, comm_timeout: float, transport: str, checkpoint_every: Optional[int],
+                         checkpoint_replay: bool, jobs: int) -> None:
+    """`bench run --out OUT --cell ID…`: cells of the grid already in OUT, locally or as torchrun workers."""
+    from benchbase.errors import unknown_name
+    from benchbase.learner import ExecutionSettings
+    from benchbase.runner import cells_of_run, run_grid
+
+    if axes_given:
+        raise UserError("--cell runs cells of the grid already in --out: give no axes or --grid with it")
+    if out is None:
+        raise UserError("--cell needs --out: the run folder that holds the grid")
+    cells = cells_of_run(out)
+    known = {cell.cell_id for cell in cells}
+    for cell_id in cell_ids:
+        if cell_id not in known:
+            raise unknown_name(f"cell of {out}", cell_id, sorted(known))
+    settings = ExecutionSettings(
+        device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
+        plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
+        checkpoint_replay=checkpoint_replay,
+    )
+    console = _console()
+    if worker:
+        from benchbase.launch.torchrun import run_as_worker
+
+        chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
+        raise typer.Exit(run_as_worker(None, chosen, out, registry, console, settings))
+    code = run_grid(None, cells, out, registry, console=console, settings=settings, jobs=jobs, only=set(cell_ids))
+    console.print(f"results: {out}")
+    raise typer.Exit(code)
+
+
+def _torchrun_commands(spec, cells: list, out: Path, registry, console: Console, nnodes: int,
+                       rdzv_endpoint: Optional[str], rdzv_timeout: int, execute: bool) -> int:
+    """`bench run --launcher torchrun`: prepare OUT and print (or run) one torchrun command per cell."""
+    from benchbase.launch.torchrun import Rendezvous, check_endpoint, commands
+    from benchbase.launch.torchrun import execute as execute_commands
+    from benchbase.runner import prepare_run
+
+    rendezvous = Rendezvous(nnodes=nnodes, endpoint=rdzv_endpoint, join_timeout_s=rdzv_timeout)
+    if execute:
+        check_endpoint(rendezvous)
+    _, rows, _ = prepare_run(spec, cells, out, registry)
+    pending = [cell for cell in cells if rows[cell.cell_id]["status"] != "completed"]
+    selection = [f"--plugins={','.join(_selection['only'])}"] if _selection["only"] else []
+    selection += [f"--block-plugins={','.join(_selection['blocked'])}"] if _selection["blocked"] else []
+    found = commands(pending, out, rendezvous, selection)
+    if not execute:
+        where = "on each of the nodes" if nnodes > 1 else "here or on a GPU node"
+        console.print(f"{len(found)} cell(s) of {len(cells)} to run; run each command {where} "
+                      f"(results go to {out}; `bench report {out}` when they are done):", highlight=False)
+        for command in found:
+            print(shlex.join(command))
+        return 0
+    return execute_commands(found, console)
 
 
 def _print_cells(console: Console, cells: list, out: Path) -> None:

@@ -8,6 +8,8 @@ environment. It reports progress through a callback and writes its own Parquet f
 from __future__ import annotations
 
 import math
+import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -69,6 +71,8 @@ class LearnerLaunch:
     cell_started_at: float  # time.time() when the launcher started the cell
     settings: ExecutionSettings
     shm_prefix: str = ""
+    cores: tuple[int, ...] = ()  # the cores the launcher gave this cell (empty: all)
+    forked: bool = True  # started by the local launcher's forkserver (False: by torchrun)
 
 
 def simulator_tasks(tasks: Sequence[Task], cell: Cell, rank: int) -> list[Task]:
@@ -129,15 +133,20 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     link_drop = algorithm_params.link_drop if communicates else 0.0
     num_peers = algorithm_params.num_peers if isinstance(algorithm_params, GossipParams) else None
 
-    stop = StopSignal()
+    # Under torchrun the process group exists already (one per job, reused by its cells) and
+    # SIGTERM, which torchrun sends its workers on Ctrl-C, also means "checkpoint and stop".
+    owns_group = not dist.is_initialized()
+    stop = StopSignal((signal.SIGUSR1,) if owns_group else (signal.SIGUSR1, signal.SIGTERM))
     store = None
-    if world > 1:
+    if world > 1 and owns_group:
         store = dist.TCPStore(
             launch.store_host, launch.store_port, world, is_master=False, timeout=timedelta(seconds=settings.comm_timeout_s)
         )
         dist.init_process_group(
             "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=settings.comm_timeout_s)
         )
+    elif world > 1:
+        store = dist.PrefixStore(f"benchbase/{cell_id}/", default_store())
     try:
         plan = build_mixing_plan(topology, topology_params, world, cell.seed, num_peers)
         tasks = family.training_tasks(env_params, cell.learners, cell.seed)
@@ -181,8 +190,15 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         env.close()
         return summary
     finally:
-        if world > 1 and dist.is_initialized():
+        if world > 1 and owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def default_store() -> Any:
+    """The default process group's store (the agent's, under torchrun)."""
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
 
 
 def _checkpoint_state(learner: Any, comm: Communicator, loop: LoopState, replay: bool) -> dict[str, Any]:
@@ -251,17 +267,20 @@ def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torc
     channels = {j: layout.channels(plan, j) for j in range(launch.world_size)}
     slots = synchronous_slots(plan) if staleness == 0 else 2
     needed = sum(segment_bytes(layout.width, slots or 2, layout.dtype, channels[j]) for j in channels)
-    room = slots is not None and shared_memory_room(needed)
+    hosts: list[Any] = [None] * launch.world_size  # torchrun may spread a cell over several machines
+    dist.all_gather_object(hosts, socket.gethostname())
+    room = len(set(hosts)) == 1 and slots is not None and shared_memory_room(needed)
     agreed = torch.tensor([1 if room else 0])
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     if not agreed.item():
         if launch.settings.transport == "shm":
-            raise RuntimeError("transport shm: not enough room in /dev/shm or too many slots for this topology")
+            raise RuntimeError("transport shm: the learners are on several hosts, or there is not enough room in "
+                               "/dev/shm, or too many slots for this topology")
         return None
     board = SharedBoard(launch.shm_prefix, launch.rank, layout.width, slots, layout.dtype,
                         launch.settings.comm_timeout_s, channels[launch.rank])
     dist.barrier()  # every segment exists before anyone opens its neighbours'
-    board.attach(plan.in_peers(launch.rank), channels)
+    board.attach(plan.in_peers(launch.rank), channels, own_tracker=not launch.forked)
     return board
 
 

@@ -207,6 +207,19 @@ class RunFolder:
         table = pa.Table.from_pylist(list(rows), schema=CELLS_SCHEMA)
         write_table(self.cells_path, table)
 
+    def update_cells(self, changed: dict[str, dict[str, Any]]) -> None:
+        """Replace some rows of cells.parquet, the others kept as they are on disk: read, apply
+        and write under an exclusive lock, since several torchrun jobs may finish cells of one
+        run folder at the same time."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".cells.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            rows = self.read_cells()
+            rows.update(changed)
+            self.write_cells(rows.values())
+
     def clear_cell(self, cell_id: str) -> None:
         """Remove a cell's learner files (before a rerun, or after it failed)."""
         for table in TABLES:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
 import torch
@@ -107,13 +107,17 @@ class SharedBoard:
         self.own.finished[0] = 0
         self.peers: dict[int, _Segment] = {}
 
-    def attach(self, peers: list[int], channels: dict[int, int] | None = None) -> None:
+    def attach(self, peers: list[int], channels: dict[int, int] | None = None, own_tracker: bool = False) -> None:
         """Open the in-peers' segments (after every learner created its own: a barrier);
         `channels[peer]` is how many channels that peer's segment has (default 1)."""
         for peer in peers:
-            # Learners fork from one forkserver and share its resource tracker, which holds one
+            # Learners forked from one forkserver share its resource tracker, which holds one
             # registration per name: the owner's unlink() removes it, so attaching needs no care.
+            # A learner with a tracker of its own (torchrun starts each one) must drop the
+            # registration attaching made, or its tracker "cleans up" a segment already gone.
             segment = shared_memory.SharedMemory(name=segment_name(self.prefix, peer))
+            if own_tracker:
+                resource_tracker.unregister(segment._name, "shared_memory")
             count = (channels or {}).get(peer, 1)
             self.peers[peer] = _Segment(segment, self.numel, self.slots, self.dtype, count)
 

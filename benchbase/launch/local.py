@@ -15,6 +15,7 @@ import queue
 import secrets
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -48,18 +49,21 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
-def _pin_to_core(rank: int, world: int) -> None:
-    """With more learners than cores, pin learner r to core r mod cores: synchronous neighbours
-    then hand the core over at their natural blocking points instead of migrating (measured on
-    2 cores, 4 learners: a ring's exchange-plus-compute round fell from 6.0 to 4.8 ms)."""
-    cores = sorted(os.sched_getaffinity(0))
-    if world > len(cores) > 1:
+def _pin_to_core(rank: int, world: int, allotted: tuple[int, ...] = ()) -> None:
+    """Keep a cell's learners on the cores it was given (`--jobs`: cells side by side never share
+    a core), and with more learners than cores pin learner r to core r mod cores: synchronous
+    neighbours then hand the core over at their natural blocking points instead of migrating
+    (measured on 2 cores, 4 learners: a ring's exchange-plus-compute round fell from 6.0 to 4.8 ms)."""
+    cores = list(allotted) or sorted(os.sched_getaffinity(0))
+    if world > len(cores) > 1 or len(cores) == 1:
         os.sched_setaffinity(0, {cores[rank % len(cores)]})
+    elif allotted:
+        os.sched_setaffinity(0, set(cores))
 
 
 def _learner_process(launch: LearnerLaunch, events: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when learners stop
-    _pin_to_core(launch.rank, launch.world_size)
+    _pin_to_core(launch.rank, launch.world_size, launch.cores)
     cell_id = Cell.from_config(launch.cell_config).cell_id
     try:
         summary = run_learner(launch, events.put)
@@ -81,14 +85,24 @@ class CellOutcome:
     resumed_from_env_step: int | None = None  # cell env steps already done when it resumed
 
 
-def device_for(rank: int, requested: str) -> str:
-    """'cpu', or CUDA devices round-robin when available and asked for (or 'auto')."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a cell's learners run: the cores (and GPUs) it was given; empty = all of them."""
+
+    cores: tuple[int, ...] = ()
+    gpus: tuple[int, ...] = ()
+
+
+def device_for(rank: int, requested: str, gpus: tuple[int, ...] = ()) -> str:
+    """'cpu', or the cell's GPUs (default: every visible one) round-robin when CUDA is asked for
+    (or 'auto' finds it)."""
     if requested == "cpu":
         return "cpu"
     import torch
 
     if torch.cuda.is_available():
-        return f"cuda:{rank % torch.cuda.device_count()}"
+        visible = gpus or tuple(range(torch.cuda.device_count()))
+        return f"cuda:{visible[rank % len(visible)]}"
     return "cpu"
 
 
@@ -97,10 +111,15 @@ def run_cell(
     out_dir: str,
     on_event: Any,
     settings: ExecutionSettings = ExecutionSettings(),
+    placement: Placement = Placement(),
+    stop: threading.Event | None = None,
+    stop_now: threading.Event | None = None,
 ) -> CellOutcome:
     """Run every learner of `cell` and wait for them. `on_event(event)` sees progress events.
 
-    KeyboardInterrupt is re-raised after every learner has been stopped.
+    Setting `stop` asks every learner to checkpoint and exit (the outcome is then
+    `interrupted`); `stop_now` terminates them at once. Ctrl-C in the calling thread does the
+    first, a second Ctrl-C the second.
     """
     context = _forkserver()
     world = cell.learner_processes
@@ -117,8 +136,8 @@ def run_cell(
     for rank in range(world):
         launch = LearnerLaunch(
             cell_config=cell.config(), out_dir=out_dir, rank=rank, world_size=world, store_host="127.0.0.1",
-            store_port=port, device=device_for(rank, settings.device), cell_started_at=started_at,
-            settings=settings, shm_prefix=shm_prefix,
+            store_port=port, device=device_for(rank, settings.device, placement.gpus), cell_started_at=started_at,
+            settings=settings, shm_prefix=shm_prefix, cores=placement.cores,
         )
         process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
         process.start()
@@ -131,10 +150,19 @@ def run_cell(
     grace_until = None  # after a first error, collect the others briefly to find the root cause
     error: str | None = None
     interrupted = False
+    stop = stop or threading.Event()
+    stop_now = stop_now or threading.Event()
     try:
         while len(summaries) + len(errors) < world:
             if grace_until is not None and time.time() > grace_until:
                 break
+            if stop_now.is_set():
+                raise KeyboardInterrupt
+            if stop.is_set() and not interrupted:
+                interrupted = True
+                on_event(("stopping", cell.cell_id, -1))
+                _request_checkpoint_and_stop(processes, summaries)
+                grace_until = time.time() + settings.comm_timeout_s
             try:
                 event = events.get(timeout=0.1)
             except queue.Empty:
@@ -146,10 +174,7 @@ def run_cell(
             except KeyboardInterrupt:
                 if interrupted:  # a second Ctrl-C: stop now, without waiting for checkpoints
                     raise
-                interrupted = True
-                on_event(("stopping", cell.cell_id, -1))
-                _request_checkpoint_and_stop(processes, summaries)
-                grace_until = time.time() + settings.comm_timeout_s
+                stop.set()
                 continue
             kind, rank = event[0], event[2]
             if kind == "started":
@@ -182,7 +207,8 @@ def run_cell(
     startup = max(first_steps.values()) - started_at if first_steps else float("nan")
     resumed_from = sum(resumed.values()) if resumed else None  # each learner's steps done, summed
     if interrupted or any(summary.get("stopped") for summary in summaries.values()):
-        raise KeyboardInterrupt  # the learners have checkpointed (or were stopped, if they could not)
+        # The learners have checkpointed (or were stopped, if they could not).
+        return CellOutcome("interrupted", None, wall, startup, resumed_from_env_step=resumed_from)
     if error is not None:
         return CellOutcome("failed", error, wall, startup, resumed_from_env_step=resumed_from)
     return CellOutcome("completed", None, wall, startup, [summaries[r] for r in range(world)], resumed_from)
