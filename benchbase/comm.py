@@ -40,6 +40,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -222,9 +223,14 @@ class Communicator:
         *,
         link_drop: float = 0.0,
         seed: int = 0,
+        device_group: Any = None,
+        device: Any = "cpu",
     ) -> None:
         self.plan = plan
         self.board = board  # same-host shared memory instead of gloo messages (benchbase.shm)
+        # An NCCL group over the learners' own GPUs (synchronous mixing only): parameters then
+        # travel GPU to GPU, never through host memory.
+        self.device_group = device_group
         self.rank = rank
         self.numel = numel
         self.staleness = staleness
@@ -249,7 +255,10 @@ class Communicator:
         )
         # What carried the parameters (recorded per cell: a complete graph's all-reduce sums in
         # another order than the neighbour sum, so its numbers differ in rounding).
-        self.transport = "none" if not plan.has_edges else "shm" if board else "all-reduce" if self.use_all_reduce else "p2p"
+        self.transport = ("none" if not plan.has_edges else "shm" if board else
+                          "all-reduce" if self.use_all_reduce else "p2p")
+        if device_group is not None and plan.has_edges:
+            self.transport = "nccl-all-reduce" if self.use_all_reduce else "nccl"
         # Per phase: (this learner's own weight, [(in-neighbour, weight)], [(out-neighbour, weight)]).
         self._phases = [
             (
@@ -260,8 +269,9 @@ class Communicator:
             for k in range(plan.period)
         ]
         width = self.layout.width
-        self._outgoing = torch.empty(width, dtype=self.layout.dtype)
-        self._received = {j: torch.empty(width, dtype=self.layout.dtype) for j in plan.in_peers(rank)}
+        buffers = device if device_group is not None else "cpu"
+        self._outgoing = torch.empty(width, dtype=self.layout.dtype, device=buffers)
+        self._received = {j: torch.empty(width, dtype=self.layout.dtype, device=buffers) for j in plan.in_peers(rank)}
         # Asynchronous push-sum: what this learner has sent on each channel, and consumed from each.
         self._sent_sums = {i: torch.zeros(width, dtype=torch.float64) for i in plan.out_peers(rank)}
         self._consumed_sums = {j: torch.zeros(width, dtype=torch.float64) for j in plan.in_peers(rank)}
@@ -298,7 +308,7 @@ class Communicator:
         """Combine `params` (flat, written in place) with the neighbours' for this iteration."""
         if not self.plan.has_edges:
             return
-        if params.device.type != "cpu":
+        if params.device.type != "cpu" and self.device_group is None:
             host = self._host(params)
             self.mix(host, iteration)
             params.copy_(host)
@@ -319,7 +329,7 @@ class Communicator:
 
     def _all_reduce_average(self, params: torch.Tensor) -> None:
         n = self.plan.n_learners
-        dist.all_reduce(params)
+        dist.all_reduce(params, group=self.device_group)
         params.div_(n)
         # What a ring all-reduce sends per learner: 2(N−1)/N of the buffer.
         self.bytes_sent += int(2 * (n - 1) / n * self.numel * params.element_size())
@@ -372,6 +382,14 @@ class Communicator:
                     self.board.read_exact(j, iteration, self._received[j])
                 else:
                     self.board.wait_exact(j, iteration)
+        elif self.device_group is not None:
+            # NCCL pairs sends with receives only when they are posted together.
+            operations = [dist.P2POp(dist.isend, message, i, self.device_group) for i, _ in out_weights] if sending else []
+            operations += [dist.P2POp(dist.irecv, self._received[j], j, self.device_group) for j, _ in live]
+            for work in dist.batch_isend_irecv(operations) if operations else []:
+                work.wait()
+            if sending:
+                self._count_sent(len(out_weights), message)
         else:
             works = [dist.isend(message, dst=i) for i, _ in out_weights] if sending else []
             works += [dist.irecv(self._received[j], src=j) for j, _ in live]

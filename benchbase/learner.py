@@ -135,6 +135,8 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
 
     # Under torchrun the process group exists already (one per job, reused by its cells) and
     # SIGTERM, which torchrun sends its workers on Ctrl-C, also means "checkpoint and stop".
+    if torch.device(launch.device).type == "cuda":
+        torch.cuda.set_device(torch.device(launch.device))  # NCCL maps each rank to its current device
     owns_group = not dist.is_initialized()
     stop = StopSignal((signal.SIGUSR1,) if owns_group else (signal.SIGUSR1, signal.SIGTERM))
     store = None
@@ -156,9 +158,10 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
         if cell.init_from is not None:
             initialise_from(learner, cell.init_from, rank)
         buffer = learner.parameters_buffer()
-        board = _shared_board(launch, plan, staleness, buffer)
+        device_group = _device_group(launch, plan, staleness)
+        board = None if device_group is not None else _shared_board(launch, plan, staleness, buffer)
         comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board,
-                            link_drop=link_drop, seed=cell.seed)
+                            link_drop=link_drop, seed=cell.seed, device_group=device_group, device=buffer.device)
         # Learners that wait for each other every iteration must resume and stop together.
         lockstep = staleness == 0 and plan.has_edges and world > 1
         keeper = CheckpointKeeper(
@@ -256,6 +259,21 @@ def _replay_mix(registry: Any, algorithm: Any, algorithm_params: Any, cell: Cell
         for k, part in enumerate(parts)
     ]
     return ReplayMix(parts, buffers)
+
+
+def _device_group(launch: LearnerLaunch, plan: Any, staleness: int) -> Any:
+    """An NCCL group when every learner of a synchronous cell has a GPU of its own, so that
+    parameters travel GPU to GPU; None otherwise (gloo; a GPU learner's buffer is staged through
+    pinned host memory). A collective: every learner takes the same decision."""
+    if launch.world_size == 1 or not plan.has_edges or staleness != 0:
+        return None
+    device = torch.device(launch.device)
+    mine = (socket.gethostname(), str(device)) if device.type == "cuda" and dist.is_nccl_available() else None
+    everyone: list[Any] = [None] * launch.world_size
+    dist.all_gather_object(everyone, mine)
+    if any(entry is None for entry in everyone) or len(set(everyone)) < launch.world_size:
+        return None
+    return dist.new_group(backend="nccl", timeout=timedelta(seconds=launch.settings.comm_timeout_s))
 
 
 def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torch.Tensor) -> SharedBoard | None:

@@ -54,7 +54,7 @@ def _exchange(rank: int, world: int, port: int, topology_name: str, numel: int, 
     plan = build_mixing_plan(topology, params_of(topology), world, 0)
     params = torch.full((numel,), float(rank))
     board = None
-    if transport == "shm" and plan.has_edges:
+    if transport == "shm" and plan.has_edges and synchronous_slots(plan) is not None:
         layout = message_layout(plan, numel, params.dtype, 0)
         channels = {j: layout.channels(plan, j) for j in range(world)}
         board = SharedBoard(prefix, rank, layout.width, synchronous_slots(plan), layout.dtype, 120.0, channels[rank])
@@ -113,7 +113,12 @@ def main() -> None:
             p2p = measure(context, topology, world, args.numel, steps, "p2p")
             shm = measure(context, topology, world, args.numel, steps, "shm") if topology != "fully-connected" else None
             ratio = p2p["bytes"] / (args.numel * 4)
-            shm_text = f"{shm['mix_ms']:12.2f}" if shm else f"{'(all-reduce)':>12}"
+            if shm is None:
+                shm_text = f"{'(all-reduce)':>12}"
+            elif shm["transport"] != "shm":  # too many phases for the synchronous slots: cells use p2p
+                shm_text = f"{'(p2p)':>12}"
+            else:
+                shm_text = f"{shm['mix_ms']:12.2f}"
             print(f"{topology:<16} {world:>3} {p2p['out_degree']:>10} {p2p['bytes'] / 2**20:>14.2f} MiB {ratio:>8.2f} "
                   f"{p2p['mix_ms']:>12.2f} {shm_text}")
 
