@@ -331,3 +331,24 @@ def async_push_sum_suite(rank: int, world: int, plan: Any, numel: int, iteration
         "mass": (params.double() * comm.push_sum_weight).numpy(),
         "final": params.numpy().copy(),
     }
+
+
+def device_group_suite(rank: int, world: int, plans: dict[str, Any], numel: int, steps: int) -> dict[str, Any]:
+    """Every plan mixed twice: through the default group, and through a separate group handed to
+    the communicator as its `device_group` (the path NCCL takes: batched send/receive pairs and a
+    group all-reduce), here a gloo group so that it runs on CPU."""
+    group = dist.new_group(backend="gloo")
+    out: dict[str, Any] = {}
+    for name, plan in plans.items():
+        finals = []
+        for device_group in (None, group):
+            comm = Communicator(plan, rank, numel, torch.float32, staleness=0, timeout_s=PG_TIMEOUT_S,
+                                device_group=device_group)
+            params = initial_vector(rank, numel)
+            for iteration in range(steps):
+                comm.mix(params, iteration)
+            finals.append(params.numpy().copy())
+            out.setdefault("transports", {}).setdefault(name, []).append(comm.transport)
+            comm.close()
+        out[name] = finals
+    return out

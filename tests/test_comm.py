@@ -225,3 +225,15 @@ def test_a_learner_that_raises_makes_its_neighbours_fail_not_hang(registry, stal
         assert results[rank]["failed_at"] == fail_at + staleness, results[rank]
     if staleness > 0:
         assert results[1]["error"].startswith("TimeoutError"), results[1]
+
+
+def test_a_device_group_carries_the_same_exchange(plans):
+    """The communicator's NCCL path (batched send/receive pairs, a group all-reduce) run over a
+    gloo group on CPU: bit-for-bit the results of the default path."""
+    results = dh.run_group(dh.device_group_suite, N, plans, NUMEL, 3, timeout_s=60)
+    for rank, result in enumerate(results):
+        for name in ("ring", "random", "fully-connected", "exponential"):
+            default, grouped = result[name]
+            np.testing.assert_array_equal(default, grouped, err_msg=f"{name}, learner {rank}")
+        assert result["transports"]["ring"] == ["p2p", "nccl"]
+        assert result["transports"]["fully-connected"] == ["all-reduce", "nccl-all-reduce"]
