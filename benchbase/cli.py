@@ -74,6 +74,9 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
         parameters = ", ".join(f"{p['name']}={p['default']}" for p in row["parameters"])
         name = row["name"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else "")
         table.add_row(row["kind"], name, row["provider"], row["description"], parameters)
+    if any(row["kind"] == "env" and row["name"] == "atari-games" for row in rows):
+        table.add_row("env", "<Game>NoFrameskip-v4, ALE/<Game>-v5", "ale-py",
+                      "any Atari game (e.g. PongNoFrameskip-v4) as a one-task family, with the standard preprocessing", "")
     table.add_row("env", "<any Gymnasium id>", "gymnasium", "a registered Gymnasium id (e.g. CartPole-v1) as a one-task family", "")
     console.print(table)
     for error in registry.errors:
