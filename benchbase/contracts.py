@@ -150,6 +150,11 @@ class EnvFamily(Component):
     #: One line: what counts as success, or "" when the family defines none.
     success_criterion: ClassVar[str] = ""
 
+    def task_score_range(self, task_id: str) -> tuple[float, float] | None:
+        """(random, reference) of one task, for families whose tasks score on different scales
+        (a set of Atari games); None: the family's `score_range` applies to every task."""
+        return None
+
     def training_tasks(self, params: Any, count: int, seed: int) -> list[Task]:
         """`count` tasks (one per learner), reproducible from `seed`."""
         raise NotImplementedError

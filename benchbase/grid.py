@@ -78,8 +78,15 @@ def parse_axis_entry(text: str, option: str) -> AxisEntry:
             key, equals, value = part.partition("=")
             if not equals or not key.strip():
                 raise UserError(f"{option} {text!r}: parameter {part!r} is not key=value")
-            overrides.append((key.strip(), value.strip()))
+            overrides.append((key.strip(), unquote(value.strip())))
     return AxisEntry(name.strip(), tuple(overrides))
+
+
+def unquote(value: str) -> str:
+    """A value quoted to protect its commas (`games="Pong,Breakout"`) without its quotes."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,7 @@ def parse_set(text: str) -> tuple[str, str, str]:
     plugin, dot, key = target.rpartition(".")
     if not equals or not dot or not plugin or not key:
         raise UserError(f"--set {text!r}: expected PLUGIN.KEY=VALUE, e.g. diff-a2c.lr=0.001")
-    return plugin.strip(), key.strip(), value.strip()
+    return plugin.strip(), key.strip(), unquote(value.strip())
 
 
 # -- the spec ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,22 +81,47 @@ class _Family:
     kind: str  # SUCCESS, NORMALISED or RAW
     low: float  # normalised = (R - low) / (high - low); 0, 1 for success rates and raw returns
     high: float
+    #: task id -> (low, high), for families whose tasks score on different scales (Atari games)
+    per_task: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-def _families(names: list[str], has_success: dict[str, bool], registry: Any, problems: list[str]) -> dict[str, _Family]:
+def _usable(declared: Any) -> bool:
+    return declared is not None and len(declared) == 2 and declared[1] != declared[0]
+
+
+def _task_ids(runs: Runs, cells: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The task ids each env family's completed cells report, over evaluations and episodes."""
+    env_of = {cell["cell_id"]: cell["env"] for cell in cells}
+    found: dict[str, set[str]] = {}
+    for table in (runs.evaluations, runs.episodes):
+        if table.num_rows:
+            pairs = table.select(["cell_id", "task_id"]).group_by(["cell_id", "task_id"]).aggregate([])
+            for cell_id, task_id in zip(pairs.column("cell_id").to_pylist(), pairs.column("task_id").to_pylist()):
+                if cell_id in env_of:
+                    found.setdefault(env_of[cell_id], set()).add(task_id)
+    return {name: sorted(tasks) for name, tasks in found.items()}
+
+
+def _families(names: list[str], has_success: dict[str, bool], registry: Any, problems: list[str],
+              task_ids: dict[str, list[str]]) -> dict[str, _Family]:
     families = {}
     for name in names:
         if has_success.get(name):
             families[name] = _Family(name, SUCCESS, 0.0, 1.0)
             continue
-        declared, why = None, ""
+        declared, why, per_task = None, "", {}
         try:
             component = registry.get("env", name)
             declared = getattr(component, "score_range", None)
             why = "declares no success criterion and no score_range"
+            if hasattr(component, "task_score_range"):
+                per_task = {task: component.task_score_range(task) for task in task_ids.get(name, [])}
         except UserError:
             why = "is not installed here"
-        if declared is not None and len(declared) == 2 and declared[1] != declared[0]:
+        if per_task and all(_usable(found) for found in per_task.values()):
+            families[name] = _Family(name, NORMALISED, 0.0, 1.0,
+                                     {task: (float(low), float(high)) for task, (low, high) in per_task.items()})
+        elif _usable(declared):
             families[name] = _Family(name, NORMALISED, float(declared[0]), float(declared[1]))
         else:
             families[name] = _Family(name, RAW, 0.0, 1.0)
@@ -159,7 +184,16 @@ def _score(runs: Runs, cell_ids: list[str], cell_family: np.ndarray, families: l
         family = cell_family[cells]
         returns = table.column("episode_return").to_numpy()
         success = _floats(table.column("success"))
-        return np.where(success_kind[family], success, (returns - low[family]) / scale[family])
+        row_low, row_scale = low[family], scale[family]
+        for index, found in enumerate(families):
+            if found.per_task:  # each task on its own scale: look its range up by task id
+                tasks = list(found.per_task)
+                position = _indices(table.column("task_id"), tasks)
+                rows = (family == index) & (position >= 0)
+                ranges = np.array([found.per_task[task] for task in tasks])
+                row_low = np.where(rows, ranges[np.maximum(position, 0), 0], row_low)
+                row_scale = np.where(rows, ranges[np.maximum(position, 0), 1] - ranges[np.maximum(position, 0), 0], row_scale)
+        return np.where(success_kind[family], success, (returns - row_low) / row_scale)
 
     if evaluations.num_rows:
         cells = _indices(evaluations.column("cell_id"), cell_ids)
@@ -410,7 +444,8 @@ def build_report(
     env_names = sorted({cell["env"] for cell in completed})
     cell_family = np.array([env_names.index(cell["env"]) for cell in completed], dtype=np.int64)
     has_success = _success_by_family(runs, cell_ids, cell_family, len(env_names))
-    families_by_name = _families(env_names, dict(zip(env_names, has_success)), registry, problems)
+    families_by_name = _families(env_names, dict(zip(env_names, has_success)), registry, problems,
+                                 _task_ids(runs, completed))
     scores = _score(runs, cell_ids, cell_family, [families_by_name[name] for name in env_names])
     if runs.episodes.num_rows:
         unevaluated = sorted(set(pc.unique(runs.episodes.column("cell_id")).to_pylist()))
@@ -597,7 +632,8 @@ def build_report(
         generalisation=generalisation, curves=curves, profiles=profiles, improvements=improvements,
         baseline=baseline_label, problems=problems, repetitions=repetitions, confidence=confidence,
         score_ranges={task: (families_by_name[entries.env_of_task[task]].low, families_by_name[entries.env_of_task[task]].high)
-                      for task, kind in score_kinds.items() if kind == NORMALISED},
+                      for task, kind in score_kinds.items()
+                      if kind == NORMALISED and not families_by_name[entries.env_of_task[task]].per_task},
     )
 
 

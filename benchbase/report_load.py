@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from benchbase.errors import UserError
 from benchbase.results import EPISODES_SCHEMA, EVALUATIONS_SCHEMA, METRICS_SCHEMA, SCHEMA_VERSION
 
-EVALUATION_COLUMNS = ["cell_id", "evaluation", "final", "cell_env_step", "split", "episode_return", "success"]
-EPISODE_COLUMNS = ["cell_id", "learner", "cell_env_step", "episode_return", "success"]
+EVALUATION_COLUMNS = ["cell_id", "evaluation", "final", "cell_env_step", "split", "task_id", "episode_return", "success"]
+EPISODE_COLUMNS = ["cell_id", "learner", "cell_env_step", "task_id", "episode_return", "success"]
 
 
 @dataclass

@@ -502,3 +502,25 @@ def test_the_run_leaderboard_never_fails_the_run(tmp_path: Path, registry) -> No
     print_leaderboard(console, run, registry, repetitions=100)
     text = console.export_text()
     assert "Leaderboard" in text and "1 problem(s) behind this leaderboard" in text
+
+
+def test_a_family_of_games_is_normalised_game_by_game(tmp_path: Path, registry) -> None:
+    """atari-games declares each game's (random, human) scores: a learner 30% of the way from
+    random to human on Pong and one 50% of the way on Breakout score 0.3 and 0.5."""
+    cell = Cell("isolated", 0, env="atari-games", curve=(0.0, 0.0), evaluated=True)
+    run = write_run(tmp_path / "run", [cell])
+    pong, breakout = (-20.7, 14.6), (1.7, 30.5)  # the Atari-57 table's random and human scores
+    for learner in range(cell.learners):
+        path = RunFolder(run).learner_path("evaluations", cell.cell_id, learner)
+        table = pq.read_table(path)
+        games = ["Pong" if learner == 0 else "Breakout"] * table.num_rows
+        fraction = 0.3 if learner == 0 else 0.5
+        low, high = pong if learner == 0 else breakout
+        table = table.set_column(table.schema.get_field_index("task_id"), "task_id", pa.array(games))
+        returns = pa.array([low + fraction * (high - low)] * table.num_rows)
+        table = table.set_column(table.schema.get_field_index("episode_return"), "episode_return", returns)
+        write_table(path, table)
+    report = report_of([run], registry, group_by=["algorithm"])
+    assert report.score_kinds == {"atari-games": "normalised return"}
+    assert "atari-games" not in report.score_ranges  # one range per game, not per family
+    assert row(report, "diff-a2c").iqm.value == pytest.approx(0.4)

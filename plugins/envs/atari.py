@@ -228,8 +228,14 @@ class AtariGamesFamily(EnvFamily):
     description = "a set of Atari games (DQN preprocessing, full 18-action set); learner k plays game k mod len(games)"
     Params = AtariGamesParams
     splits: ClassVar[tuple[str, ...]] = ()
-    # Normalisation is per game (reference_scores); one family-wide range cannot express it.
+    # Normalisation is per game: each task (a game) has its own (random, human) scores.
     score_range = None
+
+    def task_score_range(self, task_id: str) -> tuple[float, float] | None:
+        try:
+            return reference_scores(require_game(task_id))
+        except UserError:
+            return None
 
     def _games(self, params: AtariGamesParams) -> list[str]:
         games = [require_game(part) for part in params.games.split(",") if part.strip()]
