@@ -608,3 +608,9 @@ def test_resampling_is_turned_off_whatever_a_family_params_derive_from():
     assert without_resampling(EnvFamilyParams(resample=True)).resample is False
     plain = NoParams()  # a third-party family need not derive from EnvFamilyParams
     assert without_resampling(plain) is plain
+
+
+def test_a_quoted_value_keeps_its_commas_and_loses_its_quotes():
+    entry = parse_axis_entry('atari-games:games="Pong,Breakout",max_episode_steps=400', "--env")
+    assert entry.overrides == (("games", "Pong,Breakout"), ("max_episode_steps", "400"))
+    assert parse_axis_entry("x:name='a,b'", "--env").overrides == (("name", "a,b"),)
