@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -116,28 +117,27 @@ def save(folder: Path | str, state: dict[str, Any], *, env_steps: int, cell_conf
     return data_path
 
 
-def prune(folder: Path, keep: int, *, keep_steps: frozenset[int] = frozenset()) -> None:
-    """Delete all but the newest `keep` checkpoints in `folder` (and any in `keep_steps`)."""
-    for old in sorted(folder.glob("step-*.json"))[: max(0, len(list(folder.glob("step-*.json"))) - keep)]:
-        if steps_of(old) in keep_steps:
-            continue
+def prune(folder: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints in `folder`."""
+    sidecars = sorted(folder.glob("step-*.json"))
+    for old in sidecars[: max(0, len(sidecars) - keep)]:
         old.unlink(missing_ok=True)  # the sidecar first: a data file without one is ignored
         old.with_suffix(".pt").unlink(missing_ok=True)
 
 
 def load(path: Path | str, cell_config: dict[str, Any] | None = None) -> Checkpoint:
-    """Verify and load one checkpoint (`.pt` path); CheckpointError with the reason otherwise."""
+    """Verify and load one checkpoint (`.pt` path); CheckpointError with the reason otherwise.
+    The file is read and hashed once: the bytes checked are the bytes loaded."""
     data_path = Path(path)
-    info = verify(data_path, cell_config)
-    if info.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{data_path.name}: checkpoint format {info.get('format')}, this benchbase reads {FORMAT_VERSION}")
+    info = _read_info(data_path)
     try:
         data = data_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != info.get("sha256"):
-            raise CheckpointError(f"{data_path.name} changed while it was being read")
+    except OSError as error:
+        raise CheckpointError(f"{data_path.name} is unreadable: {error}") from None
+    _check_data(data_path, len(data), hashlib.sha256(data).hexdigest(), info)
+    _check_cell(data_path, info, cell_config)
+    try:
         state = from_plain(torch.load(io.BytesIO(data), weights_only=True))
-    except CheckpointError:
-        raise
     except Exception as error:  # noqa: BLE001 - any failure means this file is unusable
         raise CheckpointError(f"{data_path.name} cannot be loaded as plain data: {error}") from None
     return Checkpoint(path=data_path, env_steps=int(info["env_steps"]), state=state, info=info)
@@ -154,7 +154,6 @@ def latest_good(folder: Path | str, cell_config: dict[str, Any] | None = None) -
         except CheckpointError as error:
             skipped.append(str(error))
     return None, skipped
-
 
 
 def good_checkpoints(folder: Path | str, cell_config: dict[str, Any] | None = None) -> tuple[dict[int, Path], list[str]]:
@@ -175,13 +174,7 @@ def good_checkpoints(folder: Path | str, cell_config: dict[str, Any] | None = No
 def verify(path: Path, cell_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The sidecar of a checkpoint whose data file is intact; CheckpointError otherwise."""
     data_path = Path(path)
-    info_path = data_path.with_suffix(".json")
-    try:
-        info = json.loads(info_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{data_path.name}: no {info_path.name} beside it (an unfinished checkpoint)") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{info_path.name} is unreadable: {error}") from None
+    info = _read_info(data_path)
     digest = hashlib.sha256()
     size = 0
     try:
@@ -191,12 +184,29 @@ def verify(path: Path, cell_config: dict[str, Any] | None = None) -> dict[str, A
                 size += len(block)
     except OSError as error:
         raise CheckpointError(f"{data_path.name} is unreadable: {error}") from None
-    if size != info.get("bytes"):
-        raise CheckpointError(f"{data_path.name} is truncated: {size:,} bytes of {info.get('bytes'):,}")
-    if digest.hexdigest() != info.get("sha256"):
-        raise CheckpointError(f"{data_path.name} is corrupted: its SHA-256 does not match the one recorded")
+    _check_data(data_path, size, digest.hexdigest(), info)
     _check_cell(data_path, info, cell_config)
     return info
+
+
+def _read_info(data_path: Path) -> dict[str, Any]:
+    info_path = data_path.with_suffix(".json")
+    try:
+        info = json.loads(info_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{data_path.name}: no {info_path.name} beside it (an unfinished checkpoint)") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{info_path.name} is unreadable: {error}") from None
+    if info.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{data_path.name}: checkpoint format {info.get('format')}, this benchbase reads {FORMAT_VERSION}")
+    return info
+
+
+def _check_data(data_path: Path, size: int, digest: str, info: dict[str, Any]) -> None:
+    if size != info.get("bytes"):
+        raise CheckpointError(f"{data_path.name} is truncated: {size:,} bytes of {info.get('bytes'):,}")
+    if digest != info.get("sha256"):
+        raise CheckpointError(f"{data_path.name} is corrupted: its SHA-256 does not match the one recorded")
 
 
 def _check_cell(data_path: Path, info: dict[str, Any], cell_config: dict[str, Any] | None) -> None:
@@ -218,19 +228,16 @@ class BackgroundWriter:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.last_path: Path | None = None
-        self.write_s = 0.0  # time spent writing on the thread, for the metrics
+        self.write_s = 0.0  # time spent on the thread (benchmarks/cnn_learner.py reports it)
 
     def submit(self, folder: Path, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any],
                keep: int | None = KEEP) -> None:
         self.wait()
 
         def write() -> None:
-            import time
-
             started = time.perf_counter()
             try:
-                self.last_path = save(folder, state, env_steps=env_steps, cell_config=cell_config, keep=keep)
+                save(folder, state, env_steps=env_steps, cell_config=cell_config, keep=keep)
             except BaseException as error:  # noqa: BLE001 - raised in the learner by wait()
                 self._error = error
             self.write_s += time.perf_counter() - started
