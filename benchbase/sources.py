@@ -26,16 +26,24 @@ class CellCheckpoints:
     cell_id: str
     cell_config: dict[str, Any]
     paths: tuple[Path, ...]
-    env_steps: tuple[int, ...]  # each learner's own env steps at its checkpoint
+    infos: tuple[dict[str, Any], ...]  # each checkpoint's verified sidecar
     skipped: tuple[str, ...] = ()  # why newer files were passed over
+
+    @property
+    def env_steps(self) -> tuple[int, ...]:
+        """Each learner's own env steps at its checkpoint."""
+        return tuple(int(info["env_steps"]) for info in self.infos)
 
 
 def _newest(folder: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
-    good, skipped = checkpoint.good_checkpoints(folder)
-    if not good:
-        return None, None, skipped
-    path = good[max(good)]
-    return path, checkpoint.verify(path), skipped
+    """The newest checkpoint in `folder` that verifies, its sidecar, and why newer ones did not."""
+    skipped: list[str] = []
+    for path in sorted(folder.glob("step-*.pt"), reverse=True):
+        try:
+            return path, checkpoint.verify(path), skipped
+        except checkpoint.CheckpointError as error:
+            skipped.append(str(error))
+    return None, None, skipped
 
 
 def _learner_folders(cell_folder: Path) -> list[Path]:
@@ -44,18 +52,17 @@ def _learner_folders(cell_folder: Path) -> list[Path]:
 
 
 def _cell(cell_folder: Path) -> CellCheckpoints | None:
-    paths, steps, skipped, config = [], [], [], None
+    paths, infos, skipped = [], [], []
     for folder in _learner_folders(cell_folder):
         path, info, notes = _newest(folder)
         skipped += [f"{folder.name}: {note}" for note in notes]
         if path is None:
             return None
         paths.append(path)
-        steps.append(int(info["env_steps"]))
-        config = info["cell_config"]
+        infos.append(info)
     if not paths:
         return None
-    return CellCheckpoints(cell_folder.name, config, tuple(paths), tuple(steps), tuple(skipped))
+    return CellCheckpoints(cell_folder.name, infos[0]["cell_config"], tuple(paths), tuple(infos), tuple(skipped))
 
 
 def resolve(text: str) -> list[CellCheckpoints]:
@@ -70,13 +77,12 @@ def resolve(text: str) -> list[CellCheckpoints]:
             info = checkpoint.verify(path)
         except checkpoint.CheckpointError as error:
             raise UserError(f"{text}: {error}") from None
-        config = info["cell_config"]
-        return [CellCheckpoints(path.parent.parent.name, config, (path,), (int(info["env_steps"]),))]
+        return [CellCheckpoints(path.parent.parent.name, info["cell_config"], (path,), (info,))]
     if _LEARNER.match(path.name):
         found, info, notes = _newest(path)
         if found is None:
             raise UserError(f"{text} holds no usable checkpoint{': ' + notes[0] if notes else ''}")
-        return [CellCheckpoints(path.parent.name, info["cell_config"], (found,), (int(info["env_steps"]),), tuple(notes))]
+        return [CellCheckpoints(path.parent.name, info["cell_config"], (found,), (info,), tuple(notes))]
     if _learner_folders(path):
         cell = _cell(path)
         if cell is None:
@@ -102,7 +108,7 @@ def init_source(text: str) -> dict[str, Any]:
     cell = cells[0]
     return {
         "checkpoints": [str(path.resolve()) for path in cell.paths],
-        "sha256": [checkpoint.verify(path)["sha256"] for path in cell.paths],
+        "sha256": [info["sha256"] for info in cell.infos],
         "cell_id": cell.cell_id,
         "algorithm": cell.cell_config.get("algorithm"),
         "env": cell.cell_config.get("env"),
@@ -118,7 +124,10 @@ def check_fits(cells: list[Any], source: dict[str, Any], registry: Any) -> None:
     from benchbase.contracts import params_of, without_resampling
     from benchbase.learner import build_learner
 
-    saved = checkpoint.load(Path(source["checkpoints"][0])).state["learner"]["parameters"].numel()
+    try:
+        saved = checkpoint.load(Path(source["checkpoints"][0])).state["learner"]["parameters"].numel()
+    except checkpoint.CheckpointError as error:
+        raise UserError(f"--init-from: {error}") from None
     seen: set[str] = set()
     for cell in cells:
         key = json.dumps([cell.algorithm, cell.algorithm_params, cell.env, cell.env_params], sort_keys=True, default=str)
