@@ -164,7 +164,13 @@ def run(
         raise UserError(f"--nnodes {nnodes}: give at least 1")
     registry = _registry()
     from benchbase.launch.torchrun import under_torchrun
+    from benchbase.learner import ExecutionSettings
 
+    settings = ExecutionSettings(
+        device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
+        plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
+        checkpoint_replay=checkpoint_replay,
+    )
     worker = under_torchrun()
     if not dry_run and not worker and launcher == "local":
         from benchbase.launch.local import warm_up
@@ -172,8 +178,7 @@ def run(
         warm_up()  # the forkserver imports torch while the grid is validated
     axes_given = any([algorithm, topology, env, replay, grid])
     if cell:
-        return _run_cells_of_folder(cell, out, axes_given, registry, worker, device, comm_timeout, transport,
-                                    checkpoint_every, checkpoint_replay, jobs)
+        return _run_cells_of_folder(cell, out, axes_given, registry, worker, settings, jobs)
     file_values = grid_module.load_grid_file(grid) if grid else ({} if axes_given else grid_module.default_grid())
     cli_values = {
         "algorithms": [grid_module.parse_axis_entry(a, "--algorithm") for a in algorithm],
@@ -210,14 +215,8 @@ def run(
     if dry_run:
         _print_cells(console, plan.cells, out)
         return
-    from benchbase.learner import ExecutionSettings
     from benchbase.runner import run_grid
 
-    settings = ExecutionSettings(
-        device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
-        plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
-        checkpoint_replay=checkpoint_replay,
-    )
     if worker:
         from benchbase.launch.torchrun import run_as_worker
 
@@ -333,11 +332,9 @@ def eval_(
 
 
 def _run_cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, worker: bool,
-                         device: str, comm_timeout: float, transport: str, checkpoint_every: Optional[int],
-                         checkpoint_replay: bool, jobs: int) -> None:
+                         settings, jobs: int) -> None:
     """`bench run --out OUT --cell ID…`: cells of the grid already in OUT, locally or as torchrun workers."""
     from benchbase.errors import unknown_name
-    from benchbase.learner import ExecutionSettings
     from benchbase.runner import cells_of_run, run_grid
 
     if axes_given:
@@ -349,11 +346,6 @@ def _run_cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: b
     for cell_id in cell_ids:
         if cell_id not in known:
             raise unknown_name(f"cell of {out}", cell_id, sorted(known))
-    settings = ExecutionSettings(
-        device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
-        plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
-        checkpoint_replay=checkpoint_replay,
-    )
     console = _console()
     if worker:
         from benchbase.launch.torchrun import run_as_worker
