@@ -62,27 +62,35 @@ def raw_gymnasium_cartpole(steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def cartpole_learner(algorithm_name: str):
-    """One learner of `algorithm_name` with defaults, CartPole-v1 × 8 simulators, one torch thread,
-    no budget (so nothing anneals while it is timed)."""
+def learner_on(algorithm_name: str, family_name: str, simulators: int = 8):
+    """One learner of `algorithm_name` with defaults on `simulators` simulators of the family's
+    first task, one torch thread, no budget (so nothing anneals while it is timed)."""
     torch.set_num_threads(1)
     registry = load_registry()
-    family = registry.get("env", "CartPole-v1")
+    family = registry.get("env", family_name)
     env_params = params_of(family)
-    env = family.make_env(env_params, family.training_tasks(env_params, 1, 0) * 8, seed=0)
+    env = family.make_env(env_params, family.training_tasks(env_params, 1, 0) * simulators, seed=0)
     algorithm = registry.get("algorithm", algorithm_name)
     return algorithm.make_learner(params_of(algorithm), LearnerSpec(env, 0, 1, 0, torch.device("cpu")))
 
 
-def one_learner(steps: int) -> float:
-    learner = cartpole_learner("diff-a2c")
-    for _ in range(50):
+def cartpole_learner(algorithm_name: str):
+    return learner_on(algorithm_name, "CartPole-v1")
+
+
+def training_rate(learner, steps: int, warm_up: int) -> float:
+    """Env steps/s of `learner.iterate()` over at least `steps` env steps, after `warm_up` iterations."""
+    for _ in range(warm_up):
         learner.iterate()
     done = 0
     start = time.perf_counter()
     while done < steps:
         done += learner.iterate().env_steps
     return done / (time.perf_counter() - start)
+
+
+def one_learner(steps: int) -> float:
+    return training_rate(cartpole_learner("diff-a2c"), steps, warm_up=50)
 
 
 def cell(topology: str, learners: int, steps: int, registry, transport: str = "auto") -> dict:

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchbase.contracts import LearnerSpec, Task, params_of  # noqa: E402
+from benchbase.contracts import Task, params_of  # noqa: E402
 from benchbase.gym_vector import GymnasiumTaskVectorEnv  # noqa: E402
 from benchbase.plugins import load_registry  # noqa: E402
 from plugins.envs.mujoco_physics import quiet_known_asset_warnings  # noqa: E402
+from learner_throughput import learner_on, training_rate  # noqa: E402  (same folder)
 
 SIMULATORS = 8
 LEARNER_FAMILIES = {"HalfCheetah-v5": "random-mujoco-halfcheetah", "Hopper-v5": "random-mass-hopper"}
@@ -96,23 +96,10 @@ def raw_family(family_name: str, env_id: str, steps: int) -> float:
 
 
 def learner_rate(algorithm_name: str, family_name: str, steps: int) -> float:
-    """Env steps/s of one learner with its defaults, after a short warm-up; no budget, so nothing
-    anneals while it is timed."""
-    torch.set_num_threads(1)
-    registry = load_registry()
-    family = registry.get("env", family_name)
-    env_params = params_of(family)
-    env = family.make_env(env_params, family.training_tasks(env_params, SIMULATORS, 0), seed=0)
-    algorithm = registry.get("algorithm", algorithm_name)
-    learner = algorithm.make_learner(params_of(algorithm), LearnerSpec(env, 0, 1, 0, torch.device("cpu")))
-    for _ in range(5):
-        learner.iterate()
-    done = 0
-    start = time.perf_counter()
-    while done < steps:
-        done += learner.iterate().env_steps
-    rate = done / (time.perf_counter() - start)
-    env.close()
+    """Env steps/s of one learner with its defaults, after a short warm-up (nothing anneals)."""
+    learner = learner_on(algorithm_name, family_name, SIMULATORS)
+    rate = training_rate(learner, steps, warm_up=5)
+    learner.env.close()
     return rate
 
 
