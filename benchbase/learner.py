@@ -72,7 +72,6 @@ class LearnerLaunch:
     settings: ExecutionSettings
     shm_prefix: str = ""
     cores: tuple[int, ...] = ()  # the cores the launcher gave this cell (empty: all)
-    forked: bool = True  # started by the local launcher's forkserver (False: by torchrun)
 
 
 def simulator_tasks(tasks: Sequence[Task], cell: Cell, rank: int) -> list[Task]:
@@ -137,7 +136,7 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     # SIGTERM, which torchrun sends its workers on Ctrl-C, also means "checkpoint and stop".
     if torch.device(launch.device).type == "cuda":
         torch.cuda.set_device(torch.device(launch.device))  # NCCL maps each rank to its current device
-    owns_group = not dist.is_initialized()
+    owns_group = not dist.is_initialized()  # False: a torchrun worker, started on its own
     stop = StopSignal((signal.SIGUSR1,) if owns_group else (signal.SIGUSR1, signal.SIGTERM))
     store = None
     if world > 1 and owns_group:
@@ -159,7 +158,9 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
             initialise_from(learner, cell.init_from, rank)
         buffer = learner.parameters_buffer()
         device_group = _device_group(launch, plan, staleness)
-        board = None if device_group is not None else _shared_board(launch, plan, staleness, buffer)
+        board = None
+        if device_group is None:
+            board = _shared_board(launch, plan, staleness, buffer, forked=owns_group)
         comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board,
                             link_drop=link_drop, seed=cell.seed, device_group=device_group, device=buffer.device)
         # Learners that wait for each other every iteration must resume and stop together.
@@ -276,7 +277,8 @@ def _device_group(launch: LearnerLaunch, plan: Any, staleness: int) -> Any:
     return dist.new_group(backend="nccl", timeout=timedelta(seconds=launch.settings.comm_timeout_s))
 
 
-def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torch.Tensor) -> SharedBoard | None:
+def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torch.Tensor,
+                  forked: bool = True) -> SharedBoard | None:
     """Same-host shared memory for the exchange when asked for and possible; every learner of the
     cell takes the same decision (a collective), else they fall back to gloo together."""
     if launch.settings.transport == "p2p" or launch.world_size == 1 or not plan.has_edges:
@@ -298,7 +300,7 @@ def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torc
     board = SharedBoard(launch.shm_prefix, launch.rank, layout.width, slots, layout.dtype,
                         launch.settings.comm_timeout_s, channels[launch.rank])
     dist.barrier()  # every segment exists before anyone opens its neighbours'
-    board.attach(plan.in_peers(launch.rank), channels, own_tracker=not launch.forked)
+    board.attach(plan.in_peers(launch.rank), channels, own_tracker=not forked)
     return board
 
 

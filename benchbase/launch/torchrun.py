@@ -97,7 +97,7 @@ def run_as_worker(spec: Any, cells: list[Cell], out: Path, registry: Any, consol
                 cell_config=cell.config(), out_dir=str(out), rank=worker.rank, world_size=worker.world,
                 store_host="", store_port=0, device=device_for(worker.local_rank, settings.device),
                 cell_started_at=time.time(), settings=settings,
-                shm_prefix=f"benchbase-{worker.run_id[:16]}-{cell.cell_id}", forked=False,
+                shm_prefix=f"benchbase-{worker.run_id[:16]}-{cell.cell_id}",
             )
             started = time.time()
             summary = run_learner(launch, _progress_printer(console) if leader else (lambda event: None))
