@@ -48,7 +48,7 @@ def _console() -> Console:
 
 
 def _registry():
-    from benchbase.plugins import load_registry
+    from benchbase.api.registry import load_registry
 
     only = _selection["only"]
     registry = load_registry(only=set(only) if only is not None else None, blocked=set(_selection["blocked"] or ()))
@@ -143,7 +143,9 @@ def run(
     ),
 ) -> None:
     """Run a grid of cells. With no axes, runs the small embedded default grid."""
-    from benchbase import grid as grid_module
+    from benchbase.grid import cell as grid_cell
+    from benchbase.grid import expand as grid_expand
+    from benchbase.grid import spec as grid_module
 
     if transport not in ("auto", "shm", "p2p"):
         raise UserError(f"--transport {transport!r}: choose auto, shm or p2p")
@@ -163,8 +165,8 @@ def run(
     if nnodes < 1:
         raise UserError(f"--nnodes {nnodes}: give at least 1")
     registry = _registry()
-    from benchbase.launch.torchrun import under_torchrun
-    from benchbase.learner import ExecutionSettings
+    from benchbase.learner.settings import ExecutionSettings
+    from benchbase.run.torchrun import under_torchrun
 
     settings = ExecutionSettings(
         device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
@@ -173,7 +175,7 @@ def run(
     )
     worker = under_torchrun()
     if not dry_run and not worker and launcher == "local":
-        from benchbase.launch.local import warm_up
+        from benchbase.run.local import warm_up
 
         warm_up()  # the forkserver imports torch while the grid is validated
     axes_given = any([algorithm, topology, env, replay, grid])
@@ -190,7 +192,7 @@ def run(
         "set_items": [grid_module.parse_set(item) for item in set_],
     }
     spec = grid_module.make_spec(file_values, cli_values)
-    plan = grid_module.expand(spec, registry)
+    plan = grid_expand.expand(spec, registry)
     console = _console()
     for combination, reason in plan.invalid:
         console.print(f"[yellow]skipped[/yellow] {combination}: {reason}")
@@ -199,7 +201,8 @@ def run(
     if init_from is not None:
         import dataclasses
 
-        from benchbase.sources import check_fits, init_source
+        from benchbase.checkpoints.sources import init_source
+        from benchbase.learner.build import check_fits
 
         source = init_source(init_from)
         check_fits(plan.cells, source, registry)
@@ -209,16 +212,16 @@ def run(
     if out is None:
         import hashlib
 
-        out = Path("results") / ("grid-" + hashlib.sha256(",".join(grid_module.grid_fingerprint(plan.cells)).encode()).hexdigest()[:8])
-    for label, size in grid_module.replay_memory(plan.cells, registry):
+        out = Path("results") / ("grid-" + hashlib.sha256(",".join(grid_cell.grid_fingerprint(plan.cells)).encode()).hexdigest()[:8])
+    for label, size in grid_expand.replay_memory(plan.cells, registry):
         console.print(f"replay memory: up to {size / 2**20:,.1f} MiB per learner when full ({label})")
     if dry_run:
         _print_cells(console, plan.cells, out)
         return
-    from benchbase.runner import run_grid
+    from benchbase.run.runner import run_grid
 
     if worker:
-        from benchbase.launch.torchrun import run_as_worker
+        from benchbase.run.torchrun import run_as_worker
 
         raise typer.Exit(run_as_worker(spec, plan.cells, out, registry, console, settings))
     if launcher == "torchrun":
@@ -248,8 +251,14 @@ def report(
     no_html: bool = typer.Option(False, "--no-html", help="Skip report.html."),
 ) -> None:
     """Leaderboard of one or many run folders: console, Markdown, HTML and leaderboard.parquet."""
-    from benchbase.report import GROUP_FIELDS, build_report, env_registry, load_runs, write_report
-    from benchbase.report_text import leaderboard_table
+    from benchbase.report.build import (
+        GROUP_FIELDS,
+        build_report,
+        env_registry,
+        load_runs,
+        write_report,
+    )
+    from benchbase.report.text import leaderboard_table
 
     fields = _split(group_by) if group_by is not None else GROUP_FIELDS
     if not fields:
@@ -302,7 +311,7 @@ def eval_(
     ),
 ) -> None:
     """Evaluate saved models: N episodes per split and learner, written to Parquet and summarised."""
-    from benchbase.video import check_video_path
+    from benchbase.evaluate.video import check_video_path
 
     # Mistakes that need no model are caught before torch is imported.
     if not Path(path).exists():
@@ -315,8 +324,8 @@ def eval_(
         check_video_path(video_path)
     import torch
 
-    from benchbase.eval_summary import summary_table
-    from benchbase.evaluate import EvalRequest, evaluate
+    from benchbase.evaluate.evaluate import EvalRequest, evaluate
+    from benchbase.evaluate.summary import summary_table
 
     torch.set_num_threads(1)  # small models: one thread is fastest and leaves the cores to others
     request = EvalRequest(source=path, env=env, splits=tuple(split), episodes=episodes, stochastic=stochastic,
@@ -335,7 +344,8 @@ def _run_cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: b
                          settings, jobs: int) -> None:
     """`bench run --out OUT --cell ID…`: cells of the grid already in OUT, locally or as torchrun workers."""
     from benchbase.errors import unknown_name
-    from benchbase.runner import cells_of_run, run_grid
+    from benchbase.run.records import cells_of_run
+    from benchbase.run.runner import run_grid
 
     if axes_given:
         raise UserError("--cell runs cells of the grid already in --out: give no axes or --grid with it")
@@ -348,7 +358,7 @@ def _run_cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: b
             raise unknown_name(f"cell of {out}", cell_id, sorted(known))
     console = _console()
     if worker:
-        from benchbase.launch.torchrun import run_as_worker
+        from benchbase.run.torchrun import run_as_worker
 
         chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
         raise typer.Exit(run_as_worker(None, chosen, out, registry, console, settings))
@@ -360,9 +370,9 @@ def _run_cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: b
 def _torchrun_commands(spec, cells: list, out: Path, registry, console: Console, nnodes: int,
                        rdzv_endpoint: Optional[str], rdzv_timeout: int, execute: bool) -> int:
     """`bench run --launcher torchrun`: prepare OUT and print (or run) one torchrun command per cell."""
-    from benchbase.launch.torchrun import Rendezvous, check_endpoint, commands
-    from benchbase.launch.torchrun import execute as execute_commands
-    from benchbase.runner import prepare_run
+    from benchbase.run.records import prepare_run
+    from benchbase.run.torchrun import Rendezvous, check_endpoint, commands
+    from benchbase.run.torchrun import execute as execute_commands
 
     rendezvous = Rendezvous(nnodes=nnodes, endpoint=rdzv_endpoint, join_timeout_s=rdzv_timeout)
     if execute:

@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchbase.contracts import params_of  # noqa: E402
-from benchbase.plugins import load_registry  # noqa: E402
-from plugins.envs.atari_games import game_info, quiet_ale, require_game  # noqa: E402
+from benchbase.api.contracts import params_of  # noqa: E402
+from benchbase.api.registry import load_registry  # noqa: E402
+from plugins.envs.atari.games import game_info, quiet_ale, require_game  # noqa: E402
 
 ROUNDS = 3
 
@@ -59,7 +59,7 @@ def measure(configurations: dict[str, Callable[[np.ndarray], object]], actions: 
 
 
 def family_env(env_id: str, simulators: int, **overrides):
-    family = load_registry(only={"plugins.envs.atari"}).get("env", env_id)
+    family = load_registry(only={"plugins.envs.atari.family"}).get("env", env_id)
     params = params_of(family, overrides)
     env = family.make_env(params, family.training_tasks(params, simulators, 0), seed=0)
     env.reset(seed=0)
@@ -80,8 +80,8 @@ def gymnasium_env(env_id: str, simulators: int):
     import gymnasium as gym
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-    from benchbase.contracts import Task
-    from benchbase.gym_vector import GymnasiumTaskVectorEnv
+    from benchbase.api.contracts import Task
+    from plugins.envs.gymnasium.vector import GymnasiumTaskVectorEnv
 
     def make() -> gym.Env:
         return FrameStackObservation(AtariPreprocessing(gym.make(env_id), noop_max=30, frame_skip=4), 4)

@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchbase.checkpoint import BackgroundWriter  # noqa: E402
-from benchbase.contracts import LearnerSpec, params_of  # noqa: E402
-from benchbase.plugins import load_registry  # noqa: E402
+from benchbase.api.contracts import LearnerSpec, params_of  # noqa: E402
+from benchbase.api.registry import load_registry  # noqa: E402
+from benchbase.checkpoints.checkpoint import BackgroundWriter  # noqa: E402
 
 ENV = "PongNoFrameskip-v4"
 

@@ -27,11 +27,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchbase.contracts import Task, params_of  # noqa: E402
-from benchbase.gym_vector import GymnasiumTaskVectorEnv  # noqa: E402
-from benchbase.plugins import load_registry  # noqa: E402
-from plugins.envs.mujoco_physics import quiet_known_asset_warnings  # noqa: E402
 from learner_throughput import learner_on, training_rate  # noqa: E402  (same folder)
+
+from benchbase.api.contracts import Task, params_of  # noqa: E402
+from benchbase.api.registry import load_registry  # noqa: E402
+from plugins.envs.gymnasium.vector import GymnasiumTaskVectorEnv  # noqa: E402
+from plugins.envs.mujoco.physics import quiet_known_asset_warnings  # noqa: E402
 
 SIMULATORS = 8
 LEARNER_FAMILIES = {"HalfCheetah-v5": "random-mujoco-halfcheetah", "Hopper-v5": "random-mass-hopper"}

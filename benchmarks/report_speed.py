@@ -34,7 +34,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchbase.report import build_report, env_registry, load_runs, write_report  # noqa: E402
+from benchbase.report.build import build_report, env_registry, load_runs, write_report  # noqa: E402
 from benchbase.results import (  # noqa: E402
     EPISODES_SCHEMA,
     EVALUATIONS_SCHEMA,

@@ -25,11 +25,11 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchbase.comm import Communicator, message_layout  # noqa: E402
-from benchbase.contracts import params_of  # noqa: E402
-from benchbase.plugins import load_registry  # noqa: E402
-from benchbase.shm import SharedBoard, synchronous_slots  # noqa: E402
-from benchbase.topology import build_mixing_plan  # noqa: E402
+from benchbase.api.contracts import params_of  # noqa: E402
+from benchbase.api.registry import load_registry  # noqa: E402
+from benchbase.comm.communicator import Communicator, message_layout  # noqa: E402
+from benchbase.comm.mixing_plan import build_mixing_plan  # noqa: E402
+from benchbase.comm.shm import SharedBoard, synchronous_slots  # noqa: E402
 
 TOPOLOGIES = ("ring", "exponential", "fully-connected")
 SIZES = (2, 4, 8, 16)
@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     steps = 20 if args.quick else 100
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "benchbase.comm", "benchbase.shm", "plugins.topologies.builtin"])
+    context.set_forkserver_preload(["torch", "benchbase.comm.communicator", "benchbase.comm.shm", "plugins.topologies.builtin"])
     size_mb = args.numel * 4 / 2**20
     print(f"{args.numel:,} float32 parameters ({size_mb:.2f} MiB) per learner, {steps} synchronous mixing steps")
     print(f"{'topology':<16} {'N':>3} {'out-degree':>10} {'sent/learner/step':>18} {'× model':>8} "

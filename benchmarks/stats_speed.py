@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchbase.stats import aggregate_estimates, probability_of_improvement  # noqa: E402
+from benchbase.report.stats import aggregate_estimates, probability_of_improvement  # noqa: E402
 
 
 def best_of(rounds: int, work) -> float:

@@ -37,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before the forks
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 
-from benchbase.grid import expand, make_spec, parse_axis_entry  # noqa: E402
-from benchbase.launch.local import run_cell, warm_up  # noqa: E402
-from benchbase.learner import ExecutionSettings  # noqa: E402
-from benchbase.plugins import load_registry  # noqa: E402
+from benchbase.api.registry import load_registry  # noqa: E402
+from benchbase.grid.expand import expand
+from benchbase.grid.spec import make_spec, parse_axis_entry  # noqa: E402
+from benchbase.learner.settings import ExecutionSettings  # noqa: E402
+from benchbase.run.local import run_cell, warm_up  # noqa: E402
 
 PLUGIN = "benchmarks.straggler_plugin"
 CASES = (  # (label, algorithm, topology)

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from benchbase.contracts import Algorithm, IterationOutput, LearnerSpec
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
+from benchbase.api.contracts import Algorithm, IterationOutput, LearnerSpec
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
 from plugins.algorithms.diff_a2c import A2CParams, DiffA2C
 from plugins.algorithms.gala import Gala, GalaParams
 

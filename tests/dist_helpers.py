@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from benchbase.comm import Communicator
-from benchbase.launch.local import warm_up
+from benchbase.comm.communicator import Communicator
+from benchbase.run.local import warm_up
 
 PG_TIMEOUT_S = 20.0
 _KEEP_ALIVE: list[Any] = []
@@ -225,8 +225,8 @@ def as_matrix(vectors: list[np.ndarray]) -> np.ndarray:
 def _board(prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s: float = PG_TIMEOUT_S,
            staleness: int = 0):
     """The board the learner loop would build (`benchbase.learner._shared_board`)."""
-    from benchbase.comm import message_layout
-    from benchbase.shm import SharedBoard
+    from benchbase.comm.communicator import message_layout
+    from benchbase.comm.shm import SharedBoard
 
     layout = message_layout(plan, numel, torch.float32, staleness)
     channels = {j: layout.channels(plan, j) for j in range(plan.n_learners)}
@@ -239,7 +239,7 @@ def _board(prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s:
 def shared_versus_gloo_suite(rank: int, world: int, plans: dict[str, Any], numel: int, steps: int,
                              prefix: str) -> dict[str, Any]:
     """The same synchronous mixing through gloo messages and through shared memory."""
-    from benchbase.shm import synchronous_slots
+    from benchbase.comm.shm import synchronous_slots
 
     out: dict[str, Any] = {}
     for name, plan in plans.items():
@@ -282,7 +282,7 @@ def push_sum_suite(rank: int, world: int, plans: dict[str, Any], numel: int, ste
                    link_drop: float = 0.0) -> dict[str, Any]:
     """Synchronous mixing of every plan through gloo messages and shared memory, optionally with
     link drops; the final (de-biased) parameters, push-sum weight and statistics per plan."""
-    from benchbase.shm import synchronous_slots
+    from benchbase.comm.shm import synchronous_slots
 
     out: dict[str, Any] = {}
     for name, plan in plans.items():

@@ -13,7 +13,7 @@ import os
 import signal
 from pathlib import Path
 
-from benchbase.hookspecs import hookimpl
+from benchbase.api.hookspecs import hookimpl
 from plugins.algorithms.diff_a2c import A2CLearner, DiffA2C
 
 

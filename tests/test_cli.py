@@ -82,7 +82,7 @@ FAILING_PLUGIN = textwrap.dedent(
     """
     import torch
 
-    from benchbase.hookspecs import hookimpl
+    from benchbase.api.hookspecs import hookimpl
     from plugins.algorithms.diff_a2c import A2CLearner, DiffA2C
 
     class Exploding(A2CLearner):

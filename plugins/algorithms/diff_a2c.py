@@ -12,10 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbase.contracts import Algorithm, ConsensusParams, LearnerSpec
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
-from plugins.algorithms.actor_critic import OnPolicyLearner, Rollout, discounted_returns, gae_advantages
+from benchbase.api.contracts import Algorithm, ConsensusParams, LearnerSpec
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
+from plugins.algorithms.common.actor_critic import (
+    OnPolicyLearner,
+    Rollout,
+    discounted_returns,
+    gae_advantages,
+)
 
 
 @dataclass(frozen=True)

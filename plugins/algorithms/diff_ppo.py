@@ -44,10 +44,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from benchbase.contracts import Algorithm, ConsensusParams, LearnerSpec
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
-from plugins.algorithms.actor_critic import OnPolicyLearner, Rollout, gae_advantages
+from benchbase.api.contracts import Algorithm, ConsensusParams, LearnerSpec
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
+from plugins.algorithms.common.actor_critic import (
+    OnPolicyLearner,
+    Rollout,
+    gae_advantages,
+)
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchbase.contracts import Algorithm, GossipParams, IterationOutput, LearnerSpec
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
+from benchbase.api.contracts import (
+    Algorithm,
+    GossipParams,
+    IterationOutput,
+    LearnerSpec,
+)
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
 from plugins.algorithms.diff_a2c import A2CLearner, A2CParams
 
 

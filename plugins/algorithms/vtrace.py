@@ -74,14 +74,20 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from benchbase.contracts import Algorithm, ConsensusParams, FinishedEpisode, IterationOutput, LearnerSpec
-from benchbase.flat import FlatParameters
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
-from benchbase.replay import BatchPreparer, ReplayMix, Segment
-from plugins.algorithms.actor_critic import OnPolicyLearner
-from plugins.algorithms.networks import ActorCritic, is_image
-from plugins.algorithms.vtrace_targets import vtrace_targets
+from benchbase.api.contracts import (
+    Algorithm,
+    ConsensusParams,
+    FinishedEpisode,
+    IterationOutput,
+    LearnerSpec,
+)
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
+from benchbase.api.replay import BatchPreparer, ReplayMix, Segment
+from benchbase.comm.flat import FlatParameters
+from plugins.algorithms.common.actor_critic import OnPolicyLearner
+from plugins.algorithms.common.networks import ActorCritic, is_image
+from plugins.algorithms.common.returns import vtrace_targets
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -17,11 +17,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from benchbase.contracts import ReplayStrategy
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
-from benchbase.replay import Scorer
-from plugins.replay.similarity import P_HELP, CandidateBuffer, SimilarityParams, distance, stacked_observations
+from benchbase.api.contracts import ReplayStrategy
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
+from benchbase.api.replay import Scorer
+from plugins.replay.similarity import (
+    P_HELP,
+    CandidateBuffer,
+    SimilarityParams,
+    distance,
+    stacked_observations,
+)
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from benchbase.contracts import ReplayStrategy
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
-from benchbase.replay import Scorer
+from benchbase.api.contracts import ReplayStrategy
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
+from benchbase.api.replay import Scorer
 from plugins.replay.similarity import (
     P_HELP,
     CandidateBuffer,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from benchbase.contracts import ReplayStrategy
-from benchbase.hookspecs import hookimpl
+from benchbase.api.contracts import ReplayStrategy
+from benchbase.api.hookspecs import hookimpl
 
 
 class NoReplay(ReplayStrategy):

@@ -11,10 +11,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from benchbase.contracts import ReplayStrategy
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
-from benchbase.replay import ReplayParams, Scorer, Segment
+from benchbase.api.contracts import ReplayStrategy
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
+from benchbase.api.replay import ReplayParams, Scorer, Segment
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchbase.api.params import param
+from benchbase.api.replay import ReplayParams, Scorer, Segment
 from benchbase.errors import UserError
-from benchbase.params import param
-from benchbase.replay import ReplayParams, Scorer, Segment
 from plugins.replay.uniform import MIN_FILL_HELP, RingBuffer, check_min_fill
 
 #: Keeps cosine similarity finite for all-zero feature vectors.

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from benchbase.contracts import Topology, TopologyParams
+from benchbase.api.contracts import Topology, TopologyParams
+from benchbase.api.hookspecs import hookimpl
+from benchbase.api.params import param
 from benchbase.errors import UserError
-from benchbase.hookspecs import hookimpl
-from benchbase.params import param
 
 __all__ = ["Star", "register_topologies"]
 

@@ -1,0 +1,300 @@
+"""The contracts between the core and its plugins.
+
+Four kinds of component, each a small class that a plugin subclasses and hands to a `register`
+callback (see `benchbase.hookspecs`):
+
+- `Algorithm`      builds a per-process `Learner` (collect, update, expose parameters to mix);
+- `Topology`       pure data: who receives from whom, per iteration if time-varying;
+- `EnvFamily`      a seeded distribution over tasks and a vectorised env for a list of tasks;
+- `ReplayStrategy` a buffer of trajectory segments (off-policy algorithms; `none` otherwise).
+
+Every component has a `name`, a one-line `description` and a `Params` dataclass of tunables
+(`benchbase.params`). Components are stateless: per-run state lives in what they build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
+
+import numpy as np
+
+from benchbase.api.params import NoParams, param
+
+
+class Component:
+    """Shared by every plugin kind."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    aliases: ClassVar[tuple[str, ...]] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Topologies
+
+
+@dataclass(frozen=True)
+class TopologyParams:
+    """Base of every topology's parameters: the core turns the graph into mixing weights."""
+
+    weights: Literal["auto", "metropolis", "uniform", "push-sum"] = param(
+        "auto",
+        "mixing weights: metropolis (doubly stochastic on any undirected graph), uniform "
+        "1/(in-degree+1) (the Diff-DAC original; keeps the average only on regular graphs), or "
+        "push-sum (each sender splits its parameters and a scalar weight evenly over itself and "
+        "its out-neighbours; exact average on any directed or time-varying graph); auto = "
+        "metropolis on undirected graphs, push-sum on directed ones",
+    )
+
+
+class Topology(Component):
+    """Who talks to whom. Pure data: never touches torch.distributed.
+
+    `build` returns an N×N 0/1 integer array `in_adjacency` with `in_adjacency[i, j] == 1` when
+    learner i receives learner j's parameters (zero diagonal; symmetric unless `directed`).
+    A time-varying topology returns a sequence of such arrays: the k-th is used at iterations t
+    with t % len(sequence) == k. The core validates shape, symmetry and connectivity and derives
+    the mixing weights (`benchbase.topology`).
+    """
+
+    Params: ClassVar[type] = TopologyParams
+    directed: ClassVar[bool] = False
+    #: False for topologies that are meant to be disconnected (isolated learners).
+    requires_connected: ClassVar[bool] = True
+
+    def learner_count(self, requested: int, params: Any) -> int:
+        """How many learner processes a cell with `requested` learners runs (centralised: 1)."""
+        return requested
+
+    def build(self, n_learners: int, params: Any, rng: np.random.Generator) -> np.ndarray | Sequence[np.ndarray]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Environment families
+
+
+@dataclass(frozen=True)
+class Task:
+    """One member of a family: the parameters it sets are recorded with every episode row."""
+
+    task_id: str
+    parameters: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FinishedEpisode:
+    """An episode that ended during a step: raw (unnormalised, unclipped) return."""
+
+    simulator: int
+    episode_return: float
+    episode_length: int
+    success: bool | None
+    task: Task
+
+
+class StepResult(NamedTuple):
+    observations: np.ndarray  # next observations; simulators whose episode ended are already reset
+    rewards: np.ndarray  # float32 [P]: what the learner trains on (raw, or shaped by the family: Atari clips)
+    terminated: np.ndarray  # bool [P]: a terminal state (no bootstrap)
+    truncated: np.ndarray  # bool [P]: cut by a time limit (bootstrap from final_observations)
+    final_observations: np.ndarray | None  # [P, ...]; rows valid where terminated | truncated
+    finished: list[FinishedEpisode]
+
+
+class TaskVectorEnv(Protocol):
+    """P simulators stepped together, each running its own task, resetting itself when done."""
+
+    num_envs: int
+    observation_space: Any  # gymnasium.Space of one simulator
+    action_space: Any  # gymnasium.Space of one simulator
+
+    def reset(self, seed: int) -> np.ndarray: ...
+
+    def step(self, actions: np.ndarray) -> StepResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EnvFamilyParams:
+    """Base of every family's parameters."""
+
+    resample: bool = param(
+        False,
+        "draw a new task at every episode reset (domain randomisation) instead of one fixed task "
+        "per learner",
+    )
+
+
+def without_resampling(params: Any) -> Any:
+    """`params` with per-episode resampling off (evaluation, probing), for families whose Params
+    may or may not derive from EnvFamilyParams."""
+    if dataclasses.is_dataclass(params) and any(f.name == "resample" for f in dataclasses.fields(params)):
+        return dataclasses.replace(params, resample=False)
+    return params
+
+
+class EnvFamily(Component):
+    """A named, seeded distribution over tasks of one base environment."""
+
+    Params: ClassVar[type] = EnvFamilyParams
+    #: Held-out evaluation splits besides "train" (the learner's own tasks), e.g. ("D", "R", "E").
+    splits: ClassVar[tuple[str, ...]] = ()
+    #: (random policy score, reference score) for normalisation; None where success is defined.
+    score_range: ClassVar[tuple[float, float] | None] = None
+    #: One line: what counts as success, or "" when the family defines none.
+    success_criterion: ClassVar[str] = ""
+
+    def task_score_range(self, task_id: str) -> tuple[float, float] | None:
+        """(random, reference) of one task, for families whose tasks score on different scales
+        (a set of Atari games); None: the family's `score_range` applies to every task."""
+        return None
+
+    def training_tasks(self, params: Any, count: int, seed: int) -> list[Task]:
+        """`count` tasks (one per learner), reproducible from `seed`."""
+        raise NotImplementedError
+
+    def evaluation_tasks(self, params: Any, split: str, count: int, seed: int) -> list[Task]:
+        """`count` held-out tasks of `split`, reproducible from `seed`."""
+        raise NotImplementedError
+
+    def make_env(self, params: Any, tasks: Sequence[Task], seed: int) -> TaskVectorEnv:
+        """A vector env with one simulator per entry of `tasks`, seeded with `seed`."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Algorithms
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    """What the core hands an algorithm to build one learner process's learner."""
+
+    env: TaskVectorEnv
+    rank: int
+    n_learners: int
+    seed: int
+    device: Any  # torch.device
+    replay: Any = None  # a replay mix for off-policy algorithms; None for on-policy ones
+    #: This learner's share of the cell's env-step budget (for schedules such as lr annealing);
+    #: 0 when unknown (a learner built outside a cell).
+    env_steps_budget: int = 0
+
+
+@dataclass
+class IterationOutput:
+    """One collect-and-update iteration."""
+
+    env_steps: int
+    finished: list[FinishedEpisode]
+    metrics: dict[str, float]
+
+
+class Learner(Protocol):
+    """Per-process learner. The core calls `iterate`, then mixes `parameters_buffer()` in place."""
+
+    def iterate(self) -> IterationOutput: ...
+
+    def parameters_buffer(self) -> Any:
+        """One flat tensor that holds every parameter to mix; the model's parameters are views
+        of it, so writing it writes the model."""
+        ...
+
+    def act_greedy(self, observations: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ConsensusParams:
+    """Base of the parameters of every algorithm that communicates; read by the core's mixing."""
+
+    staleness: int = param(
+        0,
+        "staleness bound K: a learner mixes with the newest message from each in-neighbour and "
+        "waits only when it is more than K iterations old; 0 = synchronous diffusion",
+        min=0,
+    )
+    link_drop: float = param(
+        0.0,
+        "unreliable links: probability in [0, 1) that a learner skips publishing its parameters "
+        "in an iteration (its neighbours mix without it; push-sum keeps the skipped share)",
+        min=0.0,
+        below=1.0,
+    )
+
+
+@dataclass(frozen=True)
+class GossipParams(ConsensusParams):
+    """Gossip algorithms (GALA) talk to `num_peers` of their topology's out-neighbours per
+    iteration, cycling through them in order of ring offset (r+1, r+2, …); mixing is push-sum."""
+
+    num_peers: int = param(
+        1, "out-peers each learner sends to per iteration, cycling through its topology neighbours", min=1
+    )
+
+
+class Algorithm(Component):
+    """A learning algorithm. Declares what it supports so the grid can refuse bad pairings."""
+
+    #: "diffusion" (adapt-then-combine with every neighbour), "gossip" (`GossipParams`: a few
+    #: peers per iteration, push-sum) or "none".
+    consensus: ClassVar[str] = "diffusion"
+    action_spaces: ClassVar[frozenset[str]] = frozenset({"discrete", "continuous"})
+    observation_kinds: ClassVar[frozenset[str]] = frozenset({"vector"})
+    #: True for off-policy algorithms trained from a replay mix; their Params then declare an
+    #: integer `batch_size` (segments per update), which the grid splits among the mix's strategies.
+    uses_replay: ClassVar[bool] = False
+
+    def make_learner(self, params: Any, spec: LearnerSpec) -> Learner:
+        raise NotImplementedError
+
+    def segment_bytes(self, params: Any, observation_space: Any, action_space: Any) -> int | None:
+        """Off-policy algorithms: bytes of one stored segment, so that the memory a replay buffer
+        will take is reported before the run. None when unknown."""
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Replay strategies
+
+
+class ReplayStrategy(Component):
+    """Stores trajectory segments and samples them. `none` is the on-policy placeholder."""
+
+    #: False only for `none`, which stores nothing.
+    stores_segments: ClassVar[bool] = True
+
+    def make_buffer(self, params: Any, seed: int) -> Any:
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Component]] = {
+    "algorithm": Algorithm,
+    "topology": Topology,
+    "env": EnvFamily,
+    "replay": ReplayStrategy,
+}
+
+
+def params_of(component: Component, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The component's parameters with `overrides` applied (typed and checked)."""
+    from benchbase.api.params import resolve
+
+    return resolve(component.Params, overrides or {}, component.name)
+
+
+def space_kind(space: Any) -> str:
+    """'discrete' or 'continuous' for a gymnasium action space."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        return "discrete"
+    if isinstance(space, spaces.Box):
+        return "continuous"
+    return type(space).__name__
+

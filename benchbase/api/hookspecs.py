@@ -1,0 +1,73 @@
+"""The plugin API: every hook benchbase calls, in one documented module.
+
+A plugin is a module (or object) with functions marked `@hookimpl` whose names match the specs
+below. Built-in plugins and third-party packages register the same way: a third-party package
+declares an entry point in the group ``benchbase``::
+
+    [project.entry-points.benchbase]
+    star = "benchbase_star"
+
+Registration hooks receive a ``register`` callback and call it with component instances
+(subclasses of the classes in `benchbase.contracts`); they never touch global state::
+
+    from benchbase.api.hookspecs import hookimpl
+
+    @hookimpl
+    def register_topologies(register):
+        register(StarTopology())
+
+Observer hooks are called in the process that runs the grid (never inside learner processes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+PROJECT = "benchbase"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[Any], None]
+
+
+@hookspec
+def register_algorithms(register: Register) -> None:
+    """Register `benchbase.contracts.Algorithm` instances."""
+
+
+@hookspec
+def register_topologies(register: Register) -> None:
+    """Register `benchbase.contracts.Topology` instances."""
+
+
+@hookspec
+def register_env_families(register: Register) -> None:
+    """Register `benchbase.contracts.EnvFamily` instances."""
+
+
+@hookspec
+def register_replay_strategies(register: Register) -> None:
+    """Register `benchbase.contracts.ReplayStrategy` instances."""
+
+
+@hookspec(firstresult=True)
+def resolve_env_family(name: str) -> Any:
+    """Return an EnvFamily for a name no plugin registered (e.g. any Gymnasium id), or None."""
+
+
+@hookspec
+def cell_started(cell: Any, out_dir: str) -> None:
+    """A cell (`benchbase.grid.Cell`) is about to start its learners."""
+
+
+@hookspec
+def cell_finished(cell: Any, row: dict, out_dir: str) -> None:
+    """A cell ended; `row` is its row of the cells table (status, error, wall time, steps…)."""
+
+
+@hookspec
+def results_written(out_dir: str) -> None:
+    """The run folder's tables were (re)written; a good moment to upload or index them."""

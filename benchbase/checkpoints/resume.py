@@ -1,0 +1,141 @@
+"""Checkpoints inside a cell: when a learner saves, where a re-run resumes, how a cell stops.
+
+Each learner keeps its own checkpoints in ``<run>/checkpoints/<cell_id>/learner-<r>/`` (see
+`benchbase.checkpoint` for the files). A checkpoint holds the learner's state (model, optimiser,
+normalisers, RNG, simulators where the env can save them), the communicator's (push-sum weight,
+counters) and the training loop's, including every result row produced so far: a resumed cell
+re-produces the rows after its checkpoint and none before it, so rows are neither lost nor
+duplicated.
+
+Where a cell resumes: learners of a synchronous cell with edges must restart from the same
+iteration (a neighbour's message of that iteration is what each waits for), so they agree on the
+newest checkpoint that every one of them has intact. Learners that never wait for each other
+(isolated, or asynchronous) each take their own newest good checkpoint.
+
+How a cell stops (Ctrl-C): the launcher sends every learner SIGUSR1. A learner of a synchronous
+cell with edges cannot simply stop where it is: a neighbour may already be one iteration further,
+waiting for its message. The first learner to notice proposes stopping at its iteration + N
+(N learners, more than any graph's diameter, so no learner has gone past it) through the cell's
+rendezvous store; everyone reads the same value, runs to it, checkpoints and exits.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from benchbase.checkpoints import checkpoint
+
+CHECKPOINTS_PER_CELL = 10  # the default: one every 10% of the budget
+STOP_KEY = "benchbase/stop_at"
+
+
+def checkpoint_folder(out_dir: str | Path, cell_id: str, rank: int) -> Path:
+    return Path(out_dir) / "checkpoints" / cell_id / f"learner-{rank}"
+
+
+@dataclass
+class LoopState:
+    """The training loop's own state: counters, running averages and the rows written so far."""
+
+    iteration: int = 0
+    iterations: int | None = None  # known after the first iteration (steps per iteration)
+    local_steps: int = 0
+    recent_returns: list[float] = field(default_factory=list)
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    metric_count: int = 0
+    eval_time_s: float = 0.0
+    wall_s: float = 0.0  # training wall time before this process started (a resumed cell)
+    final_train: list[tuple[float, Any]] = field(default_factory=list)  # (return, success) of the last evaluation
+    rows: dict[str, dict[str, list]] = field(default_factory=dict)  # table -> columns
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LoopState:
+        return cls(**values)
+
+
+class StopSignal:
+    """Set when the launcher asks the learner to checkpoint and stop (SIGUSR1, or the given
+    signals, e.g. SIGTERM under torchrun)."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1,)) -> None:
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            for number in signals:
+                signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.requested = True
+
+    def stop_iteration(self, iteration: int, world: int, store: Any, lockstep: bool) -> int:
+        """The iteration after which this learner stops (see the module docstring)."""
+        if not lockstep or store is None:
+            return iteration
+        agreed = store.compare_set(STOP_KEY, "", str(iteration + world))
+        return int(agreed)
+
+
+class CheckpointKeeper:
+    """One learner's checkpoints: saves every `every_steps` of its own env steps (0 = only at
+    the end), on a background thread."""
+
+    def __init__(self, folder: Path, cell_config: dict[str, Any], every_steps: int, enabled: bool) -> None:
+        self.folder = folder
+        self.cell_config = cell_config
+        self.every_steps = every_steps
+        self.enabled = enabled
+        self.writer = checkpoint.BackgroundWriter()
+        self.copy_s = 0.0  # time the learner spent copying its state (what its neighbours may wait for)
+        self.saved = 0
+        self._every_iterations: int | None = None
+
+    def due(self, iteration: int, iterations: int, steps_per_iteration: int) -> bool:
+        if not self.enabled or self.every_steps <= 0 or iteration >= iterations:
+            return False
+        if self._every_iterations is None:
+            self._every_iterations = max(1, round(self.every_steps / steps_per_iteration))
+        return iteration % self._every_iterations == 0
+
+    def save(self, state: dict[str, Any], env_steps: int, *, wait: bool = False, keep: int = checkpoint.KEEP) -> None:
+        """Write `state` (a copy the learner no longer touches) on the writer thread; `wait` for it."""
+        self.writer.submit(self.folder, state, env_steps=env_steps, cell_config=self.cell_config, keep=keep)
+        self.saved += 1
+        if wait:
+            self.writer.wait()
+
+    def close(self) -> None:
+        self.writer.wait()
+
+
+def default_every(cell_env_steps: int, world: int, requested: int | None) -> int:
+    """A learner's checkpoint interval in its own env steps, from the cell-level request."""
+    every = math.ceil(cell_env_steps / CHECKPOINTS_PER_CELL) if requested is None else requested
+    return math.ceil(every / world) if every > 0 else 0
+
+
+def resume_point(folder: Path, cell_config: dict[str, Any], *, lockstep: bool,
+                 world: int) -> tuple[Path | None, list[str]]:
+    """The checkpoint this learner resumes from (None: from scratch) and notes on what was
+    skipped. With `lockstep` every learner of the cell calls it (a collective)."""
+    good, notes = checkpoint.good_checkpoints(folder, cell_config)
+    chosen = max(good) if good else None
+    if lockstep and world > 1:
+        everyone: list[Any] = [None] * world
+        dist.all_gather_object(everyone, sorted(good))
+        common = set(everyone[0]).intersection(*map(set, everyone[1:]))
+        agreed = max(common) if common else None
+        if chosen is not None and agreed != chosen:
+            notes.append(f"step {chosen:,} is not intact on every learner: the cell resumes from "
+                         f"{'the start' if agreed is None else f'step {agreed:,}'}")
+        chosen = agreed
+    return (good[chosen] if chosen is not None else None), notes
+

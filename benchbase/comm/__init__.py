@@ -1,0 +1,2 @@
+"""Communication between learners: topology → mixing plan, flat parameters, transports (shared
+memory, gloo, NCCL) and mixing rules (diffusion, push-sum)."""

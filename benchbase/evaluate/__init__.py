@@ -1,0 +1,1 @@
+"""`bench eval`: evaluating checkpoints on any split or family, summaries and videos."""

@@ -1,0 +1,1 @@
+"""Grid spec (command line or TOML) → validated cells with stable identities."""

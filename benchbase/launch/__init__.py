@@ -1,1 +1,0 @@
-"""Turning one cell into N learner processes: locally now, under torchrun on many nodes."""

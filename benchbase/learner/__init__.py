@@ -1,0 +1,3 @@
+"""Inside a learner process: settings, building the learner, the training loop, evaluation.
+
+Importing this package is light (no torch): the command line reads `settings` from it."""

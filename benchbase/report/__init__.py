@@ -1,0 +1,2 @@
+"""`bench report`: load run folders, score, aggregate with robust statistics, render text, Markdown,
+HTML and Parquet."""

@@ -1,0 +1,651 @@
+"""The HTML report: one self-contained file (inline CSS, charts as inline SVG, no scripts and no
+external requests) drawn from a `benchbase.report_model.Report`.
+
+Charts are drawn with matplotlib's object API (`matplotlib.figure.Figure` and the SVG canvas),
+never pyplot, so rendering touches no global figure state and needs no display. Text in the SVGs
+stays text (``svg.fonttype = 'none'``), long curves are thinned, and every entry keeps one colour
+across all charts and the leaderboard's swatches.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Iterable, Sequence
+from html import escape
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.colors import hsv_to_rgb, to_hex
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
+
+from benchbase.formatting import DASH, count, duration, finite, size
+from benchbase.report.model import Curve, Estimate, GeneralisationCell, Report
+
+__all__ = ["render_html"]
+
+_MAX_POINTS = 120  # per curve or profile line in a chart; keeps the SVGs small
+
+# Tableau 10, then the lighter Tableau 20 shades; beyond 20 entries, golden-ratio hues.
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]  # fmt: skip
+
+_METRIC_TEXT = {
+    "final": "final evaluation score",
+    "auc": "area under the learning curve",
+}
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+       color: #1b1f24; background: #fff; margin: 0 auto; padding: 1.5rem 2rem 3rem;
+       max-width: 1360px; }
+h1 { font-size: 1.7rem; margin: 0 0 .3rem; }
+h2 { font-size: 1.25rem; margin: 2.2rem 0 .6rem; padding-bottom: .25rem;
+     border-bottom: 1px solid #d0d7de; }
+p.note, figcaption, .muted { color: #57606a; }
+table { border-collapse: collapse; margin: .4rem 0 1rem; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .55rem; text-align: right; vertical-align: top; }
+td { white-space: nowrap; }
+td.entry, td.est { white-space: normal; }
+td.entry { min-width: 11rem; }
+#leaderboard { font-size: 13px; }
+#leaderboard th, #leaderboard td { padding: .3rem .4rem; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+th[colspan] { text-align: center; }
+th { background: #f6f8fa; font-weight: 600; }
+td.text, th.text { text-align: left; }
+table.settings th { text-align: left; }
+table.settings td { text-align: left; }
+tr.baseline td { background: #fffbe6; }
+tr.has-excluded td.excluded { background: #ffebe9; color: #a40e26; font-weight: 600; }
+td.best { font-weight: 700; }
+.ci { color: #57606a; font-size: .85em; white-space: nowrap; }
+.runs { display: block; }
+.swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px;
+          margin-right: .4em; vertical-align: -.05em; }
+.problems { border: 2px solid #cf222e; background: #ffebe9; border-radius: 6px;
+            padding: .6rem 1rem; margin: 1rem 0; }
+.problems h2 { color: #a40e26; border: 0; margin: 0 0 .3rem; }
+.problems ul { margin: .2rem 0; padding-left: 1.3rem; }
+.ok { border: 1px solid #2da44e; background: #dafbe1; border-radius: 6px;
+      padding: .4rem 1rem; margin: 1rem 0; }
+figure { margin: 1rem 0 1.6rem; }
+figure svg { max-width: 100%; height: auto; display: block; }
+figure svg * { stroke-linejoin: round; stroke-linecap: butt; }
+figcaption { font-size: .92em; margin-top: .3rem; max-width: 70rem; }
+code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .92em; }
+ul.sources { margin: .2rem 0; padding-left: 1.3rem; }
+"""
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+
+
+def _num(x: float | None) -> str:
+    """A score-like number: 3 decimals for small magnitudes, fewer for large ones."""
+    if not finite(x):
+        return DASH
+    x = float(x)
+    if abs(x) < 10:
+        return f"{x:.3f}"
+    if abs(x) < 10_000:
+        return f"{x:.1f}"
+    return f"{x:.3g}"
+
+
+def _estimate_html(est: Estimate | None, fmt=_num) -> str:
+    """``value [low, high]`` with the interval in a muted span; an em dash where there is no value."""
+    if est is None or not finite(est.value):
+        return DASH
+    value = escape(fmt(est.value))
+    if finite(est.low) and finite(est.high):
+        ci = f"[{escape(fmt(est.low))}, {escape(fmt(est.high))}]"
+        return f'{value} <span class="ci">{ci}</span>'
+    return value
+
+
+def _estimate_text(est: Estimate | None) -> str:
+    """Plain-text form of an estimate, for captions and chart labels."""
+    if est is None or not finite(est.value):
+        return DASH
+    if finite(est.low) and finite(est.high):
+        return f"{_num(est.value)} [{_num(est.low)}, {_num(est.high)}]"
+    return _num(est.value)
+
+
+def _label(text: str, limit: int = 48) -> str:
+    """An entry name as chart text: no mathtext (``$`` escaped), long names shortened."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
+
+
+# --------------------------------------------------------------------------- colours
+
+
+def _colour(i: int) -> str:
+    if i < len(_PALETTE):
+        return _PALETTE[i]
+    hue = (0.11 + 0.618_033_988_75 * i) % 1.0
+    return to_hex(hsv_to_rgb((hue, 0.65, 0.8)))
+
+
+def _entry_colours(report: Report) -> dict[str, str]:
+    """One colour per entry, in leaderboard order, then entries seen only in other parts."""
+    names: list[str] = []
+    seen: set[str] = set()
+
+    def add(names_iter: Iterable[str]) -> None:
+        for name in names_iter:
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+
+    add(row.entry for row in report.leaderboard)
+    add(c.entry for c in report.curves)
+    add(p.entry for p in report.profiles)
+    add(cell.entry for cell in report.generalisation)
+    for imp in report.improvements:
+        add((imp.better, imp.worse))
+    return {name: _colour(i) for i, name in enumerate(names)}
+
+
+# --------------------------------------------------------------------------- SVG
+
+
+_GID_RE = re.compile(r'\sid="[A-Za-z][A-Za-z0-9_.\-]*_\d+"')
+_PATH_RE = re.compile(r'\sd="[^"]*"')
+_FLOAT_RE = re.compile(r"-?\d+\.\d{3,}")
+
+
+def _svg(fig: Figure, salt: str) -> str:
+    """The figure as an inline ``<svg>`` element (no XML prolog, DOCTYPE or metadata).
+
+    ``salt`` seeds the ids matplotlib gives clip paths and markers, so several SVGs can share one
+    HTML document without clashing ids, and the same report renders to the same bytes.
+    """
+    FigureCanvasSVG(fig)
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"benchbase-{salt}"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    svg = buf.getvalue()
+    start = svg.find("<svg")
+    svg = svg[start:] if start >= 0 else svg
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+    svg = re.sub(r"<style[^>]*>.*?</style>\s*", "", svg, flags=re.S)  # moved into the page CSS
+    # matplotlib's per-artist group ids ("figure_1", "axes_1", …) repeat in every SVG and nothing
+    # refers to them; drop them so the document's ids stay unique.
+    svg = _GID_RE.sub("", svg)
+    # Path coordinates are in points: two decimals are far below a pixel and halve the size.
+    svg = _PATH_RE.sub(lambda m: _FLOAT_RE.sub(_round2, m.group(0)), svg)
+    return svg.strip()
+
+
+def _round2(match: re.Match) -> str:
+    text = f"{float(match.group(0)):.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _thin(*arrays: np.ndarray, limit: int = _MAX_POINTS) -> list[np.ndarray]:
+    """The arrays restricted to at most ``limit`` evenly spaced indices (first and last kept)."""
+    arrays = [np.asarray(a, dtype=float).ravel() for a in arrays]
+    n = min((len(a) for a in arrays), default=0)
+    arrays = [a[:n] for a in arrays]
+    if n <= limit:
+        return arrays
+    idx = np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+    return [a[idx] for a in arrays]
+
+
+def _style_axes(ax) -> None:
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+    ax.tick_params(labelsize=9)
+    ax.grid(True, color="#e5e5e5", linewidth=0.7)
+    ax.set_axisbelow(True)
+
+
+def _figure(figure_id: str, svg: str, caption: str) -> str:
+    return f'<figure id="{escape(figure_id)}">\n{svg}\n<figcaption>{caption}</figcaption>\n</figure>'
+
+
+def _legend(fig: Figure, entries: Sequence[str], colours: dict[str, str], ncol_max: int = 3) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[e], linewidth=2.5) for e in entries]
+    ncol = max(1, min(ncol_max, len(entries)))
+    fig.legend(
+        handles, [_label(e, 60) for e in entries], loc="outside lower center", ncol=ncol, fontsize=9,
+        frameon=False,
+    )
+
+
+# --------------------------------------------------------------------------- charts
+
+
+_SCORE_PANELS = (
+    ("iqm", "IQM"),
+    ("median", "Median"),
+    ("mean", "Mean"),
+    ("optimality_gap", "Optimality gap"),
+)
+
+
+def _scores_chart(report: Report, colours: dict[str, str]) -> str:
+    rows = report.leaderboard
+    n = len(rows)
+    fig = Figure(figsize=(11, 1.2 + 0.38 * n), layout="constrained")
+    axes = fig.subplots(1, len(_SCORE_PANELS), sharey=True)
+    y = np.arange(n)[::-1]  # best first = top
+    for k, (ax, (attr, title)) in enumerate(zip(axes, _SCORE_PANELS)):
+        _style_axes(ax)
+        ax.grid(False, axis="y")
+        for yi, row in zip(y, rows):
+            est: Estimate = getattr(row, attr)
+            colour = colours[row.entry]
+            if not finite(est.value):
+                ax.text(0.02, yi, DASH, va="center", ha="left", fontsize=9, color="#888",
+                        transform=ax.get_yaxis_transform())
+                continue
+            ax.barh(yi, est.value, height=0.6, color=colour, alpha=0.35, edgecolor=colour, linewidth=1)
+            if finite(est.low) and finite(est.high):
+                ax.errorbar(
+                    est.value, yi,
+                    xerr=[[max(0.0, est.value - est.low)], [max(0.0, est.high - est.value)]],
+                    fmt="o", color=colour, markersize=4, capsize=3, elinewidth=1.5,
+                )
+            else:
+                ax.plot([est.value], [yi], "o", color=colour, markersize=4)
+        ax.set_title(title, fontsize=11)
+        ax.set_yticks(y)
+        if k == 0:
+            ax.set_yticklabels([_label(r.entry) for r in rows], fontsize=9)
+        ax.set_ylim(-0.6, n - 0.4)
+        ax.set_xlabel("normalised score", fontsize=9)
+    return _svg(fig, "scores")
+
+
+def _curves_chart(report: Report, colours: dict[str, str]) -> str:
+    by_family: dict[str, list[Curve]] = {}
+    for c in report.curves:
+        by_family.setdefault(c.family, []).append(c)
+    families = sorted(by_family)
+    ncols = min(3, len(families))
+    nrows = math.ceil(len(families) / ncols)
+    entries = [e for e in colours if any(c.entry == e for c in report.curves)]
+    # One legend column per panel column: long entry labels must fit under the panels.
+    legend_columns = max(1, ncols)
+    legend_rows = math.ceil(len(entries) / legend_columns)
+    width = max(7.5, 4.2 * ncols + 0.6)
+    fig = Figure(figsize=(width, 3.0 * nrows + 0.25 * legend_rows + 0.3), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    steps_fmt = EngFormatter(sep="")
+    for ax, family in zip(axes, families):
+        _style_axes(ax)
+        for c in by_family[family]:
+            colour = colours[c.entry]
+            steps, mean, low, high = _thin(c.steps, c.mean, c.low, c.high)
+            if len(steps) == 0:
+                continue
+            ax.fill_between(steps, low, high, color=colour, alpha=0.18, linewidth=0)
+            ax.plot(steps, mean, color=colour, linewidth=1.8)
+        ax.set_title(_label(family), fontsize=11)
+        ax.xaxis.set_major_formatter(steps_fmt)
+        ax.set_xlabel("env steps", fontsize=9)
+        ax.set_ylabel(_label(report.score_kinds.get(family, "score")), fontsize=9)
+    for ax in axes[len(families):]:
+        ax.set_visible(False)
+    _legend(fig, entries, colours, ncol_max=legend_columns)
+    return _svg(fig, "curves")
+
+
+def _profiles_chart(report: Report, colours: dict[str, str]) -> str:
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    _style_axes(ax)
+    for p in report.profiles:
+        colour = colours[p.entry]
+        tau, frac, low, high = _thin(p.thresholds, p.fraction, p.low, p.high)
+        if len(tau) == 0:
+            continue
+        ax.fill_between(tau, low, high, color=colour, alpha=0.18, linewidth=0)
+        ax.plot(tau, frac, color=colour, linewidth=1.8, label=_label(p.entry, 60))
+    ax.set_xlabel("normalised score τ", fontsize=10)
+    ax.set_ylabel("fraction of runs with score > τ", fontsize=10)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=9, frameon=False, loc="best")
+    return _svg(fig, "profiles")
+
+
+def _improvement_chart(report: Report, colours: dict[str, str]) -> str:
+    imps = report.improvements
+    n = len(imps)
+    fig = Figure(figsize=(8.5, 0.9 + 0.36 * n), layout="constrained")
+    ax = fig.subplots()
+    _style_axes(ax)
+    ax.grid(False, axis="y")
+    y = np.arange(n)[::-1]
+    for yi, imp in zip(y, imps):
+        est = imp.probability
+        colour = colours.get(imp.better, "#555555")
+        if not finite(est.value):
+            ax.text(0.02, yi, f"{DASH} no data", ha="left", va="center", color="#888", fontsize=9)
+            continue
+        if finite(est.low) and finite(est.high):
+            ax.barh(yi, est.high - est.low, left=est.low, height=0.55, color=colour, alpha=0.3,
+                    edgecolor=colour, linewidth=1)
+        ax.plot([est.value, est.value], [yi - 0.27, yi + 0.27], color=colour, linewidth=2.2)
+    ax.axvline(0.5, color="#555", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{_label(i.better, 36)}  >  {_label(i.worse, 36)}" for i in imps], fontsize=9)
+    ax.set_xlabel("P(X > Y)", fontsize=10)
+    return _svg(fig, "improvement")
+
+
+# --------------------------------------------------------------------------- HTML sections
+
+
+def _swatch(entry: str, colours: dict[str, str]) -> str:
+    colour = colours.get(entry)
+    if not colour:
+        return ""
+    return f'<span class="swatch" style="background:{colour}"></span>'
+
+
+def _settings_section(report: Report, colours: dict[str, str]) -> str:
+    sources = "".join(f"<li><code>{escape(str(s))}</code></li>" for s in report.sources)
+    sources_html = f'<ul class="sources">{sources}</ul>' if sources else '<span class="muted">none</span>'
+    metric = escape(str(report.metric))
+    metric_text = _METRIC_TEXT.get(report.metric)
+    if metric_text:
+        metric += f' <span class="muted">({escape(metric_text)})</span>'
+    baseline = (
+        f"{_swatch(report.baseline, colours)}{escape(report.baseline)}"
+        if report.baseline
+        else '<span class="muted">none (no probability of improvement against a baseline)</span>'
+    )
+    confidence = (
+        f"{report.confidence * 100:g}%" if finite(report.confidence) else DASH
+    )
+    repetitions = f"{report.repetitions:,}" if report.repetitions else DASH
+    rows = [
+        ("Sources", sources_html),
+        ("Metric", metric),
+        ("Split ranked on", escape(str(report.split))),
+        ("Bootstrap repetitions", escape(repetitions)),
+        ("Confidence", escape(confidence)),
+        ("Baseline", baseline),
+    ]
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    parts = [f'<table class="settings" id="settings">{body}</table>']
+    parts.append("<h3>Score normalisation per family</h3>")
+    if report.score_kinds:
+        ranges = getattr(report, "score_ranges", None) or {}
+        kinds = []
+        for family, kind in sorted(report.score_kinds.items()):
+            span = ranges.get(family)
+            if span is not None and len(span) == 2 and all(finite(v) for v in span):
+                span_text = f"{float(span[0]):.4g} → {float(span[1]):.4g}"
+            else:
+                span_text = DASH
+            kinds.append(
+                f'<tr><td class="text">{escape(str(family))}</td><td class="text">{escape(str(kind))}'
+                f'</td><td class="text">{escape(span_text)}</td></tr>'
+            )
+        parts.append(
+            '<table id="score-kinds"><thead><tr><th class="text">Family</th>'
+            '<th class="text">Score</th><th class="text">Return range (random → reference)</th>'
+            f"</tr></thead><tbody>{''.join(kinds)}</tbody></table>"
+        )
+        if any(k == "raw return" for k in report.score_kinds.values()):
+            parts.append(
+                '<p class="note">Families scored by <strong>raw return</strong> declare neither '
+                "success nor a score range: their scores are not normalised, so pooling them with "
+                "other families mixes scales.</p>"
+            )
+    else:
+        parts.append('<p class="note">No families were scored.</p>')
+    parts.append(
+        '<p class="note">Scores are normalised per family so they can be pooled: the success rate '
+        "where the family defines success, otherwise (R − random) / (reference − random) with the "
+        "family's declared score range, otherwise the raw return.</p>"
+    )
+    return "\n".join(parts)
+
+
+def _problems_section(report: Report) -> str:
+    if not report.problems:
+        return '<div class="ok" id="problems">No problems: every cell was scored.</div>'
+    items = "".join(f"<li>{escape(str(p))}</li>" for p in report.problems)
+    return (
+        f'<section class="problems" id="problems"><h2>Problems ({len(report.problems)})</h2>'
+        f"<ul>{items}</ul></section>"
+    )
+
+
+def _leaderboard_table(report: Report, colours: dict[str, str]) -> str:
+    rows = report.leaderboard
+    show_poi = report.baseline is not None or any(r.probability_of_improvement is not None for r in rows)
+    show_consensus = any(r.consensus_distance is not None for r in rows)
+    level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "CI"
+    headers = ["#", "Entry", "Runs", "Excluded", f"IQM [{level} CI]", "Median", "Mean",
+               "Optimality gap", "AUC"]  # fmt: skip
+    if show_poi:
+        headers.append("P(improvement vs baseline)")
+    headers += ["Steps/s", "Wall time", "Bytes sent / learner"]
+    if show_consensus:
+        headers.append("Consensus distance")
+    head = "".join(
+        f'<th class="text">{escape(h)}</th>' if h == "Entry" else f"<th>{escape(h)}</th>" for h in headers
+    )
+    body = []
+    for rank, r in enumerate(rows, 1):
+        classes = []
+        if report.baseline is not None and r.entry == report.baseline:
+            classes.append("baseline")
+        if r.excluded:
+            classes.append("has-excluded")
+        cls = f' class="{" ".join(classes)}"' if classes else ""
+        entry = f"{_swatch(r.entry, colours)}{escape(r.entry)}"
+        if "baseline" in classes:
+            entry += ' <span class="muted">(baseline)</span>'
+        cells = [
+            f"<td>{rank}</td>",
+            f'<td class="text entry">{entry}</td>',
+            f"<td>{r.runs}</td>",
+            f'<td class="excluded">{r.excluded}</td>',
+            f'<td class="est">{_estimate_html(r.iqm)}</td>',
+            f'<td class="est">{_estimate_html(r.median)}</td>',
+            f'<td class="est">{_estimate_html(r.mean)}</td>',
+            f'<td class="est">{_estimate_html(r.optimality_gap)}</td>',
+            f'<td class="est">{_estimate_html(r.auc)}</td>',
+        ]
+        if show_poi:
+            cells.append(f'<td class="est">{_estimate_html(r.probability_of_improvement)}</td>')
+        cells += [
+            f"<td>{escape(count(r.steps_per_second))}</td>",
+            f"<td>{escape(duration(r.wall_time_s))}</td>",
+            f"<td>{escape(size(r.bytes_sent_per_learner))}</td>",
+        ]
+        if show_consensus:
+            cd = r.consensus_distance
+            cells.append(f"<td>{escape(f'{cd:.3g}' if finite(cd) else DASH)}</td>")
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    return (
+        f'<div class="table-wrap"><table id="leaderboard"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _generalisation_table(report: Report, colours: dict[str, str]) -> str:
+    cells: dict[tuple[str, str, str], GeneralisationCell] = {}
+    for c in report.generalisation:
+        cells[(c.entry, c.family, c.split)] = c
+    families = sorted({c.family for c in report.generalisation})
+    # "train" first, then the family's own splits in order of appearance.
+    splits: dict[str, list[str]] = {f: [] for f in families}
+    for c in report.generalisation:
+        if c.split not in splits[c.family]:
+            splits[c.family].append(c.split)
+    for f in families:
+        splits[f].sort(key=lambda s: (s != "train",))
+    columns = [(f, s) for f in families for s in splits[f]]
+    entries = [e for e in colours if any(c.entry == e for c in report.generalisation)]
+    best: dict[tuple[str, str], float] = {}
+    for (e, f, s), c in cells.items():
+        if finite(c.score.value):
+            best[(f, s)] = max(best.get((f, s), -math.inf), c.score.value)
+
+    head1 = '<th class="text" rowspan="2">Entry</th>' + "".join(
+        f'<th colspan="{len(splits[f])}">{escape(f)}</th>' for f in families
+    )
+    head2 = "".join(f"<th>{escape(s)}</th>" for _, s in columns)
+    body = []
+    for e in entries:
+        tds = [f'<td class="text entry">{_swatch(e, colours)}{escape(e)}</td>']
+        for f, s in columns:
+            c = cells.get((e, f, s))
+            if c is None:
+                tds.append(f"<td>{DASH}</td>")
+                continue
+            is_best = finite(c.score.value) and c.score.value == best.get((f, s))
+            runs = f' <span class="ci runs">n={c.runs}</span>'
+            tds.append(f'<td class="est{" best" if is_best else ""}">{_estimate_html(c.score)}{runs}</td>')
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    return (
+        f'<div class="table-wrap"><table id="generalisation"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _improvement_table(report: Report, colours: dict[str, str]) -> str:
+    level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "CI"
+    body = []
+    for imp in report.improvements:
+        body.append(
+            "<tr>"
+            f'<td class="text entry">{_swatch(imp.better, colours)}{escape(imp.better)}</td>'
+            f'<td class="text entry">{_swatch(imp.worse, colours)}{escape(imp.worse)}</td>'
+            f'<td class="est">{_estimate_html(imp.probability)}</td>'
+            "</tr>"
+        )
+    return (
+        '<div class="table-wrap"><table id="improvement"><thead><tr>'
+        '<th class="text">X</th><th class="text">Y</th>'
+        f"<th>P(X &gt; Y) [{escape(level)} CI]</th></tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+# --------------------------------------------------------------------------- page
+
+
+def render_html(report: Report) -> str:
+    """The whole report as one self-contained HTML document."""
+    colours = _entry_colours(report)
+    level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "confidence"
+    reps = f"{report.repetitions:,} bootstrap repetitions" if report.repetitions else "bootstrap"
+    title = "benchbase report"
+
+    out: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{escape(title)}</h1>",
+        '<p class="muted">'
+        f"{len(report.leaderboard)} entries ranked by {escape(str(report.metric))} score on the "
+        f"<strong>{escape(str(report.split))}</strong> split; intervals are {escape(level)} "
+        f"stratified-bootstrap confidence intervals ({escape(reps)}).</p>",
+        _problems_section(report),
+        "<h2>Settings</h2>",
+        _settings_section(report, colours),
+        "<h2>Leaderboard</h2>",
+    ]
+
+    if report.leaderboard:
+        out.append(
+            '<p class="note">Best first. IQM is the interquartile mean of the normalised scores of '
+            "all scored runs; the optimality gap is how far runs fall short of a score of 1 "
+            "(lower is better); AUC is the IQM of the normalised area under the learning curve. "
+            "Excluded runs (failed or interrupted cells) are left out of every score.</p>"
+        )
+        out.append(_leaderboard_table(report, colours))
+        caption = (
+            f"Aggregate normalised scores per entry with {escape(level)} confidence intervals "
+            "(whiskers): interquartile mean, median, mean and optimality gap (lower is better). "
+            "An em dash marks an estimate without data."
+        )
+        out.append(_figure("scores-chart", _scores_chart(report, colours), caption))
+    else:
+        out.append('<p class="note" id="leaderboard-empty">No entries were scored.</p>')
+
+    out.append("<h2>Learning curves</h2>")
+    if report.curves:
+        families = sorted({c.family for c in report.curves})
+        caption = (
+            f"Normalised score against environment steps, one panel per env family "
+            f"({escape(', '.join(families))}); lines are the mean over seeds, shaded bands the "
+            f"{escape(level)} confidence interval."
+        )
+        out.append(_figure("curves-chart", _curves_chart(report, colours), caption))
+    else:
+        out.append('<p class="note" id="curves-empty">No learning curves were recorded.</p>')
+
+    out.append("<h2>Performance profiles</h2>")
+    if report.profiles:
+        caption = (
+            "Performance profiles: the fraction of runs whose normalised score exceeds each "
+            f"threshold τ, with {escape(level)} confidence bands. A curve above another dominates it."
+        )
+        out.append(_figure("profiles-chart", _profiles_chart(report, colours), caption))
+    else:
+        out.append('<p class="note" id="profiles-empty">No performance profiles were computed.</p>')
+
+    out.append("<h2>Probability of improvement</h2>")
+    if report.improvements:
+        out.append(
+            '<p class="note">P(X &gt; Y) is the probability that a random run of X scores above a '
+            "random run of Y; 0.5 means no difference. An interval that excludes 0.5 is a "
+            "statistically meaningful difference.</p>"
+        )
+        out.append(_improvement_table(report, colours))
+        caption = (
+            f"P(X &gt; Y) per pair: the vertical tick is the estimate, the box its {escape(level)} "
+            "confidence interval; the dashed line marks 0.5."
+        )
+        out.append(_figure("improvement-chart", _improvement_chart(report, colours), caption))
+    else:
+        out.append('<p class="note" id="improvement-empty">No pairwise comparisons were computed.</p>')
+
+    out.append("<h2>Generalisation</h2>")
+    if report.generalisation:
+        out.append(
+            '<p class="note">Score of each entry on each family\'s evaluation splits '
+            "(<em>train</em>: the learners' own tasks), with the number of runs; the best score "
+            "per column is bold.</p>"
+        )
+        out.append(_generalisation_table(report, colours))
+    else:
+        out.append('<p class="note" id="generalisation-empty">No generalisation splits were evaluated.</p>')
+
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)

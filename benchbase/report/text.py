@@ -1,0 +1,233 @@
+"""A `Report` as text: the rich console leaderboard and the Markdown report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from benchbase.formatting import DASH, count, duration, finite, size
+from benchbase.report.model import Estimate, Report
+
+__all__ = ["leaderboard_table", "render_markdown", "describe_ranking"]
+
+_SPLIT_ORDER = {"train": 0, "D": 1, "R": 2, "E": 3}
+_KIND_TEXT = {
+    "success rate": "success rate: the fraction of evaluation episodes that met the family's success criterion",
+    "normalised return": "normalised return",
+    "raw return": "raw return: the family declares neither a success criterion nor a score range, so its "
+    "scores are not on the 0–1 scale of the others",
+}
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+
+
+def number(value: float | None) -> str:
+    """Scores: 0.82, 12.3, −1,234 (magnitude decides the decimals)."""
+    if not finite(value):
+        return DASH
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def estimate(value: Estimate | None, separator: str = " ") -> str:
+    if value is None or not finite(value.value):
+        return DASH
+    if not (finite(value.low) and finite(value.high)):
+        return number(value.value)
+    return f"{number(value.value)}{separator}[{number(value.low)}, {number(value.high)}]"
+
+
+def _consensus(value: float | None) -> str:
+    return f"{value:.2g}" if finite(value) else DASH
+
+
+def describe_ranking(report: Report) -> str:
+    """One sentence: what the scores are and how the intervals were made."""
+    what = "final evaluation score" if report.metric == "final" else "area under the learning curve (mean score over the evaluations)"
+    split = "the learners' own tasks (train)" if report.split == "train" else f"split {report.split}"
+    return (
+        f"Ranked by the IQM of the {what} on {split}, over runs (cells) × env families; "
+        f"{report.confidence * 100:g}% stratified-bootstrap confidence intervals from {report.repetitions:,} repetitions."
+    )
+
+
+def _show_auc(report: Report) -> bool:
+    return report.metric != "auc"
+
+
+# --------------------------------------------------------------------------- console
+
+
+def leaderboard_table(report: Report) -> Table:
+    """The leaderboard as a rich table: IQM and P(entry > baseline) with their intervals, median,
+    mean, optimality gap and AUC, and the cost columns (the Markdown and HTML reports give every
+    interval)."""
+    caption = Text(
+        f"[low, high]: {report.confidence * 100:g}% CI, stratified bootstrap, {report.repetitions:,} repetitions"
+        + (f"; {len(report.problems)} problem(s): see below" if report.problems else ""),
+        style="dim",
+    )
+    what = "final score" if report.metric == "final" else "area under the learning curve"
+    table = Table(title=f"Leaderboard: {what} on {report.split}", title_style="bold", caption=caption,
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("#", justify="right")
+    table.add_column("Entry", min_width=16)
+    table.add_column("Runs", justify="right")
+    table.add_column("IQM", justify="right")
+    table.add_column("Median", justify="right")
+    table.add_column("Mean", justify="right")
+    table.add_column("Opt. gap", justify="right")
+    if _show_auc(report):
+        table.add_column("AUC", justify="right")
+    if report.baseline is not None:
+        table.add_column("P(>base)", justify="right")
+    table.add_column("Steps/s", justify="right")
+    table.add_column("Wall/cell", justify="right")
+    table.add_column("Sent/lrn", justify="right")
+    table.add_column("Consensus", justify="right")
+    for position, row in enumerate(report.leaderboard, start=1):
+        runs = Text(str(row.runs))
+        if row.excluded:
+            runs.append(f" +{row.excluded} excl.", style="red")
+        cells: list[Text | str] = [str(position), Text(row.entry, style="bold" if position == 1 else ""), runs]
+        cells += [_estimate_text(row.iqm), number(row.median.value), number(row.mean.value), number(row.optimality_gap.value)]
+        if _show_auc(report):
+            cells.append(number(row.auc.value))
+        if report.baseline is not None:
+            cells.append(Text("baseline", style="dim") if row.entry == report.baseline else _estimate_text(row.probability_of_improvement))
+        cells += [count(row.steps_per_second), duration(row.wall_time_s), size(row.bytes_sent_per_learner),
+                  _consensus(row.consensus_distance)]
+        table.add_row(*cells)
+    return table
+
+
+def _estimate_text(value: Estimate | None) -> Text:
+    if value is None or not finite(value.value):
+        return Text(DASH, style="dim")
+    text = Text(number(value.value))
+    if finite(value.low) and finite(value.high):
+        text.append(f" [{number(value.low)}, {number(value.high)}]", style="dim")
+    return text
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: Iterable[list[str]], align: list[str] | None = None) -> list[str]:
+    align = align or ["---"] * len(header)
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _leaderboard_markdown(report: Report) -> list[str]:
+    header = ["#", "Entry", "Runs", "Excluded", "IQM", "Median", "Mean", "Optimality gap"]
+    if _show_auc(report):
+        header.append("AUC (IQM)")
+    if report.baseline is not None:
+        header.append("P(> baseline)")
+    header += ["Steps/s", "Wall time / cell", "Bytes sent / learner", "Consensus distance"]
+    rows = []
+    for position, row in enumerate(report.leaderboard, start=1):
+        cells = [str(position), row.entry, str(row.runs), str(row.excluded), estimate(row.iqm), estimate(row.median),
+                 estimate(row.mean), estimate(row.optimality_gap)]
+        if _show_auc(report):
+            cells.append(estimate(row.auc))
+        if report.baseline is not None:
+            cells.append("baseline" if row.entry == report.baseline else estimate(row.probability_of_improvement))
+        cells += [count(row.steps_per_second), duration(row.wall_time_s), size(row.bytes_sent_per_learner),
+                  _consensus(row.consensus_distance)]
+        rows.append(cells)
+    align = ["--:", "---"] + ["--:"] * (len(header) - 2)
+    return _table(header, rows, align)
+
+
+def _generalisation_markdown(report: Report) -> list[str]:
+    if not report.generalisation:
+        return ["No evaluations."]
+    splits = sorted({c.split for c in report.generalisation}, key=lambda s: (_SPLIT_ORDER.get(s, 4), s))
+    order = {row.entry: i for i, row in enumerate(report.leaderboard)}
+    by_row: dict[tuple[str, str], dict[str, str]] = {}
+    for c in report.generalisation:
+        by_row.setdefault((c.entry, c.family), {})[c.split] = estimate(c.score) + (f" (n={c.runs})" if c.runs else "")
+    rows = [[entry, family] + [values.get(s, DASH) for s in splits]
+            for (entry, family), values in sorted(by_row.items(), key=lambda item: (item[0][1], order.get(item[0][0], 1 << 30)))]
+    header = ["Entry", "Family"] + [_split_name(s) for s in splits]
+    return _table(header, rows, ["---", "---"] + ["--:"] * len(splits))
+
+
+def _split_name(split: str) -> str:
+    return {"train": "train (own tasks)", "D": "D (default)", "R": "R (interpolation)", "E": "E (extrapolation)"}.get(split, split)
+
+
+def _improvements_markdown(report: Report) -> list[str]:
+    if not report.improvements:
+        return ["Fewer than two scored entries: nothing to compare."]
+    pairs = {(i.better, i.worse): i.probability for i in report.improvements}
+    entries = [row.entry for row in report.leaderboard if any(row.entry in pair for pair in pairs)]
+    complete = all((x, y) in pairs for x in entries for y in entries if x != y)
+    if complete:
+        lines = ["P(row > column): the probability that a random run of the row's entry scores above a random run "
+                 "of the column's on the same family.", ""]
+        header = ["X \\ Y"] + [f"{j + 1}" for j in range(len(entries))]
+        rows = []
+        for i, x in enumerate(entries):
+            rows.append([f"{i + 1}. {x}"] + [DASH if x == y else estimate(pairs.get((x, y))) for y in entries])
+        return lines + _table(header, rows, ["---"] + ["--:"] * len(entries))
+    lines = ["P(X > Y): the probability that a random run of X scores above a random run of Y on the same family.", ""]
+    rows = [[imp.better, imp.worse, estimate(imp.probability)] for imp in report.improvements]
+    return lines + _table(["X", "Y", "P(X > Y)"], rows, ["---", "---", "--:"])
+
+
+def _normalisation_markdown(report: Report) -> list[str]:
+    lines = []
+    ranges = report.score_ranges
+    for family, kind in sorted(report.score_kinds.items()):
+        if kind == "normalised return" and family in ranges:
+            random, reference = ranges[family]
+            text = f"normalised return: (R − {number(random)}) / ({number(reference)} − {number(random)}), 0 = a random policy, 1 = the reference score"
+        else:
+            text = _KIND_TEXT.get(kind, kind)
+        lines.append(f"- **{family}**: {text}")
+    final = ("Final score of a run (cell): the mean over its learners' episodes of the final evaluation; area under the "
+             "learning curve (AUC): the mean score over its evaluations, i.e. the normalised area under its learning curve.")
+    return lines + ["", final, "Entries pool their runs over env families (tasks); the bootstrap resamples runs within each family."]
+
+
+def render_markdown(report: Report) -> str:
+    """The whole report as Markdown: leaderboard, generalisation, probability of improvement,
+    problems and how the scores were normalised."""
+    lines = ["# benchbase report", ""]
+    lines.append("Sources: " + ", ".join(f"`{source}`" for source in report.sources))
+    lines.append("")
+    lines.append(describe_ranking(report) + (f" Baseline: **{report.baseline}**." if report.baseline else ""))
+    lines += ["", "## Leaderboard", ""]
+    lines += _leaderboard_markdown(report)
+    lines += ["", "Costs are means over an entry's completed cells; consensus distance is each cell's last recorded "
+              "value (sqrt(mean ‖θ_i − θ̄‖²)/‖θ̄‖), where recorded."]
+    lines += ["", "## Generalisation", "", "Final score on each evaluation split (mean over runs, with its interval), "
+              "after Packer et al. (2018).", ""]
+    lines += _generalisation_markdown(report)
+    lines += ["", "## Probability of improvement", ""]
+    lines += _improvements_markdown(report)
+    lines += ["", "## Problems", ""]
+    lines += [f"- {_cell(problem)}" for problem in report.problems] or ["None: every cell was scored."]
+    lines += ["", "## How scores were normalised", ""]
+    lines += _normalisation_markdown(report)
+    return "\n".join(lines) + "\n"

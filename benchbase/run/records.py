@@ -1,0 +1,116 @@
+"""The run folder's bookkeeping: grid.json, cell configs, the cells table's rows and exit codes,
+shared by the local runner and torchrun workers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchbase import __version__
+from benchbase.api.registry import Registry
+from benchbase.errors import UserError
+from benchbase.grid.cell import Cell, grid_fingerprint, variant
+from benchbase.grid.spec import GridSpec
+from benchbase.results import SCHEMA_VERSION, RunFolder, write_json
+from benchbase.run.outcome import CellOutcome
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def package_versions(registry: Registry) -> dict[str, Any]:
+    versions: dict[str, Any] = {"benchbase": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("torch", "gymnasium", "numpy", "pyarrow", "pluggy", "typer", "rich", "mujoco", "ale-py"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    versions["plugins"] = {name: provider for name, provider in registry.loaded}
+    return versions
+
+
+def check_folder(folder: RunFolder, cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """The folder's earlier rows, or a UserError if it holds a different grid."""
+    existing = folder.read_grid()
+    if existing is not None and existing.get("cell_ids") != grid_fingerprint(cells):
+        ours, theirs = set(grid_fingerprint(cells)), set(existing.get("cell_ids", []))
+        raise UserError(
+            f"{folder.root} holds a different grid ({len(theirs)} cells, {len(ours & theirs)} in common with "
+            f"this one's {len(ours)}): choose another --out"
+        )
+    return folder.read_cells()
+
+
+def cell_row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "cell_id": cell.cell_id, "algorithm": cell.algorithm, "topology": cell.topology, "env": cell.env,
+        "replay": cell.replay, "variant": variant_text, "seed": cell.seed, "learners": cell.learner_processes, "status": status,
+        "error": None, "wall_time_s": None, "startup_s": None, "env_steps": None, "steps_per_second": None,
+        "final_return": None, "final_success": None, "bytes_sent_per_learner": None, "transport": None,
+        "resumed_from_env_step": None, "config": json.dumps(cell.config(), sort_keys=True),
+    }
+    if outcome is not None:
+        row.update(error=outcome.error, wall_time_s=outcome.wall_time_s,
+                   startup_s=None if math.isnan(outcome.startup_s) else outcome.startup_s,
+                   resumed_from_env_step=outcome.resumed_from_env_step)
+        if outcome.summaries:
+            summaries = outcome.summaries
+            steps = sum(s["env_steps"] for s in summaries)
+            train_time = max(s["train_time_s"] for s in summaries)
+            row.update(
+                env_steps=steps,
+                steps_per_second=steps / train_time if train_time > 0 else None,
+                final_return=_nanmean([s["final_return"] for s in summaries]),
+                final_success=_nanmean([s["final_success"] for s in summaries]),
+                bytes_sent_per_learner=sum(s["bytes_sent"] for s in summaries) / len(summaries),
+                transport=summaries[0]["transport"],
+            )
+    return row
+
+
+def _nanmean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def cells_of_run(out: Path) -> list[Cell]:
+    """The cells of the grid already in run folder `out` (`bench run --out OUT --cell ID`)."""
+    folder = RunFolder(out)
+    grid = folder.read_grid()
+    if grid is None:
+        raise UserError(f"{out} holds no grid (no grid.json): run the grid there first, or bench run --launcher torchrun")
+    cells = []
+    for cell_id in grid.get("cell_ids", []):
+        path = folder.root / "configs" / f"{cell_id}.json"
+        if not path.is_file():
+            raise UserError(f"{out}: the config of cell {cell_id} is missing ({path})")
+        cells.append(Cell.from_config(json.loads(path.read_text())))
+    return cells
+
+
+def prepare_run(spec: GridSpec | None, cells: list[Cell], out: Path, registry: Registry) -> tuple[RunFolder, dict, dict]:
+    """Check or create the run folder: grid.json (unless `spec` is None: a cell of a grid already
+    there), every cell's config, and a row per cell (earlier rows kept). Returns the folder, the
+    rows by cell id and the variants by cell id."""
+    folder = RunFolder(out)
+    previous = check_folder(folder, cells)
+    variants = {cell.cell_id: variant(cell, registry) for cell in cells}
+    rows = {cell.cell_id: previous.get(cell.cell_id) or cell_row(cell, variants[cell.cell_id], "pending") for cell in cells}
+    if spec is not None:
+        write_json(folder.grid_path, {
+            "schema_version": SCHEMA_VERSION,
+            "spec": spec.to_dict(),
+            "cell_ids": grid_fingerprint(cells),
+            "versions": package_versions(registry),
+            "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        })
+        for cell in cells:
+            write_json(folder.root / "configs" / f"{cell.cell_id}.json", cell.config())
+    folder.write_cells(rows.values())
+    return folder, rows, variants

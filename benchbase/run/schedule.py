@@ -1,0 +1,54 @@
+"""Which cells run now (`bench run --jobs K`): up to K at once, on cores (and GPUs) of their own.
+
+A cell asks for one core per learner process, or for every core when it has more learners than
+the machine has cores (it then runs alone, its learners pinned round-robin as before). A cell is
+started only when its cores are free, so cells side by side never oversubscribe the machine;
+with CUDA, GPUs are handed out the same way (one per learner where there are enough).
+"""
+
+from __future__ import annotations
+
+import os
+
+from benchbase.run.placement import Placement
+
+
+def visible_gpus(device: str) -> list[int]:
+    """The GPU indices cells may be given (none for CPU runs or without CUDA)."""
+    if device == "cpu":
+        return []
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+class Allocator:
+    """Hands out disjoint sets of cores and GPUs and takes them back."""
+
+    def __init__(self, cores: list[int] | None = None, gpus: list[int] | None = None) -> None:
+        self.cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+        self.gpus = list(gpus or [])
+        self._busy_cores: set[int] = set()
+        self._busy_gpus: set[int] = set()
+
+    def take(self, learners: int) -> Placement | None:
+        """Cores (and GPUs) for a cell of `learners` processes, or None until enough are free."""
+        free_cores = [core for core in self.cores if core not in self._busy_cores]
+        wanted = min(learners, len(self.cores))
+        if len(free_cores) < wanted:
+            return None
+        gpus: list[int] = []
+        if self.gpus:
+            free_gpus = [gpu for gpu in self.gpus if gpu not in self._busy_gpus]
+            wanted_gpus = min(learners, len(self.gpus))
+            if len(free_gpus) < wanted_gpus:
+                return None
+            gpus = free_gpus[:wanted_gpus]
+        cores = free_cores[:wanted]
+        self._busy_cores.update(cores)
+        self._busy_gpus.update(gpus)
+        return Placement(tuple(cores), tuple(gpus))
+
+    def release(self, placement: Placement) -> None:
+        self._busy_cores.difference_update(placement.cores)
+        self._busy_gpus.difference_update(placement.gpus)

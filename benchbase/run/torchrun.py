@@ -1,0 +1,237 @@
+"""Cells as torchrun jobs: every process torchrun starts is one learner of the cell.
+
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:PORT \\
+             -m benchbase run --out results/x --cell 1a2b3c4d5e6f     # one cell of a prepared run
+    torchrun --standalone --nproc-per-node 4 -m benchbase run -a diff-a2c -t ring …   # a whole grid
+
+torchrun's own rendezvous (c10d) forms the process group; `bench run` notices it is a torchrun
+worker from the environment torchrun sets, runs learner RANK of each cell in turn on the one
+process group, and every learner writes its own Parquet files into the results folder (shared by
+the nodes). Rank 0 keeps cells.parquet, under a file lock, since several jobs may fill one folder.
+
+`bench run --launcher torchrun` prepares a run folder and prints one such command per cell (or,
+with `--execute`, runs them here one after another).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from benchbase.errors import UserError
+from benchbase.grid.cell import Cell
+from benchbase.learner.process import run_learner
+from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
+from benchbase.run.outcome import CellOutcome
+from benchbase.run.placement import device_for
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (it sets these for every worker)."""
+    return all(name in os.environ for name in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+@dataclass(frozen=True)
+class Worker:
+    rank: int
+    world: int
+    local_rank: int
+    run_id: str
+
+    @classmethod
+    def from_environment(cls) -> Worker:
+        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
+                   os.environ.get("TORCHELASTIC_RUN_ID", "none"))
+
+
+def check_sizes(cells: list[Cell], world: int) -> None:
+    """Every cell must have exactly as many learner processes as torchrun started."""
+    for cell in cells:
+        if cell.learner_processes != world:
+            raise UserError(
+                f"cell {cell.cell_id} has {cell.learner_processes} learner processes but torchrun started {world} "
+                f"(--nnodes × --nproc-per-node must equal the cell's learners)"
+            )
+
+
+def run_as_worker(spec: Any, cells: list[Cell], out: Path, registry: Any, console: Any,
+                  settings: ExecutionSettings) -> int:
+    """Run `cells` one after another as learner RANK; rank 0 records each cell's row."""
+    from benchbase.run.records import EXIT_INTERRUPTED, EXIT_OK, cell_row, prepare_run
+
+    worker = Worker.from_environment()
+    check_sizes(cells, worker.world)
+    if settings.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available on this node (use cpu or auto)")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=settings.comm_timeout_s))
+    try:
+        leader = worker.rank == 0
+        rows: dict[str, dict] = {}
+        variants: dict[str, str] = {}
+        if leader:
+            folder, rows, variants = prepare_run(spec, cells, out, registry)
+        status = EXIT_OK
+        for cell in cells:
+            decision = [leader and rows[cell.cell_id]["status"] == "completed"]
+            dist.broadcast_object_list(decision, src=0)
+            if decision[0]:
+                continue
+            if leader:
+                folder.clear_cell(cell.cell_id)
+                folder.update_cells({cell.cell_id: cell_row(cell, variants[cell.cell_id], "running")})
+                console.print(f"▶ {cell.label} (learner 0 of {worker.world}, torchrun)")
+            launch = LearnerLaunch(
+                cell_config=cell.config(), out_dir=str(out), rank=worker.rank, world_size=worker.world,
+                store_host="", store_port=0, device=device_for(worker.local_rank, settings.device),
+                cell_started_at=time.time(), settings=settings,
+                shm_prefix=f"benchbase-{worker.run_id[:16]}-{cell.cell_id}",
+            )
+            started = time.time()
+            summary = run_learner(launch, _progress_printer(console) if leader else (lambda event: None))
+            everyone: list[Any] = [None] * worker.world
+            dist.all_gather_object(everyone, summary)
+            if leader:
+                stopped = any(s.get("stopped") for s in everyone)
+                outcome = CellOutcome("interrupted" if stopped else "completed", None, time.time() - started,
+                                      float("nan"), [] if stopped else everyone)
+                row = cell_row(cell, variants[cell.cell_id], outcome.status, outcome)
+                if stopped:
+                    folder.clear_cell(cell.cell_id)
+                folder.update_cells({cell.cell_id: row})
+                console.print(f"{'✓' if not stopped else '✗'} {cell.label} {outcome.status} in {outcome.wall_time_s:.1f}s")
+            if any(s.get("stopped") for s in everyone):
+                status = EXIT_INTERRUPTED
+                break
+        return status
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _progress_printer(console: Any, every_s: float = 10.0) -> Any:
+    last = [0.0]
+
+    def report(event: tuple) -> None:
+        if event[0] == "progress" and time.monotonic() - last[0] >= every_s:
+            last[0] = time.monotonic()
+            _, cell_id, _, steps, rate, recent = event
+            console.print(f"  {cell_id}: learner 0 at {steps:,} env steps, {rate:,.0f} steps/s")
+        elif event[0] in ("note", "resumed"):
+            console.print(f"  {event[1]}: {event[3] if event[0] == 'note' else f'resuming at learner step {event[3]:,}'}")
+
+    return report
+
+
+# -- bench run --launcher torchrun ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    nnodes: int = 1
+    endpoint: str | None = None  # HOST:PORT of the c10d store; None with one node (--standalone)
+    join_timeout_s: int = 120
+
+
+def commands(cells: list[Cell], out: Path, rendezvous: Rendezvous, global_options: list[str]) -> list[list[str]]:
+    """One torchrun command per cell (run on every node when there are several);
+    `global_options` go before `run` (e.g. --plugins)."""
+    found = []
+    for cell in cells:
+        if cell.learner_processes % rendezvous.nnodes:
+            raise UserError(f"cell {cell.cell_id} has {cell.learner_processes} learners, which {rendezvous.nnodes} "
+                            "nodes cannot share equally: choose --nnodes dividing --learners")
+        per_node = cell.learner_processes // rendezvous.nnodes
+        if rendezvous.nnodes == 1:
+            launcher = ["torchrun", "--standalone", "--nproc-per-node", str(per_node)]
+        else:
+            launcher = ["torchrun", "--nnodes", str(rendezvous.nnodes), "--nproc-per-node", str(per_node),
+                        "--rdzv-backend", "c10d", "--rdzv-endpoint", rendezvous.endpoint or "",
+                        "--rdzv-id", cell.cell_id, "--rdzv-conf", f"join_timeout={rendezvous.join_timeout_s}"]
+        found.append([*launcher, "--max-restarts", "0", "-m", "benchbase", *global_options, "run", "--out", str(out),
+                      "--cell", cell.cell_id])
+    return found
+
+
+def check_endpoint(rendezvous: Rendezvous) -> None:
+    """On a node that does not host the rendezvous, wait up to the join timeout for its store to
+    answer, then fail with one line instead of leaving torchrun to hang. The node whose address
+    the endpoint names hosts it (its torchrun starts the store), so it has nothing to wait for."""
+    if rendezvous.nnodes == 1:
+        return
+    if not rendezvous.endpoint or ":" not in rendezvous.endpoint:
+        raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the node that hosts the rendezvous)")
+    host, _, port = rendezvous.endpoint.rpartition(":")
+    try:
+        address = socket.gethostbyname(host)
+        number = int(port)
+    except (socket.gaierror, ValueError) as error:
+        raise UserError(f"--rdzv-endpoint {rendezvous.endpoint}: {error}") from None
+    if _is_local(address):
+        return
+    deadline = time.monotonic() + rendezvous.join_timeout_s
+    while True:
+        try:  # the c10d rendezvous is a TCPStore: a client's handshake proves it is one, not just an open port
+            with _quiet_stderr():  # c10d logs every failed attempt from C++
+                dist.TCPStore(address, number, is_master=False, timeout=timedelta(seconds=min(5.0, rendezvous.join_timeout_s)))
+            return
+        except Exception as error:  # noqa: BLE001 - refused, timed out, or not a store
+            if time.monotonic() >= deadline:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise UserError(f"rendezvous endpoint {rendezvous.endpoint} is unreachable within "
+                                f"{rendezvous.join_timeout_s} s ({reason}); start the node that hosts it first, "
+                                "or check the address") from None
+            time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C++ code writes there directly, past sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _is_local(address: str) -> bool:
+    """Whether `address` belongs to this machine (it can be bound)."""
+    if address.startswith("127."):
+        return True
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, 0))
+            return True
+        except OSError:
+            return False
+
+
+def execute(found: list[list[str]], console: Any) -> int:
+    """Run the commands here, one after another (with several nodes, every node runs the same
+    list); the first failure stops the grid."""
+    for command in found:
+        console.print("$ " + shlex.join(command), highlight=False)
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", *command[1:]])
+        if result.returncode != 0:
+            code = 130 if result.returncode in (130, -2) else 1
+            console.print(f"torchrun exited with {result.returncode}: stopping here (re-run to continue)")
+            return code
+    return 0

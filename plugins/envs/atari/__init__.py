@@ -1,0 +1,1 @@
+"""Atari families: any ALE game, sets of games, one game's modes."""

@@ -1,0 +1,1 @@
+"""Packer et al.'s classic-control families (CartPole, MountainCar, Acrobot, Pendulum), vectorised."""

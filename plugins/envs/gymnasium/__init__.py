@@ -1,0 +1,1 @@
+"""Any Gymnasium id as a single-task family, and the vector env other families build on."""

@@ -1,0 +1,206 @@
+"""Checkpoint files: atomic, verified, plain data only, refused by another cell, and a bad newest
+checkpoint falls back to the previous good one; what they carry restores simulators and learners
+bit for bit."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from benchbase.api.contracts import LearnerSpec, params_of
+from benchbase.api.registry import load_registry
+from benchbase.checkpoints import checkpoint
+from benchbase.checkpoints.checkpoint import CheckpointError
+from benchbase.checkpoints.resume import StopSignal, resume_point
+
+CONFIG = {"algorithm": "diff-a2c", "seed": 0, "env_steps": 1000}
+
+
+def state(value: float) -> dict:
+    return {"model": {"weight": torch.full((3, 2), value)}, "steps": 7, "rng": torch.get_rng_state(),
+            "normaliser": {"mean": [0.5, 1.5], "count": 12.0}, "name": "learner-0"}
+
+
+def test_a_saved_checkpoint_loads_back_exactly(tmp_path: Path):
+    saved = state(1.25)
+    path = checkpoint.save(tmp_path, saved, env_steps=500, cell_config=CONFIG)
+    loaded = checkpoint.load(path, CONFIG)
+    assert loaded.env_steps == 500 and loaded.state["steps"] == 7 and loaded.state["name"] == "learner-0"
+    assert torch.equal(loaded.state["model"]["weight"], saved["model"]["weight"])
+    assert torch.equal(loaded.state["rng"], saved["rng"])
+    assert set(loaded.info["versions"]) >= {"benchbase", "torch", "gymnasium"}
+    assert loaded.info["cell_config"] == CONFIG
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing temporary left behind
+
+
+def test_only_the_newest_two_are_kept(tmp_path: Path):
+    for steps in (100, 200, 300):
+        checkpoint.save(tmp_path, state(steps), env_steps=steps, cell_config=CONFIG)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["step-000000000200.pt", "step-000000000300.pt"]
+
+
+def test_a_checkpoint_of_another_cell_is_refused_with_the_differences(tmp_path: Path):
+    path = checkpoint.save(tmp_path, state(1.0), env_steps=100, cell_config=CONFIG)
+    with pytest.raises(CheckpointError, match=r"belongs to another cell \(differs in seed\)"):
+        checkpoint.load(path, {**CONFIG, "seed": 1})
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no-sidecar"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_good_one(tmp_path: Path, damage: str):
+    checkpoint.save(tmp_path, state(1.0), env_steps=100, cell_config=CONFIG)
+    newest = checkpoint.save(tmp_path, state(2.0), env_steps=200, cell_config=CONFIG)
+    data = newest.read_bytes()
+    if damage == "truncate":
+        newest.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        newest.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    else:
+        newest.with_suffix(".json").unlink()
+    found, skipped = checkpoint.latest_good(tmp_path, CONFIG)
+    assert found is not None and found.env_steps == 100
+    assert torch.equal(found.state["model"]["weight"], torch.full((3, 2), 1.0))
+    expected = {"truncate": "truncated", "flip": "corrupted", "no-sidecar": "unfinished"}[damage]
+    assert len(skipped) == 1 and expected in skipped[0]
+
+
+def test_no_usable_checkpoint_is_none(tmp_path: Path):
+    assert checkpoint.latest_good(tmp_path / "missing", CONFIG) == (None, [])
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path: Path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    path = checkpoint.save(tmp_path, {"ok": 1}, env_steps=1, cell_config=CONFIG)
+    buffer = io.BytesIO()
+    torch.save({"payload": Evil()}, buffer)
+    data = buffer.getvalue()
+    # A file with a valid sidecar for these bytes still refuses to load them.
+    import hashlib
+    import json
+
+    info = json.loads(path.with_suffix(".json").read_text())
+    info.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    path.write_bytes(data)
+    path.with_suffix(".json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="cannot be loaded as plain data"):
+        checkpoint.load(path, CONFIG)
+
+
+# -- what a checkpoint carries: simulators, learners, the stop agreement --------------------------
+
+def _trajectory(env, steps: int, seed: int = 5) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        actions = rng.uniform(-2, 2, (env.num_envs, 1)) if env.action_space.shape else rng.integers(0, 2, env.num_envs)
+        result = env.step(actions)
+        out.append((result.observations.copy(), result.rewards.copy(), result.terminated.copy(),
+                    [(e.simulator, e.episode_return, e.task.task_id, dict(e.task.parameters)) for e in result.finished]))
+    return out
+
+
+@pytest.mark.parametrize("family_name,overrides", [("random-cartpole", {"resample": True}), ("random-pendulum", {})])
+def test_a_classic_env_saved_mid_episode_continues_exactly(family_name: str, overrides: dict):
+    registry = load_registry(only={"plugins.envs.classic.family"})
+    family = registry.get("env", family_name)
+    params = params_of(family, overrides)
+    tasks = family.training_tasks(params, 4, seed=1)
+    original = family.make_env(params, tasks, seed=3)
+    original.reset(seed=3)
+    _trajectory(original, 150)  # episodes in flight, resampled tasks, streaks
+    saved = checkpoint.from_plain(checkpoint.to_plain(original.state_dict()))
+    expected = _trajectory(original, 300)
+    restored = family.make_env(params, tasks, seed=99)  # built differently, then loaded
+    restored.load_state_dict(saved)
+    for ours, theirs in zip(_trajectory(restored, 300), expected):
+        assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
+        assert np.array_equal(ours[2], theirs[2]) and ours[3] == theirs[3]
+
+
+@pytest.mark.parametrize("name", ["diff-a2c", "diff-ppo", "gala-a2c"])
+def test_a_learner_restored_from_its_state_continues_bit_for_bit(tmp_path: Path, name: str):
+    torch.set_num_threads(1)
+    registry = load_registry(only={"plugins.algorithms.diff_a2c", "plugins.algorithms.diff_ppo",
+                                   "plugins.algorithms.gala", "plugins.envs.classic.family"})
+    algorithm, family = registry.get("algorithm", name), registry.get("env", "random-pendulum")
+    env_params = params_of(family)
+    overrides = {"n_steps": 8, "n_epochs": 2, "minibatch_size": 16} if name == "diff-ppo" else {"lr_decay": True} if name == "gala-a2c" else {}
+
+    def make():
+        env = family.make_env(env_params, family.training_tasks(env_params, 2, 0), seed=0)
+        return algorithm.make_learner(params_of(algorithm, overrides), LearnerSpec(env, 0, 1, 0, torch.device("cpu"),
+                                                                                 env_steps_budget=4000))
+
+    learner = make()
+    for _ in range(5):
+        learner.iterate()
+    path = checkpoint.save(tmp_path, {"learner": learner.state_dict()}, env_steps=5, cell_config=CONFIG)
+    for _ in range(5):
+        learner.iterate()
+    expected = learner.parameters_buffer().clone()
+
+    restored = make()
+    restored.load_state_dict(checkpoint.load(path, CONFIG).state["learner"])
+    for _ in range(5):
+        restored.iterate()
+    assert torch.equal(restored.parameters_buffer(), expected)
+
+
+def test_the_first_learner_to_stop_sets_the_iteration_everyone_stops_at():
+    store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=10))
+    stop = StopSignal(signals=())
+    # Synchronous learners (4 of them) may be up to 3 iterations apart: stop N past the first one.
+    assert stop.stop_iteration(17, 4, store, lockstep=True) == 21
+    assert stop.stop_iteration(19, 4, store, lockstep=True) == 21
+    assert stop.stop_iteration(19, 4, None, lockstep=False) == 19  # alone: stop where it is
+
+
+def test_a_learner_alone_resumes_from_its_newest_good_checkpoint(tmp_path: Path):
+    for steps in (100, 200):
+        checkpoint.save(tmp_path, state(steps), env_steps=steps, cell_config=CONFIG)
+    assert resume_point(tmp_path, CONFIG, lockstep=False, world=1) == (tmp_path / "step-000000000200.pt", [])
+    (tmp_path / "step-000000000200.pt").write_bytes(b"garbage")
+    found, notes = resume_point(tmp_path, CONFIG, lockstep=False, world=1)
+    assert found == tmp_path / "step-000000000100.pt" and "truncated" in notes[0]
+    assert resume_point(tmp_path, {**CONFIG, "seed": 9}, lockstep=False, world=1)[0] is None
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "elite"])
+def test_vtrace_with_its_replay_contents_continues_bit_for_bit(tmp_path: Path, strategy: str):
+    from benchbase.api.replay import ReplayMix, batch_shares
+
+    torch.set_num_threads(1)
+    registry = load_registry(only={"plugins.algorithms.vtrace", "plugins.replay.uniform", "plugins.replay.elite",
+                                   "plugins.envs.classic.family"})
+    algorithm, family = registry.get("algorithm", "vtrace"), registry.get("env", "random-cartpole")
+    env_params = params_of(family)
+    params = params_of(algorithm, {"batch_size": 4, "unroll_length": 5, "background_preparation": False})
+    replay_plugin = registry.get("replay", strategy)
+    replay_params = params_of(replay_plugin, {"capacity": 12})
+
+    def make():
+        env = family.make_env(env_params, family.training_tasks(env_params, 2, 0), seed=0)
+        mix = ReplayMix(batch_shares([(strategy, replay_params)], 4), [replay_plugin.make_buffer(replay_params, 7)])
+        return algorithm.make_learner(params, LearnerSpec(env, 0, 1, 0, torch.device("cpu"), replay=mix,
+                                                          env_steps_budget=2000))
+
+    learner = make()
+    for _ in range(6):
+        learner.iterate()
+    path = checkpoint.save(tmp_path, {"learner": learner.state_dict(replay=True)}, env_steps=6, cell_config=CONFIG)
+    for _ in range(6):
+        learner.iterate()
+    restored = make()
+    restored.load_state_dict(checkpoint.load(path, CONFIG).state["learner"])
+    assert len(restored.replay.buffers[0]) == 12  # full again, not refilling from empty
+    for _ in range(6):
+        restored.iterate()
+    assert torch.equal(restored.parameters_buffer(), learner.parameters_buffer())
