@@ -1,5 +1,5 @@
 """The HTML report: one self-contained file (inline CSS, charts as inline SVG, no scripts and no
-external requests) drawn from a `benchbase.report_model.Report`.
+external requests) drawn from a `benchbase.report.model.Report`.
 
 Charts are drawn with matplotlib's object API (`matplotlib.figure.Figure` and the SVG canvas),
 never pyplot, so rendering touches no global figure state and needs no display. Text in the SVGs
@@ -392,11 +392,18 @@ def _settings_section(report: Report, colours: dict[str, str]) -> str:
     body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
     parts = [f'<table class="settings" id="settings">{body}</table>']
     parts.append("<h3>Score normalisation per family</h3>")
-    if report.score_kinds:
-        ranges = getattr(report, "score_ranges", None) or {}
+    parts += _normalisation(report)
+    return "\n".join(parts)
+
+
+def _normalisation(report: Report) -> list[str]:
+    """How each family was scored: its kind and the return range behind normalised returns."""
+    if not report.score_kinds:
+        parts = ['<p class="note">No families were scored.</p>']
+    else:
         kinds = []
         for family, kind in sorted(report.score_kinds.items()):
-            span = ranges.get(family)
+            span = report.score_ranges.get(family)
             if span is not None and len(span) == 2 and all(finite(v) for v in span):
                 span_text = f"{float(span[0]):.4g} → {float(span[1]):.4g}"
             else:
@@ -405,25 +412,23 @@ def _settings_section(report: Report, colours: dict[str, str]) -> str:
                 f'<tr><td class="text">{escape(str(family))}</td><td class="text">{escape(str(kind))}'
                 f'</td><td class="text">{escape(span_text)}</td></tr>'
             )
-        parts.append(
+        parts = [
             '<table id="score-kinds"><thead><tr><th class="text">Family</th>'
             '<th class="text">Score</th><th class="text">Return range (random → reference)</th>'
             f"</tr></thead><tbody>{''.join(kinds)}</tbody></table>"
-        )
+        ]
         if any(k == "raw return" for k in report.score_kinds.values()):
             parts.append(
                 '<p class="note">Families scored by <strong>raw return</strong> declare neither '
                 "success nor a score range: their scores are not normalised, so pooling them with "
                 "other families mixes scales.</p>"
             )
-    else:
-        parts.append('<p class="note">No families were scored.</p>')
     parts.append(
         '<p class="note">Scores are normalised per family so they can be pooled: the success rate '
         "where the family defines success, otherwise (R − random) / (reference − random) with the "
         "family's declared score range, otherwise the raw return.</p>"
     )
-    return "\n".join(parts)
+    return parts
 
 
 def _problems_section(report: Report) -> str:
@@ -505,7 +510,7 @@ def _generalisation_table(report: Report, colours: dict[str, str]) -> str:
     columns = [(f, s) for f in families for s in splits[f]]
     entries = [e for e in colours if any(c.entry == e for c in report.generalisation)]
     best: dict[tuple[str, str], float] = {}
-    for (e, f, s), c in cells.items():
+    for (_, f, s), c in cells.items():
         if finite(c.score.value):
             best[(f, s)] = max(best.get((f, s), -math.inf), c.score.value)
 
@@ -557,10 +562,21 @@ def render_html(report: Report) -> str:
     """The whole report as one self-contained HTML document."""
     colours = _entry_colours(report)
     level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "confidence"
+    out = _head(report, colours, level)
+    out += _leaderboard_section(report, colours, level)
+    out += _curves_section(report, colours, level)
+    out += _profiles_section(report, colours, level)
+    out += _improvement_section(report, colours, level)
+    out += _generalisation_section(report, colours)
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+def _head(report: Report, colours: dict[str, str], level: str) -> list[str]:
+    """From the doctype to the settings: title, what was ranked, the problems and the settings."""
     reps = f"{report.repetitions:,} bootstrap repetitions" if report.repetitions else "bootstrap"
     title = "benchbase report"
-
-    out: list[str] = [
+    return [
         "<!DOCTYPE html>",
         '<html lang="en">',
         "<head>",
@@ -578,74 +594,77 @@ def render_html(report: Report) -> str:
         _problems_section(report),
         "<h2>Settings</h2>",
         _settings_section(report, colours),
-        "<h2>Leaderboard</h2>",
     ]
 
-    if report.leaderboard:
-        out.append(
-            '<p class="note">Best first. IQM is the interquartile mean of the normalised scores of '
-            "all scored runs; the optimality gap is how far runs fall short of a score of 1 "
-            "(lower is better); AUC is the IQM of the normalised area under the learning curve. "
-            "Excluded runs (failed or interrupted cells) are left out of every score.</p>"
-        )
-        out.append(_leaderboard_table(report, colours))
-        caption = (
-            f"Aggregate normalised scores per entry with {escape(level)} confidence intervals "
-            "(whiskers): interquartile mean, median, mean and optimality gap (lower is better). "
-            "An em dash marks an estimate without data."
-        )
-        out.append(_figure("scores-chart", _scores_chart(report, colours), caption))
-    else:
-        out.append('<p class="note" id="leaderboard-empty">No entries were scored.</p>')
 
-    out.append("<h2>Learning curves</h2>")
-    if report.curves:
-        families = sorted({c.family for c in report.curves})
-        caption = (
-            f"Normalised score against environment steps, one panel per env family "
-            f"({escape(', '.join(families))}); lines are the mean over seeds, shaded bands the "
-            f"{escape(level)} confidence interval."
-        )
-        out.append(_figure("curves-chart", _curves_chart(report, colours), caption))
-    else:
-        out.append('<p class="note" id="curves-empty">No learning curves were recorded.</p>')
+def _leaderboard_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
+    out = ["<h2>Leaderboard</h2>"]
+    if not report.leaderboard:
+        return out + ['<p class="note" id="leaderboard-empty">No entries were scored.</p>']
+    out.append(
+        '<p class="note">Best first. IQM is the interquartile mean of the normalised scores of '
+        "all scored runs; the optimality gap is how far runs fall short of a score of 1 "
+        "(lower is better); AUC is the IQM of the normalised area under the learning curve. "
+        "Excluded runs (failed or interrupted cells) are left out of every score.</p>"
+    )
+    out.append(_leaderboard_table(report, colours))
+    caption = (
+        f"Aggregate normalised scores per entry with {escape(level)} confidence intervals "
+        "(whiskers): interquartile mean, median, mean and optimality gap (lower is better). "
+        "An em dash marks an estimate without data."
+    )
+    out.append(_figure("scores-chart", _scores_chart(report, colours), caption))
+    return out
 
-    out.append("<h2>Performance profiles</h2>")
-    if report.profiles:
-        caption = (
-            "Performance profiles: the fraction of runs whose normalised score exceeds each "
-            f"threshold τ, with {escape(level)} confidence bands. A curve above another dominates it."
-        )
-        out.append(_figure("profiles-chart", _profiles_chart(report, colours), caption))
-    else:
-        out.append('<p class="note" id="profiles-empty">No performance profiles were computed.</p>')
 
-    out.append("<h2>Probability of improvement</h2>")
-    if report.improvements:
-        out.append(
-            '<p class="note">P(X &gt; Y) is the probability that a random run of X scores above a '
-            "random run of Y; 0.5 means no difference. An interval that excludes 0.5 is a "
-            "statistically meaningful difference.</p>"
-        )
-        out.append(_improvement_table(report, colours))
-        caption = (
-            f"P(X &gt; Y) per pair: the vertical tick is the estimate, the box its {escape(level)} "
-            "confidence interval; the dashed line marks 0.5."
-        )
-        out.append(_figure("improvement-chart", _improvement_chart(report, colours), caption))
-    else:
-        out.append('<p class="note" id="improvement-empty">No pairwise comparisons were computed.</p>')
+def _curves_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
+    out = ["<h2>Learning curves</h2>"]
+    if not report.curves:
+        return out + ['<p class="note" id="curves-empty">No learning curves were recorded.</p>']
+    families = sorted({c.family for c in report.curves})
+    caption = (
+        f"Normalised score against environment steps, one panel per env family "
+        f"({escape(', '.join(families))}); lines are the mean over seeds, shaded bands the "
+        f"{escape(level)} confidence interval."
+    )
+    return out + [_figure("curves-chart", _curves_chart(report, colours), caption)]
 
-    out.append("<h2>Generalisation</h2>")
-    if report.generalisation:
-        out.append(
-            '<p class="note">Score of each entry on each family\'s evaluation splits '
-            "(<em>train</em>: the learners' own tasks), with the number of runs; the best score "
-            "per column is bold.</p>"
-        )
-        out.append(_generalisation_table(report, colours))
-    else:
-        out.append('<p class="note" id="generalisation-empty">No generalisation splits were evaluated.</p>')
 
-    out += ["</body>", "</html>", ""]
-    return "\n".join(out)
+def _profiles_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
+    out = ["<h2>Performance profiles</h2>"]
+    if not report.profiles:
+        return out + ['<p class="note" id="profiles-empty">No performance profiles were computed.</p>']
+    caption = (
+        "Performance profiles: the fraction of runs whose normalised score exceeds each "
+        f"threshold τ, with {escape(level)} confidence bands. A curve above another dominates it."
+    )
+    return out + [_figure("profiles-chart", _profiles_chart(report, colours), caption)]
+
+
+def _improvement_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
+    out = ["<h2>Probability of improvement</h2>"]
+    if not report.improvements:
+        return out + ['<p class="note" id="improvement-empty">No pairwise comparisons were computed.</p>']
+    out.append(
+        '<p class="note">P(X &gt; Y) is the probability that a random run of X scores above a '
+        "random run of Y; 0.5 means no difference. An interval that excludes 0.5 is a "
+        "statistically meaningful difference.</p>"
+    )
+    out.append(_improvement_table(report, colours))
+    caption = (
+        f"P(X &gt; Y) per pair: the vertical tick is the estimate, the box its {escape(level)} "
+        "confidence interval; the dashed line marks 0.5."
+    )
+    return out + [_figure("improvement-chart", _improvement_chart(report, colours), caption)]
+
+
+def _generalisation_section(report: Report, colours: dict[str, str]) -> list[str]:
+    out = ["<h2>Generalisation</h2>"]
+    if not report.generalisation:
+        return out + ['<p class="note" id="generalisation-empty">No generalisation splits were evaluated.</p>']
+    out.append(
+        '<p class="note">Score of each entry on each family\'s evaluation splits '
+        "(<em>train</em>: the learners' own tasks), with the number of runs; the best score "
+        "per column is bold.</p>"
+    )
+    return out + [_generalisation_table(report, colours)]

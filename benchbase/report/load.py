@@ -30,7 +30,9 @@ from benchbase.results import (
     SCHEMA_VERSION,
 )
 
-EVALUATION_COLUMNS = ["cell_id", "evaluation", "final", "cell_env_step", "split", "task_id", "episode_return", "success"]
+EVALUATION_COLUMNS = [
+    "cell_id", "evaluation", "final", "cell_env_step", "split", "task_id", "episode_return", "success"
+]
 EPISODE_COLUMNS = ["cell_id", "learner", "cell_env_step", "task_id", "episode_return", "success"]
 
 
@@ -148,7 +150,9 @@ def _final_consensus(metrics: pa.Table) -> dict[str, float]:
     if metrics.num_rows == 0:
         return {}
     last = metrics.group_by("cell_id").aggregate([("iteration", "max")])
-    joined = metrics.join(last, keys=["cell_id", "iteration"], right_keys=["cell_id", "iteration_max"], join_type="inner")
+    joined = metrics.join(
+        last, keys=["cell_id", "iteration"], right_keys=["cell_id", "iteration_max"], join_type="inner"
+    )
     means = joined.group_by("cell_id").aggregate([("value", "mean")])
     return dict(zip(means.column("cell_id").to_pylist(), means.column("value_mean").to_pylist()))
 
@@ -156,8 +160,27 @@ def _final_consensus(metrics: pa.Table) -> dict[str, float]:
 def load_runs(paths: Sequence[str]) -> Runs:
     """Read run folders (or globs of them) into one `Runs`, de-duplicating cell ids."""
     folders = _run_folders(paths)
+    cells, notes = _read_all_cells(folders)
+    if not cells:
+        raise UserError(f"{_names(folders)}: no cells listed (the run was set up but nothing ran): nothing to report")
+    completed = [row for row in cells if row["status"] == "completed"]
+    if not completed:
+        raise UserError(f"{_names(folders)}: no completed cell ({_status_counts(cells)}): nothing to report")
+    evaluations, episodes, metrics = _read_rows(completed)
+    return Runs(
+        sources=[str(folder) for folder in folders],
+        cells=cells,
+        evaluations=evaluations,
+        episodes=episodes,
+        consensus=_final_consensus(metrics),
+        notes=notes,
+    )
+
+
+def _read_all_cells(folders: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every folder's cells, one row per cell id (the latest completed copy), sorted by source and
+    id; and notes on folders without cells and on cells found more than once."""
     notes: list[str] = []
-    chosen: dict[str, dict[str, Any]] = {}
     copies: dict[str, list[dict[str, Any]]] = {}
     for folder in folders:
         rows = _read_cells(folder)
@@ -167,6 +190,7 @@ def load_runs(paths: Sequence[str]) -> Runs:
             notes.append(f"{folder} has no completed cell ({_status_counts(rows)})")
         for row in rows:
             copies.setdefault(row["cell_id"], []).append(row)
+    chosen: dict[str, dict[str, Any]] = {}
     for cell_id, rows in copies.items():
         if len(rows) == 1:
             chosen[cell_id] = rows[0]
@@ -183,12 +207,12 @@ def load_runs(paths: Sequence[str]) -> Runs:
     cells = sorted(chosen.values(), key=lambda r: (r["source"], r["cell_id"]))
     for row in cells:
         row.pop("_recency", None)
-    if not cells:
-        raise UserError(f"{_names(folders)}: no cells listed (the run was set up but nothing ran): nothing to report")
-    completed = [row for row in cells if row["status"] == "completed"]
-    if not completed:
-        raise UserError(f"{_names(folders)}: no completed cell ({_status_counts(cells)}): nothing to report")
+    return cells, notes
 
+
+def _read_rows(completed: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The completed cells' evaluations, training episodes (of cells without evaluations) and
+    consensus-distance metrics."""
     evaluation_files: list[str] = []
     metric_files: list[str] = []
     checked: set[tuple[str, str]] = set()
@@ -204,21 +228,15 @@ def load_runs(paths: Sequence[str]) -> Runs:
     # Cells without evaluation rows (--evaluations 0) are scored from their training episodes.
     present = set(pc.unique(evaluations.column("cell_id")).to_pylist()) if evaluations.num_rows else set()
     without_evaluations = [row for row in completed if row["cell_id"] not in present]
-    episode_files = [f for row in without_evaluations for f in _cell_files(Path(row["source"]), "episodes", row["cell_id"])]
+    episode_files = [
+        f for row in without_evaluations for f in _cell_files(Path(row["source"]), "episodes", row["cell_id"])
+    ]
     if episode_files:
         _check_version(Path(episode_files[0]).parents[2], Path(episode_files[0]))
     episodes = _read_table(episode_files, EPISODES_SCHEMA, EPISODE_COLUMNS)
-    metrics = _read_table(
-        metric_files, METRICS_SCHEMA, ["cell_id", "iteration", "value"], filter=pc.field("metric") == "consensus_distance"
-    )
-    return Runs(
-        sources=[str(folder) for folder in folders],
-        cells=cells,
-        evaluations=evaluations,
-        episodes=episodes,
-        consensus=_final_consensus(metrics),
-        notes=notes,
-    )
+    consensus = pc.field("metric") == "consensus_distance"
+    metrics = _read_table(metric_files, METRICS_SCHEMA, ["cell_id", "iteration", "value"], filter=consensus)
+    return evaluations, episodes, metrics
 
 
 def _names(folders: Sequence[Path]) -> str:

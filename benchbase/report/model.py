@@ -1,5 +1,5 @@
-"""What a report is, independent of how it is computed (`benchbase.report`) or drawn
-(`benchbase.report_html`, the console and Markdown writers).
+"""What a report is, independent of how it is computed (`benchbase.report.build`) or drawn
+(`benchbase.report.html`, and the console and Markdown writers of `benchbase.report.text`).
 
 An *entry* is one thing being compared: an algorithm (with its non-default parameters, the
 cells' `variant`) on a topology with a replay strategy, aggregated over env families and seeds.

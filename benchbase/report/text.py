@@ -55,11 +55,13 @@ def _consensus(value: float | None) -> str:
 
 def describe_ranking(report: Report) -> str:
     """One sentence: what the scores are and how the intervals were made."""
-    what = "final evaluation score" if report.metric == "final" else "area under the learning curve (mean score over the evaluations)"
+    what = ("final evaluation score" if report.metric == "final"
+            else "area under the learning curve (mean score over the evaluations)")
     split = "the learners' own tasks (train)" if report.split == "train" else f"split {report.split}"
     return (
         f"Ranked by the IQM of the {what} on {split}, over runs (cells) × env families; "
-        f"{report.confidence * 100:g}% stratified-bootstrap confidence intervals from {report.repetitions:,} repetitions."
+        f"{report.confidence * 100:g}% stratified-bootstrap confidence intervals from {report.repetitions:,} "
+        "repetitions."
     )
 
 
@@ -102,11 +104,13 @@ def leaderboard_table(report: Report) -> Table:
         if row.excluded:
             runs.append(f" +{row.excluded} excl.", style="red")
         cells: list[Text | str] = [str(position), Text(row.entry, style="bold" if position == 1 else ""), runs]
-        cells += [_estimate_text(row.iqm), number(row.median.value), number(row.mean.value), number(row.optimality_gap.value)]
+        cells += [_estimate_text(row.iqm), number(row.median.value), number(row.mean.value),
+                  number(row.optimality_gap.value)]
         if _show_auc(report):
             cells.append(number(row.auc.value))
         if report.baseline is not None:
-            cells.append(Text("baseline", style="dim") if row.entry == report.baseline else _estimate_text(row.probability_of_improvement))
+            cells.append(Text("baseline", style="dim") if row.entry == report.baseline
+                         else _estimate_text(row.probability_of_improvement))
         cells += [count(row.steps_per_second), duration(row.wall_time_s), size(row.bytes_sent_per_learner),
                   _consensus(row.consensus_distance)]
         table.add_row(*cells)
@@ -166,14 +170,15 @@ def _generalisation_markdown(report: Report) -> list[str]:
     by_row: dict[tuple[str, str], dict[str, str]] = {}
     for c in report.generalisation:
         by_row.setdefault((c.entry, c.family), {})[c.split] = estimate(c.score) + (f" (n={c.runs})" if c.runs else "")
-    rows = [[entry, family] + [values.get(s, DASH) for s in splits]
-            for (entry, family), values in sorted(by_row.items(), key=lambda item: (item[0][1], order.get(item[0][0], 1 << 30)))]
+    ordered = sorted(by_row.items(), key=lambda item: (item[0][1], order.get(item[0][0], 1 << 30)))
+    rows = [[entry, family] + [values.get(s, DASH) for s in splits] for (entry, family), values in ordered]
     header = ["Entry", "Family"] + [_split_name(s) for s in splits]
     return _table(header, rows, ["---", "---"] + ["--:"] * len(splits))
 
 
 def _split_name(split: str) -> str:
-    return {"train": "train (own tasks)", "D": "D (default)", "R": "R (interpolation)", "E": "E (extrapolation)"}.get(split, split)
+    names = {"train": "train (own tasks)", "D": "D (default)", "R": "R (interpolation)", "E": "E (extrapolation)"}
+    return names.get(split, split)
 
 
 def _improvements_markdown(report: Report) -> list[str]:
@@ -201,13 +206,16 @@ def _normalisation_markdown(report: Report) -> list[str]:
     for family, kind in sorted(report.score_kinds.items()):
         if kind == "normalised return" and family in ranges:
             random, reference = ranges[family]
-            text = f"normalised return: (R − {number(random)}) / ({number(reference)} − {number(random)}), 0 = a random policy, 1 = the reference score"
+            text = (f"normalised return: (R − {number(random)}) / ({number(reference)} − {number(random)}), "
+                    "0 = a random policy, 1 = the reference score")
         else:
             text = _KIND_TEXT.get(kind, kind)
         lines.append(f"- **{family}**: {text}")
-    final = ("Final score of a run (cell): the mean over its learners' episodes of the final evaluation; area under the "
-             "learning curve (AUC): the mean score over its evaluations, i.e. the normalised area under its learning curve.")
-    return lines + ["", final, "Entries pool their runs over env families (tasks); the bootstrap resamples runs within each family."]
+    final = ("Final score of a run (cell): the mean over its learners' episodes of the final evaluation; area under "
+             "the learning curve (AUC): the mean score over its evaluations, i.e. the normalised area under its "
+             "learning curve.")
+    pooling = "Entries pool their runs over env families (tasks); the bootstrap resamples runs within each family."
+    return lines + ["", final, pooling]
 
 
 def render_markdown(report: Report) -> str:

@@ -130,8 +130,10 @@ def _metrics(cell: Cell, learner: int) -> pa.Table:
         for metric in names:
             # The last iteration's value: learner r records consensus × (r + 1).
             value = cell.consensus * (learner + 1) if iteration == 3 and metric == "consensus_distance" else 99.0
-            for name, v in (("cell_id", cell.cell_id), ("learner", learner), ("iteration", iteration), ("env_step", iteration),
-                            ("cell_env_step", iteration * 2), ("wall_time_s", 1.0), ("metric", metric), ("value", value)):
+            values = (("cell_id", cell.cell_id), ("learner", learner), ("iteration", iteration),
+                      ("env_step", iteration), ("cell_env_step", iteration * 2), ("wall_time_s", 1.0),
+                      ("metric", metric), ("value", value))
+            for name, v in values:
                 rows[name].append(v)
     return pa.Table.from_pydict(rows, schema=METRICS_SCHEMA)
 
@@ -217,7 +219,8 @@ def test_failed_interrupted_and_pending_cells_are_listed_and_left_out(tmp_path: 
     traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\nRuntimeError: learner 1 exploded'
     run = write_run(tmp_path / "run", [
         Cell("ring", 0, curve=(1.0,)), Cell("ring", 1, status="failed", error=traceback),
-        Cell("ring", 2, status="interrupted"), Cell("isolated", 0, status="pending"), Cell("isolated", 1, status="failed"),
+        Cell("ring", 2, status="interrupted"), Cell("isolated", 0, status="pending"),
+        Cell("isolated", 1, status="failed"),
     ])
     report = report_of([run], registry)
     ring, isolated = row(report, "diff-a2c · ring · none"), row(report, "diff-a2c · isolated · none")
@@ -269,7 +272,8 @@ def test_an_empty_folder_or_one_with_nothing_completed_is_one_clear_error(tmp_pa
         load_runs([str(tmp_path / "empty")])
     with pytest.raises(UserError, match="no such folder"):
         load_runs([str(tmp_path / "missing")])
-    run = write_run(tmp_path / "failed", [Cell("ring", 0, status="failed", error="x"), Cell("ring", 1, status="interrupted")])
+    run = write_run(tmp_path / "failed", [Cell("ring", 0, status="failed", error="x"),
+                                          Cell("ring", 1, status="interrupted")])
     with pytest.raises(UserError, match=r"no completed cell \(1 failed, 1 interrupted\): nothing to report"):
         load_runs([str(run)])
     RunFolder(tmp_path / "none").write_cells([])
@@ -289,7 +293,8 @@ def test_scores_are_success_rates_normalised_returns_or_raw_returns(tmp_path: Pa
         Cell("ring", 0, env="NoSuchEnv-v0", curve=(10.0, 42.0)),
     ])
     report = report_of([run], registry, group_by=["algorithm"])
-    assert report.score_kinds == {"CartPole-v1": "success rate", "Pendulum-v1": "normalised return", "NoSuchEnv-v0": "raw return"}
+    assert report.score_kinds == {"CartPole-v1": "success rate", "Pendulum-v1": "normalised return",
+                                  "NoSuchEnv-v0": "raw return"}
     assert report.score_ranges == {"Pendulum-v1": (PENDULUM_RANDOM, PENDULUM_REFERENCE)}
     halfway = (returns[1] - PENDULUM_RANDOM) / (PENDULUM_REFERENCE - PENDULUM_RANDOM)
     finals = {c.family: c.score.value for c in report.generalisation}
@@ -335,7 +340,8 @@ def test_a_held_out_split_ranks_and_the_generalisation_table_has_every_split(tmp
     assert cells[("diff-a2c · ring · none", "R")] == pytest.approx(0.8)
     assert {split for _, split in cells} == {"train", "D", "R", "E"}
     assert "E (extrapolation)" in render_markdown(train)
-    with pytest.raises(UserError, match=r'no evaluations on split "e"; did you mean "E"\? \(available: train, D, R, E\)'):
+    no_split = r'no evaluations on split "e"; did you mean "E"\? \(available: train, D, R, E\)'
+    with pytest.raises(UserError, match=no_split):
         report_of([run], registry, split="e")
 
 
@@ -347,7 +353,8 @@ def test_a_family_without_the_chosen_split_is_left_out_and_said_so(tmp_path: Pat
 
 
 def test_cells_without_evaluations_are_scored_from_training_episodes(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [Cell("ring", 0, curve=(0.0, 1.0), evaluated=False), Cell("isolated", 0, curve=(0.0, 0.0))])
+    run = write_run(tmp_path / "run", [Cell("ring", 0, curve=(0.0, 1.0), evaluated=False),
+                                       Cell("isolated", 0, curve=(0.0, 0.0))])
     report = report_of([run], registry)
     assert row(report, "diff-a2c · ring · none").iqm.value == 1.0
     assert any("no evaluations" in p and "training episodes" in p for p in report.problems)
@@ -358,7 +365,8 @@ def test_cells_without_evaluations_are_scored_from_training_episodes(tmp_path: P
 
 
 def test_group_by_pools_what_is_left_out(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [Cell(t, s, curve=(v,)) for t, v in (("ring", 1.0), ("isolated", 0.5)) for s in range(2)])
+    cells = [Cell(t, s, curve=(v,)) for t, v in (("ring", 1.0), ("isolated", 0.5)) for s in range(2)]
+    run = write_run(tmp_path / "run", cells)
     report = report_of([run], registry, group_by=["algorithm"])
     [entry] = report.leaderboard
     assert entry.entry == "diff-a2c" and entry.runs == 4 and entry.topology == "*"
@@ -373,7 +381,8 @@ def test_parameters_split_entries_and_env_parameters_split_tasks(tmp_path: Path,
         Cell("ring", 1, variant="diff-a2c.lr=0.002 random-cartpole.resample=True"),
     ])
     report = report_of([run], registry)
-    assert {r.entry for r in report.leaderboard} == {"diff-a2c · ring · none", "diff-a2c · ring · none (diff-a2c.lr=0.002)"}
+    entries = {r.entry for r in report.leaderboard}
+    assert entries == {"diff-a2c · ring · none", "diff-a2c · ring · none (diff-a2c.lr=0.002)"}
     assert set(report.score_kinds) == {"random-cartpole", "random-cartpole (resample=True)"}
 
 
@@ -440,7 +449,8 @@ def test_write_report_writes_parquet_markdown_and_html(tmp_path: Path, registry)
 def test_cli_report_end_to_end(tmp_path: Path) -> None:
     write_run(tmp_path / "runs" / "a", [Cell("ring", 0), Cell("isolated", 0, curve=(0.2,))])
     write_run(tmp_path / "runs" / "b", [Cell("ring", 1), Cell("isolated", 1, status="failed", error="oops")])
-    result = bench("report", str(tmp_path / "runs" / "*"), "--baseline", "isolated", "--repetitions", "300", cwd=tmp_path)
+    result = bench("report", str(tmp_path / "runs" / "*"), "--baseline", "isolated", "--repetitions", "300",
+                   cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Leaderboard" in result.stdout and "diff-a2c · ring · none" in result.stdout and "oops" in result.stdout
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"leaderboard.parquet", "report.md", "report.html"}
