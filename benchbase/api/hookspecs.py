@@ -8,7 +8,7 @@ declares an entry point in the group ``benchbase``::
     star = "benchbase_star"
 
 Registration hooks receive a ``register`` callback and call it with component instances
-(subclasses of the classes in `benchbase.contracts`); they never touch global state::
+(of subclasses of the classes in `benchbase.api.contracts`); they never touch global state::
 
     from benchbase.api.hookspecs import hookimpl
 
@@ -22,49 +22,55 @@ Observer hooks are called in the process that runs the grid (never inside learne
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+from benchbase.api.contracts import Component, EnvFamily
+
+if TYPE_CHECKING:  # for annotations only: the grid is a room above this one
+    from benchbase.grid.cell import Cell
 
 PROJECT = "benchbase"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Register = Callable[[Any], None]
+#: What a registration hook receives: call it once per component instance.
+Register = Callable[[Component], None]
 
 
 @hookspec
 def register_algorithms(register: Register) -> None:
-    """Register `benchbase.contracts.Algorithm` instances."""
+    """Register `benchbase.api.contracts.Algorithm` instances."""
 
 
 @hookspec
 def register_topologies(register: Register) -> None:
-    """Register `benchbase.contracts.Topology` instances."""
+    """Register `benchbase.api.contracts.Topology` instances."""
 
 
 @hookspec
 def register_env_families(register: Register) -> None:
-    """Register `benchbase.contracts.EnvFamily` instances."""
+    """Register `benchbase.api.contracts.EnvFamily` instances."""
 
 
 @hookspec
 def register_replay_strategies(register: Register) -> None:
-    """Register `benchbase.contracts.ReplayStrategy` instances."""
+    """Register `benchbase.api.contracts.ReplayStrategy` instances."""
 
 
 @hookspec(firstresult=True)
-def resolve_env_family(name: str) -> Any:
+def resolve_env_family(name: str) -> EnvFamily | None:
     """Return an EnvFamily for a name no plugin registered (e.g. any Gymnasium id), or None."""
 
 
 @hookspec
-def cell_started(cell: Any, out_dir: str) -> None:
-    """A cell (`benchbase.grid.Cell`) is about to start its learners."""
+def cell_started(cell: Cell, out_dir: str) -> None:
+    """A cell is about to start its learners."""
 
 
 @hookspec
-def cell_finished(cell: Any, row: dict, out_dir: str) -> None:
+def cell_finished(cell: Cell, row: dict[str, Any], out_dir: str) -> None:
     """A cell ended; `row` is its row of the cells table (status, error, wall time, steps…)."""
 
 

@@ -28,7 +28,7 @@ import pluggy
 
 from benchbase import __version__
 from benchbase.api import hookspecs
-from benchbase.api.contracts import KINDS, Component
+from benchbase.api.contracts import KINDS, Component, EnvFamily, ResolvedNames
 from benchbase.api.params import describe
 from benchbase.errors import UserError, unknown_name
 
@@ -126,6 +126,11 @@ class Registry:
                     }
                 )
         return rows
+
+    def resolved_names(self) -> list[ResolvedNames]:
+        """The names that registered env families' plugins resolve on demand, in listing order."""
+        families = [self.components["env"][name].component for name in sorted(self.components["env"])]
+        return [names for family in families if isinstance(family, EnvFamily) for names in family.resolved_names]
 
     # -- registration ------------------------------------------------------------------------
 

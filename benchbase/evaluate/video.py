@@ -1,9 +1,10 @@
 """Recording evaluation episodes: `.mp4` through imageio-ffmpeg, `.gif` through Pillow.
 
-Frames come from a vector env's optional `render(simulator) -> (H, W, 3) uint8` method. A
-`VideoWriter` streams MP4 frames to ffmpeg as they arrive (GIF frames are kept, shrunk and
-palettised, until the end) into a hidden temporary file beside the target, renamed into place by
-`finish`: a failed evaluation leaves no half-written video.
+Frames come from a vector env's optional `render(simulator) -> (H, W, 3) uint8` method (the
+`benchbase.api.contracts.Renderable` protocol). A `VideoWriter` streams MP4 frames to ffmpeg as
+they arrive (GIF frames are kept, shrunk and palettised, until the end) into a hidden temporary
+file beside the target, renamed into place by `finish`: a failed evaluation leaves no
+half-written video.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from benchbase.api.contracts import Renderable
 from benchbase.errors import UserError
 
 SUFFIXES = (".mp4", ".gif")
@@ -45,10 +47,11 @@ def prepare_rendering() -> str | None:
 
 
 def can_render(env: Any, family: str) -> None:
-    """A UserError unless `env` has a `render` method (its frames are checked as they come: some
-    envs only have a screen once reset)."""
-    if not callable(getattr(env, "render", None)):
-        raise UserError(f"env family {family} cannot render: its vector env ({type(env).__name__}) has no render method")
+    """A UserError unless `env` is `Renderable` (its frames are checked as they come: some envs
+    only have a screen once reset)."""
+    if not isinstance(env, Renderable):
+        raise UserError(f"env family {family} cannot render: its vector env ({type(env).__name__}) has no "
+                        "render method")
 
 
 def check_frame(frame: Any) -> None:

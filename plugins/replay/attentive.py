@@ -12,19 +12,20 @@ sample call falls back to uniform sampling and is counted (`fallbacks`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import hookimpl
+from benchbase.api.hookspecs import Register, hookimpl
 from benchbase.api.params import param
 from benchbase.api.replay import Scorer
 from plugins.replay.similarity import (
     P_HELP,
     CandidateBuffer,
     SimilarityParams,
+    check_p_norm,
     distance,
     stacked_observations,
 )
@@ -32,12 +33,16 @@ from plugins.replay.similarity import (
 
 @dataclass(frozen=True)
 class AttentiveParams(SimilarityParams):
-    OWNER = "attentive"
+    OWNER: ClassVar[str] = "attentive"
 
     distance: Literal["p-norm", "cosine"] = param(
         "p-norm", "distance between a segment's mean feature and the recent state's: p-norm or cosine (1 − cos)"
     )
     p: float = param(2.0, P_HELP)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_p_norm(self.OWNER, self.p)
 
 
 class AttentiveBuffer(CandidateBuffer):
@@ -60,5 +65,5 @@ class AttentiveReplay(ReplayStrategy):
 
 
 @hookimpl
-def register_replay_strategies(register: Any) -> None:
+def register_replay_strategies(register: Register) -> None:
     register(AttentiveReplay())

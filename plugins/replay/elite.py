@@ -36,19 +36,20 @@ the learner has drawn the most from), ties going to the oldest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import hookimpl
+from benchbase.api.hookspecs import Register, hookimpl
 from benchbase.api.params import param
 from benchbase.api.replay import Scorer
 from plugins.replay.similarity import (
     P_HELP,
     CandidateBuffer,
     SimilarityParams,
+    check_p_norm,
     distance,
     fill_positions,
     stacked_observations,
@@ -57,7 +58,7 @@ from plugins.replay.similarity import (
 
 @dataclass(frozen=True)
 class EliteParams(SimilarityParams):
-    OWNER = "elite"
+    OWNER: ClassVar[str] = "elite"
 
     distance: Literal["p-norm", "cosine", "kl"] = param(
         "p-norm",
@@ -79,6 +80,10 @@ class EliteParams(SimilarityParams):
         False, "once full, overwrite the most used (then oldest) of a random sample instead of the oldest"
     )
     insertion_sample: int = param(20, "stored segments drawn to choose the one to overwrite (elite insertion)", min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_p_norm(self.OWNER, self.p)
 
 
 class EliteBuffer(CandidateBuffer):
@@ -128,5 +133,5 @@ class EliteReplay(ReplayStrategy):
 
 
 @hookimpl
-def register_replay_strategies(register: Any) -> None:
+def register_replay_strategies(register: Register) -> None:
     register(EliteReplay())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import hookimpl
+from benchbase.api.hookspecs import Register, hookimpl
 
 
 class NoReplay(ReplayStrategy):
@@ -11,10 +13,10 @@ class NoReplay(ReplayStrategy):
     description = "no replay buffer: on-policy learning from each fresh rollout"
     stores_segments = False
 
-    def make_buffer(self, params, seed: int) -> None:
+    def make_buffer(self, params: Any, seed: int) -> None:
         return None
 
 
 @hookimpl
-def register_replay_strategies(register) -> None:
+def register_replay_strategies(register: Register) -> None:
     register(NoReplay())

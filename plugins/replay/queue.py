@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import hookimpl
+from benchbase.api.hookspecs import Register, hookimpl
 from benchbase.api.params import param
 from benchbase.api.replay import ReplayParams, Scorer, Segment
 
@@ -51,7 +51,8 @@ class QueueBuffer:
         return taken
 
     def state_dict(self) -> dict[str, Any]:
-        return {"items": [segment.to_dict() for segment in self._items], "dropped": self._dropped, "sampled": self._sampled}
+        items = [segment.to_dict() for segment in self._items]
+        return {"items": items, "dropped": self._dropped, "sampled": self._sampled}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._items = deque(Segment.from_dict(values) for values in state["items"])
@@ -81,5 +82,5 @@ class QueueReplay(ReplayStrategy):
 
 
 @hookimpl
-def register_replay_strategies(register: Any) -> None:
+def register_replay_strategies(register: Register) -> None:
     register(QueueReplay())

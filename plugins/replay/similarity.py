@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -125,6 +125,9 @@ def stacked_observations(segments: list[Segment]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SimilarityParams(ReplayParams):
+    #: The strategy's name in messages (not a parameter).
+    OWNER: ClassVar[str] = "replay"
+
     capacity: int = param(1000, "segments kept; once full, the oldest is overwritten", min=1)
     min_fill: int | None = param(None, MIN_FILL_HELP, min=1)
     lambda_start: float = param(
@@ -138,14 +141,16 @@ class SimilarityParams(ReplayParams):
     )
 
     def __post_init__(self) -> None:
-        owner = getattr(self, "OWNER", "replay")
-        check_min_fill(owner, self)
-        p = getattr(self, "p", None)
-        if p is not None and not p > 0:
-            raise UserError(f"{owner}.p: {p:g} is not allowed; the p-norm needs p > 0")
+        check_min_fill(self.OWNER, self)
 
 
 P_HELP = "p of the p-norm distance (> 0; 2 = Euclidean)"
+
+
+def check_p_norm(owner: str, p: float) -> None:
+    """A UserError unless `p` (a `P_HELP` parameter) is a valid p of a p-norm."""
+    if not p > 0:
+        raise UserError(f"{owner}.p: {p:g} is not allowed; the p-norm needs p > 0")
 
 
 class CandidateBuffer(RingBuffer):

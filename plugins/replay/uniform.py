@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import hookimpl
+from benchbase.api.hookspecs import Register, hookimpl
 from benchbase.api.params import param
 from benchbase.api.replay import ReplayParams, Scorer, Segment
 from benchbase.errors import UserError
@@ -154,5 +154,5 @@ class UniformReplay(ReplayStrategy):
 
 
 @hookimpl
-def register_replay_strategies(register: Any) -> None:
+def register_replay_strategies(register: Register) -> None:
     register(UniformReplay())

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from benchbase.api.contracts import Topology, TopologyParams
-from benchbase.api.hookspecs import hookimpl
+from benchbase.api.hookspecs import Register, hookimpl
 from benchbase.api.params import param
 from benchbase.errors import UserError
 
 
 @hookimpl
-def register_topologies(register: Any) -> None:
+def register_topologies(register: Register) -> None:
     for topology in (Ring, DirectedRing, FullyConnected, Random, Adjacency, Exponential, Isolated, Centralised):
         register(topology())
 

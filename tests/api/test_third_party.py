@@ -323,3 +323,63 @@ def test_blocking_and_only_apply_to_extra_modules(plugin_dir):
     only = load_registry(only={module}, blocked=set(), extra=[module])
     assert only.names("topology") == ["ring"]
     assert only.components["topology"]["ring"].provider == "local module"
+
+
+# -- components as plain instances ------------------------------------------------------------
+
+LINE_FAMILIES = """
+    from dataclasses import dataclass
+
+    from benchbase.api.contracts import EnvFamily, EnvFamilyParams, ResolvedNames, Task
+    from benchbase.api.hookspecs import hookimpl
+    from benchbase.api.params import param
+
+
+    @dataclass(frozen=True)
+    class LineParams(EnvFamilyParams):
+        length: int = param(5, "steps per episode", min=1)
+
+
+    class LineFamily(EnvFamily):
+        Params = LineParams
+
+        def __init__(self, slope):
+            self.slope = slope
+            self.name = f"line-{slope}"
+            self.description = f"a line of slope {slope}"
+            self.aliases = (f"Line{slope}-v0",)
+            if slope == 2:
+                self.resolved_names = (ResolvedNames("<line-N>", "line maker", "a line of any slope"),)
+
+        def training_tasks(self, params, count, seed):
+            return [Task(f"{self.name}-{k}", {"slope": float(self.slope)}) for k in range(count)]
+
+
+    @hookimpl
+    def register_env_families(register):
+        for slope in (1, 2):
+            register(LineFamily(slope))
+"""
+
+
+def test_components_may_be_instances_of_one_class(plugin_dir):
+    module = write_module(plugin_dir, LINE_FAMILIES, "lines")
+    registry = load_registry(only={module}, blocked=set(), extra=[module])
+    registry.check()
+    assert not registry.errors, registry.errors
+    assert registry.names("env") == ["line-1", "line-2"]
+    assert registry.get("env", "Line2-v0") is registry.get("env", "line-2")
+    line = registry.get("env", "line-1")
+    assert line.training_tasks(params_of(line), 1, 0)[0].parameters == {"slope": 1.0}
+    rows = {row["name"]: row for row in registry.listing()}
+    assert rows["line-1"]["description"] == "a line of slope 1" and rows["line-1"]["aliases"] == ["Line1-v0"]
+    assert [p["name"] for p in rows["line-2"]["parameters"]] == ["resample", "length"]
+    assert [names.pattern for names in registry.resolved_names()] == ["<line-N>"]
+
+
+def test_bench_plugins_lists_the_names_a_family_resolves_on_demand(tmp_path):
+    module = write_module(tmp_path, LINE_FAMILIES, "lines")
+    result = bench("plugins", env={**extra_plugin_env(tmp_path, module), "BENCHBASE_PLUGINS": module}, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<line-N>" in result.stdout and "a line of any slope" in result.stdout
+    assert "NoFrameskip" not in result.stdout  # the Atari plugin is not loaded: nor are its names

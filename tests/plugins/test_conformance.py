@@ -25,6 +25,7 @@ from benchbase.api.contracts import (
     IterationOutput,
     LearnerSpec,
     ReplayStrategy,
+    ResolvedNames,
     StepResult,
     Task,
     Topology,
@@ -195,6 +196,8 @@ def test_env_family_tasks(name: str):
     if family.score_range is not None:
         low, high = family.score_range
         assert low < high
+    for names in family.resolved_names:  # one row of `bench plugins` each
+        assert isinstance(names, ResolvedNames) and names.pattern and names.provider and names.description
 
 
 def _random_actions(space: Any, count: int, steps: int, seed: int) -> list[np.ndarray]:
@@ -356,9 +359,8 @@ def test_algorithm_learns_on_every_supported_family(algorithm_name: str, env_nam
         generator = torch.Generator().manual_seed(0)
         buffer.copy_(torch.randn(buffer.shape, generator=generator, dtype=buffer.dtype) * 3)
         after = learner.act_greedy(observations)
-        model_changed = any(
-            not torch.equal(old, new.detach()) for old, new in zip(snapshot, [p for m in modules for p in m.parameters()])
-        )
+        parameters = [p for m in modules for p in m.parameters()]
+        model_changed = any(not torch.equal(old, new.detach()) for old, new in zip(snapshot, parameters))
         assert model_changed or not np.array_equal(before, after), "writing the buffer must write the model"
         for action in after:
             assert env.action_space.contains(np.asarray(action, dtype=env.action_space.dtype)), action

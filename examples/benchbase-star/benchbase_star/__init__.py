@@ -1,8 +1,9 @@
 """benchbase-star: a star topology, and the template for writing a benchbase plugin.
 
-A plugin is a module with `@hookimpl` functions named after the hooks in `benchbase.hookspecs`.
-Each registration hook receives a `register` callback; call it with instances of the contract
-classes in `benchbase.contracts` (here a `Topology`). The package's pyproject.toml points an
+A plugin is a module with `@benchbase.hookimpl` functions named after the hooks in
+`benchbase.api.hookspecs`. Each registration hook receives a `register` callback; call it with
+instances of the contract classes (here a `benchbase.Topology`). `import benchbase` is the whole
+API a plugin needs. The package's pyproject.toml points an
 entry point of the group ``benchbase`` at this module, and that is all benchbase needs to find it.
 """
 
@@ -13,15 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from benchbase.api.contracts import Topology, TopologyParams
-from benchbase.api.hookspecs import hookimpl
-from benchbase.api.params import param
-from benchbase.errors import UserError
+import benchbase
 
 __all__ = ["Star", "register_topologies"]
 
 
-class Star(Topology):
+class Star(benchbase.Topology):
     """One hub learner connected to every other learner; the others talk only to the hub.
 
     Topologies are pure data: `build` says who receives from whom (an N×N 0/1 matrix with
@@ -37,14 +35,14 @@ class Star(Topology):
     # Tunables: a frozen dataclass; every field has a default and a help line (`param`).
     # Deriving from TopologyParams keeps the `weights` choice (metropolis or uniform).
     @dataclass(frozen=True)
-    class Params(TopologyParams):
-        hub: int = param(0, "index of the hub learner, in 0..N-1", min=0)
+    class Params(benchbase.TopologyParams):
+        hub: int = benchbase.param(0, "index of the hub learner, in 0..N-1", min=0)
 
     def build(self, n_learners: int, params: Any, rng: np.random.Generator) -> np.ndarray:
         hub = params.hub
         if hub >= n_learners:
             # A UserError is shown as one line (exit code 2) before anything runs.
-            raise UserError(
+            raise benchbase.UserError(
                 f"topology star: hub={hub} but the cell has {n_learners} learner"
                 f"{'s' if n_learners != 1 else ''}; choose a hub in 0..{n_learners - 1}"
             )
@@ -55,6 +53,6 @@ class Star(Topology):
         return adjacency
 
 
-@hookimpl
+@benchbase.hookimpl
 def register_topologies(register: Any) -> None:
     register(Star())

@@ -1,10 +1,12 @@
-"""Atari (ALE) env families, with the standard DQN preprocessing (`plugins.envs.atari_vector`).
+"""Atari (ALE) env families, with the standard DQN preprocessing (`plugins.envs.atari.vector`).
 
 - ``<Game>NoFrameskip-v4`` (e.g. ``PongNoFrameskip-v4``, the GALA seed's env): one game as one
   task, resolved on demand for every ROM that ale-py ships (a `resolve_env_family` hook that runs
   before the generic Gymnasium resolver). ``ALE/<Game>-v5`` ids get the same preprocessing plus
   v5's sticky actions (repeat probability 0.25), instead of the generic resolver's raw RGB
   frames. Score range: the game's (random, human) scores where the Atari-57 table has them.
+  Other ALE ids (``Pong-v4``, ``ALE/Pong-ram-v5``…) resolve to the generic one-task Gymnasium
+  family, drawn from the emulator's screen (`AleScreen`).
 - ``atari-games``: a set of games; learner k plays game k mod len(games). Every simulator uses
   ALE's full 18-action set, so all games share one action space.
 - ``atari-modes``: one game's modes and difficulties (Machado et al. 2018); learners train on
@@ -12,7 +14,7 @@
 
 Observations are (4, 84, 84) uint8 frame stacks; actions are Discrete. Training signals are
 shaped (episodic life, sign-clipped rewards) while `FinishedEpisode`s report raw scores of whole
-games: see `plugins.envs.atari_vector` for how that maps onto the contract.
+games: see `plugins.envs.atari.vector` for how that maps onto the contract.
 
 Vectorisation (benchmarks/atari_speed.py, Pong, 8 simulators, 2 cores): stepping one ALE per
 simulator in a Python loop costs the same CPU per step as ale-py's C++ vector env on one thread
@@ -29,11 +31,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from benchbase.api.contracts import EnvFamily, EnvFamilyParams, Task, TaskVectorEnv
+from benchbase.api.contracts import EnvFamily, EnvFamilyParams, ResolvedNames, Task, TaskVectorEnv
 from benchbase.api.hookspecs import Register, hookimpl
 from benchbase.api.params import param
 from benchbase.errors import UserError, unknown_name
@@ -45,12 +47,14 @@ from plugins.envs.atari.games import (
     supported_games,
 )
 from plugins.envs.atari.vector import (
+    AleScreen,
     NativeAtariVectorEnv,
     Preprocessing,
     PythonAtariVectorEnv,
     TaskSampler,
     Variant,
 )
+from plugins.envs.gymnasium.family import GymnasiumIdFamily, registered_entry_point
 
 HELD_OUT = "held-out"
 DEFAULT_GAMES = "Pong,Breakout,SpaceInvaders,Seaquest"
@@ -176,11 +180,15 @@ def _integers(text: str, what: str, owner: str) -> list[int]:
 
 
 class AtariGameFamily(EnvFamily):
-    """One game as one task (subclassed per id: `name` and `rom` are class attributes)."""
+    """One game as one task, named by its Gymnasium id (`<Game>NoFrameskip-v4`, `ALE/<Game>-v5`)."""
 
-    Params: ClassVar[type] = AtariGameParams
-    splits: ClassVar[tuple[str, ...]] = ()
-    rom: ClassVar[str]
+    def __init__(self, env_id: str, game: str, rom: str, params: type[AtariGameParams], sticky: str) -> None:
+        self.rom = rom
+        self.name = env_id
+        self.description = (f"Atari {game}, DQN preprocessing (84×84×4 grayscale, frame skip 4, episodic life, "
+                            f"clipped rewards; {sticky})")
+        self.Params = params
+        self.score_range = reference_scores(rom)
 
     def _task(self) -> Task:
         info = game_info(self.rom)
@@ -206,22 +214,8 @@ def atari_game_family(env_id: str) -> AtariGameFamily | None:
                                  (_V5, StickyAtariGameParams, "sticky actions 0.25")):
         match = pattern.match(env_id)
         rom = find_game(match["game"]) if match else None
-        if rom is None:
-            continue
-        cls = type(
-            "AtariGameFamily",
-            (AtariGameFamily,),
-            {
-                "name": env_id,
-                "description": f"Atari {match['game']}, DQN preprocessing (84×84×4 grayscale, frame skip 4, "
-                               f"episodic life, clipped rewards; {how})",
-                "Params": params,
-                "score_range": reference_scores(rom),
-                "rom": rom,
-                "__module__": __name__,
-            },
-        )
-        return cls()
+        if rom is not None:
+            return AtariGameFamily(env_id, match["game"], rom, params, how)
     return None
 
 
@@ -233,9 +227,12 @@ class AtariGamesFamily(EnvFamily):
     name = "atari-games"
     description = "a set of Atari games (DQN preprocessing, full 18-action set); learner k plays game k mod len(games)"
     Params = AtariGamesParams
-    splits: ClassVar[tuple[str, ...]] = ()
     # Normalisation is per game: each task (a game) has its own (random, human) scores.
     score_range = None
+    resolved_names = (
+        ResolvedNames("<Game>NoFrameskip-v4, ALE/<Game>-v5", "ale-py", "any Atari game (e.g. PongNoFrameskip-v4) as "
+                      "a one-task family, with the standard preprocessing"),
+    )
 
     def task_score_range(self, task_id: str) -> tuple[float, float] | None:
         try:
@@ -285,7 +282,7 @@ class AtariModesFamily(EnvFamily):
     description = ("one Atari game's modes and difficulties (Machado et al. 2018): train on some, evaluate on the "
                    "held-out others")
     Params = AtariModesParams
-    splits: ClassVar[tuple[str, ...]] = (HELD_OUT,)
+    splits = (HELD_OUT,)
     # Random and human scores exist for default modes only; other modes score on other scales.
     score_range = None
 
@@ -347,8 +344,14 @@ def register_env_families(register: Register) -> None:
     register(AtariModesFamily())
 
 
+ALE_ENTRY_POINT = "ale_py.env:AtariEnv"  # of every ALE id ale-py registers with Gymnasium
+
+
 @hookimpl(tryfirst=True)
 def resolve_env_family(name: str) -> EnvFamily | None:
-    # Before plugins.envs.gymnasium_ids: its generic family would hand out raw RGB frames.
-    return atari_game_family(name)
+    # Before other resolvers: a generic family would hand out raw RGB frames.
+    family = atari_game_family(name)
+    if family is None and registered_entry_point(name) == ALE_ENTRY_POINT:
+        return GymnasiumIdFamily(name, frames=AleScreen)
+    return family
 

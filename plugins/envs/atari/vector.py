@@ -23,12 +23,15 @@ no-op starts off they agree bit for bit (tests/test_atari.py), except the last f
 observation of a real game over (terminal, so never bootstrapped from). Their no-op draws differ,
 so runs are reproducible per backend. The Python backend fires on reset when the game's minimal
 action set begins NOOP, FIRE; ale-py's native env also fires in Backgammon and Video Checkers.
+
+`AleScreen` draws Gymnasium's own ALE envs for the ids resolved without this preprocessing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -214,7 +217,8 @@ class PythonAtariVectorEnv(AtariTaskVectorEnv):
             height, width = ale.getScreenDims()
             self._ales[i] = ale
             self._screens[i] = np.zeros((2, height, width), np.uint8)
-            self._actions[i] = tuple(range(FULL_ACTION_COUNT)) if self.settings.full_action_space else info.minimal_actions
+            full = self.settings.full_action_space
+            self._actions[i] = tuple(range(FULL_ACTION_COUNT)) if full else info.minimal_actions
             self._fire[i] = info.fire_on_reset
         self._ales[i].setMode(variant.mode)  # takes effect at the next reset_game
         self._ales[i].setDifficulty(variant.difficulty)
@@ -293,6 +297,17 @@ class PythonAtariVectorEnv(AtariTaskVectorEnv):
             lives[i] = self._new_game(i, self._stacks)
         pending, self._pending = self._pending, {}
         return self._stacks.copy(), lives, pending
+
+
+class AleScreen:
+    """Frames of Gymnasium's ALE envs (`ale_py.env.AtariEnv`, run through `GymnasiumTaskVectorEnv`):
+    the emulator's colour screen, with no `render_mode` needed."""
+
+    def frame(self, simulator: int, env: Any) -> np.ndarray:
+        return np.asarray(env.ale.getScreenRGB(), dtype=np.uint8)
+
+    def close(self) -> None:
+        pass
 
 
 class NativeAtariVectorEnv(AtariTaskVectorEnv):

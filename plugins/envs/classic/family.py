@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -263,12 +263,29 @@ def _seed_sequence(*keys: int) -> np.random.SeedSequence:
 # Families
 
 
-class PackerFamily(EnvFamily):
-    """One of Packer's D/R/E families of a base environment (subclassed once per family)."""
+_SPLIT_WORDS = {"D": "default", "R": "random", "E": "extreme"}
+_SPLIT_TEXT = {
+    "D": "default physics",
+    "R": "physics drawn uniformly from the middle range",
+    "E": "physics drawn uniformly from the extreme ranges",
+}
+_ALIASES = {("acrobot", "E"): ("RandomExtremeAcrobot-v1",), ("acrobot", "R"): ("RandomNormalAcrobot-v1",)}
 
-    splits: ClassVar[tuple[str, ...]] = SPLITS
-    base: ClassVar[BaseEnv]
-    split: ClassVar[str]  # the family's own range: "D", "R" or "E"
+
+class PackerFamily(EnvFamily):
+    """One of Packer's D/R/E families of a base environment: ``<default|random|extreme>-<env>``."""
+
+    splits = SPLITS
+
+    def __init__(self, base: BaseEnv, split: str) -> None:
+        self.base = base
+        self.split = split  # the family's own range: "D", "R" or "E"
+        self.name = f"{_SPLIT_WORDS[split]}-{base.key}"
+        names = ", ".join(r.name for r in base.ranges)
+        self.description = f"{base.title}, {_SPLIT_TEXT[split]} ({names}; Packer et al. 2018)"
+        self.Params = base.params
+        self.aliases = _ALIASES.get((base.key, split), ())
+        self.success_criterion = base.packer_criterion
 
     def training_tasks(self, params: Any, count: int, seed: int) -> list[Task]:
         # One generator per learner: reproducible, distinct, independent of `count`.
@@ -298,10 +315,19 @@ class PackerFamily(EnvFamily):
 
 
 class GymnasiumDefaultFamily(EnvFamily):
-    """A Gymnasium classic-control id as one task, on the fast vectorised simulators."""
+    """A Gymnasium classic-control id as one task (``<Gymnasium id>``), on the fast vectorised
+    simulators."""
 
-    splits: ClassVar[tuple[str, ...]] = ()
-    base: ClassVar[BaseEnv]
+    def __init__(self, base: BaseEnv) -> None:
+        self.base = base
+        threshold = base.gym_threshold
+        self.name = base.gym_id
+        self.description = f"Gymnasium {base.gym_id} (default physics), vectorised in numpy"
+        self.Params = base.gym_params
+        self.success_criterion = (
+            "" if threshold is None else f"episode return ≥ {threshold:g} (Gymnasium reward_threshold)"
+        )
+        self.score_range = base.gym_score_range if threshold is None else None
 
     def _task(self) -> Task:
         return Task(self.name, {})
@@ -323,58 +349,9 @@ class GymnasiumDefaultFamily(EnvFamily):
         )
 
 
-_SPLIT_WORDS = {"D": "default", "R": "random", "E": "extreme"}
-_SPLIT_TEXT = {
-    "D": "default physics",
-    "R": "physics drawn uniformly from the middle range",
-    "E": "physics drawn uniformly from the extreme ranges",
-}
-_ALIASES = {("acrobot", "E"): ("RandomExtremeAcrobot-v1",), ("acrobot", "R"): ("RandomNormalAcrobot-v1",)}
-
-
-def packer_family(base: BaseEnv, split: str) -> PackerFamily:
-    """The `<default|random|extreme>-<env>` family instance."""
-    names = ", ".join(r.name for r in base.ranges)
-    cls = type(
-        f"{_SPLIT_WORDS[split].capitalize()}{base.title}Family",
-        (PackerFamily,),
-        {
-            "name": f"{_SPLIT_WORDS[split]}-{base.key}",
-            "description": f"{base.title}, {_SPLIT_TEXT[split]} ({names}; Packer et al. 2018)",
-            "Params": base.params,
-            "aliases": _ALIASES.get((base.key, split), ()),
-            "success_criterion": base.packer_criterion,
-            "base": base,
-            "split": split,
-            "__module__": __name__,
-        },
-    )
-    return cls()
-
-
-def gymnasium_default_family(base: BaseEnv) -> GymnasiumDefaultFamily:
-    """The `<Gymnasium id>` single-task family instance."""
-    threshold = base.gym_threshold
-    criterion = "" if threshold is None else f"episode return ≥ {threshold:g} (Gymnasium reward_threshold)"
-    cls = type(
-        f"Gym{base.title}Family",
-        (GymnasiumDefaultFamily,),
-        {
-            "name": base.gym_id,
-            "description": f"Gymnasium {base.gym_id} (default physics), vectorised in numpy",
-            "Params": base.gym_params,
-            "success_criterion": criterion,
-            "score_range": base.gym_score_range if threshold is None else None,
-            "base": base,
-            "__module__": __name__,
-        },
-    )
-    return cls()
-
-
 @hookimpl
 def register_env_families(register: Register) -> None:
     for base in BASE_ENVS:
         for split in SPLITS:
-            register(packer_family(base, split))
-        register(gymnasium_default_family(base))
+            register(PackerFamily(base, split))
+        register(GymnasiumDefaultFamily(base))

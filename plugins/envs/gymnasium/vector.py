@@ -4,12 +4,14 @@ It runs them in a `gymnasium.vector.SyncVectorEnv` with same-step autoreset, so 
 semantics hold: an env whose episode ends is reset inside `step`, its last observation is
 returned in `final_observations`, and the episode is reported as a `FinishedEpisode` with its raw
 return (whatever reward wrappers the env fns add, the return is the sum of what `step` yields).
-Families that have no faster simulator (arbitrary Gymnasium ids, MuJoCo, ALE) build on it.
+Families that have no faster simulator (arbitrary Gymnasium ids, MuJoCo, ALE) build on it; a
+family that knows how to draw its envs hands it `frames` (`GymnasiumFrames`) for `render`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -17,10 +19,22 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from benchbase.api.contracts import FinishedEpisode, StepResult, Task
-from plugins.envs.mujoco.render import mujoco_frame
+from benchbase.errors import UserError
 
 #: (episode return, episode length, terminated) -> success, or None where undefined.
 SuccessFn = Callable[[float, int, bool], "bool | None"]
+
+
+class GymnasiumFrames(Protocol):
+    """Draws Gymnasium envs of one kind (the family that builds them knows which)."""
+
+    def frame(self, simulator: int, env: gym.Env) -> np.ndarray:
+        """An (H, W, 3) uint8 picture of `env` (unwrapped), the env of `simulator`."""
+        ...
+
+    def close(self) -> None:
+        """Release what drawing holds (renderers); called when the vector env closes."""
+        ...
 
 
 def _no_success(episode_return: float, episode_length: int, terminated: bool) -> bool | None:
@@ -35,6 +49,7 @@ class GymnasiumTaskVectorEnv:
         env_fns: Sequence[Callable[[], gym.Env]],
         tasks: Sequence[Task],
         success_fn: SuccessFn | None = None,
+        frames: GymnasiumFrames | None = None,
     ) -> None:
         if len(env_fns) != len(tasks):
             raise ValueError(f"{len(env_fns)} env fns for {len(tasks)} tasks")
@@ -44,6 +59,7 @@ class GymnasiumTaskVectorEnv:
         self.action_space = self._vector.single_action_space
         self._tasks = list(tasks)
         self._success_fn = success_fn or _no_success
+        self._frames = frames
         self._returns = np.zeros(self.num_envs)
         self._lengths = np.zeros(self.num_envs, dtype=np.int64)
 
@@ -87,24 +103,18 @@ class GymnasiumTaskVectorEnv:
         )
 
     def close(self) -> None:
-        for renderer, _ in getattr(self, "_renderers", {}).values():
-            renderer.close()
+        if self._frames is not None:
+            self._frames.close()
         self._vector.close()
 
     def render(self, simulator: int) -> np.ndarray:
-        """An (H, W, 3) uint8 picture of `simulator`'s current state: ALE envs from the emulator's
-        screen, MuJoCo envs through an offscreen renderer (`mujoco_frame`). The envs need no
-        `render_mode` for either."""
-        from benchbase.errors import UserError
-
+        """An (H, W, 3) uint8 picture of `simulator`'s current state, drawn by the `frames` of the
+        family that built this env (the envs need no `render_mode`)."""
         env = self._vector.envs[simulator].unwrapped
-        if hasattr(env, "ale"):
-            return np.asarray(env.ale.getScreenRGB(), dtype=np.uint8)
-        if hasattr(env, "model") and hasattr(env, "data") and hasattr(env, "mujoco_renderer"):
-            self._renderers = getattr(self, "_renderers", {})
-            return mujoco_frame(self._renderers, simulator, env)
-        raise UserError(f"{env.spec.id if env.spec else type(env).__name__} cannot render here "
-                        "(benchbase draws ALE and MuJoCo Gymnasium envs only)")
+        if self._frames is None:
+            raise UserError(f"{env.spec.id if env.spec else type(env).__name__} cannot render here "
+                            "(benchbase draws ALE and MuJoCo Gymnasium envs only)")
+        return self._frames.frame(simulator, env)
 
     def _prepare(self, actions: np.ndarray) -> np.ndarray:
         """Batch-shaped actions; continuous ones clipped to the action space (learners sample

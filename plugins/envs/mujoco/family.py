@@ -22,17 +22,20 @@ Registers, for ``hopper`` and ``halfcheetah``:
   20 m beyond its x after the reset, however the episode ended (time limit or a fall).
 
 Every family runs episodes of at most ``max_episode_steps`` (1000, Packer's and Gymnasium's limit)
-on `plugins.envs.mujoco_vector.MujocoVectorEnv`, which reproduces Gymnasium's -v5 dynamics,
+on `plugins.envs.mujoco.vector.MujocoVectorEnv`, which reproduces Gymnasium's -v5 dynamics,
 observations and rewards; parameters are applied to each simulator's model from pristine copies
-(`plugins.envs.mujoco_physics`), so switching tasks never accumulates. MuJoCo is imported only
+(`plugins.envs.mujoco.physics`), so switching tasks never accumulates. MuJoCo is imported only
 when an env is built.
+
+Gymnasium's own MuJoCo ids (``Hopper-v5``, ``Ant-v4``…) resolve here too, as the generic one-task
+Gymnasium family with MuJoCo's offscreen frames (`plugins.envs.mujoco.render`), so they can render.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +44,8 @@ from benchbase.api.hookspecs import Register, hookimpl
 from benchbase.api.params import param
 from benchbase.errors import UserError, unknown_name
 from plugins.envs.classic.family import SPLITS, ParameterRange
+from plugins.envs.gymnasium.family import GymnasiumIdFamily, registered_entry_point
+from plugins.envs.mujoco.render import MujocoFrames
 
 if TYPE_CHECKING:  # importing them loads MuJoCo: only when an env is built
     from plugins.envs.mujoco.physics import PhysicsSettings
@@ -53,6 +58,7 @@ DEFAULT_DENSITY = 1000.0
 DEFAULT_FRICTION = 0.8
 WIND_SPAN, WIND_BETA = 30.0, 0.4  # wind = 30·(Beta(0.4, 0.4) − 0.5), in (−15, 15) m/s
 MASS_SPAN, MASS_BETA = 1.9, 0.1  # mass scale = 1 + 1.9·(Beta(0.1, 0.1) − 0.5), in (0.05, 1.95)
+GYMNASIUM_MUJOCO = "gymnasium.envs.mujoco."  # the entry points of Gymnasium's MuJoCo ids
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,21 @@ def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(_seed_sequence(*keys))
 
 
+_SPLIT_WORDS = {"D": "default", "R": "random", "E": "extreme"}
+_SPLIT_TEXT = {
+    "D": "default physics",
+    "R": "physics drawn uniformly from the middle range",
+    "E": "physics drawn uniformly from the extreme ranges",
+}
+# variant word -> (family prefix, alias prefix, draws wind, draws mass, description)
+_VARIANTS = {
+    "air": ("air", "Air", False, False, "in still air"),
+    "wind": ("random-wind", "RandomWind", True, False, "in air with a random wind per task"),
+    "mass": ("random-mass", "RandomMass", False, True, "in air with a random mass scale per task"),
+    "mujoco": ("random-mujoco", "RandomMuJoCo", True, True, "in air with a random wind and mass scale per task"),
+}
+
+
 # --------------------------------------------------------------------------------------------
 # Families
 
@@ -119,9 +140,12 @@ def _rng(*keys: int) -> np.random.Generator:
 class MujocoFamily(EnvFamily):
     """A family of one runner; subclasses say how tasks are drawn and what they do to the model."""
 
-    Params: ClassVar[type] = MujocoParams
-    robot: ClassVar[Robot]
-    success_distance: ClassVar[float | None] = None
+    Params = MujocoParams
+    #: Success: metres the torso travels along x in an episode; None: no success criterion.
+    success_distance: float | None = None
+
+    def __init__(self, robot: Robot) -> None:
+        self.robot = robot
 
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
         """One task's parameters drawn from the family's own distribution."""
@@ -154,15 +178,20 @@ class MujocoFamily(EnvFamily):
 
 
 class PackerMujocoFamily(MujocoFamily):
-    """One of Packer's D/R/E families of a runner (subclassed once per family)."""
+    """One of Packer's D/R/E families of a runner: ``<default|random|extreme>-<env>``."""
 
-    splits: ClassVar[tuple[str, ...]] = SPLITS
-    success_distance: ClassVar[float | None] = SUCCESS_DISTANCE
-    success_criterion: ClassVar[str] = (
+    splits = SPLITS
+    success_distance = SUCCESS_DISTANCE
+    success_criterion = (
         f"the torso ends the episode at least {SUCCESS_DISTANCE:g} m further along x than it started "
         "(Packer et al.)"
     )
-    split: ClassVar[str]  # the family's own range: "D", "R" or "E"
+
+    def __init__(self, robot: Robot, split: str) -> None:
+        super().__init__(robot)
+        self.split = split  # the family's own range: "D", "R" or "E"
+        self.name = f"{_SPLIT_WORDS[split]}-{robot.key}"
+        self.description = f"{robot.gym_id}, {_SPLIT_TEXT[split]} (power, density, friction; Packer et al. 2018)"
 
     def _ranges(self) -> tuple[ParameterRange, ...]:
         return (self.robot.power, DENSITY, FRICTION)
@@ -195,11 +224,20 @@ class PackerMujocoFamily(MujocoFamily):
 
 
 class DiffDacFamily(MujocoFamily):
-    """A Diff-DAC variant of a runner in air: wind, mass scale, both or neither (subclassed)."""
+    """A Diff-DAC variant of a runner in air: wind, mass scale, both or neither
+    (``air-<env>``, ``random-<wind|mass|mujoco>-<env>``)."""
 
-    draws_wind: ClassVar[bool]
-    draws_mass: ClassVar[bool]
-    word: ClassVar[str]  # "wind", "mass", "mujoco" or "air": names the tasks
+    def __init__(self, robot: Robot, word: str) -> None:
+        super().__init__(robot)
+        prefix, alias, wind, mass, text = _VARIANTS[word]
+        self.word = word  # "wind", "mass", "mujoco" or "air": names the tasks
+        self.draws_wind = wind
+        self.draws_mass = mass
+        self.name = f"{prefix}-{robot.key}"
+        self.description = f"{robot.gym_id} {text} (Diff-DAC)"
+        self.aliases = (f"{alias}{robot.title}-v2",)
+        self.splits = ("D", "R") if wind or mass else ()
+        self.score_range = (robot.random_returns[word], robot.reference_return)
 
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
         values: dict[str, float] = {}
@@ -237,63 +275,18 @@ class DiffDacFamily(MujocoFamily):
         )
 
 
-_SPLIT_WORDS = {"D": "default", "R": "random", "E": "extreme"}
-_SPLIT_TEXT = {
-    "D": "default physics",
-    "R": "physics drawn uniformly from the middle range",
-    "E": "physics drawn uniformly from the extreme ranges",
-}
-# variant word -> (family prefix, alias prefix, draws wind, draws mass, description)
-_VARIANTS = {
-    "air": ("air", "Air", False, False, "in still air"),
-    "wind": ("random-wind", "RandomWind", True, False, "in air with a random wind per task"),
-    "mass": ("random-mass", "RandomMass", False, True, "in air with a random mass scale per task"),
-    "mujoco": ("random-mujoco", "RandomMuJoCo", True, True, "in air with a random wind and mass scale per task"),
-}
-
-
-def packer_family(robot: Robot, split: str) -> PackerMujocoFamily:
-    """The `<default|random|extreme>-<env>` family instance."""
-    cls = type(
-        f"{_SPLIT_WORDS[split].capitalize()}{robot.title}Family",
-        (PackerMujocoFamily,),
-        {
-            "name": f"{_SPLIT_WORDS[split]}-{robot.key}",
-            "description": f"{robot.gym_id}, {_SPLIT_TEXT[split]} (power, density, friction; Packer et al. 2018)",
-            "robot": robot,
-            "split": split,
-            "__module__": __name__,
-        },
-    )
-    return cls()
-
-
-def diff_dac_family(robot: Robot, word: str) -> DiffDacFamily:
-    """The `air-<env>` / `random-<wind|mass|mujoco>-<env>` family instance."""
-    prefix, alias, wind, mass, text = _VARIANTS[word]
-    cls = type(
-        f"{alias}{robot.title}Family",
-        (DiffDacFamily,),
-        {
-            "name": f"{prefix}-{robot.key}",
-            "description": f"{robot.gym_id} {text} (Diff-DAC)",
-            "aliases": (f"{alias}{robot.title}-v2",),
-            "splits": ("D", "R") if wind or mass else (),
-            "score_range": (robot.random_returns[word], robot.reference_return),
-            "robot": robot,
-            "draws_wind": wind,
-            "draws_mass": mass,
-            "word": word,
-            "__module__": __name__,
-        },
-    )
-    return cls()
-
-
 @hookimpl
 def register_env_families(register: Register) -> None:
     for robot in ROBOTS:
         for word in _VARIANTS:
-            register(diff_dac_family(robot, word))
+            register(DiffDacFamily(robot, word))
         for split in SPLITS:
-            register(packer_family(robot, split))
+            register(PackerMujocoFamily(robot, split))
+
+
+@hookimpl
+def resolve_env_family(name: str) -> EnvFamily | None:
+    entry_point = registered_entry_point(name)
+    if entry_point is not None and entry_point.startswith(GYMNASIUM_MUJOCO):
+        return GymnasiumIdFamily(name, frames=MujocoFrames)
+    return None

@@ -1,6 +1,6 @@
 """`MujocoVectorEnv`: P Gymnasium MuJoCo runners stepped in one loop, each with its own task.
 
-Why not `gymnasium.vector.SyncVectorEnv` (`benchbase.gym_vector`)? On these models the physics
+Why not `gymnasium.vector.SyncVectorEnv` (`plugins.envs.gymnasium.vector`)? On these models the physics
 costs 30–80 µs a step, and Gymnasium's Python around it (wrappers, the env's own reward and
 health checks on numpy scalars, info dicts, the vector env's bookkeeping) added 25–45 % more;
 on two cores `AsyncVectorEnv` was slower still (see benchmarks/mujoco_speed.py). So this env
@@ -9,7 +9,7 @@ in `reset`) and does the per-step work itself: one `mj_step` per simulator, then
 observation, reward and termination computed for all P simulators at once in numpy
 (`Runner`; tests check them against Gymnasium's `step` to the bit).
 
-Around that it keeps the `TaskVectorEnv` contract like `benchbase.gym_vector`: raw returns and
+Around that it keeps the `TaskVectorEnv` contract like `plugins.envs.gymnasium.vector`: raw returns and
 lengths, truncation when the step count reaches the limit (also when the same step terminated,
 as Gymnasium's TimeLimit does), same-step autoreset with the last observations of ended episodes
 in `final_observations` (None on steps where none ended), `FinishedEpisode`s with a success
@@ -32,6 +32,7 @@ from plugins.envs.mujoco.physics import (
     PristinePhysics,
     quiet_known_asset_warnings,
 )
+from plugins.envs.mujoco.render import MujocoFrames
 
 #: Task parameters -> what they do to the model.
 SettingsOf = Callable[[Mapping[str, float]], PhysicsSettings]
@@ -144,6 +145,7 @@ class MujocoVectorEnv:
         self._lengths = np.zeros(self.num_envs, dtype=np.int64)
         self._episodes = np.zeros(self.num_envs, dtype=np.int64)  # per simulator, names resampled tasks
         self._tasks: list[Task] = [Task("")] * self.num_envs
+        self._frames = MujocoFrames()  # renderers are made on the first `render` of a simulator
         for i, task in enumerate(tasks):
             self.set_task(i, task)
         self.reset(seed)
@@ -205,17 +207,13 @@ class MujocoVectorEnv:
         return StepResult(observations, rewards32, terminated, truncated, final_observations, finished)
 
     def close(self) -> None:
-        for renderer, _ in getattr(self, "_renderers", {}).values():
-            renderer.close()
+        self._frames.close()
         for env in self.envs:
             env.close()
 
     def render(self, simulator: int) -> np.ndarray:
         """An (H, W, 3) uint8 picture of `simulator`'s current state (`bench eval --video`)."""
-        from plugins.envs.mujoco.render import mujoco_frame
-
-        self._renderers = getattr(self, "_renderers", {})
-        return mujoco_frame(self._renderers, simulator, self.envs[simulator])
+        return self._frames.frame(simulator, self.envs[simulator])
 
     # -- Gymnasium's -v5 reward and termination, for every simulator at once --------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchbase.api.contracts import EnvFamily, Task, params_of
+from benchbase.api.contracts import EnvFamily, Renderable, Task, params_of
 from benchbase.api.registry import load_registry
 from benchbase.errors import UserError
 from plugins.envs.atari.games import game_info
@@ -19,7 +19,9 @@ def registry():
     return load_registry(only=ENV_PLUGINS)
 
 
-def _env(registry, name: str, overrides: dict | None = None, count: int = 1, seed: int = 0, tasks: list[Task] | None = None):
+def _env(
+    registry, name: str, overrides: dict | None = None, count: int = 1, seed: int = 0, tasks: list[Task] | None = None
+):
     family: EnvFamily = registry.get("env", name)
     params = params_of(family, overrides or {})
     return family.make_env(params, tasks or family.training_tasks(params, count, seed), seed)
@@ -47,6 +49,25 @@ def test_noframeskip_and_v5_ids_resolve_to_the_atari_family(registry):
     assert {"atari-games", "atari-modes"} <= set(registry.names("env"))
     with pytest.raises(UserError):
         registry.get("env", "NoSuchGameNoFrameskip-v4")
+
+
+def test_other_ale_ids_are_generic_gymnasium_families_drawn_from_the_screen(registry):
+    family = registry.get("env", "Pong-v4")  # no preprocessing for these ids: the generic family
+    assert type(family).__module__ == "plugins.envs.gymnasium.family" and family.name == "Pong-v4"
+    env = _env(registry, "Pong-v4")
+    try:
+        env.reset(seed=0)
+        assert isinstance(env, Renderable)
+        frame = env.render(0)
+        assert frame.shape == (210, 160, 3) and frame.dtype == np.uint8 and frame.any()
+    finally:
+        env.close()
+
+
+def test_the_games_family_declares_the_ids_resolved_on_demand(registry):
+    (names,) = registry.resolved_names()
+    assert names.pattern == "<Game>NoFrameskip-v4, ALE/<Game>-v5" and names.provider == "ale-py"
+    assert names in registry.get("env", "atari-games").resolved_names
 
 
 # ---------------------------------------------------------------------------------------------

@@ -293,6 +293,22 @@ def test_gymnasium_adapter_autoreset_matches_contract():
     env.close()
 
 
+def test_gymnasium_ids_no_plugin_draws_cannot_render(registry):
+    fam = family(registry, "MountainCarContinuous-v0")  # resolved on demand by the generic family
+    env = fam.make_env(params_of(fam), fam.training_tasks(params_of(fam), 1, seed=0), seed=0)
+    env.reset(seed=0)
+    with pytest.raises(UserError, match=r"^MountainCarContinuous-v0 cannot render here"):
+        env.render(0)
+    env.close()
+
+
+def test_families_are_instances_of_one_class_per_kind(registry):
+    packer = [family(registry, f"{split}-{base.key}") for base in cc.BASE_ENVS for split in ("default", "random")]
+    assert {type(f) for f in packer} == {cc.PackerFamily}
+    assert family(registry, "RandomExtremeAcrobot-v1").name == "extreme-acrobot"
+    assert type(family(registry, "Pendulum-v1")) is cc.GymnasiumDefaultFamily
+
+
 def test_truncation_at_the_time_limit(registry):
     fam = family(registry, "random-pendulum")
     params = dataclasses.replace(params_of(fam), max_episode_steps=5)

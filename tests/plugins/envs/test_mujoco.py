@@ -12,8 +12,10 @@ import pytest
 from benchbase.api.contracts import EnvFamily, Task, params_of
 from benchbase.api.registry import load_registry
 from benchbase.errors import UserError
+from plugins.envs.gymnasium.family import GymnasiumIdFamily
 from plugins.envs.mujoco import family as mj
 from plugins.envs.mujoco.physics import PristinePhysics, quiet_known_asset_warnings
+from plugins.envs.mujoco.render import MujocoFrames
 
 ROBOTS = [robot.key for robot in mj.ROBOTS]
 VARIANTS = {
@@ -260,7 +262,7 @@ def test_hopper_termination_reports_the_fallen_state(registry):
     fam = family(registry, "random-mujoco-hopper")
     env = fam.make_env(params_of(fam), fam.training_tasks(params_of(fam), 2, seed=0), seed=0)
     env.reset(seed=0)
-    for steps in range(1, 500):
+    for steps in range(1, 500):  # noqa: B007 - the episode length is checked after the loop
         result = env.step(np.ones((2, 3)))  # full torque on every joint topples it
         if result.finished:
             break
@@ -304,3 +306,12 @@ def test_families_and_aliases_resolve(registry):
     assert params_of(registry.get("env", "RandomMuJoCoHalfCheetah-v2")).max_episode_steps == 1000
     with pytest.raises(UserError, match="did you mean"):
         registry.get("env", "RandomWindHoper-v2")
+
+
+def test_gymnasium_mujoco_ids_resolve_with_mujoco_frames(registry):
+    hopper = family(registry, "Hopper-v5")  # not a registered family: Gymnasium's own id
+    assert type(hopper) is GymnasiumIdFamily and hopper.frames is MujocoFrames
+    assert hopper.description == "Gymnasium Hopper-v5 as a single task"
+    assert family(registry, "Ant-v5").frames is MujocoFrames
+    with pytest.raises(UserError):  # other Gymnasium ids are not the MuJoCo plugin's
+        family(registry, "CartPole-v1")
