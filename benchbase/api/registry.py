@@ -32,22 +32,25 @@ from benchbase.api.contracts import KINDS, Component, EnvFamily, ResolvedNames
 from benchbase.api.params import describe
 from benchbase.errors import UserError, unknown_name
 
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "plugins.algorithms.diff_a2c",
-    "plugins.algorithms.diff_ppo",
-    "plugins.algorithms.gala",
-    "plugins.algorithms.vtrace",
-    "plugins.topologies.builtin",
-    "plugins.envs.classic.family",
-    "plugins.envs.mujoco.family",
-    "plugins.envs.atari.family",
-    "plugins.envs.gymnasium.family",
-    "plugins.replay.none",
-    "plugins.replay.queue",
-    "plugins.replay.uniform",
-    "plugins.replay.attentive",
-    "plugins.replay.elite",
-)
+#: The built-in plugins (module names, registered like entry points) and the kind each registers,
+#: so that a caller that needs one kind (the report: env families) skips importing the others.
+BUILTIN_KINDS: dict[str, str] = {
+    "plugins.algorithms.diff_a2c": "algorithm",
+    "plugins.algorithms.diff_ppo": "algorithm",
+    "plugins.algorithms.gala": "algorithm",
+    "plugins.algorithms.vtrace": "algorithm",
+    "plugins.topologies.builtin": "topology",
+    "plugins.envs.classic.family": "env",
+    "plugins.envs.mujoco.family": "env",
+    "plugins.envs.atari.family": "env",
+    "plugins.envs.gymnasium.family": "env",
+    "plugins.replay.none": "replay",
+    "plugins.replay.queue": "replay",
+    "plugins.replay.uniform": "replay",
+    "plugins.replay.attentive": "replay",
+    "plugins.replay.elite": "replay",
+}
+BUILTIN_PLUGINS: tuple[str, ...] = tuple(BUILTIN_KINDS)
 
 ENTRY_POINT_GROUP = "benchbase"
 _HOOK_OF_KIND = {
@@ -199,18 +202,25 @@ def _plugin_sources(extra: Iterable[str] = ()) -> Iterable[tuple[str, Callable[[
 
 
 def load_registry(
-    only: set[str] | None = None, blocked: set[str] | None = None, extra: Iterable[str] | None = None
+    only: set[str] | None = None,
+    blocked: set[str] | None = None,
+    extra: Iterable[str] | None = None,
+    kinds: Iterable[str] | None = None,
 ) -> Registry:
     """Load every allowed plugin. Defaults come from BENCHBASE_PLUGINS, BENCHBASE_BLOCK_PLUGINS
-    and BENCHBASE_EXTRA_PLUGINS."""
+    and BENCHBASE_EXTRA_PLUGINS. `kinds` skips built-ins of other kinds (third-party plugins are
+    always loaded: what they register is known only once they are imported)."""
     only = only if only is not None else _split_env("BENCHBASE_PLUGINS")
     blocked = blocked if blocked is not None else (_split_env("BENCHBASE_BLOCK_PLUGINS") or set())
     extra = tuple(extra) if extra is not None else tuple(sorted(_split_env("BENCHBASE_EXTRA_PLUGINS") or ()))
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     registry = Registry(manager, extra=extra)
+    wanted = set(kinds) if kinds is not None else None
     for plugin_name, load, provider in _plugin_sources(extra):
         if plugin_name in blocked or (only is not None and plugin_name not in only):
+            continue
+        if wanted is not None and plugin_name in BUILTIN_KINDS and BUILTIN_KINDS[plugin_name] not in wanted:
             continue
         registry._load(plugin_name, load, provider)
     return registry

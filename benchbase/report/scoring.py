@@ -41,14 +41,12 @@ NAN = float("nan")
 def env_registry(only: Iterable[str] | None = None, blocked: Iterable[str] = ()) -> Any:
     """The plugin registry that reports look env families' score ranges up in.
 
-    Every allowed plugin is loaded, so a report finds whichever plugin provides a family; only the
-    env families are read from it.
+    Built-ins of other kinds are skipped (the algorithms would import torch); third-party plugins
+    are all loaded, so a report finds whichever plugin provides a family.
     """
-    # Which plugins provide env families is only known once they are imported, and the core names
-    # no built-in plugin: the registry would have to say which of its built-ins to skip.
     from benchbase.api.registry import load_registry
 
-    return load_registry(only=set(only) if only is not None else None, blocked=set(blocked))
+    return load_registry(only=set(only) if only is not None else None, blocked=set(blocked), kinds={"env"})
 
 
 @dataclass(frozen=True)
