@@ -17,7 +17,7 @@ import pytest
 
 from benchbase.api.contracts import Topology, TopologyParams, params_of
 from benchbase.api.registry import load_registry
-from benchbase.comm.communicator import publishes
+from benchbase.comm.links import publishes
 from benchbase.comm.mixing_plan import MixingPlan, build_mixing_plan, gossip_schedule
 from benchbase.errors import UserError
 
