@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -116,12 +117,12 @@ def main() -> None:
     family_rates = {}
     for env_id, trained_on in LEARNER_FAMILIES.items():
         key = env_id.split("-")[0].lower()
-        rows = {
-            "gym.make envs, python loop": lambda: raw_gym_loop(env_id, vector_steps),
-            "GymnasiumTaskVectorEnv (sync)": lambda: raw_sync_vector(env_id, vector_steps),
-            "gymnasium AsyncVectorEnv": lambda: raw_async_vector(env_id, vector_steps // 2),
-            f"MujocoVectorEnv default-{key}": lambda: raw_family(f"default-{key}", env_id, vector_steps),
-            f"MujocoVectorEnv {trained_on}": lambda: raw_family(trained_on, env_id, vector_steps),
+        rows = {  # each measured at once, inside this iteration
+            "gym.make envs, python loop": partial(raw_gym_loop, env_id, vector_steps),
+            "GymnasiumTaskVectorEnv (sync)": partial(raw_sync_vector, env_id, vector_steps),
+            "gymnasium AsyncVectorEnv": partial(raw_async_vector, env_id, vector_steps // 2),
+            f"MujocoVectorEnv default-{key}": partial(raw_family, f"default-{key}", env_id, vector_steps),
+            f"MujocoVectorEnv {trained_on}": partial(raw_family, trained_on, env_id, vector_steps),
         }
         for label, measure in rows.items():
             rate = best_of(repeats, measure)
@@ -131,7 +132,7 @@ def main() -> None:
     print(f"== one learner in-process, {SIMULATORS} simulators, defaults, 1 torch thread (best of {repeats})")
     for algorithm_name in ("diff-a2c", "diff-ppo"):
         for family_name, raw in family_rates.items():
-            rate = best_of(repeats, lambda: learner_rate(algorithm_name, family_name, learner_steps))
+            rate = best_of(repeats, partial(learner_rate, algorithm_name, family_name, learner_steps))
             print(f"{algorithm_name:<9} {family_name:<27} {rate:>9,.0f} env steps/s  ({rate / raw:.2f}× raw)")
 
 

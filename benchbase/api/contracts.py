@@ -10,6 +10,9 @@ callback (see `benchbase.hookspecs`):
 
 Every component has a `name`, a one-line `description` and a `Params` dataclass of tunables
 (`benchbase.params`). Components are stateless: per-run state lives in what they build.
+Their metadata may be class attributes (one class per component) or instance attributes (one
+class for many components, e.g. a family per base environment and split, set in `__init__`): the
+core only reads it from the registered instance.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,12 +28,13 @@ from benchbase.api.params import NoParams, param
 
 
 class Component:
-    """Shared by every plugin kind."""
+    """Shared by every plugin kind: what the registry, grid and `bench plugins` read."""
 
-    name: ClassVar[str]
-    description: ClassVar[str] = ""
-    Params: ClassVar[type] = NoParams
-    aliases: ClassVar[tuple[str, ...]] = ()
+    name: str
+    description: str = ""
+    #: The frozen dataclass of tunables (`param` fields); the class, not an instance.
+    Params: type = NoParams
+    aliases: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,10 +65,10 @@ class Topology(Component):
     the mixing weights (`benchbase.topology`).
     """
 
-    Params: ClassVar[type] = TopologyParams
-    directed: ClassVar[bool] = False
+    Params: type = TopologyParams
+    directed: bool = False
     #: False for topologies that are meant to be disconnected (isolated learners).
-    requires_connected: ClassVar[bool] = True
+    requires_connected: bool = True
 
     def learner_count(self, requested: int, params: Any) -> int:
         """How many learner processes a cell with `requested` learners runs (centralised: 1)."""
@@ -120,6 +124,27 @@ class TaskVectorEnv(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class Renderable(Protocol):
+    """What a `TaskVectorEnv` that can draw itself adds (optional: `bench eval --video` needs it).
+
+    A protocol of its own rather than a default on `TaskVectorEnv`: vector envs satisfy that
+    protocol by shape, without subclassing it, so only `isinstance(env, Renderable)` can tell."""
+
+    def render(self, simulator: int) -> np.ndarray:
+        """An (H, W, 3) uint8 picture of `simulator`'s current state."""
+        ...
+
+
+@dataclass(frozen=True)
+class ResolvedNames:
+    """A pattern of names a plugin resolves on demand, as one row of `bench plugins`."""
+
+    pattern: str  # e.g. "<Game>NoFrameskip-v4, ALE/<Game>-v5"
+    provider: str  # what supplies them, e.g. "ale-py"
+    description: str
+
+
 @dataclass(frozen=True)
 class EnvFamilyParams:
     """Base of every family's parameters."""
@@ -142,13 +167,16 @@ def without_resampling(params: Any) -> Any:
 class EnvFamily(Component):
     """A named, seeded distribution over tasks of one base environment."""
 
-    Params: ClassVar[type] = EnvFamilyParams
+    Params: type = EnvFamilyParams
     #: Held-out evaluation splits besides "train" (the learner's own tasks), e.g. ("D", "R", "E").
-    splits: ClassVar[tuple[str, ...]] = ()
+    splits: tuple[str, ...] = ()
     #: (random policy score, reference score) for normalisation; None where success is defined.
-    score_range: ClassVar[tuple[float, float] | None] = None
+    score_range: tuple[float, float] | None = None
     #: One line: what counts as success, or "" when the family defines none.
-    success_criterion: ClassVar[str] = ""
+    success_criterion: str = ""
+    #: Names the family's plugin resolves on demand (`resolve_env_family`) besides the registered
+    #: ones; `bench plugins` lists them after the registered components.
+    resolved_names: tuple[ResolvedNames, ...] = ()
 
     def task_score_range(self, task_id: str) -> tuple[float, float] | None:
         """(random, reference) of one task, for families whose tasks score on different scales
@@ -196,17 +224,52 @@ class IterationOutput:
     metrics: dict[str, float]
 
 
-class Learner(Protocol):
-    """Per-process learner. The core calls `iterate`, then mixes `parameters_buffer()` in place."""
+class Learner:
+    """Per-process learner. The core calls `iterate`, then mixes `parameters_buffer()` in place.
 
-    def iterate(self) -> IterationOutput: ...
+    A base class, not a protocol: the core calls every method here directly, so a learner must
+    derive from it (the built-in ones do, through `plugins.algorithms.common.rollout`) and
+    override what it supports. `iterate`, `parameters_buffer` and `act_greedy` are required; the
+    rest default to "not supported" (`checkpointable`, `has_sampled_policy`) or to doing nothing
+    (`close`).
+    """
+
+    #: True when `state_dict` and `load_state_dict` are implemented: the core then checkpoints the
+    #: learner (resume, `bench eval`, `--init-from`); otherwise a stopped cell starts over.
+    checkpointable: bool = False
+    #: True when `act_sampled` is implemented (`bench eval --stochastic`).
+    has_sampled_policy: bool = False
+
+    def iterate(self) -> IterationOutput:
+        """One collect-and-update iteration."""
+        raise NotImplementedError
 
     def parameters_buffer(self) -> Any:
         """One flat tensor that holds every parameter to mix; the model's parameters are views
         of it, so writing it writes the model."""
-        ...
+        raise NotImplementedError
 
-    def act_greedy(self, observations: np.ndarray) -> np.ndarray: ...
+    def act_greedy(self, observations: np.ndarray) -> np.ndarray:
+        """The policy's most likely actions for a batch of raw observations (evaluation)."""
+        raise NotImplementedError
+
+    def act_sampled(self, observations: np.ndarray) -> np.ndarray:
+        """Actions drawn from the policy (stochastic evaluation); only when `has_sampled_policy`."""
+        raise NotImplementedError(f"{type(self).__name__} has no sampled policy")
+
+    def state_dict(self, replay: bool = False) -> dict[str, Any]:
+        """Everything needed to carry on exactly; only when `checkpointable`. `replay`: include
+        the replay buffers' contents (learners that train from replay; they can be large)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be checkpointed")
+
+    def load_state_dict(self, state: dict[str, Any], *, mode: Literal["resume", "init", "model"] = "resume") -> None:
+        """Carry on from `state_dict()`'s output. "resume" restores everything; "init" (a new run
+        starting from a checkpoint) the model, normalisation statistics and optimiser moments,
+        keeping this learner's hyperparameters; "model" (evaluation) the model and statistics."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be checkpointed")
+
+    def close(self) -> None:
+        """Release what the learner holds besides its env (threads, buffers). Default: nothing."""
 
 
 @dataclass(frozen=True)
@@ -243,12 +306,12 @@ class Algorithm(Component):
 
     #: "diffusion" (adapt-then-combine with every neighbour), "gossip" (`GossipParams`: a few
     #: peers per iteration, push-sum) or "none".
-    consensus: ClassVar[str] = "diffusion"
-    action_spaces: ClassVar[frozenset[str]] = frozenset({"discrete", "continuous"})
-    observation_kinds: ClassVar[frozenset[str]] = frozenset({"vector"})
+    consensus: str = "diffusion"
+    action_spaces: frozenset[str] = frozenset({"discrete", "continuous"})
+    observation_kinds: frozenset[str] = frozenset({"vector"})
     #: True for off-policy algorithms trained from a replay mix; their Params then declare an
     #: integer `batch_size` (segments per update), which the grid splits among the mix's strategies.
-    uses_replay: ClassVar[bool] = False
+    uses_replay: bool = False
 
     def make_learner(self, params: Any, spec: LearnerSpec) -> Learner:
         raise NotImplementedError
@@ -267,7 +330,7 @@ class ReplayStrategy(Component):
     """Stores trajectory segments and samples them. `none` is the on-policy placeholder."""
 
     #: False only for `none`, which stores nothing.
-    stores_segments: ClassVar[bool] = True
+    stores_segments: bool = True
 
     def make_buffer(self, params: Any, seed: int) -> Any:
         raise NotImplementedError

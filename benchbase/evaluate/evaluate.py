@@ -230,7 +230,7 @@ def _evaluate_cell(plan: _CellPlan, request: EvalRequest, registry: Any, rows: d
     learner = None
     try:
         learner = build_learner(registry, cell, model_env, world=cell.learner_processes)
-        if request.stochastic and not hasattr(learner, "act_sampled"):
+        if request.stochastic and not learner.has_sampled_policy:
             raise UserError(f"--stochastic: {cell.algorithm}'s learners have no sampled policy (act_sampled)")
         act = learner.act_sampled if request.stochastic else learner.act_greedy
         training = family.training_tasks(params, cell.learners, cell.seed)
@@ -267,6 +267,6 @@ def _evaluate_cell(plan: _CellPlan, request: EvalRequest, registry: Any, rows: d
                     for name, value in row.items():
                         rows[name].append(value)
     finally:
-        if learner is not None and hasattr(learner, "close"):
+        if learner is not None:
             learner.close()
         model_env.close()

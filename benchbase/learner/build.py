@@ -83,8 +83,7 @@ def check_fits(cells: list[Any], source: dict[str, Any], registry: Any) -> None:
         try:
             learner = build_learner(registry, cell, env)
             built = learner.parameters_buffer().numel()
-            if hasattr(learner, "close"):
-                learner.close()
+            learner.close()
         finally:
             env.close()
         if built != saved:

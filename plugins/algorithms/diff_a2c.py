@@ -4,6 +4,10 @@ Adapt-then-combine: each learner takes one A2C gradient step on its own rollout 
 the core replaces its parameters by the weighted average of its closed neighbourhood (combine),
 θ_i ← Σ_j c_ij θ_j. Every parameter is mixed, the Gaussian log-std included (the original
 forgot it); optimiser state and normalisation statistics stay local to the learner.
+
+The A2C loss (Mnih et al. 2016) on a rollout of T steps from P simulators, with n-step returns
+R (or GAE(λ) targets) and advantages A = R − V(s):
+    L = c_v·E[A²] − E[A·log π(a|s)] − c_e·E[H[π(·|s)]]
 """
 
 from __future__ import annotations
@@ -15,12 +19,9 @@ import torch
 from benchbase.api.contracts import Algorithm, ConsensusParams, LearnerSpec
 from benchbase.api.hookspecs import hookimpl
 from benchbase.api.params import param
-from plugins.algorithms.common.actor_critic import (
-    OnPolicyLearner,
-    Rollout,
-    discounted_returns,
-    gae_advantages,
-)
+from plugins.algorithms.common import distributions
+from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
+from plugins.algorithms.common.returns import discounted_returns, gae_advantages
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,7 @@ class A2CParams(ConsensusParams):
 
 class A2CLearner(OnPolicyLearner):
     def __init__(self, params: A2CParams, spec: LearnerSpec) -> None:
-        super().__init__(
-            spec,
-            n_steps=params.n_steps,
-            gamma=params.gamma,
-            hidden=params.hidden,
-            normalise_observations=params.normalise_observations,
-            normalise_rewards=params.normalise_rewards,
-        )
-        self.params = params
+        super().__init__(params, spec, n_steps=params.n_steps)
         self.optimizer = torch.optim.RMSprop(
             [self.flat.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
         )
@@ -57,9 +50,7 @@ class A2CLearner(OnPolicyLearner):
     def update(self, rollout: Rollout) -> dict[str, float]:
         p = self.params
         steps, envs = rollout.rewards.shape
-        observations = torch.from_numpy(rollout.observations.reshape(steps * envs, *rollout.observations.shape[2:]))
-        observations = observations.to(self.device)
-        last = torch.from_numpy(rollout.last_observations).to(self.device)
+        observations, actions, last = rollout.tensors(self.device)
 
         # One pass over the rollout's states and the bootstrap states s_T.
         actor_out, values_all = self.model.rollout_outputs(observations, last)
@@ -71,19 +62,13 @@ class A2CLearner(OnPolicyLearner):
             advantages = gae_advantages(rollout.rewards, old_values, rollout.not_done, bootstrap, p.gamma, p.gae_lambda)
             returns = advantages + old_values
         advantages = torch.from_numpy(returns.reshape(-1)).to(self.device) - values
-
-        actions = torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])).to(self.device)
-        log_prob, entropy = self.distribution.log_prob_entropy(actor_out, actions)
+        log_prob, entropy = distributions.log_prob_entropy(actor_out, self.model.action_log_std(), actions)
 
         value_loss = advantages.pow(2).mean()
         policy_loss = -(advantages.detach() * log_prob).mean()
         entropy_mean = entropy.mean()
         loss = p.value_coef * value_loss + policy_loss - p.entropy_coef * entropy_mean
-
-        self.flat.zero_grad()
-        loss.backward()
-        grad_norm = self.flat.clip_grad_norm(p.max_grad_norm)
-        self.optimizer.step()
+        grad_norm = self.optimizer_step(loss, p.max_grad_norm)
         return {
             "loss": loss.item(),
             "policy_loss": policy_loss.item(),

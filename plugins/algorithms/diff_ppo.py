@@ -1,4 +1,5 @@
-"""Diff-PPO: PPO learners combined by diffusion (the Diff-DAC framework with a PPO learner).
+"""Diff-PPO: PPO learners (Schulman et al. 2017) combined by diffusion (the Diff-DAC framework,
+Valcarcel Macua et al. 2021, with a PPO learner).
 
 Adapt-then-combine, once per rollout: each learner collects T steps from each of its P
 simulators, runs PPO on them (adapt), and only after its last epoch does the core replace its
@@ -6,33 +7,14 @@ parameters by the weighted average of its closed neighbourhood, θ_i ← Σ_j c_
 Every parameter is mixed, the Gaussian log-std included; Adam's state and the normalisation
 statistics stay local to the learner.
 
-The local PPO update (Schulman et al. 2017), read top to bottom in `PPOLearner.update`:
+The local PPO update, read top to bottom in `PPOLearner.update`:
 1. once per rollout, before anything moves: the old log-probabilities log π_old(a|s), the old
    values V_old(s), GAE(λ) advantages A and value targets R = A + V_old;
 2. `n_epochs` passes over the rollout in shuffled minibatches of `minibatch_size`, each taking
    one Adam step on L = −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] + c_v·E[(V − R)²] − c_e·E[H[π]],
-   ρ = π(a|s)/π_old(a|s), with A normalised per minibatch and the gradient norm clipped to 0.5.
-
-Defaults, tuned on classic control with 8 simulators per learner (one learner, greedy evaluation):
-- T = 32 steps per simulator, so a rollout of 256 is one minibatch; 20 epochs; Adam lr 1e-3 and
-  ε = 0.2, both annealed linearly to 0 over the learner's env-step budget; γ 0.99, GAE λ 0.9;
-  no entropy bonus; value loss weight 0.5; observation normalisation and reward scaling on.
-- Starting point: RL-Zoo's tuned CartPole PPO (the same T, batch, epochs and annealing, with
-  λ 0.8, γ 0.98 and no reward scaling), which solved CartPole-v1 on 5 of 5 seeds but left
-  Pendulum at −260 and −455 after 200k steps: its −16…0 per-step rewards make values in the
-  hundreds, which the critic fits slowly under a 0.5 gradient-norm clip. Reward scaling fixes
-  that (−100 and −180 by 50k) but with γ 0.98 / λ 0.8 CartPole then collapsed after reaching
-  500 on 2 of 5 seeds; γ 0.99 / λ 0.9 restores it.
-- Result: CartPole-v1 solved (return ≥ 475) within 100k env steps on 10 of 10 seeds; after 200k,
-  Acrobot-v1 about −84 on 3 of 3 seeds (random: −500) and Pendulum-v1 −108 and −205 on 2 of 3
-  (the third stuck near −575; random: about −1200).
-- Short rollouts suit all three because time limits are bootstrapped: episodes need not fit in
-  a rollout.
-- The value loss is not clipped by default: with RL-Zoo's CartPole settings clipping it to ±ε
-  solved 2 of 5 seeds against 5 of 5 (Andrychowicz et al. 2021 also found it neutral to
-  harmful); `clip_value_loss` turns it on.
-- Without a budget (`env_steps_budget` = 0) nothing is annealed. Losses are means over the
-  minibatch, so the step size does not depend on the batch size.
+   ρ = π(a|s)/π_old(a|s), with A normalised per minibatch and the gradient norm clipped.
+The lr and ε are annealed linearly to 0 over the learner's env-step budget (nothing is annealed
+without one). How the defaults were chosen: docs/algorithms.md.
 """
 
 from __future__ import annotations
@@ -47,11 +29,10 @@ import torch
 from benchbase.api.contracts import Algorithm, ConsensusParams, LearnerSpec
 from benchbase.api.hookspecs import hookimpl
 from benchbase.api.params import param
-from plugins.algorithms.common.actor_critic import (
-    OnPolicyLearner,
-    Rollout,
-    gae_advantages,
-)
+from plugins.algorithms.common import distributions
+from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
+from plugins.algorithms.common.returns import gae_advantages
+from plugins.algorithms.common.schedules import anneal, remaining_fraction
 
 
 @dataclass(frozen=True)
@@ -124,45 +105,29 @@ class PPOLearner(OnPolicyLearner):
     checkpoint_attributes = ("updates_done",)
 
     def __init__(self, params: PPOParams, spec: LearnerSpec) -> None:
-        super().__init__(
-            spec,
-            n_steps=params.n_steps,
-            gamma=params.gamma,
-            hidden=params.hidden,
-            normalise_observations=params.normalise_observations,
-            normalise_rewards=params.normalise_rewards,
-        )
-        self.params = params
+        super().__init__(params, spec, n_steps=params.n_steps)
         self.optimizer = torch.optim.Adam([self.flat.parameter], lr=params.lr, eps=params.adam_eps)
         # Updates this learner will make within its budget: the schedules reach 0 there.
         rollout_steps = params.n_steps * self.env.num_envs
         self.total_updates = math.ceil(spec.env_steps_budget / rollout_steps) if spec.env_steps_budget > 0 else 0
         self.updates_done = 0
 
-    def remaining_fraction(self) -> float:
-        """1 at the first update, 1/N at the N-th and last one of the budget; 1 without a budget."""
-        if self.total_updates == 0:
-            return 1.0
-        return max(0.0, 1.0 - self.updates_done / self.total_updates)
-
     def update(self, rollout: Rollout) -> dict[str, float]:
         p = self.params
-        frac = self.remaining_fraction()
-        lr = p.lr * frac if p.anneal_lr else p.lr
-        clip_range = p.clip_range * frac if p.anneal_clip_range else p.clip_range
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        remaining = remaining_fraction(self.updates_done, self.total_updates)  # 1 at the first update
+        lr = anneal(p.lr, remaining) if p.anneal_lr else p.lr
+        clip_range = anneal(p.clip_range, remaining) if p.anneal_clip_range else p.clip_range
+        self.set_lr(lr)
 
         steps, envs = rollout.rewards.shape
         size = steps * envs
-        observations = torch.from_numpy(rollout.observations.reshape(size, *rollout.observations.shape[2:])).to(self.device)
-        actions = torch.from_numpy(rollout.actions.reshape(size, *rollout.actions.shape[2:])).to(self.device)
-        last = torch.from_numpy(rollout.last_observations).to(self.device)
+        observations, actions, last = rollout.tensors(self.device)
+        log_std = self.model.action_log_std()
 
         # The rollout's policy and values, fixed before the first epoch moves the parameters.
         with torch.no_grad():
             old_actor_out, all_values = self.model.rollout_outputs(observations, last)
-            old_log_prob, _ = self.distribution.log_prob_entropy(old_actor_out, actions)
+            old_log_prob, _ = distributions.log_prob_entropy(old_actor_out, log_std, actions)
         old_values = all_values[:size]
         old_values_np = old_values.cpu().numpy().reshape(steps, envs)
         bootstrap = all_values[size:].cpu().numpy()
@@ -178,7 +143,7 @@ class PPOLearner(OnPolicyLearner):
         for _ in range(p.n_epochs):
             for batch in torch.randperm(size, device=self.device).split(minibatch_size):
                 actor_out, values = self.model.actor_and_value(observations[batch])
-                log_prob, entropy = self.distribution.log_prob_entropy(actor_out, actions[batch])
+                log_prob, entropy = distributions.log_prob_entropy(actor_out, log_std, actions[batch])
                 batch_advantages = advantages[batch]
                 if p.normalise_advantages and len(batch) > 1:
                     batch_advantages = (batch_advantages - batch_advantages.mean()) / (batch_advantages.std() + 1e-8)
@@ -188,10 +153,7 @@ class PPOLearner(OnPolicyLearner):
                     clip_range=clip_range, clip_value_loss=p.clip_value_loss,
                     value_coef=p.value_coef, entropy_coef=p.entropy_coef,
                 )
-                self.flat.zero_grad()
-                losses.loss.backward()
-                grad_norm = self.flat.clip_grad_norm(p.max_grad_norm)
-                self.optimizer.step()
+                grad_norm = self.optimizer_step(losses.loss, p.max_grad_norm)
                 for name, value in losses._asdict().items():
                     sums[name] = sums.get(name, 0.0) + value.item()
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm

@@ -16,28 +16,18 @@ unless a message is more than `staleness` iterations old. The core does the goss
   other (the original's Pong example does the same); `staleness=0` makes every mix synchronous
   and the run deterministic.
 
-Defaults differ from the A2C core's in two places, both chosen on 4 learners on `directed-ring`
-learning `random-cartpole` within 200k env steps (final greedy episodes of ≥ 195 steps on the
-learner's own task): lr 1.5e-3 (the original used 1.4e-3 on Pong) and no observation
-normalisation. With the core's lr 7e-4 learning is too slow for that budget; with normalisation
-(statistics local to each learner, so learners on different tasks feed the shared parameters
-differently scaled inputs) 25 of 36 learners succeeded over 9 seeds, without it 34 of 36; over
-15 seeds these defaults gave 57 of 60, at least 3 of 4 on every seed. Gradient clipping 0.5,
-RMSprop, T = 5 and c_e = 0.01 are GALA's.
+Its defaults differ from Diff-A2C's in the lr, gradient clipping and observation normalisation
+(why: docs/algorithms.md); the lr can decay linearly over the learner's budget.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchbase.api.contracts import (
-    Algorithm,
-    GossipParams,
-    IterationOutput,
-    LearnerSpec,
-)
+from benchbase.api.contracts import Algorithm, GossipParams, IterationOutput, LearnerSpec
 from benchbase.api.hookspecs import hookimpl
 from benchbase.api.params import param
+from plugins.algorithms.common.schedules import anneal, remaining_fraction
 from plugins.algorithms.diff_a2c import A2CLearner, A2CParams
 
 
@@ -61,6 +51,8 @@ class GalaParams(A2CParams, GossipParams):
 
 
 class GalaLearner(A2CLearner):
+    """A2C whose learning rate can decay with the env steps done."""
+
     checkpoint_attributes = ("steps_done",)
 
     def __init__(self, params: GalaParams, spec: LearnerSpec) -> None:
@@ -70,9 +62,7 @@ class GalaLearner(A2CLearner):
 
     def iterate(self) -> IterationOutput:
         if self.params.lr_decay and self.budget > 0:
-            remaining = max(0.0, 1.0 - self.steps_done / self.budget)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.params.lr * remaining
+            self.set_lr(anneal(self.params.lr, remaining_fraction(self.steps_done, self.budget)))
         output = super().iterate()
         self.steps_done += output.env_steps
         return output

@@ -200,7 +200,7 @@ def synchronous_runs(registry) -> dict[str, Any]:
 def test_push_sum_across_gloo_processes_reaches_the_exact_average(synchronous_runs, transport):
     target = initial_matrix().mean(axis=0)
     results = synchronous_runs["clean"]
-    for rank, result in enumerate(results):
+    for result in results:
         np.testing.assert_allclose(result[("push-sum", transport)]["final"], target, rtol=0, atol=2e-5)
     assert sum(r[("push-sum", transport)]["weight"] for r in results) == pytest.approx(N, abs=1e-5)
     drifted = results[0][("uniform", transport)]["final"]

@@ -1,1 +1,2 @@
-"""Pieces the built-in algorithms share: networks, the rollout learner bases, return targets."""
+"""Pieces the built-in algorithms share: the learner bases (`rollout`, `on_policy`, `off_policy`),
+networks, the action distribution, normalisation, return targets and schedules."""

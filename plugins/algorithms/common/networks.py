@@ -3,7 +3,8 @@
 
 Both expose what the learners use:
 
-- `actor(obs)`: logits (discrete) or the Gaussian mean (continuous; `log_std` is a parameter);
+- `actor(obs)`: logits (discrete) or the Gaussian mean (continuous; `log_std` is a parameter,
+  `action_log_std()` gives it or None);
 - `value(obs)`: V(s), shape [B];
 - `actor_and_value(obs)`, `rollout_outputs(observations, last)`: both at once (the CNN runs its
   shared trunk once);
@@ -56,6 +57,10 @@ class ActorCritic(nn.Module):
         if self.continuous:
             # State-independent, init 0; a parameter like any other, so it is mixed too.
             self.log_std = nn.Parameter(torch.zeros(self.action_outputs))
+
+    def action_log_std(self) -> torch.Tensor | None:
+        """The Gaussian policy's log-std; None for a categorical policy (`distributions`' convention)."""
+        return self.log_std if self.continuous else None
 
     def actor(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy_head(self.features(obs))

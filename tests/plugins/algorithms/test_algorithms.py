@@ -18,13 +18,8 @@ from torch import nn
 
 from benchbase.api.contracts import FinishedEpisode, LearnerSpec, StepResult, Task
 from benchbase.comm.flat import FlatParameters
-from plugins.algorithms.common.actor_critic import (
-    ObservationNormaliser,
-    RewardScaler,
-    RunningMeanStd,
-    discounted_returns,
-    gae_advantages,
-)
+from plugins.algorithms.common.normalisation import ObservationNormaliser, RewardScaler, RunningMeanStd
+from plugins.algorithms.common.returns import discounted_returns, gae_advantages
 from plugins.algorithms.diff_a2c import A2CLearner, A2CParams
 
 # -- a deterministic fake env -------------------------------------------------------------------

@@ -25,12 +25,8 @@ from test_algorithms import FakeVectorEnv, actor_parameters
 
 from benchbase.api.contracts import LearnerSpec
 from benchbase.api.replay import ReplayMix, ReplayParams, Segment, batch_shares
-from plugins.algorithms.vtrace import (
-    VTraceLearner,
-    VTraceParams,
-    kl_divergence,
-    vtrace_losses,
-)
+from plugins.algorithms.common.distributions import kl_divergence
+from plugins.algorithms.vtrace import VTraceLearner, VTraceParams, vtrace_losses
 
 # -- test buffers -------------------------------------------------------------------------------
 
@@ -351,9 +347,9 @@ def test_a_queue_trains_on_every_segment_exactly_once(monkeypatch):
     seen: list[Segment] = []  # the segments themselves: their ids stay unique while referenced
     original = VTraceLearner.update
 
-    def recording(self, segments, taken):
-        seen.extend(segments)
-        return original(self, segments, taken)
+    def recording(self, batch):
+        seen.extend(batch.segments)
+        return original(self, batch)
 
     monkeypatch.setattr(VTraceLearner, "update", recording)
     for background in (False, True):
