@@ -16,9 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbase.api.contracts import Algorithm, ConsensusParams, LearnerSpec
-from benchbase.api.hookspecs import hookimpl
-from benchbase.api.params import param
+from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import discounted_returns, gae_advantages

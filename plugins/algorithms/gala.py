@@ -24,9 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchbase.api.contracts import Algorithm, GossipParams, IterationOutput, LearnerSpec
-from benchbase.api.hookspecs import hookimpl
-from benchbase.api.params import param
+from benchbase import Algorithm, GossipParams, IterationOutput, LearnerSpec, hookimpl, param
 from plugins.algorithms.common.schedules import anneal, remaining_fraction
 from plugins.algorithms.diff_a2c import A2CLearner, A2CParams
 

@@ -26,9 +26,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from benchbase.api.contracts import Algorithm, ConsensusParams, LearnerSpec
-from benchbase.api.hookspecs import hookimpl
-from benchbase.api.params import param
+from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.distributions import kl_divergence
 from plugins.algorithms.common.off_policy import OffPolicyLearner, SampledBatch, segment_bytes

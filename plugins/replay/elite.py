@@ -41,10 +41,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import Register, hookimpl
-from benchbase.api.params import param
-from benchbase.api.replay import Scorer
+from benchbase import Register, ReplayStrategy, Scorer, hookimpl, param
 from plugins.replay.similarity import (
     P_HELP,
     CandidateBuffer,

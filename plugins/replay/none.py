@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import Register, hookimpl
+from benchbase import Register, ReplayStrategy, hookimpl
 
 
 class NoReplay(ReplayStrategy):

@@ -11,10 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import Register, hookimpl
-from benchbase.api.params import param
-from benchbase.api.replay import ReplayParams, Scorer, Segment
+from benchbase import Register, ReplayParams, ReplayStrategy, Scorer, Segment, hookimpl, param
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from benchbase.api.params import param
-from benchbase.api.replay import ReplayParams, Scorer, Segment
-from benchbase.errors import UserError
+from benchbase import ReplayParams, Scorer, Segment, UserError, param
 from plugins.replay.uniform import MIN_FILL_HELP, RingBuffer, check_min_fill
 
 #: Keeps cosine similarity finite for all-zero feature vectors.

@@ -13,11 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from benchbase.api.contracts import ReplayStrategy
-from benchbase.api.hookspecs import Register, hookimpl
-from benchbase.api.params import param
-from benchbase.api.replay import ReplayParams, Scorer, Segment
-from benchbase.errors import UserError
+from benchbase import Register, ReplayParams, ReplayStrategy, Scorer, Segment, UserError, hookimpl, param
 
 MIN_FILL_HELP = (
     "segments stored before sampling starts; none = the original's max(0.2·capacity, 10·n) for a "

@@ -16,10 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from benchbase.api.contracts import Topology, TopologyParams
-from benchbase.api.hookspecs import Register, hookimpl
-from benchbase.api.params import param
-from benchbase.errors import UserError
+from benchbase import Register, Topology, TopologyParams, UserError, hookimpl, param
 
 
 @hookimpl

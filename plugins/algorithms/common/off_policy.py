@@ -35,9 +35,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from benchbase.api.contracts import FinishedEpisode, IterationOutput, LearnerSpec
-from benchbase.api.replay import BatchPreparer, ReplayMix, Segment
-from benchbase.comm.flat import FlatParameters
+from benchbase import BatchPreparer, FinishedEpisode, FlatParameters, IterationOutput, LearnerSpec, ReplayMix, Segment
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.networks import ActorCritic, is_image
 from plugins.algorithms.common.rollout import RolloutLearner, RolloutParams

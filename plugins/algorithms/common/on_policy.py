@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchbase.api.contracts import FinishedEpisode, IterationOutput
+from benchbase import FinishedEpisode, IterationOutput
 from plugins.algorithms.common.rollout import RolloutLearner
 
 

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from benchbase.api.contracts import FinishedEpisode, Learner, LearnerSpec, TaskVectorEnv
-from benchbase.comm.flat import FlatParameters
+from benchbase import FinishedEpisode, FlatParameters, Learner, LearnerSpec, TaskVectorEnv
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.networks import build_model, is_image
 from plugins.algorithms.common.normalisation import ObservationNormaliser, RewardScaler

@@ -35,10 +35,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from benchbase.api.contracts import EnvFamily, EnvFamilyParams, ResolvedNames, Task, TaskVectorEnv
-from benchbase.api.hookspecs import Register, hookimpl
-from benchbase.api.params import param
-from benchbase.errors import UserError, unknown_name
+from benchbase import (
+    EnvFamily,
+    EnvFamilyParams,
+    Register,
+    ResolvedNames,
+    Task,
+    TaskVectorEnv,
+    UserError,
+    hookimpl,
+    param,
+    unknown_name,
+)
 from plugins.envs.atari.games import (
     find_game,
     game_info,

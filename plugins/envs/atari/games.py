@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ale_py import Action, ALEInterface, LoggerMode, roms
 from ale_py.registration import rom_id_to_name
 
-from benchbase.errors import UserError, unknown_name
+from benchbase import UserError, unknown_name
 
 #: (random policy, human) scores of the Atari-57 table (no-op starts; Mnih et al. 2015, with the
 #: human scores of Wang et al. 2016 and Badia et al. 2020 for the games the first table lacked).

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from gymnasium import spaces
 
-from benchbase.api.contracts import FinishedEpisode, StepResult, Task
+from benchbase import FinishedEpisode, StepResult, Task
 from plugins.envs.atari.games import FULL_ACTION_COUNT, game_info, quiet_ale
 
 FRAME_SIZE = 84

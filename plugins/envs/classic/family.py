@@ -22,10 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchbase.api.contracts import EnvFamily, EnvFamilyParams, Task, TaskVectorEnv
-from benchbase.api.hookspecs import Register, hookimpl
-from benchbase.api.params import param
-from benchbase.errors import unknown_name
+from benchbase import EnvFamily, EnvFamilyParams, Register, Task, TaskVectorEnv, hookimpl, param, unknown_name
 from plugins.envs.classic.dynamics import (
     AcrobotDynamics,
     CartPoleDynamics,

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from benchbase.api.contracts import FinishedEpisode, StepResult, Task
+from benchbase import FinishedEpisode, StepResult, Task
 from plugins.envs.classic.dynamics import Dynamics
 
 

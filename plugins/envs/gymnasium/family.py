@@ -16,9 +16,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from benchbase.api.contracts import EnvFamily, Task, TaskVectorEnv
-from benchbase.api.hookspecs import hookimpl
-from benchbase.errors import UserError, unknown_name
+from benchbase import EnvFamily, Task, TaskVectorEnv, UserError, hookimpl, unknown_name
 from plugins.envs.gymnasium.vector import GymnasiumFrames, GymnasiumTaskVectorEnv, SuccessFn
 
 

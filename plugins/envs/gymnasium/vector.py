@@ -18,8 +18,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from benchbase.api.contracts import FinishedEpisode, StepResult, Task
-from benchbase.errors import UserError
+from benchbase import FinishedEpisode, StepResult, Task, UserError
 
 #: (episode return, episode length, terminated) -> success, or None where undefined.
 SuccessFn = Callable[[float, int, bool], "bool | None"]

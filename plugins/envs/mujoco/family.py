@@ -39,10 +39,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchbase.api.contracts import EnvFamily, EnvFamilyParams, Task, TaskVectorEnv
-from benchbase.api.hookspecs import Register, hookimpl
-from benchbase.api.params import param
-from benchbase.errors import UserError, unknown_name
+from benchbase import (
+    EnvFamily,
+    EnvFamilyParams,
+    Register,
+    Task,
+    TaskVectorEnv,
+    UserError,
+    hookimpl,
+    param,
+    unknown_name,
+)
 from plugins.envs.classic.family import SPLITS, ParameterRange
 from plugins.envs.gymnasium.family import GymnasiumIdFamily, registered_entry_point
 from plugins.envs.mujoco.render import MujocoFrames

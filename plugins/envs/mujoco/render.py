@@ -39,7 +39,7 @@ def _renderer(env: Any) -> tuple[Any, Any]:
     """A renderer sized like the env's own (within the model's offscreen buffer) and its camera."""
     import mujoco
 
-    from benchbase.errors import UserError
+    from benchbase import UserError
 
     model = env.model
     width = min(int(getattr(env, "width", 480)), model.vis.global_.offwidth)

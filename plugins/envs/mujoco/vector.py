@@ -26,7 +26,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from benchbase.api.contracts import FinishedEpisode, StepResult, Task
+from benchbase import FinishedEpisode, StepResult, Task
 from plugins.envs.mujoco.physics import (
     PhysicsSettings,
     PristinePhysics,
