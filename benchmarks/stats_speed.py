@@ -1,4 +1,4 @@
-"""Speed of the leaderboard statistics (`benchbase.stats`) at a publication-grade repetition count.
+"""Speed of the leaderboard statistics (`benchbase.report.stats`) at a publication-grade repetition count.
 
     python benchmarks/stats_speed.py                         # 10 entries of [10 runs × 5 tasks], 50,000 repetitions
     python benchmarks/stats_speed.py --entries 20 --runs 5 --tasks 12 --repetitions 2000

@@ -1,7 +1,7 @@
 """The contracts between the core and its plugins.
 
 Four kinds of component, each a small class that a plugin subclasses and hands to a `register`
-callback (see `benchbase.hookspecs`):
+callback (see `benchbase.api.hookspecs`):
 
 - `Algorithm`      builds a per-process `Learner` (collect, update, expose parameters to mix);
 - `Topology`       pure data: who receives from whom, per iteration if time-varying;
@@ -9,7 +9,7 @@ callback (see `benchbase.hookspecs`):
 - `ReplayStrategy` a buffer of trajectory segments (off-policy algorithms; `none` otherwise).
 
 Every component has a `name`, a one-line `description` and a `Params` dataclass of tunables
-(`benchbase.params`). Components are stateless: per-run state lives in what they build.
+(`benchbase.api.params`). Components are stateless: per-run state lives in what they build.
 Their metadata may be class attributes (one class per component) or instance attributes (one
 class for many components, e.g. a family per base environment and split, set in `__init__`): the
 core only reads it from the registered instance.
@@ -62,7 +62,7 @@ class Topology(Component):
     learner i receives learner j's parameters (zero diagonal; symmetric unless `directed`).
     A time-varying topology returns a sequence of such arrays: the k-th is used at iterations t
     with t % len(sequence) == k. The core validates shape, symmetry and connectivity and derives
-    the mixing weights (`benchbase.topology`).
+    the mixing weights (`benchbase.comm.mixing_plan`).
     """
 
     Params: type = TopologyParams

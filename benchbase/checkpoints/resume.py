@@ -1,7 +1,7 @@
 """Checkpoints inside a cell: when a learner saves, where a re-run resumes, how a cell stops.
 
 Each learner keeps its own checkpoints in ``<run>/checkpoints/<cell_id>/learner-<r>/`` (see
-`benchbase.checkpoint` for the files). A checkpoint holds the learner's state (model, optimiser,
+`benchbase.checkpoints.checkpoint` for the files). A checkpoint holds the learner's state (model, optimiser,
 normalisers, RNG, simulators where the env can save them), the communicator's (push-sum weight,
 counters) and the training loop's, including every result row produced so far: a resumed cell
 re-produces the rows after its checkpoint and none before it, so rows are neither lost nor

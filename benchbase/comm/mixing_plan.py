@@ -1,6 +1,6 @@
 """Topology validation and mixing weights.
 
-A `Topology` plugin only says who receives from whom (`benchbase.contracts.Topology.build`).
+A `Topology` plugin only says who receives from whom (`benchbase.api.contracts.Topology.build`).
 This module checks what it returned (size, 0/1 entries, zero diagonal, symmetry, connectivity)
 and derives the combination weights the learners use, so every topology — built-in or
 third-party — gets the same checks and the same weight rules:

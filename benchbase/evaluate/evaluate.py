@@ -1,7 +1,7 @@
 """`bench eval`: run saved models on any split of any env family, outside the training run.
 
 A source (checkpoint file, learner folder, cell checkpoint folder or run folder; see
-`benchbase.sources`) names learners' checkpoints. Each learner's model (parameters and
+`benchbase.checkpoints.sources`) names learners' checkpoints. Each learner's model (parameters and
 observation-normalisation statistics) is loaded into a learner built like the cell's, and run for
 N episodes per split, greedily or sampling from its policy, on its own env family or another one
 with the same observation and action spaces. Tasks and seeds are made as the run's `Evaluator`

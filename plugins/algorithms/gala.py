@@ -6,7 +6,7 @@ unless a message is more than `staleness` iterations old. The core does the goss
 (`benchbase.comm`), from the same topology plugins as every other algorithm:
 
 - peers: each learner cycles through its topology out-neighbours, `num_peers` per iteration, in
-  order of ring offset r+1, r+2, … (`benchbase.topology.gossip_schedule`). On `directed-ring`
+  order of ring offset r+1, r+2, … (`benchbase.comm.mixing_plan.gossip_schedule`). On `directed-ring`
   that is the original's static ring (learner r sends to r+1); on `exponential` with one peer it
   is the paper's time-varying graph r+1, r+2, r+4, …;
 - mixing is push-sum: a scalar weight travels with the parameters and the learner acts with

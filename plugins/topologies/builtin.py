@@ -1,7 +1,7 @@
 """The built-in topologies, registered exactly like a third-party plugin's.
 
 Each topology only says who receives from whom (an N×N 0/1 `in_adjacency`, or one per phase
-when time-varying). The core (`benchbase.topology`) validates it and derives mixing weights.
+when time-varying). The core (`benchbase.comm.mixing_plan`) validates it and derives mixing weights.
 Pure numpy: nothing here touches torch.distributed.
 """
 

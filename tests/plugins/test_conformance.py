@@ -1,4 +1,4 @@
-"""Conformance: every registered plugin of every kind keeps its contract (benchbase.contracts).
+"""Conformance: every registered plugin of every kind keeps its contract (benchbase.api.contracts).
 
 Parametrised over what `load_registry()` finds when this module is imported, so a new
 built-in or an installed third-party plugin is checked with no change here.

@@ -1,4 +1,4 @@
-"""The robust leaderboard statistics (`benchbase.stats`), against hand-worked cases, scipy, and
+"""The robust leaderboard statistics (`benchbase.report.stats`), against hand-worked cases, scipy, and
 naive (looped, unvectorised) bootstraps written here from the definitions."""
 
 from __future__ import annotations
