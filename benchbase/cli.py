@@ -74,9 +74,8 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
         parameters = ", ".join(f"{p['name']}={p['default']}" for p in row["parameters"])
         name = row["name"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else "")
         table.add_row(row["kind"], name, row["provider"], row["description"], parameters)
-    if any(row["kind"] == "env" and row["name"] == "atari-games" for row in rows):
-        table.add_row("env", "<Game>NoFrameskip-v4, ALE/<Game>-v5", "ale-py",
-                      "any Atari game (e.g. PongNoFrameskip-v4) as a one-task family, with the standard preprocessing", "")
+    for names in registry.resolved_names():  # what plugins resolve on demand, never registered
+        table.add_row("env", names.pattern, names.provider, names.description, "")
     table.add_row("env", "<any Gymnasium id>", "gymnasium", "a registered Gymnasium id (e.g. CartPole-v1) as a one-task family", "")
     console.print(table)
     for error in registry.errors:
@@ -85,16 +84,32 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
 
 @app.command()
 def run(
-    algorithm: list[str] = typer.Option([], "--algorithm", "-a", help="Algorithm axis entry, NAME[:key=value,…]; repeatable."),
-    topology: list[str] = typer.Option([], "--topology", "-t", help="Topology axis entry, e.g. ring or random:p=0.3; repeatable."),
-    env: list[str] = typer.Option([], "--env", "-e", help="Env family axis entry, e.g. random-cartpole or CartPole-v1; repeatable."),
-    replay: list[str] = typer.Option([], "--replay", "-r", help="Replay axis entry (none for on-policy algorithms), or a mix by ratio: queue:capacity=4,ratio=0.5+uniform:ratio=0.5; repeatable."),
+    algorithm: list[str] = typer.Option(
+        [], "--algorithm", "-a", help="Algorithm axis entry, NAME[:key=value,…]; repeatable.",
+    ),
+    topology: list[str] = typer.Option(
+        [], "--topology", "-t", help="Topology axis entry, e.g. ring or random:p=0.3; repeatable.",
+    ),
+    env: list[str] = typer.Option(
+        [], "--env", "-e", help="Env family axis entry, e.g. random-cartpole or CartPole-v1; repeatable.",
+    ),
+    replay: list[str] = typer.Option(
+        [], "--replay", "-r",
+        help="Replay axis entry (none for on-policy algorithms), or a mix by ratio: "
+        "queue:capacity=4,ratio=0.5+uniform:ratio=0.5; repeatable.",
+    ),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (0..N-1)."),
     learners: Optional[int] = typer.Option(None, "--learners", help="Learners per cell (tasks per cell)."),
     envs_per_learner: Optional[int] = typer.Option(None, "--envs-per-learner", help="Simulators per learner."),
-    env_steps: Optional[int] = typer.Option(None, "--env-steps", help="Budget: total env steps across a cell's learners."),
-    evaluations: Optional[int] = typer.Option(None, "--evaluations", help="Periodic evaluations per cell, the last at the end (0: none)."),
-    eval_episodes: Optional[int] = typer.Option(None, "--eval-episodes", help="Evaluation episodes per split and learner."),
+    env_steps: Optional[int] = typer.Option(
+        None, "--env-steps", help="Budget: total env steps across a cell's learners.",
+    ),
+    evaluations: Optional[int] = typer.Option(
+        None, "--evaluations", help="Periodic evaluations per cell, the last at the end (0: none).",
+    ),
+    eval_episodes: Optional[int] = typer.Option(
+        None, "--eval-episodes", help="Evaluation episodes per split and learner.",
+    ),
     set_: list[str] = typer.Option([], "--set", help="PLUGIN.KEY=VALUE, e.g. diff-a2c.lr=0.001; repeatable."),
     grid: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid file (options given here override it)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: results/grid-<id>)."),
@@ -103,7 +118,8 @@ def run(
     comm_timeout: float = typer.Option(120.0, "--comm-timeout", help="Seconds before a stuck exchange fails its cell."),
     transport: str = typer.Option(
         "auto", "--transport",
-        help="Parameter exchange: shm (shared memory, learners on one host), p2p (gloo messages), or auto (shm when possible).",
+        help="Parameter exchange: shm (shared memory, learners on one host), p2p (gloo messages), "
+        "or auto (shm when possible).",
     ),
     jobs: int = typer.Option(
         1, "--jobs", "-j",
@@ -114,7 +130,8 @@ def run(
     ),
     launcher: str = typer.Option(
         "local", "--launcher",
-        help="local (this machine runs the learners) or torchrun (prepare --out and print a torchrun command per cell).",
+        help="local (this machine runs the learners) or torchrun "
+        "(prepare --out and print a torchrun command per cell).",
     ),
     execute: bool = typer.Option(
         False, "--execute",
@@ -122,10 +139,12 @@ def run(
     ),
     nnodes: int = typer.Option(1, "--nnodes", help="With --launcher torchrun: machines sharing each cell's learners."),
     rdzv_endpoint: Optional[str] = typer.Option(
-        None, "--rdzv-endpoint", help="With --launcher torchrun and --nnodes > 1: HOST:PORT of the node hosting the rendezvous.",
+        None, "--rdzv-endpoint",
+        help="With --launcher torchrun and --nnodes > 1: HOST:PORT of the node hosting the rendezvous.",
     ),
     rdzv_timeout: int = typer.Option(
-        120, "--rdzv-timeout", help="With --launcher torchrun: seconds to wait for the other nodes (and the rendezvous host).",
+        120, "--rdzv-timeout",
+        help="With --launcher torchrun: seconds to wait for the other nodes (and the rendezvous host).",
     ),
     checkpoint_every: Optional[int] = typer.Option(
         None, "--checkpoint-every",
@@ -143,10 +162,43 @@ def run(
     ),
 ) -> None:
     """Run a grid of cells. With no axes, runs the small embedded default grid."""
-    from benchbase.grid import cell as grid_cell
-    from benchbase.grid import expand as grid_expand
-    from benchbase.grid import spec as grid_module
+    _check_run_options(transport, device, jobs, checkpoint_every, launcher, nnodes)
+    registry = _registry()
+    from benchbase.run.torchrun import under_torchrun
 
+    settings = _execution_settings(registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay)
+    worker = under_torchrun()
+    if not dry_run and not worker and launcher == "local":
+        from benchbase.run.local import warm_up
+
+        warm_up()  # the forkserver imports torch while the grid is validated
+    axes_given = any([algorithm, topology, env, replay, grid])
+    if cell:
+        return _run_cells_of_folder(cell, out, axes_given, registry, worker, settings, jobs)
+    spec = _grid_spec(grid, axes_given, algorithm, topology, env, replay, set_, {
+        "seeds": seeds, "learners": learners, "envs_per_learner": envs_per_learner, "env_steps": env_steps,
+        "evaluations": evaluations, "eval_episodes": eval_episodes,
+    })
+    console = _console()
+    cells = _valid_cells(spec, registry, console, init_from)
+    out = out if out is not None else _default_out(cells)
+    _print_replay_memory(console, cells, registry)
+    if dry_run:
+        _print_cells(console, cells, out)
+        return
+    if worker:
+        from benchbase.run.torchrun import run_as_worker
+
+        raise typer.Exit(run_as_worker(spec, cells, out, registry, console, settings))
+    if launcher == "torchrun":
+        raise typer.Exit(_torchrun_commands(spec, cells, out, registry, console, nnodes, rdzv_endpoint,
+                                            rdzv_timeout, execute))
+    raise typer.Exit(_run_here(spec, cells, out, registry, console, settings, jobs))
+
+
+def _check_run_options(transport: str, device: str, jobs: int, checkpoint_every: Optional[int], launcher: str,
+                       nnodes: int) -> None:
+    """Options that are wrong whatever the grid: one message each, before anything loads."""
     if transport not in ("auto", "shm", "p2p"):
         raise UserError(f"--transport {transport!r}: choose auto, shm or p2p")
     if device not in ("cpu", "cuda", "auto"):
@@ -154,7 +206,8 @@ def run(
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give the number of cells to run at once, at least 1")
     if checkpoint_every is not None and checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every {checkpoint_every}: give a number of env steps ≥ 0 (0: only the final checkpoint)")
+        raise UserError(f"--checkpoint-every {checkpoint_every}: give a number of env steps ≥ 0 "
+                        "(0: only the final checkpoint)")
     if device == "cuda":
         import torch
 
@@ -164,73 +217,85 @@ def run(
         raise UserError(f"--launcher {launcher!r}: choose local or torchrun")
     if nnodes < 1:
         raise UserError(f"--nnodes {nnodes}: give at least 1")
-    registry = _registry()
-    from benchbase.learner.settings import ExecutionSettings
-    from benchbase.run.torchrun import under_torchrun
 
-    settings = ExecutionSettings(
+
+def _execution_settings(registry, device: str, comm_timeout: float, transport: str, checkpoint_every: Optional[int],
+                        checkpoint_replay: bool):
+    """How the cells run (the same for the grid, torchrun and --cell paths); never part of a cell's identity."""
+    from benchbase.learner.settings import ExecutionSettings
+
+    return ExecutionSettings(
         device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
         plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
         checkpoint_replay=checkpoint_replay,
     )
-    worker = under_torchrun()
-    if not dry_run and not worker and launcher == "local":
-        from benchbase.run.local import warm_up
 
-        warm_up()  # the forkserver imports torch while the grid is validated
-    axes_given = any([algorithm, topology, env, replay, grid])
-    if cell:
-        return _run_cells_of_folder(cell, out, axes_given, registry, worker, settings, jobs)
+
+def _grid_spec(grid: Optional[Path], axes_given: bool, algorithm: list[str], topology: list[str], env: list[str],
+               replay: list[str], set_: list[str], shared: dict):
+    """The grid spec: the --grid file (or the default grid when no axis is given), overridden by the options."""
+    from benchbase.grid import spec as grid_module
+
     file_values = grid_module.load_grid_file(grid) if grid else ({} if axes_given else grid_module.default_grid())
     cli_values = {
         "algorithms": [grid_module.parse_axis_entry(a, "--algorithm") for a in algorithm],
         "topologies": [grid_module.parse_axis_entry(t, "--topology") for t in topology],
         "envs": [grid_module.parse_axis_entry(e, "--env") for e in env],
         "replay": [grid_module.parse_replay_entry(r, "--replay") for r in replay],
-        "seeds": seeds, "learners": learners, "envs_per_learner": envs_per_learner, "env_steps": env_steps,
-        "evaluations": evaluations, "eval_episodes": eval_episodes,
+        **shared,
         "set_items": [grid_module.parse_set(item) for item in set_],
     }
-    spec = grid_module.make_spec(file_values, cli_values)
+    return grid_module.make_spec(file_values, cli_values)
+
+
+def _valid_cells(spec, registry, console: Console, init_from: Optional[str]) -> list:
+    """The grid's valid cells (the invalid ones printed with their reason), started from --init-from if given."""
+    import dataclasses
+
+    from benchbase.grid import expand as grid_expand
+
     plan = grid_expand.expand(spec, registry)
-    console = _console()
     for combination, reason in plan.invalid:
         console.print(f"[yellow]skipped[/yellow] {combination}: {reason}")
     if not plan.cells:
         raise UserError("no valid cell in this grid (see the reasons above)")
-    if init_from is not None:
-        import dataclasses
+    if init_from is None:
+        return plan.cells
+    from benchbase.checkpoints.sources import init_source
+    from benchbase.learner.build import check_fits
 
-        from benchbase.checkpoints.sources import init_source
-        from benchbase.learner.build import check_fits
+    source = init_source(init_from)
+    check_fits(plan.cells, source, registry)
+    console.print(f"every cell starts from {source['cell_id']}'s checkpoints "
+                  f"({source['algorithm']} on {source['env']}, {source['env_steps']:,} env steps)")
+    return [dataclasses.replace(cell, init_from=source) for cell in plan.cells]
 
-        source = init_source(init_from)
-        check_fits(plan.cells, source, registry)
-        plan.cells = [dataclasses.replace(cell, init_from=source) for cell in plan.cells]
-        console.print(f"every cell starts from {source['cell_id']}'s checkpoints "
-                      f"({source['algorithm']} on {source['env']}, {source['env_steps']:,} env steps)")
-    if out is None:
-        import hashlib
 
-        out = Path("results") / ("grid-" + hashlib.sha256(",".join(grid_cell.grid_fingerprint(plan.cells)).encode()).hexdigest()[:8])
-    for label, size in grid_expand.replay_memory(plan.cells, registry):
+def _default_out(cells: list) -> Path:
+    """results/grid-<id>: the same grid always goes to the same folder (and resumes there)."""
+    import hashlib
+
+    from benchbase.grid.cell import grid_fingerprint
+
+    fingerprint = hashlib.sha256(",".join(grid_fingerprint(cells)).encode()).hexdigest()
+    return Path("results") / ("grid-" + fingerprint[:8])
+
+
+def _print_replay_memory(console: Console, cells: list, registry) -> None:
+    from benchbase.grid.expand import replay_memory
+
+    for label, size in replay_memory(cells, registry):
         console.print(f"replay memory: up to {size / 2**20:,.1f} MiB per learner when full ({label})")
-    if dry_run:
-        _print_cells(console, plan.cells, out)
-        return
+
+
+def _run_here(spec, cells: list, out: Path, registry, console: Console, settings, jobs: int) -> int:
+    """The grid on this machine's learner processes; the exit code."""
     from benchbase.run.runner import run_grid
 
-    if worker:
-        from benchbase.run.torchrun import run_as_worker
-
-        raise typer.Exit(run_as_worker(spec, plan.cells, out, registry, console, settings))
-    if launcher == "torchrun":
-        raise typer.Exit(_torchrun_commands(spec, plan.cells, out, registry, console, nnodes, rdzv_endpoint,
-                                            rdzv_timeout, execute))
-    console.print(f"benchbase: {len(plan.cells)} cells → {out}")
-    code = run_grid(spec, plan.cells, out, registry, console=console, settings=settings, jobs=jobs)
+    console.print(f"benchbase: {len(cells)} cells → {out}")
+    code = run_grid(spec, cells, out, registry, console=console, settings=settings, jobs=jobs)
     console.print(f"results: {out}")
-    raise typer.Exit(code)
+    return code
 
 
 @app.command()

@@ -219,12 +219,12 @@ def as_matrix(vectors: list[np.ndarray]) -> np.ndarray:
     return np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
 
 
-# -- shared-memory transport (benchbase.shm) ---------------------------------------------------
+# -- shared-memory transport (benchbase.comm.shm) ---------------------------------------------------
 
 
 def _board(prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s: float = PG_TIMEOUT_S,
            staleness: int = 0):
-    """The board the learner loop would build (`benchbase.learner._shared_board`)."""
+    """The board the learner loop would build (`benchbase.learner.process._shared_board`)."""
     from benchbase.comm.communicator import message_layout
     from benchbase.comm.shm import SharedBoard
 

@@ -1,5 +1,9 @@
 """The training loop of one learner: collect → update → mix → log / evaluate / checkpoint, until
 its share of the cell's budget is spent. Rows are buffered in memory and written by the caller.
+
+`train` reads as the loop itself; each step of an iteration (record episodes, record metrics,
+evaluate, report progress, checkpoint or stop) is a method of `_Training`, which holds what the
+steps share.
 """
 
 from __future__ import annotations
@@ -7,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,7 @@ from benchbase.checkpoints.resume import CheckpointKeeper, LoopState, StopSignal
 from benchbase.comm.communicator import Communicator
 from benchbase.grid.cell import Cell
 from benchbase.learner.evaluation import Evaluator, task_parameters
+from benchbase.learner.events import Progress, Report, Started
 from benchbase.learner.settings import LearnerLaunch
 from benchbase.results import (
     EPISODES_SCHEMA,
@@ -25,10 +29,9 @@ from benchbase.results import (
     RowBuffer,
 )
 
-Report = Callable[[tuple], None]  # the launcher's event sink
-
 PROGRESS_INTERVAL_S = 0.5
 METRIC_POINTS = 100  # metric rows per learner over a cell (plus the last iteration)
+RECENT_EPISODES = 20  # episodes behind the recent return
 
 
 def checkpoint_state(learner: Any, comm: Communicator, loop: LoopState, replay: bool) -> dict[str, Any]:
@@ -53,124 +56,179 @@ class LoopContext:
 
 
 def train(context: LoopContext, state: LoopState) -> tuple[dict[str, Any], dict[str, RowBuffer]]:
-    cell, launch, learner, comm, report = context.cell, context.launch, context.learner, context.comm, context.report
-    evaluator, keeper = context.evaluator, context.keeper
-    cell_id, rank, world = cell.cell_id, launch.rank, launch.world_size
-    tables = {name: RowBuffer(schema, state.rows.get(name)) for name, schema in
-              (("episodes", EPISODES_SCHEMA), ("evaluations", EVALUATIONS_SCHEMA), ("metrics", METRICS_SCHEMA))}
-    episodes, evaluations, metrics = tables["episodes"], tables["evaluations"], tables["metrics"]
-
-    budget = math.ceil(cell.env_steps / world)  # this learner's share of the cell's budget
-    recent_returns: deque[float] = deque(state.recent_returns, maxlen=20)
-    stop_at: int | None = None
+    """Train until the learner's share of the budget is spent (or it is asked to stop); returns its
+    summary and its rows."""
+    training = _Training(context, state)
+    context.report(Started(training.cell_id, training.rank, time.time()))
+    training.start_clock()
     stopped = False
-
-    def schedule(iterations: int) -> tuple[int, dict[int, int]]:
-        every = max(1, iterations // METRIC_POINTS)
-        return every, {round(iterations * k / cell.evaluations): k for k in range(1, cell.evaluations + 1)}
-
-    if state.iterations is not None:
-        metric_every, eval_at = schedule(state.iterations)
-    first_step_at = time.time()
-    report(("started", cell_id, rank, first_step_at))
-    loop_start = time.perf_counter() - state.wall_s  # a resumed cell's clock continues
-    last_report = time.perf_counter()
-    while state.iterations is None or state.iteration < state.iterations:
-        output = learner.iterate()
-        comm.mix(learner.parameters_buffer(), state.iteration)
-        state.iteration += 1
-        iteration = state.iteration
-        state.local_steps += output.env_steps
-        local_steps = state.local_steps
-        if state.iterations is None:
-            state.iterations = max(1, math.ceil(budget / output.env_steps))
-            metric_every, eval_at = schedule(state.iterations)
-        iterations = state.iterations
-        now = time.perf_counter()
-        wall = now - loop_start
-        for episode in output.finished:
-            recent_returns.append(episode.episode_return)
-            episodes.append(
-                cell_id=cell_id, learner=rank, simulator=episode.simulator, task_id=episode.task.task_id,
-                task_params=task_parameters(episode.task), env_step=local_steps, cell_env_step=local_steps * world,
-                episode_return=episode.episode_return, episode_length=episode.episode_length,
-                success=episode.success, wall_time_s=wall,
-            )
-        for name, value in output.metrics.items():
-            state.metric_sums[name] = state.metric_sums.get(name, 0.0) + value
-        state.metric_count += 1
-
-        if iteration % metric_every == 0 or iteration == iterations:
-            values = {name: total / state.metric_count for name, total in state.metric_sums.items()}
-            values.update(comm.statistics())
-            comm.reset_staleness()
-            values["steps_per_second"] = local_steps / max(wall - state.eval_time_s, 1e-9)
-            if keeper.saved:
-                values["checkpoint_copy_s"] = keeper.copy_s
-            if recent_returns:
-                values["recent_return"] = float(np.mean(recent_returns))
-            if context.staleness == 0:
-                values["consensus_distance"] = comm.consensus_distance(learner.parameters_buffer())
-            else:
-                comm.snapshot(learner.parameters_buffer(), iteration)
-                nearby = comm.neighbour_distance(learner.parameters_buffer())
-                if nearby is not None:
-                    values["neighbour_distance"] = nearby
-            for name, value in values.items():
-                metrics.append(cell_id=cell_id, learner=rank, iteration=iteration, env_step=local_steps,
-                               cell_env_step=local_steps * world, wall_time_s=wall, metric=name, value=float(value))
-            state.metric_sums, state.metric_count = {}, 0
-
-        if evaluator is not None and iteration in eval_at:
-            started = time.perf_counter()
-            number = eval_at[iteration]
-            results = evaluator.run(learner.act_greedy)
-            for split, finished in results.items():
-                for episode in finished:
-                    evaluations.append(
-                        cell_id=cell_id, learner=rank, evaluation=number, final=iteration == iterations,
-                        env_step=local_steps, cell_env_step=local_steps * world, split=split,
-                        task_id=episode.task.task_id, task_params=task_parameters(episode.task),
-                        episode_return=episode.episode_return, episode_length=episode.episode_length,
-                        success=episode.success, wall_time_s=wall,
-                    )
-            state.final_train = [(e.episode_return, e.success) for e in results.get("train", [])]
-            state.eval_time_s += time.perf_counter() - started
-
-        if now - last_report >= PROGRESS_INTERVAL_S or iteration == iterations:
-            last_report = now
-            rate = local_steps / max(now - loop_start - state.eval_time_s, 1e-9)
-            report(("progress", cell_id, rank, local_steps, rate, float(np.mean(recent_returns)) if recent_returns else None))
-
-        if context.stop.requested and stop_at is None:
-            stop_at = context.stop.stop_iteration(iteration, world, context.store, context.lockstep)
-        stopping = stop_at is not None and iteration >= stop_at and iteration < iterations
-        if stopping or keeper.due(iteration, iterations, output.env_steps):
-            started = time.perf_counter()
-            state.recent_returns = list(recent_returns)
-            state.wall_s = time.perf_counter() - loop_start
-            state.rows = {name: buffer.copy_columns() for name, buffer in tables.items()}
-            snapshot = checkpoint_state(learner, comm, state, context.checkpoint_replay)
-            keeper.copy_s += time.perf_counter() - started
-            keeper.save(snapshot, local_steps, wait=stopping)  # written on a thread unless stopping
-        if stopping:
+    while training.running():
+        output = training.iterate()
+        training.record_episodes(output.finished)
+        training.record_metrics(output.metrics)
+        training.evaluate()
+        training.report_progress()
+        if training.checkpoint_or_stop(output.env_steps):
             stopped = True
             break
+    return training.finish(stopped), training.tables
 
-    keeper.close()
-    state.recent_returns = list(recent_returns)
-    state.wall_s = time.perf_counter() - loop_start
-    train_time = time.perf_counter() - loop_start - state.eval_time_s
-    successes = [success for _, success in state.final_train if success is not None]
-    summary = {
-        "env_steps": state.local_steps,
-        "train_time_s": train_time,
-        "bytes_sent": comm.bytes_sent,
-        "final_return": float(np.mean([r for r, _ in state.final_train])) if state.final_train else math.nan,
-        "final_success": float(np.mean(successes)) if successes else math.nan,
-        "stopped": stopped,
-    }
-    return summary, tables
+
+class _Training:
+    """What the steps of one learner's loop share: its context, its state, its rows and clocks."""
+
+    def __init__(self, context: LoopContext, state: LoopState) -> None:
+        self.context, self.state = context, state
+        self.cell_id = context.cell.cell_id
+        # The learner's rank in the cell (one learner per process today: its process's rank).
+        self.rank, self.world = context.launch.rank, context.launch.world_size
+        schemas = (("episodes", EPISODES_SCHEMA), ("evaluations", EVALUATIONS_SCHEMA), ("metrics", METRICS_SCHEMA))
+        self.tables = {name: RowBuffer(schema, state.rows.get(name)) for name, schema in schemas}
+        self.budget = math.ceil(context.cell.env_steps / self.world)  # this learner's share of the cell's budget
+        self.recent_returns: deque[float] = deque(state.recent_returns, maxlen=RECENT_EPISODES)
+        self.stop_at: int | None = None
+        self.metric_every, self.eval_at = 1, {}
+        if state.iterations is not None:
+            self._schedule(state.iterations)
+        self.loop_start = self.last_report = self.now = self.wall = 0.0
+
+    def _schedule(self, iterations: int) -> None:
+        """Metric rows every `metric_every` iterations; evaluation k at the iteration that ends its share."""
+        evaluations = self.context.cell.evaluations
+        self.metric_every = max(1, iterations // METRIC_POINTS)
+        self.eval_at = {round(iterations * k / evaluations): k for k in range(1, evaluations + 1)}
+
+    def start_clock(self) -> None:
+        self.loop_start = time.perf_counter() - self.state.wall_s  # a resumed cell's clock continues
+        self.last_report = time.perf_counter()
+
+    def running(self) -> bool:
+        return self.state.iterations is None or self.state.iteration < self.state.iterations
+
+    def last_iteration(self) -> bool:
+        return self.state.iteration == self.state.iterations
+
+    def iterate(self) -> Any:
+        """Collect, update and mix once; the learner's iteration output."""
+        learner, state = self.context.learner, self.state
+        output = learner.iterate()
+        self.context.comm.mix(learner.parameters_buffer(), state.iteration)
+        state.iteration += 1
+        state.local_steps += output.env_steps
+        if state.iterations is None:  # the first iteration tells the steps per iteration
+            state.iterations = max(1, math.ceil(self.budget / output.env_steps))
+            self._schedule(state.iterations)
+        self.now = time.perf_counter()
+        self.wall = self.now - self.loop_start
+        return output
+
+    def record_episodes(self, finished: list[Any]) -> None:
+        steps = self.state.local_steps
+        for episode in finished:
+            self.recent_returns.append(episode.episode_return)
+            self.tables["episodes"].append(
+                cell_id=self.cell_id, learner=self.rank, simulator=episode.simulator, task_id=episode.task.task_id,
+                task_params=task_parameters(episode.task), env_step=steps, cell_env_step=steps * self.world,
+                episode_return=episode.episode_return, episode_length=episode.episode_length,
+                success=episode.success, wall_time_s=self.wall,
+            )
+
+    def record_metrics(self, metrics: dict[str, float]) -> None:
+        """Add this iteration's metrics to the running means; every `metric_every` iterations (and at
+        the last) write their means with the communicator's statistics and the learners' spread."""
+        state, comm, learner = self.state, self.context.comm, self.context.learner
+        for name, value in metrics.items():
+            state.metric_sums[name] = state.metric_sums.get(name, 0.0) + value
+        state.metric_count += 1
+        if not (state.iteration % self.metric_every == 0 or self.last_iteration()):
+            return
+        values = {name: total / state.metric_count for name, total in state.metric_sums.items()}
+        values.update(comm.statistics())
+        comm.reset_staleness()
+        values["steps_per_second"] = state.local_steps / max(self.wall - state.eval_time_s, 1e-9)
+        if self.context.keeper.saved:
+            values["checkpoint_copy_s"] = self.context.keeper.copy_s
+        if self.recent_returns:
+            values["recent_return"] = float(np.mean(self.recent_returns))
+        if self.context.staleness == 0:
+            values["consensus_distance"] = comm.consensus_distance(learner.parameters_buffer())
+        else:
+            comm.snapshot(learner.parameters_buffer(), state.iteration)
+            nearby = comm.neighbour_distance(learner.parameters_buffer())
+            if nearby is not None:
+                values["neighbour_distance"] = nearby
+        steps = state.local_steps
+        for name, value in values.items():
+            self.tables["metrics"].append(
+                cell_id=self.cell_id, learner=self.rank, iteration=state.iteration, env_step=steps,
+                cell_env_step=steps * self.world, wall_time_s=self.wall, metric=name, value=float(value))
+        state.metric_sums, state.metric_count = {}, 0
+
+    def evaluate(self) -> None:
+        """At an evaluation's iteration: greedy episodes on every split, one row each."""
+        evaluator, state = self.context.evaluator, self.state
+        if evaluator is None or state.iteration not in self.eval_at:
+            return
+        started = time.perf_counter()
+        number = self.eval_at[state.iteration]
+        results = evaluator.run(self.context.learner.act_greedy)
+        steps = state.local_steps
+        for split, finished in results.items():
+            for episode in finished:
+                self.tables["evaluations"].append(
+                    cell_id=self.cell_id, learner=self.rank, evaluation=number, final=self.last_iteration(),
+                    env_step=steps, cell_env_step=steps * self.world, split=split,
+                    task_id=episode.task.task_id, task_params=task_parameters(episode.task),
+                    episode_return=episode.episode_return, episode_length=episode.episode_length,
+                    success=episode.success, wall_time_s=self.wall,
+                )
+        state.final_train = [(e.episode_return, e.success) for e in results.get("train", [])]
+        state.eval_time_s += time.perf_counter() - started
+
+    def report_progress(self) -> None:
+        """A `Progress` event every PROGRESS_INTERVAL_S and at the last iteration."""
+        if not (self.now - self.last_report >= PROGRESS_INTERVAL_S or self.last_iteration()):
+            return
+        self.last_report = self.now
+        state = self.state
+        rate = state.local_steps / max(self.now - self.loop_start - state.eval_time_s, 1e-9)
+        recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
+        self.context.report(Progress(self.cell_id, self.rank, state.local_steps, rate, recent))
+
+    def checkpoint_or_stop(self, steps_per_iteration: int) -> bool:
+        """Checkpoint when due, or when asked to stop (then wait for the file); returns whether to stop."""
+        context, state, keeper = self.context, self.state, self.context.keeper
+        if context.stop.requested and self.stop_at is None:
+            # Learners in lockstep agree on the iteration at which they all stop.
+            self.stop_at = context.stop.stop_iteration(state.iteration, self.world, context.store, context.lockstep)
+        iterations = state.iterations
+        stopping = self.stop_at is not None and self.stop_at <= state.iteration < iterations
+        if stopping or keeper.due(state.iteration, iterations, steps_per_iteration):
+            started = time.perf_counter()
+            state.recent_returns = list(self.recent_returns)
+            state.wall_s = time.perf_counter() - self.loop_start
+            state.rows = {name: buffer.copy_columns() for name, buffer in self.tables.items()}
+            snapshot = checkpoint_state(context.learner, context.comm, state, context.checkpoint_replay)
+            keeper.copy_s += time.perf_counter() - started
+            keeper.save(snapshot, state.local_steps, wait=stopping)  # written on a thread unless stopping
+        return stopping
+
+    def finish(self, stopped: bool) -> dict[str, Any]:
+        """Close the checkpoint writer and sum the learner up."""
+        state = self.state
+        self.context.keeper.close()
+        state.recent_returns = list(self.recent_returns)
+        state.wall_s = time.perf_counter() - self.loop_start
+        train_time = time.perf_counter() - self.loop_start - state.eval_time_s
+        successes = [success for _, success in state.final_train if success is not None]
+        return {
+            "env_steps": state.local_steps,
+            "train_time_s": train_time,
+            "bytes_sent": self.context.comm.bytes_sent,
+            "final_return": float(np.mean([r for r, _ in state.final_train])) if state.final_train else math.nan,
+            "final_success": float(np.mean(successes)) if successes else math.nan,
+            "stopped": stopped,
+        }
 
 
 def add_consensus_rows(metrics: RowBuffer, distances: dict[int, float]) -> None:

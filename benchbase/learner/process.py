@@ -3,13 +3,16 @@ resume, the loop, result files.
 
 `run_learner` is independent of how the process was started: the local launcher calls it in a
 forked process, and a torchrun worker calls it with rank and rendezvous from the environment.
-It reports progress through a callback and writes its own Parquet files.
+It reports typed events (`benchbase.learner.events`) through a callback and writes its own
+Parquet files. Learner blocks (several learners with stacked parameters in one process, DESIGN §6)
+would be built in `_build` and driven by one loop per block in place of `train`.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from benchbase.api.contracts import ConsensusParams, GossipParams, params_of
-from benchbase.api.registry import load_registry
+from benchbase.api.registry import Registry, load_registry
 from benchbase.checkpoints import checkpoint
 from benchbase.checkpoints.resume import (
     CheckpointKeeper,
@@ -38,103 +41,145 @@ from benchbase.comm.shm import (
 from benchbase.grid.cell import Cell
 from benchbase.learner.build import build_learner, initialise_from, simulator_tasks
 from benchbase.learner.evaluation import Evaluator
+from benchbase.learner.events import Note, Report, Resumed
 from benchbase.learner.loop import (
     LoopContext,
-    Report,
     add_consensus_rows,
     checkpoint_state,
     train,
 )
-from benchbase.learner.settings import LearnerLaunch
-from benchbase.results import RunFolder, write_table
+from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
+from benchbase.results import RowBuffer, RunFolder, write_table
+
+
+@dataclass(frozen=True)
+class _CellPlugins:
+    """A cell's plugins and their parameters, resolved in this process."""
+
+    algorithm: Any
+    topology: Any
+    family: Any
+    algorithm_params: Any
+    topology_params: Any
+    env_params: Any
+    staleness: int  # 0: synchronous diffusion
+    link_drop: float
+    num_peers: int | None
+
+    @classmethod
+    def resolve(cls, registry: Registry, cell: Cell) -> _CellPlugins:
+        algorithm = registry.get("algorithm", cell.algorithm)
+        topology = registry.get("topology", cell.topology)
+        family = registry.get("env", cell.env)
+        algorithm_params = params_of(algorithm, cell.algorithm_params)
+        communicates = isinstance(algorithm_params, ConsensusParams)
+        return cls(
+            algorithm, topology, family, algorithm_params, params_of(topology, cell.topology_params),
+            params_of(family, cell.env_params),
+            staleness=algorithm_params.staleness if communicates else 0,
+            link_drop=algorithm_params.link_drop if communicates else 0.0,
+            num_peers=algorithm_params.num_peers if isinstance(algorithm_params, GossipParams) else None,
+        )
 
 
 def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     """Run one learner of a cell to the end of its budget; returns its summary."""
     torch.set_num_threads(1)  # N learners share the cores without thrashing
-    settings = launch.settings
-    registry = load_registry(
+    registry = _load_registry(launch.settings)
+    cell = Cell.from_config(launch.cell_config)
+    plugins = _CellPlugins.resolve(registry, cell)
+    owns_group = not dist.is_initialized()  # False: a torchrun worker, started on its own
+    stop, store = _join_group(launch, cell, owns_group)
+    try:
+        context, loop, env = _build(launch, cell, registry, plugins, report, stop, store, owns_group)
+        summary, tables = train(context, loop)
+        summary["transport"] = context.comm.transport
+        if summary["stopped"]:  # checkpointed; no result files for an unfinished cell
+            context.comm.close(None)
+            return summary
+        _finish(context, loop, summary, tables)
+        env.close()
+        return summary
+    finally:
+        if launch.world_size > 1 and owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _load_registry(settings: ExecutionSettings) -> Registry:
+    return load_registry(
         only=set(settings.plugins_only) if settings.plugins_only is not None else None,
         blocked=set(settings.plugins_blocked),
         extra=settings.plugins_extra,
     )
-    cell = Cell.from_config(launch.cell_config)
-    cell_id, rank, world = cell.cell_id, launch.rank, launch.world_size
-    algorithm = registry.get("algorithm", cell.algorithm)
-    topology = registry.get("topology", cell.topology)
-    family = registry.get("env", cell.env)
-    algorithm_params = params_of(algorithm, cell.algorithm_params)
-    topology_params = params_of(topology, cell.topology_params)
-    env_params = params_of(family, cell.env_params)
-    communicates = isinstance(algorithm_params, ConsensusParams)
-    staleness = algorithm_params.staleness if communicates else 0
-    link_drop = algorithm_params.link_drop if communicates else 0.0
-    num_peers = algorithm_params.num_peers if isinstance(algorithm_params, GossipParams) else None
 
-    # Under torchrun the process group exists already (one per job, reused by its cells) and
-    # SIGTERM, which torchrun sends its workers on Ctrl-C, also means "checkpoint and stop".
+
+def _join_group(launch: LearnerLaunch, cell: Cell, owns_group: bool) -> tuple[StopSignal, Any]:
+    """The stop signal and the cell's store; joins the cell's process group unless it exists.
+
+    Under torchrun the process group exists already (one per job, reused by its cells) and
+    SIGTERM, which torchrun sends its workers on Ctrl-C, also means "checkpoint and stop"."""
+    rank, world, timeout = launch.rank, launch.world_size, timedelta(seconds=launch.settings.comm_timeout_s)
     if torch.device(launch.device).type == "cuda":
         torch.cuda.set_device(torch.device(launch.device))  # NCCL maps each rank to its current device
-    owns_group = not dist.is_initialized()  # False: a torchrun worker, started on its own
     stop = StopSignal((signal.SIGUSR1,) if owns_group else (signal.SIGUSR1, signal.SIGTERM))
     store = None
     if world > 1 and owns_group:
-        store = dist.TCPStore(
-            launch.store_host, launch.store_port, world, is_master=False, timeout=timedelta(seconds=settings.comm_timeout_s)
-        )
-        dist.init_process_group(
-            "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=settings.comm_timeout_s)
-        )
+        store = dist.TCPStore(launch.store_host, launch.store_port, world, is_master=False, timeout=timeout)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     elif world > 1:
-        store = dist.PrefixStore(f"benchbase/{cell_id}/", default_store())
-    try:
-        plan = build_mixing_plan(topology, topology_params, world, cell.seed, num_peers)
-        tasks = family.training_tasks(env_params, cell.learners, cell.seed)
-        own_tasks = simulator_tasks(tasks, cell, rank)
-        env = family.make_env(env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank)
-        learner = build_learner(registry, cell, env, rank=rank, world=world, device=launch.device)
-        if cell.init_from is not None:
-            initialise_from(learner, cell.init_from, rank)
-        buffer = learner.parameters_buffer()
-        device_group = _device_group(launch, plan, staleness)
-        board = None
-        if device_group is None:
-            board = _shared_board(launch, plan, staleness, buffer, forked=owns_group)
-        comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board,
-                            link_drop=link_drop, seed=cell.seed, device_group=device_group, device=buffer.device)
-        # Learners that wait for each other every iteration must resume and stop together.
-        lockstep = staleness == 0 and plan.has_edges and world > 1
-        keeper = CheckpointKeeper(
-            checkpoint_folder(launch.out_dir, cell_id, rank), launch.cell_config,
-            default_every(cell.env_steps, world, settings.checkpoint_every), enabled=hasattr(learner, "state_dict"),
-        )
-        loop = _resume(learner, comm, keeper, lockstep, world, report, cell_id, rank)
-        evaluator = Evaluator(family, env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
-        context = LoopContext(cell, launch, learner, comm, evaluator, staleness, report, keeper, stop, store, lockstep,
-                               settings.checkpoint_replay and algorithm.uses_replay)
-        summary, tables = train(context, loop)
-        summary["transport"] = comm.transport
-        if summary["stopped"]:  # checkpointed; no result files for an unfinished cell
-            comm.close(None)
-            return summary
-        comm.close(learner.parameters_buffer())
-        if keeper.enabled:  # the final model (bench eval, --init-from); resuming from it only writes the rows
-            loop.rows = {name: buffer.copy_columns() for name, buffer in tables.items()}
-            keeper.save(checkpoint_state(learner, comm, loop, False), summary["env_steps"], wait=True, keep=1)
-        # Asynchronous runs: learner 0 received every learner's snapshots and records the spread.
-        add_consensus_rows(tables["metrics"], comm.consensus_snapshots())
-        folder = RunFolder(launch.out_dir)
-        for name, rows in tables.items():
-            write_table(folder.learner_path(name, cell_id, rank), rows.to_table())
-        if evaluator is not None:
-            evaluator.close()
-        if hasattr(learner, "close"):
-            learner.close()
-        env.close()
-        return summary
-    finally:
-        if world > 1 and owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        store = dist.PrefixStore(f"benchbase/{cell.cell_id}/", default_store())
+    return stop, store
+
+
+def _build(launch: LearnerLaunch, cell: Cell, registry: Registry, plugins: _CellPlugins, report: Report,
+           stop: StopSignal, store: Any, owns_group: bool) -> tuple[LoopContext, LoopState, Any]:
+    """Mixing plan, env, learner, communicator, checkpoint keeper, resumed state and evaluator: the
+    loop's context, the state it starts from, and the env (closed at the end)."""
+    settings, rank, world = launch.settings, launch.rank, launch.world_size
+    plan = build_mixing_plan(plugins.topology, plugins.topology_params, world, cell.seed, plugins.num_peers)
+    tasks = plugins.family.training_tasks(plugins.env_params, cell.learners, cell.seed)
+    own_tasks = simulator_tasks(tasks, cell, rank)
+    env = plugins.family.make_env(plugins.env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank)
+    learner = build_learner(registry, cell, env, rank=rank, world=world, device=launch.device)
+    if cell.init_from is not None:
+        initialise_from(learner, cell.init_from, rank)
+    buffer = learner.parameters_buffer()
+    staleness = plugins.staleness
+    device_group = _device_group(launch, plan, staleness)
+    board = None
+    if device_group is None:
+        board = _shared_board(launch, plan, staleness, buffer, forked=owns_group)
+    comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board,
+                        link_drop=plugins.link_drop, seed=cell.seed, device_group=device_group, device=buffer.device)
+    # Learners that wait for each other every iteration must resume and stop together.
+    lockstep = staleness == 0 and plan.has_edges and world > 1
+    keeper = CheckpointKeeper(
+        checkpoint_folder(launch.out_dir, cell.cell_id, rank), launch.cell_config,
+        default_every(cell.env_steps, world, settings.checkpoint_every), enabled=learner.checkpointable,
+    )
+    loop = _resume(learner, comm, keeper, lockstep, world, report, cell.cell_id, rank)
+    evaluator = Evaluator(plugins.family, plugins.env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
+    context = LoopContext(cell, launch, learner, comm, evaluator, staleness, report, keeper, stop, store, lockstep,
+                          settings.checkpoint_replay and plugins.algorithm.uses_replay)
+    return context, loop, env
+
+
+def _finish(context: LoopContext, loop: LoopState, summary: dict[str, Any], tables: dict[str, RowBuffer]) -> None:
+    """A finished learner: close the communicator, save the final model, write the result files."""
+    learner, comm, keeper, evaluator = context.learner, context.comm, context.keeper, context.evaluator
+    comm.close(learner.parameters_buffer())
+    if keeper.enabled:  # the final model (bench eval, --init-from); resuming from it only writes the rows
+        loop.rows = {name: buffer.copy_columns() for name, buffer in tables.items()}
+        keeper.save(checkpoint_state(learner, comm, loop, False), summary["env_steps"], wait=True, keep=1)
+    # Asynchronous runs: learner 0 received every learner's snapshots and records the spread.
+    add_consensus_rows(tables["metrics"], comm.consensus_snapshots())
+    folder = RunFolder(context.launch.out_dir)
+    cell_id, rank = context.cell.cell_id, context.launch.rank
+    for name, rows in tables.items():
+        write_table(folder.learner_path(name, cell_id, rank), rows.to_table())
+    if evaluator is not None:
+        evaluator.close()
+    learner.close()
 
 
 def default_store() -> Any:
@@ -151,14 +196,14 @@ def _resume(learner: Any, comm: Communicator, keeper: CheckpointKeeper, lockstep
         return LoopState()
     path, notes = resume_point(keeper.folder, keeper.cell_config, lockstep=lockstep, world=world)
     for note in notes:
-        report(("note", cell_id, rank, note))
+        report(Note(cell_id, rank, note))
     if path is None:
         return LoopState()
     found = checkpoint.load(path, keeper.cell_config)
     learner.load_state_dict(found.state["learner"])
     comm.load_state_dict(found.state["comm"])
     loop = LoopState.from_dict(found.state["loop"])
-    report(("resumed", cell_id, rank, loop.local_steps))
+    report(Resumed(cell_id, rank, loop.local_steps))
     return loop
 
 

@@ -16,7 +16,7 @@ class ExecutionSettings:
 
     device: str = "cpu"  # cpu, cuda or auto (CUDA round-robin when present)
     comm_timeout_s: float = 120.0
-    transport: str = "auto"  # shm (same host, benchbase.shm), p2p (gloo messages) or auto
+    transport: str = "auto"  # shm (same host, benchbase.comm.shm), p2p (gloo messages) or auto
     plugins_only: tuple[str, ...] | None = None
     plugins_blocked: tuple[str, ...] = ()
     plugins_extra: tuple[str, ...] = ()
@@ -32,7 +32,7 @@ class LearnerLaunch:
 
     cell_config: dict[str, Any]
     out_dir: str
-    rank: int
+    rank: int  # this process's rank in the cell's group (one learner per process: its learner's too)
     world_size: int
     store_host: str
     store_port: int

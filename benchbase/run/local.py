@@ -1,4 +1,5 @@
-"""Run one cell as N learner processes on this machine, rendezvousing on loopback.
+"""Run one cell as N learner processes on this machine, rendezvousing on loopback; `LocalCells`
+runs a grid's cells so, up to `--jobs` at once (the grid runner's executor).
 
 The launcher hosts the rendezvous store itself on a port the OS picks (port 0), so no fixed port
 is ever used and no other program can take the port between choosing and binding it. Learners
@@ -18,6 +19,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -26,10 +30,12 @@ import torch.distributed as dist
 from benchbase.api.registry import BUILTIN_PLUGINS
 from benchbase.comm.shm import segment_name, unlink_segment
 from benchbase.grid.cell import Cell
+from benchbase.learner.events import CellEvent, Done, Failed, LearnerEvent, Resumed, Started, Stopping
 from benchbase.learner.process import run_learner
 from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
 from benchbase.run.outcome import CellOutcome
 from benchbase.run.placement import Placement, device_for
+from benchbase.run.schedule import Allocator, visible_gpus
 
 _context: Any = None
 
@@ -69,9 +75,9 @@ def _learner_process(launch: LearnerLaunch, events: Any) -> None:
     cell_id = Cell.from_config(launch.cell_config).cell_id
     try:
         summary = run_learner(launch, events.put)
-        events.put(("done", cell_id, launch.rank, summary))
+        events.put(Done(cell_id, launch.rank, summary))
     except BaseException:
-        events.put(("error", cell_id, launch.rank, traceback.format_exc(), time.time()))
+        events.put(Failed(cell_id, launch.rank, traceback=traceback.format_exc(), at=time.time()))
         events.close()
         events.join_thread()
         sys.exit(1)
@@ -80,13 +86,14 @@ def _learner_process(launch: LearnerLaunch, events: Any) -> None:
 def run_cell(
     cell: Cell,
     out_dir: str,
-    on_event: Any,
+    on_event: Callable[[CellEvent], None],
     settings: ExecutionSettings = ExecutionSettings(),
     placement: Placement = Placement(),
     stop: threading.Event | None = None,
     stop_now: threading.Event | None = None,
 ) -> CellOutcome:
-    """Run every learner of `cell` and wait for them. `on_event(event)` sees progress events.
+    """Run every learner of `cell` and wait for them. `on_event(event)` sees progress, notes,
+    resumptions and `Stopping`.
 
     Setting `stop` asks every learner to checkpoint and exit (the outcome is then
     `interrupted`); `stop_now` terminates them at once. Ctrl-C in the calling thread does the
@@ -95,72 +102,18 @@ def run_cell(
     context = _forkserver()
     world = cell.learner_processes
     started_at = time.time()
-    store = None
-    port = 0
-    if world > 1:
-        store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
-                              timeout=timedelta(seconds=settings.comm_timeout_s))
-        port = store.port
+    store = _start_store(world, settings)
+    port = store.port if store is not None else 0
     events = context.Queue()
     shm_prefix = f"benchbase-{secrets.token_hex(4)}"  # every learner on this host: shared memory may be used
-    processes = []
-    for rank in range(world):
-        launch = LearnerLaunch(
-            cell_config=cell.config(), out_dir=out_dir, rank=rank, world_size=world, store_host="127.0.0.1",
-            store_port=port, device=device_for(rank, settings.device, placement.gpus), cell_started_at=started_at,
-            settings=settings, shm_prefix=shm_prefix, cores=placement.cores,
-        )
-        process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
-        process.start()
-        processes.append(process)
-
-    summaries: dict[int, dict[str, Any]] = {}
-    first_steps: dict[int, float] = {}
-    resumed: dict[int, int] = {}
-    errors: list[tuple[float, int, str]] = []  # (when it was raised, rank, traceback)
-    grace_until = None  # after a first error, collect the others briefly to find the root cause
+    processes = _spawn_learners(context, cell, out_dir, settings, placement, events, port, started_at, shm_prefix)
+    heard = _Heard(world)
     error: str | None = None
-    interrupted = False
-    stop = stop or threading.Event()
-    stop_now = stop_now or threading.Event()
     try:
-        while len(summaries) + len(errors) < world:
-            if grace_until is not None and time.time() > grace_until:
-                break
-            if stop_now.is_set():
-                raise KeyboardInterrupt
-            if stop.is_set() and not interrupted:
-                interrupted = True
-                on_event(("stopping", cell.cell_id, -1))
-                _request_checkpoint_and_stop(processes, summaries)
-                grace_until = time.time() + settings.comm_timeout_s
-            try:
-                event = events.get(timeout=0.1)
-            except queue.Empty:
-                dead = _dead_learner(processes, summaries, {rank for _, rank, _ in errors})
-                if dead is not None:
-                    errors.append((time.time(), dead[0], dead[1]))
-                    grace_until = grace_until or time.time() + _ERROR_GRACE_S
-                continue
-            except KeyboardInterrupt:
-                if interrupted:  # a second Ctrl-C: stop now, without waiting for checkpoints
-                    raise
-                stop.set()
-                continue
-            kind, rank = event[0], event[2]
-            if kind == "started":
-                first_steps[rank] = event[3]
-            elif kind == "done":
-                summaries[rank] = event[3]
-            elif kind == "error":
-                errors.append((event[4], rank, event[3]))
-                grace_until = grace_until or time.time() + _ERROR_GRACE_S
-            else:
-                if kind == "resumed":
-                    resumed[rank] = event[3]
-                on_event(event)
-        if errors:
-            error = _root_cause(errors)
+        _watch(cell, settings, processes, events, heard, on_event, stop or threading.Event(),
+               stop_now or threading.Event())
+        if heard.errors:
+            error = _root_cause(heard.errors)
     except KeyboardInterrupt:
         _stop(processes)
         raise
@@ -174,15 +127,106 @@ def run_cell(
         del store
         for rank in range(world):  # a learner that crashed could not remove its segment
             unlink_segment(segment_name(shm_prefix, rank))
-    wall = time.time() - started_at
-    startup = max(first_steps.values()) - started_at if first_steps else float("nan")
-    resumed_from = sum(resumed.values()) if resumed else None  # each learner's steps done, summed
-    if interrupted or any(summary.get("stopped") for summary in summaries.values()):
-        # The learners have checkpointed (or were stopped, if they could not).
-        return CellOutcome("interrupted", None, wall, startup, resumed_from_env_step=resumed_from)
-    if error is not None:
-        return CellOutcome("failed", error, wall, startup, resumed_from_env_step=resumed_from)
-    return CellOutcome("completed", None, wall, startup, [summaries[r] for r in range(world)], resumed_from)
+    return heard.outcome(time.time() - started_at, started_at, error)
+
+
+def _start_store(world: int, settings: ExecutionSettings) -> Any:
+    """The cell's rendezvous store, hosted here on a port the OS picks; None for one learner."""
+    if world == 1:
+        return None
+    return dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=settings.comm_timeout_s))
+
+
+def _spawn_learners(context: Any, cell: Cell, out_dir: str, settings: ExecutionSettings, placement: Placement,
+                    events: Any, port: int, started_at: float, shm_prefix: str) -> list[Any]:
+    """One process per learner of the cell, started from the forkserver."""
+    processes = []
+    for rank in range(cell.learner_processes):
+        launch = LearnerLaunch(
+            cell_config=cell.config(), out_dir=out_dir, rank=rank, world_size=cell.learner_processes,
+            store_host="127.0.0.1", store_port=port, device=device_for(rank, settings.device, placement.gpus),
+            cell_started_at=started_at, settings=settings, shm_prefix=shm_prefix, cores=placement.cores,
+        )
+        process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
+        process.start()
+        processes.append(process)
+    return processes
+
+
+@dataclass
+class _Heard:
+    """What the launcher has heard from a cell's learners so far."""
+
+    world: int
+    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    first_steps: dict[int, float] = field(default_factory=dict)
+    resumed: dict[int, int] = field(default_factory=dict)
+    errors: list[tuple[float, int, str]] = field(default_factory=list)  # (when it was raised, rank, traceback)
+    grace_until: float | None = None  # after a first error, collect the others briefly to find the root cause
+    interrupted: bool = False
+
+    def waiting(self) -> bool:
+        return len(self.summaries) + len(self.errors) < self.world
+
+    def failed(self, at: float, rank: int, text: str) -> None:
+        self.errors.append((at, rank, text))
+        self.grace_until = self.grace_until or time.time() + _ERROR_GRACE_S
+
+    def event(self, event: LearnerEvent, on_event: Callable[[CellEvent], None]) -> None:
+        """Keep what the outcome needs; pass the rest on."""
+        match event:
+            case Started():
+                self.first_steps[event.learner] = event.at
+            case Done():
+                self.summaries[event.learner] = event.summary
+            case Failed():
+                self.failed(event.at, event.learner, event.traceback)
+            case Resumed():
+                self.resumed[event.learner] = event.env_steps
+                on_event(event)
+            case _:
+                on_event(event)
+
+    def outcome(self, wall: float, started_at: float, error: str | None) -> CellOutcome:
+        startup = max(self.first_steps.values()) - started_at if self.first_steps else float("nan")
+        resumed_from = sum(self.resumed.values()) if self.resumed else None  # each learner's steps done, summed
+        if self.interrupted or any(summary.get("stopped") for summary in self.summaries.values()):
+            # The learners have checkpointed (or were stopped, if they could not).
+            return CellOutcome("interrupted", None, wall, startup, resumed_from_env_step=resumed_from)
+        if error is not None:
+            return CellOutcome("failed", error, wall, startup, resumed_from_env_step=resumed_from)
+        summaries = [self.summaries[rank] for rank in range(self.world)]
+        return CellOutcome("completed", None, wall, startup, summaries, resumed_from)
+
+
+def _watch(cell: Cell, settings: ExecutionSettings, processes: list[Any], events: Any, heard: _Heard,
+           on_event: Callable[[CellEvent], None], stop: threading.Event, stop_now: threading.Event) -> None:
+    """Take the learners' events until each has finished or failed (or the grace after a first
+    failure or a stop request ends); notice learners that die without a word."""
+    while heard.waiting():
+        if heard.grace_until is not None and time.time() > heard.grace_until:
+            break
+        if stop_now.is_set():
+            raise KeyboardInterrupt
+        if stop.is_set() and not heard.interrupted:
+            heard.interrupted = True
+            on_event(Stopping(cell.cell_id))
+            _request_checkpoint_and_stop(processes, heard.summaries)
+            heard.grace_until = time.time() + settings.comm_timeout_s
+        try:
+            event = events.get(timeout=0.1)
+        except queue.Empty:
+            dead = _dead_learner(processes, heard.summaries, {rank for _, rank, _ in heard.errors})
+            if dead is not None:
+                heard.failed(time.time(), *dead)
+            continue
+        except KeyboardInterrupt:
+            if heard.interrupted:  # a second Ctrl-C: stop now, without waiting for checkpoints
+                raise
+            stop.set()
+            continue
+        heard.event(event, on_event)
 
 
 _ERROR_GRACE_S = 1.0
@@ -209,7 +253,7 @@ def _dead_learner(processes: list[Any], summaries: dict[int, Any], reported: set
 
 
 def _request_checkpoint_and_stop(processes: list[Any], finished: dict[int, Any]) -> None:
-    """Ask every running learner to checkpoint and stop (benchbase.resume.StopSignal)."""
+    """Ask every running learner to checkpoint and stop (benchbase.checkpoints.resume.StopSignal)."""
     for rank, process in enumerate(processes):
         if rank not in finished and process.is_alive():
             try:
@@ -229,3 +273,34 @@ def _stop(processes: list[Any]) -> None:
         if process.is_alive():
             os.kill(process.pid, signal.SIGKILL)
             process.join(timeout=1)
+
+
+class LocalCells:
+    """Cells as learner processes on this machine, up to `jobs` at once on cores (and GPUs) of
+    their own (`benchbase.run.schedule`), each in a thread that waits on its learners. A context
+    manager: leaving it waits for the cells still running."""
+
+    def __init__(self, out_dir: str, settings: ExecutionSettings, on_event: Callable[[CellEvent], None],
+                 jobs: int = 1) -> None:
+        self.out_dir, self.settings, self.on_event, self.jobs = out_dir, settings, on_event, jobs
+        self.allocator = Allocator(gpus=visible_gpus(settings.device))
+        self.pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell")
+
+    def __enter__(self) -> LocalCells:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+
+    def place(self, cell: Cell, running: int) -> Placement | None:
+        if running >= self.jobs:
+            return None
+        # One cell at a time keeps the machine to itself, as before `--jobs` existed.
+        return self.allocator.take(cell.learner_processes) if self.jobs > 1 else Placement()
+
+    def submit(self, cell: Cell, placement: Placement, stop: threading.Event,
+               stop_now: threading.Event) -> Future[CellOutcome]:
+        return self.pool.submit(run_cell, cell, self.out_dir, self.on_event, self.settings, placement, stop, stop_now)
+
+    def release(self, placement: Placement) -> None:
+        self.allocator.release(placement)

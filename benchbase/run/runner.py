@@ -1,21 +1,30 @@
 """Run a validated grid into a results folder: resume, cells one after another (or side by side),
-statuses, observer hooks, the end-of-run summary."""
+statuses, observer hooks, the end-of-run summary.
+
+`run_cells` is the one loop over a grid's cells, for every launcher: it starts cells on a
+`CellExecutor` (this machine's learner processes, `benchbase.run.local.LocalCells`, or a torchrun
+worker's learner, `benchbase.run.torchrun.WorkerCells`) and hands each outcome to the caller's
+bookkeeping.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.text import Text
 
 from benchbase.api.registry import Registry
 from benchbase.grid.cell import Cell
 from benchbase.grid.spec import GridSpec
+from benchbase.learner.events import CellEvent, Note, Progress, Resumed, Stopping
 from benchbase.learner.settings import ExecutionSettings
 from benchbase.run.console import GridConsole, print_summary
-from benchbase.run.local import run_cell, warm_up
+from benchbase.run.local import LocalCells, warm_up
 from benchbase.run.outcome import CellOutcome
 from benchbase.run.placement import Placement
 from benchbase.run.records import (
@@ -25,7 +34,58 @@ from benchbase.run.records import (
     cell_row,
     prepare_run,
 )
-from benchbase.run.schedule import Allocator, visible_gpus
+
+
+class CellExecutor(Protocol):
+    """Where and how a grid's cells run."""
+
+    def place(self, cell: Cell, running: int) -> Placement | None:
+        """Where `cell` may run beside `running` cells now; None: only once one of them has finished."""
+
+    def submit(self, cell: Cell, placement: Placement, stop: threading.Event,
+               stop_now: threading.Event) -> Future[CellOutcome]:
+        """Start `cell`; its outcome when it ends. `stop` asks it to checkpoint and stop, `stop_now`
+        to stop at once; an executor sets `stop` itself when no more cells may start."""
+
+    def release(self, placement: Placement) -> None:
+        """Take back what `place` gave a cell that has ended."""
+
+
+def run_cells(cells: list[Cell], executor: CellExecutor, start: Callable[[Cell], None],
+              finish: Callable[[Cell, CellOutcome], None], stopping: Callable[[], None] = lambda: None) -> bool:
+    """Run `cells` in order on `executor`, calling `start` before each and `finish` with its
+    outcome. Ctrl-C asks the running cells to checkpoint and stop (`stopping` says so) and starts
+    no more; a second Ctrl-C stops them at once. Returns whether the run was interrupted."""
+    waiting = list(cells)
+    running: dict[Future, tuple[Cell, Placement]] = {}
+    stop, stop_now = threading.Event(), threading.Event()
+    while waiting or running:
+        try:
+            while waiting and not stop.is_set():
+                placement = executor.place(waiting[0], len(running))
+                if placement is None:
+                    break
+                cell = waiting.pop(0)
+                start(cell)
+                running[executor.submit(cell, placement, stop, stop_now)] = (cell, placement)
+            if not running:
+                break
+            done, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell, placement = running.pop(future)
+                executor.release(placement)
+                try:
+                    outcome = future.result()
+                except KeyboardInterrupt:  # stopped at once by a second Ctrl-C
+                    outcome = CellOutcome("interrupted", None, 0.0, float("nan"))
+                finish(cell, outcome)
+        except KeyboardInterrupt:
+            if stop.is_set():
+                stop_now.set()
+            else:
+                stop.set()
+                stopping()
+    return stop.is_set()
 
 
 def run_grid(
@@ -39,8 +99,8 @@ def run_grid(
     jobs: int = 1,
     only: set[str] | None = None,
 ) -> int:
-    """Run every cell not already completed in `out` (or only those in `only`), up to `jobs` at
-    once; returns the exit code."""
+    """Run every cell not already completed in `out` (or only those in `only`) on this machine,
+    up to `jobs` at once; returns the exit code."""
     warm_up()
     folder, rows, variants = prepare_run(spec, cells, out, registry)
     selected = [cell for cell in cells if only is None or cell.cell_id in only]
@@ -52,17 +112,6 @@ def run_grid(
     with GridConsole(len(selected), total_steps, console=console) as grid_console:
         if len(to_run) < len(selected):
             grid_console.skipped(len(selected) - len(to_run))
-
-        def on_event(event: tuple) -> None:  # called from the cells' threads; the console locks
-            kind, cell_id, rank = event[:3]
-            if kind == "progress":
-                grid_console.progress(cell_id, rank, *event[3:])
-            elif kind == "resumed" and rank == 0:
-                grid_console.message(f"{cell_id}: resuming from its checkpoint at learner step {event[3]:,}")
-            elif kind == "note":
-                grid_console.message(f"{cell_id} learner {rank}: {event[3]}")
-            elif kind == "stopping":
-                grid_console.message(f"{cell_id}: stopping: every learner checkpoints, then exits")
 
         def start(cell: Cell) -> None:
             folder.clear_cell(cell.cell_id)
@@ -85,7 +134,13 @@ def run_grid(
             grid_console.cell_finished(cell.cell_id, outcome.status, outcome.wall_time_s, row["env_steps"] or 0,
                                        row["steps_per_second"] or 0.0, outcome.error)
 
-        if _run_cells(to_run, str(out), settings, jobs, start, finish, on_event, grid_console):
+        def stopping() -> None:
+            grid_console.message("stopping: every running cell checkpoints, then exits (Ctrl-C again to stop at once)")
+
+        # The cells' threads call show_event; the console locks.
+        with LocalCells(str(out), settings, functools.partial(show_event, grid_console), jobs) as executor:
+            interrupted = run_cells(to_run, executor, start, finish, stopping)
+        if interrupted:
             grid_console.message("interrupted: re-run the same command to continue the grid from its checkpoints")
             status = EXIT_INTERRUPTED
     print_summary(console, list(rows.values()))
@@ -94,46 +149,18 @@ def run_grid(
     return status
 
 
-def _run_cells(cells: list[Cell], out: str, settings: ExecutionSettings, jobs: int, start: Any, finish: Any,
-               on_event: Any, grid_console: Any) -> bool:
-    """Run `cells` in order, up to `jobs` at once on cores of their own (`benchbase.schedule`),
-    each in a thread that waits on its learner processes. Ctrl-C asks the running cells to
-    checkpoint and stop and starts no more; a second Ctrl-C stops them at once. Returns whether
-    the run was interrupted."""
-    waiting = list(cells)
-    allocator = Allocator(gpus=visible_gpus(settings.device))
-    running: dict[Future, tuple[Cell, Placement]] = {}
-    stop, stop_now = threading.Event(), threading.Event()
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell") as pool:
-        while waiting or running:
-            try:
-                while waiting and len(running) < jobs and not stop.is_set():
-                    # One cell at a time keeps the machine to itself, as before `--jobs` existed.
-                    placement = allocator.take(waiting[0].learner_processes) if jobs > 1 else Placement()
-                    if placement is None:
-                        break
-                    cell = waiting.pop(0)
-                    start(cell)
-                    future = pool.submit(run_cell, cell, out, on_event, settings, placement, stop, stop_now)
-                    running[future] = (cell, placement)
-                if not running:
-                    break
-                done, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
-                for future in done:
-                    cell, placement = running.pop(future)
-                    allocator.release(placement)
-                    try:
-                        outcome = future.result()
-                    except KeyboardInterrupt:  # stopped at once by a second Ctrl-C
-                        outcome = CellOutcome("interrupted", None, 0.0, float("nan"))
-                    finish(cell, outcome)
-            except KeyboardInterrupt:
-                if stop.is_set():
-                    stop_now.set()
-                else:
-                    stop.set()
-                    grid_console.message("stopping: every running cell checkpoints, then exits (Ctrl-C again to stop at once)")
-    return stop.is_set()
+def show_event(grid_console: GridConsole, event: CellEvent) -> None:
+    """A learner's (or the launcher's) event on the grid console."""
+    match event:
+        case Progress():
+            grid_console.progress(event.cell_id, event.learner, event.env_steps, event.steps_per_second,
+                                  event.recent_return)
+        case Resumed(learner=0):
+            grid_console.message(f"{event.cell_id}: resuming from its checkpoint at learner step {event.env_steps:,}")
+        case Note():
+            grid_console.message(f"{event.cell_id} learner {event.learner}: {event.text}")
+        case Stopping():
+            grid_console.message(f"{event.cell_id}: stopping: every learner checkpoints, then exits")
 
 
 def print_leaderboard(console: Any, out: Path, registry: Registry, repetitions: int = 1000) -> None:
@@ -145,7 +172,9 @@ def print_leaderboard(console: Any, out: Path, registry: Registry, repetitions: 
         report = build_report(load_runs([str(out)]), repetitions=repetitions, registry=registry)
         console.print(leaderboard_table(report))
         if report.problems:
-            console.print(Text(f"{len(report.problems)} problem(s) behind this leaderboard: bench report {out} lists them"))
+            problems = f"{len(report.problems)} problem(s) behind this leaderboard: bench report {out} lists them"
+            console.print(Text(problems))
     except Exception as error:  # noqa: BLE001 - the results are written; the leaderboard is a courtesy
         first = (str(error).strip().splitlines() or [""])[0]
-        console.print(Text("warning: ", style="yellow") + Text(f"no leaderboard ({type(error).__name__}: {first}); try bench report {out}"))
+        reason = f"no leaderboard ({type(error).__name__}: {first}); try bench report {out}"
+        console.print(Text("warning: ", style="yellow") + Text(reason))

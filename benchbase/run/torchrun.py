@@ -6,8 +6,9 @@
 
 torchrun's own rendezvous (c10d) forms the process group; `bench run` notices it is a torchrun
 worker from the environment torchrun sets, runs learner RANK of each cell in turn on the one
-process group, and every learner writes its own Parquet files into the results folder (shared by
-the nodes). Rank 0 keeps cells.parquet, under a file lock, since several jobs may fill one folder.
+process group (the grid runner's loop, `run_cells`, with `WorkerCells` as its executor), and
+every learner writes its own Parquet files into the results folder (shared by the nodes). Rank 0
+keeps cells.parquet, under a file lock, since several jobs may fill one folder.
 
 `bench run --launcher torchrun` prepares a run folder and prints one such command per cell (or,
 with `--execute`, runs them here one after another).
@@ -21,8 +22,10 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,10 +35,13 @@ import torch.distributed as dist
 
 from benchbase.errors import UserError
 from benchbase.grid.cell import Cell
+from benchbase.learner.events import LearnerEvent, Note, Progress, Report, Resumed
 from benchbase.learner.process import run_learner
 from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
 from benchbase.run.outcome import CellOutcome
-from benchbase.run.placement import device_for
+from benchbase.run.placement import Placement, device_for
+from benchbase.run.records import EXIT_INTERRUPTED, EXIT_OK, cell_row, prepare_run
+from benchbase.run.runner import run_cells
 
 
 def under_torchrun() -> bool:
@@ -68,9 +74,8 @@ def check_sizes(cells: list[Cell], world: int) -> None:
 
 def run_as_worker(spec: Any, cells: list[Cell], out: Path, registry: Any, console: Any,
                   settings: ExecutionSettings) -> int:
-    """Run `cells` one after another as learner RANK; rank 0 records each cell's row."""
-    from benchbase.run.records import EXIT_INTERRUPTED, EXIT_OK, cell_row, prepare_run
-
+    """Run `cells` one after another as learner RANK (the grid runner's loop, `run_cells`); rank 0
+    records each cell's row."""
     worker = Worker.from_environment()
     check_sizes(cells, worker.world)
     if settings.device == "cuda":
@@ -80,59 +85,93 @@ def run_as_worker(spec: Any, cells: list[Cell], out: Path, registry: Any, consol
             raise UserError("--device cuda: no CUDA device is available on this node (use cpu or auto)")
     dist.init_process_group("gloo", timeout=timedelta(seconds=settings.comm_timeout_s))
     try:
-        leader = worker.rank == 0
-        rows: dict[str, dict] = {}
-        variants: dict[str, str] = {}
-        if leader:
-            folder, rows, variants = prepare_run(spec, cells, out, registry)
-        status = EXIT_OK
-        for cell in cells:
-            decision = [leader and rows[cell.cell_id]["status"] == "completed"]
-            dist.broadcast_object_list(decision, src=0)
-            if decision[0]:
-                continue
-            if leader:
-                folder.clear_cell(cell.cell_id)
-                folder.update_cells({cell.cell_id: cell_row(cell, variants[cell.cell_id], "running")})
-                console.print(f"▶ {cell.label} (learner 0 of {worker.world}, torchrun)")
-            launch = LearnerLaunch(
-                cell_config=cell.config(), out_dir=str(out), rank=worker.rank, world_size=worker.world,
-                store_host="", store_port=0, device=device_for(worker.local_rank, settings.device),
-                cell_started_at=time.time(), settings=settings,
-                shm_prefix=f"benchbase-{worker.run_id[:16]}-{cell.cell_id}",
-            )
-            started = time.time()
-            summary = run_learner(launch, _progress_printer(console) if leader else (lambda event: None))
-            everyone: list[Any] = [None] * worker.world
-            dist.all_gather_object(everyone, summary)
-            if leader:
-                stopped = any(s.get("stopped") for s in everyone)
-                outcome = CellOutcome("interrupted" if stopped else "completed", None, time.time() - started,
-                                      float("nan"), [] if stopped else everyone)
-                row = cell_row(cell, variants[cell.cell_id], outcome.status, outcome)
-                if stopped:
-                    folder.clear_cell(cell.cell_id)
-                folder.update_cells({cell.cell_id: row})
-                console.print(f"{'✓' if not stopped else '✗'} {cell.label} {outcome.status} in {outcome.wall_time_s:.1f}s")
-            if any(s.get("stopped") for s in everyone):
-                status = EXIT_INTERRUPTED
-                break
-        return status
+        if worker.rank == 0:
+            book = _LeaderBook(spec, cells, out, registry, console, worker.world)
+            to_run, start, finish = book.to_run, book.start, book.finish
+        else:
+            to_run, start, finish = [], (lambda cell: None), (lambda cell, outcome: None)
+        chosen = [to_run]
+        dist.broadcast_object_list(chosen, src=0)  # every worker runs the cells rank 0 found to do
+        pending = [cell for cell in cells if cell.cell_id in set(chosen[0])]
+        interrupted = run_cells(pending, WorkerCells(worker, str(out), settings, console), start, finish)
+        return EXIT_INTERRUPTED if interrupted else EXIT_OK
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _progress_printer(console: Any, every_s: float = 10.0) -> Any:
+class _LeaderBook:
+    """Rank 0's bookkeeping of a torchrun grid: the cells left to run and their rows in cells.parquet
+    (updated under a file lock: several jobs may fill one folder)."""
+
+    def __init__(self, spec: Any, cells: list[Cell], out: Path, registry: Any, console: Any, world: int) -> None:
+        self.folder, rows, self.variants = prepare_run(spec, cells, out, registry)
+        self.to_run = [cell.cell_id for cell in cells if rows[cell.cell_id]["status"] != "completed"]
+        self.console, self.world = console, world
+
+    def start(self, cell: Cell) -> None:
+        self.folder.clear_cell(cell.cell_id)
+        self.folder.update_cells({cell.cell_id: cell_row(cell, self.variants[cell.cell_id], "running")})
+        self.console.print(f"▶ {cell.label} (learner 0 of {self.world}, torchrun)")
+
+    def finish(self, cell: Cell, outcome: CellOutcome) -> None:
+        stopped = outcome.status == "interrupted"
+        row = cell_row(cell, self.variants[cell.cell_id], outcome.status, outcome)
+        if stopped:
+            self.folder.clear_cell(cell.cell_id)
+        self.folder.update_cells({cell.cell_id: row})
+        self.console.print(f"{'✓' if not stopped else '✗'} {cell.label} {outcome.status} in {outcome.wall_time_s:.1f}s")
+
+
+class WorkerCells:
+    """The grid runner's executor under torchrun: this worker runs its learner of each cell, in
+    this thread (one cell at a time), and the workers gather their summaries into the outcome."""
+
+    def __init__(self, worker: Worker, out_dir: str, settings: ExecutionSettings, console: Any) -> None:
+        self.worker, self.out_dir, self.settings, self.console = worker, out_dir, settings, console
+
+    def place(self, cell: Cell, running: int) -> Placement | None:
+        return Placement() if running == 0 else None
+
+    def submit(self, cell: Cell, placement: Placement, stop: threading.Event,
+               stop_now: threading.Event) -> Future[CellOutcome]:
+        worker = self.worker
+        launch = LearnerLaunch(
+            cell_config=cell.config(), out_dir=self.out_dir, rank=worker.rank, world_size=worker.world,
+            store_host="", store_port=0, device=device_for(worker.local_rank, self.settings.device),
+            cell_started_at=time.time(), settings=self.settings,
+            shm_prefix=f"benchbase-{worker.run_id[:16]}-{cell.cell_id}",
+        )
+        started = time.time()
+        summary = run_learner(launch, _progress_printer(self.console) if worker.rank == 0 else (lambda event: None))
+        everyone: list[Any] = [None] * worker.world
+        dist.all_gather_object(everyone, summary)
+        stopped = any(s.get("stopped") for s in everyone)
+        if stopped:  # torchrun stopped every worker (SIGTERM): no more cells in this job
+            stop.set()
+        outcome = CellOutcome("interrupted" if stopped else "completed", None, time.time() - started,
+                              float("nan"), [] if stopped else everyone)
+        done: Future[CellOutcome] = Future()
+        done.set_result(outcome)
+        return done
+
+    def release(self, placement: Placement) -> None:
+        pass
+
+
+def _progress_printer(console: Any, every_s: float = 10.0) -> Report:
     last = [0.0]
 
-    def report(event: tuple) -> None:
-        if event[0] == "progress" and time.monotonic() - last[0] >= every_s:
-            last[0] = time.monotonic()
-            _, cell_id, _, steps, rate, recent = event
-            console.print(f"  {cell_id}: learner 0 at {steps:,} env steps, {rate:,.0f} steps/s")
-        elif event[0] in ("note", "resumed"):
-            console.print(f"  {event[1]}: {event[3] if event[0] == 'note' else f'resuming at learner step {event[3]:,}'}")
+    def report(event: LearnerEvent) -> None:
+        match event:
+            case Progress() if time.monotonic() - last[0] >= every_s:
+                last[0] = time.monotonic()
+                console.print(f"  {event.cell_id}: learner 0 at {event.env_steps:,} env steps, "
+                              f"{event.steps_per_second:,.0f} steps/s")
+            case Note():
+                console.print(f"  {event.cell_id}: {event.text}")
+            case Resumed():
+                console.print(f"  {event.cell_id}: resuming at learner step {event.env_steps:,}")
 
     return report
 
@@ -187,7 +226,8 @@ def check_endpoint(rendezvous: Rendezvous) -> None:
     while True:
         try:  # the c10d rendezvous is a TCPStore: a client's handshake proves it is one, not just an open port
             with _quiet_stderr():  # c10d logs every failed attempt from C++
-                dist.TCPStore(address, number, is_master=False, timeout=timedelta(seconds=min(5.0, rendezvous.join_timeout_s)))
+                timeout = timedelta(seconds=min(5.0, rendezvous.join_timeout_s))
+                dist.TCPStore(address, number, is_master=False, timeout=timeout)
             return
         except Exception as error:  # noqa: BLE001 - refused, timed out, or not a store
             if time.monotonic() >= deadline:
