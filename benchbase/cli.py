@@ -76,7 +76,13 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
         table.add_row(row["kind"], name, row["provider"], row["description"], parameters)
     for names in registry.resolved_names():  # what plugins resolve on demand, never registered
         table.add_row("env", names.pattern, names.provider, names.description, "")
-    table.add_row("env", "<any Gymnasium id>", "gymnasium", "a registered Gymnasium id (e.g. CartPole-v1) as a one-task family", "")
+    table.add_row(
+        "env",
+        "<any Gymnasium id>",
+        "gymnasium",
+        "a registered Gymnasium id (e.g. CartPole-v1) as a one-task family",
+        "",
+    )
     console.print(table)
     for error in registry.errors:
         console.print(f"[yellow]warning:[/yellow] {error}", markup=True, highlight=False)
@@ -85,16 +91,27 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
 @app.command()
 def run(
     algorithm: list[str] = typer.Option(
-        [], "--algorithm", "-a", help="Algorithm axis entry, NAME[:key=value,…]; repeatable.",
+        [],
+        "--algorithm",
+        "-a",
+        help="Algorithm axis entry, NAME[:key=value,…]; repeatable.",
     ),
     topology: list[str] = typer.Option(
-        [], "--topology", "-t", help="Topology axis entry, e.g. ring or random:p=0.3; repeatable.",
+        [],
+        "--topology",
+        "-t",
+        help="Topology axis entry, e.g. ring or random:p=0.3; repeatable.",
     ),
     env: list[str] = typer.Option(
-        [], "--env", "-e", help="Env family axis entry, e.g. random-cartpole or CartPole-v1; repeatable.",
+        [],
+        "--env",
+        "-e",
+        help="Env family axis entry, e.g. random-cartpole or CartPole-v1; repeatable.",
     ),
     replay: list[str] = typer.Option(
-        [], "--replay", "-r",
+        [],
+        "--replay",
+        "-r",
         help="Replay axis entry (none for on-policy algorithms), or a mix by ratio: "
         "queue:capacity=4,ratio=0.5+uniform:ratio=0.5; repeatable.",
     ),
@@ -102,13 +119,19 @@ def run(
     learners: Optional[int] = typer.Option(None, "--learners", help="Learners per cell (tasks per cell)."),
     envs_per_learner: Optional[int] = typer.Option(None, "--envs-per-learner", help="Simulators per learner."),
     env_steps: Optional[int] = typer.Option(
-        None, "--env-steps", help="Budget: total env steps across a cell's learners.",
+        None,
+        "--env-steps",
+        help="Budget: total env steps across a cell's learners.",
     ),
     evaluations: Optional[int] = typer.Option(
-        None, "--evaluations", help="Periodic evaluations per cell, the last at the end (0: none).",
+        None,
+        "--evaluations",
+        help="Periodic evaluations per cell, the last at the end (0: none).",
     ),
     eval_episodes: Optional[int] = typer.Option(
-        None, "--eval-episodes", help="Evaluation episodes per split and learner.",
+        None,
+        "--eval-episodes",
+        help="Evaluation episodes per split and learner.",
     ),
     set_: list[str] = typer.Option([], "--set", help="PLUGIN.KEY=VALUE, e.g. diff-a2c.lr=0.001; repeatable."),
     grid: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid file (options given here override it)."),
@@ -117,46 +140,58 @@ def run(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (CUDA round-robin when present)."),
     comm_timeout: float = typer.Option(120.0, "--comm-timeout", help="Seconds before a stuck exchange fails its cell."),
     transport: str = typer.Option(
-        "auto", "--transport",
+        "auto",
+        "--transport",
         help="Parameter exchange: shm (shared memory, learners on one host), p2p (gloo messages), "
         "or auto (shm when possible).",
     ),
     jobs: int = typer.Option(
-        1, "--jobs", "-j",
+        1,
+        "--jobs",
+        "-j",
         help="Run up to K cells at once, each on cores (and GPUs) of its own: a cell starts only when enough are free.",
     ),
     cell: list[str] = typer.Option(
-        [], "--cell", help="Run only this cell (id) of the grid already in --out (no axes needed); repeatable.",
+        [],
+        "--cell",
+        help="Run only this cell (id) of the grid already in --out (no axes needed); repeatable.",
     ),
     launcher: str = typer.Option(
-        "local", "--launcher",
+        "local",
+        "--launcher",
         help="local (this machine runs the learners) or torchrun "
         "(prepare --out and print a torchrun command per cell).",
     ),
     execute: bool = typer.Option(
-        False, "--execute",
+        False,
+        "--execute",
         help="With --launcher torchrun: run the commands here, one after another (with --nnodes > 1, on every node).",
     ),
     nnodes: int = typer.Option(1, "--nnodes", help="With --launcher torchrun: machines sharing each cell's learners."),
     rdzv_endpoint: Optional[str] = typer.Option(
-        None, "--rdzv-endpoint",
+        None,
+        "--rdzv-endpoint",
         help="With --launcher torchrun and --nnodes > 1: HOST:PORT of the node hosting the rendezvous.",
     ),
     rdzv_timeout: int = typer.Option(
-        120, "--rdzv-timeout",
+        120,
+        "--rdzv-timeout",
         help="With --launcher torchrun: seconds to wait for the other nodes (and the rendezvous host).",
     ),
     checkpoint_every: Optional[int] = typer.Option(
-        None, "--checkpoint-every",
+        None,
+        "--checkpoint-every",
         help="Cell env steps between checkpoints (default: every 10% of the budget; 0: only the final one).",
     ),
     checkpoint_replay: bool = typer.Option(
-        False, "--checkpoint-replay",
+        False,
+        "--checkpoint-replay",
         help="Off-policy algorithms: checkpoints also hold the replay buffers' contents (each as large as the "
         "'replay memory' printed before the run), so a resumed learner does not start with empty buffers.",
     ),
     init_from: Optional[str] = typer.Option(
-        None, "--init-from",
+        None,
+        "--init-from",
         help="Start every cell's learners from these checkpoints: a cell's checkpoint folder (learner r from its "
         "learner r mod N), one learner's folder or a step-….pt file. Recorded in each cell's config.",
     ),
@@ -175,10 +210,23 @@ def run(
     axes_given = any([algorithm, topology, env, replay, grid])
     if cell:
         return _run_cells_of_folder(cell, out, axes_given, registry, worker, settings, jobs)
-    spec = _grid_spec(grid, axes_given, algorithm, topology, env, replay, set_, {
-        "seeds": seeds, "learners": learners, "envs_per_learner": envs_per_learner, "env_steps": env_steps,
-        "evaluations": evaluations, "eval_episodes": eval_episodes,
-    })
+    spec = _grid_spec(
+        grid,
+        axes_given,
+        algorithm,
+        topology,
+        env,
+        replay,
+        set_,
+        {
+            "seeds": seeds,
+            "learners": learners,
+            "envs_per_learner": envs_per_learner,
+            "env_steps": env_steps,
+            "evaluations": evaluations,
+            "eval_episodes": eval_episodes,
+        },
+    )
     console = _console()
     cells = _valid_cells(spec, registry, console, init_from)
     out = out if out is not None else _default_out(cells)
@@ -191,13 +239,15 @@ def run(
 
         raise typer.Exit(run_as_worker(spec, cells, out, registry, console, settings))
     if launcher == "torchrun":
-        raise typer.Exit(_torchrun_commands(spec, cells, out, registry, console, nnodes, rdzv_endpoint,
-                                            rdzv_timeout, execute))
+        raise typer.Exit(
+            _torchrun_commands(spec, cells, out, registry, console, nnodes, rdzv_endpoint, rdzv_timeout, execute)
+        )
     raise typer.Exit(_run_here(spec, cells, out, registry, console, settings, jobs))
 
 
-def _check_run_options(transport: str, device: str, jobs: int, checkpoint_every: Optional[int], launcher: str,
-                       nnodes: int) -> None:
+def _check_run_options(
+    transport: str, device: str, jobs: int, checkpoint_every: Optional[int], launcher: str, nnodes: int
+) -> None:
     """Options that are wrong whatever the grid: one message each, before anything loads."""
     if transport not in ("auto", "shm", "p2p"):
         raise UserError(f"--transport {transport!r}: choose auto, shm or p2p")
@@ -206,8 +256,9 @@ def _check_run_options(transport: str, device: str, jobs: int, checkpoint_every:
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give the number of cells to run at once, at least 1")
     if checkpoint_every is not None and checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every {checkpoint_every}: give a number of env steps ≥ 0 "
-                        "(0: only the final checkpoint)")
+        raise UserError(
+            f"--checkpoint-every {checkpoint_every}: give a number of env steps ≥ 0 (0: only the final checkpoint)"
+        )
     if device == "cuda":
         import torch
 
@@ -219,20 +270,34 @@ def _check_run_options(transport: str, device: str, jobs: int, checkpoint_every:
         raise UserError(f"--nnodes {nnodes}: give at least 1")
 
 
-def _execution_settings(registry, device: str, comm_timeout: float, transport: str, checkpoint_every: Optional[int],
-                        checkpoint_replay: bool):
+def _execution_settings(
+    registry, device: str, comm_timeout: float, transport: str, checkpoint_every: Optional[int], checkpoint_replay: bool
+):
     """How the cells run (the same for the grid, torchrun and --cell paths); never part of a cell's identity."""
     from benchbase.learner.settings import ExecutionSettings
 
     return ExecutionSettings(
-        device=device, comm_timeout_s=comm_timeout, transport=transport, plugins_only=_selection["only"],
-        plugins_blocked=_selection["blocked"] or (), plugins_extra=registry.extra, checkpoint_every=checkpoint_every,
+        device=device,
+        comm_timeout_s=comm_timeout,
+        transport=transport,
+        plugins_only=_selection["only"],
+        plugins_blocked=_selection["blocked"] or (),
+        plugins_extra=registry.extra,
+        checkpoint_every=checkpoint_every,
         checkpoint_replay=checkpoint_replay,
     )
 
 
-def _grid_spec(grid: Optional[Path], axes_given: bool, algorithm: list[str], topology: list[str], env: list[str],
-               replay: list[str], set_: list[str], shared: dict):
+def _grid_spec(
+    grid: Optional[Path],
+    axes_given: bool,
+    algorithm: list[str],
+    topology: list[str],
+    env: list[str],
+    replay: list[str],
+    set_: list[str],
+    shared: dict,
+):
     """The grid spec: the --grid file (or the default grid when no axis is given), overridden by the options."""
     from benchbase.grid import spec as grid_module
 
@@ -266,8 +331,10 @@ def _valid_cells(spec, registry, console: Console, init_from: Optional[str]) -> 
 
     source = init_source(init_from)
     check_fits(plan.cells, source, registry)
-    console.print(f"every cell starts from {source['cell_id']}'s checkpoints "
-                  f"({source['algorithm']} on {source['env']}, {source['env_steps']:,} env steps)")
+    console.print(
+        f"every cell starts from {source['cell_id']}'s checkpoints "
+        f"({source['algorithm']} on {source['env']}, {source['env_steps']:,} env steps)"
+    )
     return [dataclasses.replace(cell, init_from=source) for cell in plan.cells]
 
 
@@ -300,16 +367,26 @@ def _run_here(spec, cells: list, out: Path, registry, console: Console, settings
 
 @app.command()
 def report(
-    paths: list[str] = typer.Argument(..., metavar="PATH", help="Run folders, or globs of them (quote them: 'results/*')."),
+    paths: list[str] = typer.Argument(
+        ..., metavar="PATH", help="Run folders, or globs of them (quote them: 'results/*')."
+    ),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Report folder (default: <run folder>/report for one run, ./report for several)."
     ),
-    metric: str = typer.Option("final", "--metric", help="final (final evaluation) or auc (area under the learning curve)."),
-    split: str = typer.Option("train", "--split", help="Evaluation split to rank on: train (own tasks) or a family split (D, R, E…)."),
-    group_by: Optional[str] = typer.Option(
-        None, "--group-by", help="What tells entries apart (comma-separated): algorithm,variant,topology,replay (default: all four)."
+    metric: str = typer.Option(
+        "final", "--metric", help="final (final evaluation) or auc (area under the learning curve)."
     ),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="Entry to compare against (its name or an unambiguous part)."),
+    split: str = typer.Option(
+        "train", "--split", help="Evaluation split to rank on: train (own tasks) or a family split (D, R, E…)."
+    ),
+    group_by: Optional[str] = typer.Option(
+        None,
+        "--group-by",
+        help="What tells entries apart (comma-separated): algorithm,variant,topology,replay (default: all four).",
+    ),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="Entry to compare against (its name or an unambiguous part)."
+    ),
     repetitions: int = typer.Option(2000, "--repetitions", help="Bootstrap repetitions behind every interval."),
     confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
@@ -331,8 +408,17 @@ def report(
     only = _selection["only"]
     registry = env_registry(only=only, blocked=_selection["blocked"] or ())
     runs = load_runs(paths)
-    result = build_report(runs, metric=metric, split=split, group_by=fields, baseline=baseline, repetitions=repetitions,
-                          confidence=confidence, seed=seed, registry=registry)
+    result = build_report(
+        runs,
+        metric=metric,
+        split=split,
+        group_by=fields,
+        baseline=baseline,
+        repetitions=repetitions,
+        confidence=confidence,
+        seed=seed,
+        registry=registry,
+    )
     if out is None:
         out = Path(runs.sources[0]) / "report" if len(runs.sources) == 1 else Path("report")
     written = write_report(result, out, html=not no_html)
@@ -346,31 +432,46 @@ def report(
 @app.command("eval")
 def eval_(
     path: str = typer.Argument(
-        ..., metavar="PATH",
+        ...,
+        metavar="PATH",
         help="A run folder (every cell with checkpoints), a cell's checkpoint folder (checkpoints/<cell>), "
         "a learner's folder (…/learner-<r>) or a step-….pt file; each learner's newest good checkpoint is used.",
     ),
     env: Optional[str] = typer.Option(
-        None, "--env", "-e",
+        None,
+        "--env",
+        "-e",
         help="Evaluate on this env family, FAMILY[:key=value,…] (default: each cell's own family and parameters); "
         "its observation and action spaces must be the model's.",
     ),
     split: list[str] = typer.Option(
-        [], "--split", "-s", help="train (each learner's own training tasks) or a split of the family (D, R, E…); "
+        [],
+        "--split",
+        "-s",
+        help="train (each learner's own training tasks) or a split of the family (D, R, E…); "
         "repeatable (default: train and every split of the family).",
     ),
     episodes: int = typer.Option(10, "--episodes", "-n", help="Episodes per split and learner."),
-    stochastic: bool = typer.Option(False, "--stochastic", help="Sample actions from the policy instead of acting greedily."),
+    stochastic: bool = typer.Option(
+        False, "--stochastic", help="Sample actions from the policy instead of acting greedily."
+    ),
     learner: Optional[int] = typer.Option(None, "--learner", help="Evaluate only learner R of each cell."),
     seed: Optional[int] = typer.Option(
-        None, "--seed", help="Seed of the evaluation envs and held-out tasks (default: the run's own evaluation seeds, "
-        "so a final checkpoint reproduces the run's final evaluation)."
+        None,
+        "--seed",
+        help="Seed of the evaluation envs and held-out tasks (default: the run's own evaluation seeds, "
+        "so a final checkpoint reproduces the run's final evaluation).",
     ),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Results folder (default: <run folder>/evals/<time> inside a run folder, else ./eval-<time>)."
+        None,
+        "--out",
+        "-o",
+        help="Results folder (default: <run folder>/evals/<time> inside a run folder, else ./eval-<time>).",
     ),
     video_path: Optional[Path] = typer.Option(
-        None, "--video", help="Record a .mp4 or .gif (30 fps) of the first cell's first evaluated learner: the first "
+        None,
+        "--video",
+        help="Record a .mp4 or .gif (30 fps) of the first cell's first evaluated learner: the first "
         "episode of every split (simulator 0's), captioned with cell, learner, split and task. The env must render: "
         "classic control, and Gymnasium ids of MuJoCo and ALE envs.",
     ),
@@ -393,8 +494,17 @@ def eval_(
     from benchbase.evaluate.summary import summary_table
 
     torch.set_num_threads(1)  # small models: one thread is fastest and leaves the cores to others
-    request = EvalRequest(source=path, env=env, splits=tuple(split), episodes=episodes, stochastic=stochastic,
-                          learner=learner, seed=seed, out=out, video=video_path)
+    request = EvalRequest(
+        source=path,
+        env=env,
+        splits=tuple(split),
+        episodes=episodes,
+        stochastic=stochastic,
+        learner=learner,
+        seed=seed,
+        out=out,
+        video=video_path,
+    )
     console = _console()
     outcome = evaluate(request, _registry(), progress=lambda text: console.print(f"[dim]evaluating {text}[/dim]"))
     for note in outcome.notes:
@@ -405,8 +515,9 @@ def eval_(
     console.print(f"results: {outcome.out / 'evaluations.parquet'}", highlight=False)
 
 
-def _run_cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, worker: bool,
-                         settings, jobs: int) -> None:
+def _run_cells_of_folder(
+    cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, worker: bool, settings, jobs: int
+) -> None:
     """`bench run --out OUT --cell ID…`: cells of the grid already in OUT, locally or as torchrun workers."""
     from benchbase.errors import unknown_name
     from benchbase.run.records import cells_of_run
@@ -432,8 +543,17 @@ def _run_cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: b
     raise typer.Exit(code)
 
 
-def _torchrun_commands(spec, cells: list, out: Path, registry, console: Console, nnodes: int,
-                       rdzv_endpoint: Optional[str], rdzv_timeout: int, execute: bool) -> int:
+def _torchrun_commands(
+    spec,
+    cells: list,
+    out: Path,
+    registry,
+    console: Console,
+    nnodes: int,
+    rdzv_endpoint: Optional[str],
+    rdzv_timeout: int,
+    execute: bool,
+) -> int:
     """`bench run --launcher torchrun`: prepare OUT and print (or run) one torchrun command per cell."""
     from benchbase.run.records import prepare_run
     from benchbase.run.torchrun import Rendezvous, check_endpoint, commands
@@ -449,8 +569,11 @@ def _torchrun_commands(spec, cells: list, out: Path, registry, console: Console,
     found = commands(pending, out, rendezvous, selection)
     if not execute:
         where = "on each of the nodes" if nnodes > 1 else "here or on a GPU node"
-        console.print(f"{len(found)} cell(s) of {len(cells)} to run; run each command {where} "
-                      f"(results go to {out}; `bench report {out}` when they are done):", highlight=False)
+        console.print(
+            f"{len(found)} cell(s) of {len(cells)} to run; run each command {where} "
+            f"(results go to {out}; `bench report {out}` when they are done):",
+            highlight=False,
+        )
         for command in found:
             print(shlex.join(command))
         return 0
@@ -463,8 +586,17 @@ def _print_cells(console: Console, cells: list, out: Path) -> None:
     for column in ("cell", "algorithm", "topology", "env", "replay", "seed", "learners", "sims/learner", "env steps"):
         table.add_column(column)
     for cell in cells:
-        table.add_row(cell.cell_id, cell.algorithm, cell.topology, cell.env, cell.replay, str(cell.seed),
-                      str(cell.learner_processes), str(cell.envs_per_learner), f"{cell.env_steps:,}")
+        table.add_row(
+            cell.cell_id,
+            cell.algorithm,
+            cell.topology,
+            cell.env,
+            cell.replay,
+            str(cell.seed),
+            str(cell.learner_processes),
+            str(cell.envs_per_learner),
+            f"{cell.env_steps:,}",
+        )
     console.print(table)
 
 

@@ -117,7 +117,12 @@ METRICS_SCHEMA = _schema(
     ],
 )
 
-SCHEMAS = {"cells": CELLS_SCHEMA, "episodes": EPISODES_SCHEMA, "evaluations": EVALUATIONS_SCHEMA, "metrics": METRICS_SCHEMA}
+SCHEMAS = {
+    "cells": CELLS_SCHEMA,
+    "episodes": EPISODES_SCHEMA,
+    "evaluations": EVALUATIONS_SCHEMA,
+    "metrics": METRICS_SCHEMA,
+}
 
 
 class RowBuffer:

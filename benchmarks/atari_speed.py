@@ -40,8 +40,9 @@ from plugins.envs.atari.games import game_info, quiet_ale, require_game  # noqa:
 ROUNDS = 3
 
 
-def measure(configurations: dict[str, Callable[[np.ndarray], object]], actions: np.ndarray,
-            simulators: int) -> dict[str, tuple[float, float]]:
+def measure(
+    configurations: dict[str, Callable[[np.ndarray], object]], actions: np.ndarray, simulators: int
+) -> dict[str, tuple[float, float]]:
     """(agent steps/s, CPU µs per agent step) of each configuration over `actions` (one row per
     vector step). Rounds go through every configuration in turn, so that load from other processes
     hits them alike; each keeps its best round. CPU time counts every thread of this process."""
@@ -70,8 +71,7 @@ def native_raw(rom: str, simulators: int):
     from ale_py.vector_env import AtariVectorEnv
     from gymnasium.vector import AutoresetMode
 
-    env = AtariVectorEnv(rom, simulators, num_threads=1, autoreset_mode=AutoresetMode.SAME_STEP,
-                         reward_clipping=False)
+    env = AtariVectorEnv(rom, simulators, num_threads=1, autoreset_mode=AutoresetMode.SAME_STEP, reward_clipping=False)
     env.reset(seed=0)
     return env
 
@@ -118,8 +118,9 @@ def profile(rom: str, simulators: int, steps: int, rng: np.random.Generator) -> 
             if ale.game_over():
                 ale.reset_game()
             if shrink:
-                stacks[i, -1] = cv2.resize(np.maximum(screens[i, 0], screens[i, 1]), (84, 84),
-                                           interpolation=cv2.INTER_AREA)
+                stacks[i, -1] = cv2.resize(
+                    np.maximum(screens[i, 0], screens[i, 1]), (84, 84), interpolation=cv2.INTER_AREA
+                )
 
     env = family_env(f"{info.name}NoFrameskip-v4", simulators, backend="python")
     configurations = {
@@ -149,8 +150,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     actions = rng.integers(0, len(info.minimal_actions), (steps // p, p))
 
-    print(f"{env_id}, {p} simulators, {steps:,} agent steps per run, best of {ROUNDS} interleaved rounds, "
-          f"{os.cpu_count()} CPU cores")
+    print(
+        f"{env_id}, {p} simulators, {steps:,} agent steps per run, best of {ROUNDS} interleaved rounds, "
+        f"{os.cpu_count()} CPU cores"
+    )
     print("== vectorisations (agent steps/s, ×4 for frames/s; CPU µs per agent step, all threads)")
     envs = {
         "python (PythonAtariVectorEnv)": family_env(env_id, p, backend="python"),

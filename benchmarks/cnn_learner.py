@@ -91,8 +91,12 @@ def training(registry, name: str, simulators: int, iterations: int, device: str)
     for _ in range(iterations):
         steps += learner.iterate().env_steps
     total = time.perf_counter() - start
-    figures = {"steps_per_s": steps / total, "env": timer.env_s / total, "act": timer.act_s / total,
-               "update": 1 - (timer.env_s + timer.act_s) / total}
+    figures = {
+        "steps_per_s": steps / total,
+        "env": timer.env_s / total,
+        "act": timer.act_s / total,
+        "update": 1 - (timer.env_s + timer.act_s) / total,
+    }
 
     # Checkpoints: the pause to copy the state, the background write, iterations during a write.
     writer = BackgroundWriter()
@@ -115,7 +119,9 @@ def training(registry, name: str, simulators: int, iterations: int, device: str)
                 plain.append(time.perf_counter() - started)
         size = max(p.stat().st_size for p in Path(folder).glob("*.pt"))
     figures.update(
-        copy_ms=1000 * statistics.median(copies), write_ms=1000 * writer.write_s / 6, size_mb=size / 2**20,
+        copy_ms=1000 * statistics.median(copies),
+        write_ms=1000 * writer.write_s / 6,
+        size_mb=size / 2**20,
         iteration_ms=1000 * statistics.median(plain),
         iteration_during_write_ms=1000 * statistics.median(during) if during else float("nan"),
     )
@@ -135,13 +141,18 @@ def main() -> None:
     print(f"{ENV}, {args.simulators} simulators, device {args.device}, one torch thread")
     print(f"raw stepping: {raw_rate(registry, args.simulators, 2_000 if args.quick else 8_000):,.0f} env steps/s")
     for name in ("diff-a2c", "diff-ppo"):
-        f = training(registry, name, args.simulators, iterations if name == "diff-a2c" else max(2, iterations // 10),
-                     args.device)
-        print(f"{name}: {f['steps_per_s']:,.0f} env steps/s training "
-              f"(stepping {f['env']:.0%}, acting {f['act']:.0%}, update {f['update']:.0%})")
-        print(f"  checkpoint: {f['size_mb']:.1f} MiB; the learner pauses {f['copy_ms']:.1f} ms to copy its state, "
-              f"the writer thread takes {f['write_ms']:.0f} ms; iteration {f['iteration_ms']:.0f} ms, "
-              f"{f['iteration_during_write_ms']:.0f} ms while a write is in flight")
+        f = training(
+            registry, name, args.simulators, iterations if name == "diff-a2c" else max(2, iterations // 10), args.device
+        )
+        print(
+            f"{name}: {f['steps_per_s']:,.0f} env steps/s training "
+            f"(stepping {f['env']:.0%}, acting {f['act']:.0%}, update {f['update']:.0%})"
+        )
+        print(
+            f"  checkpoint: {f['size_mb']:.1f} MiB; the learner pauses {f['copy_ms']:.1f} ms to copy its state, "
+            f"the writer thread takes {f['write_ms']:.0f} ms; iteration {f['iteration_ms']:.0f} ms, "
+            f"{f['iteration_during_write_ms']:.0f} ms while a write is in flight"
+        )
 
 
 if __name__ == "__main__":

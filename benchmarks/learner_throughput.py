@@ -95,11 +95,19 @@ def one_learner(steps: int) -> float:
 
 
 def cell(topology: str, learners: int, steps: int, registry, transport: str = "auto") -> dict:
-    spec = make_spec({}, {
-        "algorithms": [parse_axis_entry("diff-a2c", "-a")], "topologies": [parse_axis_entry(topology, "-t")],
-        "envs": [parse_axis_entry("CartPole-v1", "-e")], "learners": learners, "envs_per_learner": 8,
-        "env_steps": steps, "evaluations": 0, "seeds": 1,
-    })
+    spec = make_spec(
+        {},
+        {
+            "algorithms": [parse_axis_entry("diff-a2c", "-a")],
+            "topologies": [parse_axis_entry(topology, "-t")],
+            "envs": [parse_axis_entry("CartPole-v1", "-e")],
+            "learners": learners,
+            "envs_per_learner": 8,
+            "env_steps": steps,
+            "evaluations": 0,
+            "seeds": 1,
+        },
+    )
     (only,) = expand(spec, registry).cells
     with tempfile.TemporaryDirectory() as out:
         outcome = run_cell(only, out, lambda event: None, ExecutionSettings(transport=transport))
@@ -132,13 +140,21 @@ def main() -> None:
     print("== cells through the launcher (real processes, 8 simulators per learner)")
     single = cell("isolated", 1, int(200_000 * scale), registry)
     print(f"1 learner:             {single['steps_per_s']:>8,.0f} steps/s   start-up {single['startup_s']:.2f} s")
-    for topology, transport in (("isolated", "auto"), ("ring", "shm"), ("ring", "p2p"),
-                                ("fully-connected", "shm"), ("fully-connected", "p2p"), ("exponential", "shm")):
+    for topology, transport in (
+        ("isolated", "auto"),
+        ("ring", "shm"),
+        ("ring", "p2p"),
+        ("fully-connected", "shm"),
+        ("fully-connected", "p2p"),
+        ("exponential", "shm"),
+    ):
         result = cell(topology, 4, int(600_000 * scale), registry, transport)
         ratio = result["steps_per_s"] / single["steps_per_s"]
         label = f"{topology} ({transport})" if topology != "isolated" else topology
-        print(f"4 learners {label:<23} {result['steps_per_s']:>8,.0f} steps/s  ({ratio:.2f}× one learner)   "
-              f"start-up {result['startup_s']:.2f} s")
+        print(
+            f"4 learners {label:<23} {result['steps_per_s']:>8,.0f} steps/s  ({ratio:.2f}× one learner)   "
+            f"start-up {result['startup_s']:.2f} s"
+        )
 
     print("== bytes sent per learner per combine, ring")
     for n in (4, 8):

@@ -51,10 +51,14 @@ def main() -> None:
     total = learner["collect_s"] + learner["update_s"]
     print("== CartPole-v1, 8 simulators, 1 torch thread")
     print(f"raw env stepping (random actions): {raw:>10,.0f} steps/s")
-    print(f"diff-ppo learner (defaults):       {learner['steps_per_s']:>10,.0f} env steps/s "
-          f"({learner['steps_per_s'] / raw:.3f}× raw)")
-    print(f"  time in collection {learner['collect_s']:.1f} s ({learner['collect_s'] / total:.0%}), "
-          f"in PPO updates {learner['update_s']:.1f} s ({learner['update_s'] / total:.0%})")
+    print(
+        f"diff-ppo learner (defaults):       {learner['steps_per_s']:>10,.0f} env steps/s "
+        f"({learner['steps_per_s'] / raw:.3f}× raw)"
+    )
+    print(
+        f"  time in collection {learner['collect_s']:.1f} s ({learner['collect_s'] / total:.0%}), "
+        f"in PPO updates {learner['update_s']:.1f} s ({learner['update_s'] / total:.0%})"
+    )
 
 
 if __name__ == "__main__":

@@ -47,26 +47,53 @@ LEARNERS = 4
 EVALUATIONS = 5
 EVAL_EPISODES = 10
 METRIC_POINTS = 100
-METRIC_NAMES = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "bytes_sent", "messages_sent",
-                "messages_received", "publishes_skipped", "mix_wait_s", "steps_per_second", "recent_return",
-                "consensus_distance", "staleness_mean", "staleness_max")
+METRIC_NAMES = (
+    "loss",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "grad_norm",
+    "bytes_sent",
+    "messages_sent",
+    "messages_received",
+    "publishes_skipped",
+    "mix_wait_s",
+    "steps_per_second",
+    "recent_return",
+    "consensus_distance",
+    "staleness_mean",
+    "staleness_max",
+)
 FAMILIES = {"random-cartpole": ("train", "D", "R", "E"), "Pendulum-v1": ("train",)}
 BUDGET = 200_000
 
 
 def _cells(count: int) -> list[dict]:
-    algorithms = [("diff-a2c", ""), ("diff-a2c", "diff-a2c.lr=0.002"), ("diff-ppo", ""), ("gala-a2c", ""),
-                  ("gala-a2c", "gala-a2c.num_peers=2")]
+    algorithms = [
+        ("diff-a2c", ""),
+        ("diff-a2c", "diff-a2c.lr=0.002"),
+        ("diff-ppo", ""),
+        ("gala-a2c", ""),
+        ("gala-a2c", "gala-a2c.num_peers=2"),
+    ]
     cells = []
     index = 0
     while len(cells) < count:
-        for (algorithm, variant) in algorithms:
+        for algorithm, variant in algorithms:
             for topology in ("ring", "isolated"):
                 for env in FAMILIES:
                     if len(cells) < count:
                         key = f"{algorithm}|{variant}|{topology}|{env}|{index}"
-                        cells.append({"algorithm": algorithm, "variant": variant, "topology": topology, "env": env,
-                                      "seed": index, "cell_id": hashlib.sha256(key.encode()).hexdigest()[:12]})
+                        cells.append(
+                            {
+                                "algorithm": algorithm,
+                                "variant": variant,
+                                "topology": topology,
+                                "env": env,
+                                "seed": index,
+                                "cell_id": hashlib.sha256(key.encode()).hexdigest()[:12],
+                            }
+                        )
         index += 1
     return cells
 
@@ -85,14 +112,29 @@ def write_folder(root: Path, cells: int, episodes: int, seed: int = 0) -> Path:
         cell_id, env = spec["cell_id"], spec["env"]
         skill = rng.uniform(0.2, 1.0)
         success_family = env == "random-cartpole"
-        rows.append({
-            "cell_id": cell_id, "algorithm": spec["algorithm"], "topology": spec["topology"], "env": env,
-            "replay": "none", "variant": spec["variant"], "seed": spec["seed"], "learners": LEARNERS,
-            "status": "completed", "error": None, "wall_time_s": float(rng.uniform(50, 100)), "startup_s": 0.1,
-            "env_steps": BUDGET, "steps_per_second": float(rng.uniform(2000, 4000)), "final_return": None,
-            "final_success": None, "bytes_sent_per_learner": 0.0 if spec["topology"] == "isolated" else 1e8,
-            "transport": "shm", "config": f'{{"env_steps": {BUDGET}}}',
-        })
+        rows.append(
+            {
+                "cell_id": cell_id,
+                "algorithm": spec["algorithm"],
+                "topology": spec["topology"],
+                "env": env,
+                "replay": "none",
+                "variant": spec["variant"],
+                "seed": spec["seed"],
+                "learners": LEARNERS,
+                "status": "completed",
+                "error": None,
+                "wall_time_s": float(rng.uniform(50, 100)),
+                "startup_s": 0.1,
+                "env_steps": BUDGET,
+                "steps_per_second": float(rng.uniform(2000, 4000)),
+                "final_return": None,
+                "final_success": None,
+                "bytes_sent_per_learner": 0.0 if spec["topology"] == "isolated" else 1e8,
+                "transport": "shm",
+                "config": f'{{"env_steps": {BUDGET}}}',
+            }
+        )
         for learner in range(LEARNERS):
             # Training episodes.
             steps = np.sort(rng.integers(1, BUDGET // LEARNERS, per_learner))
@@ -103,15 +145,25 @@ def write_folder(root: Path, cells: int, episodes: int, seed: int = 0) -> Path:
             else:
                 success = None
                 returns = -1222.0 + (1072.0 * skill * progress) + rng.normal(0, 50, per_learner)
-            write_table(folder.learner_path("episodes", cell_id, learner), _table(EPISODES_SCHEMA, {
-                "cell_id": [cell_id] * per_learner, "learner": [learner] * per_learner,
-                "simulator": rng.integers(0, 8, per_learner).tolist(), "task_id": [f"R-{learner}"] * per_learner,
-                "task_params": [[("length", 0.5), ("masspole", 0.1)]] * per_learner,
-                "env_step": steps.tolist(), "cell_env_step": (steps * LEARNERS).tolist(),
-                "episode_return": returns.tolist(), "episode_length": rng.integers(10, 500, per_learner).tolist(),
-                "success": success.tolist() if success is not None else [None] * per_learner,
-                "wall_time_s": (steps / 3000.0).tolist(),
-            }))
+            write_table(
+                folder.learner_path("episodes", cell_id, learner),
+                _table(
+                    EPISODES_SCHEMA,
+                    {
+                        "cell_id": [cell_id] * per_learner,
+                        "learner": [learner] * per_learner,
+                        "simulator": rng.integers(0, 8, per_learner).tolist(),
+                        "task_id": [f"R-{learner}"] * per_learner,
+                        "task_params": [[("length", 0.5), ("masspole", 0.1)]] * per_learner,
+                        "env_step": steps.tolist(),
+                        "cell_env_step": (steps * LEARNERS).tolist(),
+                        "episode_return": returns.tolist(),
+                        "episode_length": rng.integers(10, 500, per_learner).tolist(),
+                        "success": success.tolist() if success is not None else [None] * per_learner,
+                        "wall_time_s": (steps / 3000.0).tolist(),
+                    },
+                ),
+            )
             # Evaluations: every split, EVAL_EPISODES episodes each.
             columns: dict[str, list] = {name: [] for name in EVALUATIONS_SCHEMA.names}
             for k in range(1, EVALUATIONS + 1):
@@ -119,7 +171,9 @@ def write_folder(root: Path, cells: int, episodes: int, seed: int = 0) -> Path:
                     n = EVAL_EPISODES
                     level = skill * k / EVALUATIONS
                     ok = (rng.random(n) < level) if success_family else None
-                    ret = np.where(ok, 500.0, 50.0) if ok is not None else -1222.0 + 1072.0 * level + rng.normal(0, 30, n)
+                    ret = (
+                        np.where(ok, 500.0, 50.0) if ok is not None else -1222.0 + 1072.0 * level + rng.normal(0, 30, n)
+                    )
                     step = BUDGET * k // EVALUATIONS
                     columns["cell_id"] += [cell_id] * n
                     columns["learner"] += [learner] * n
@@ -138,12 +192,22 @@ def write_folder(root: Path, cells: int, episodes: int, seed: int = 0) -> Path:
             # Metrics, long format.
             points = np.arange(1, METRIC_POINTS + 1)
             m = len(METRIC_NAMES)
-            write_table(folder.learner_path("metrics", cell_id, learner), _table(METRICS_SCHEMA, {
-                "cell_id": [cell_id] * (METRIC_POINTS * m), "learner": [learner] * (METRIC_POINTS * m),
-                "iteration": np.repeat(points, m).tolist(), "env_step": np.repeat(points * 100, m).tolist(),
-                "cell_env_step": np.repeat(points * 400, m).tolist(), "wall_time_s": np.repeat(points * 0.5, m).tolist(),
-                "metric": list(METRIC_NAMES) * METRIC_POINTS, "value": rng.random(METRIC_POINTS * m).tolist(),
-            }))
+            write_table(
+                folder.learner_path("metrics", cell_id, learner),
+                _table(
+                    METRICS_SCHEMA,
+                    {
+                        "cell_id": [cell_id] * (METRIC_POINTS * m),
+                        "learner": [learner] * (METRIC_POINTS * m),
+                        "iteration": np.repeat(points, m).tolist(),
+                        "env_step": np.repeat(points * 100, m).tolist(),
+                        "cell_env_step": np.repeat(points * 400, m).tolist(),
+                        "wall_time_s": np.repeat(points * 0.5, m).tolist(),
+                        "metric": list(METRIC_NAMES) * METRIC_POINTS,
+                        "value": rng.random(METRIC_POINTS * m).tolist(),
+                    },
+                ),
+            )
     folder.write_cells(rows)
     return root
 
@@ -159,21 +223,28 @@ def measure(root: Path, out: Path, repetitions: int) -> None:
     started = time.perf_counter()
     registry = _time("env registry", env_registry)
     runs = _time("load_runs", load_runs, [str(root)])
-    report = _time(f"build_report ({repetitions:,} repetitions)", build_report, runs, repetitions=repetitions, registry=registry)
+    report = _time(
+        f"build_report ({repetitions:,} repetitions)", build_report, runs, repetitions=repetitions, registry=registry
+    )
     _time("write leaderboard.parquet + report.md", write_report, report, out, html=False)
     _time("write report.html as well", write_report, report, out)
     print(f"  {'in-process total':<44} {time.perf_counter() - started:6.2f} s")
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "benchbase", "report", str(root), "--out", str(out),
-                             "--repetitions", str(repetitions)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchbase", "report", str(root), "--out", str(out), "--repetitions", str(repetitions)],
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(result.stderr)
     print(f"  {'bench report (fresh interpreter, HTML too)':<44} {elapsed:6.2f} s")
     for problem in report.problems:
         print(f"  problem: {problem}")
-    print(f"  entries {len(report.leaderboard)}, problems {len(report.problems)}, "
-          f"evaluation rows {runs.evaluations.num_rows:,}, episode rows read {runs.episodes.num_rows:,}")
+    print(
+        f"  entries {len(report.leaderboard)}, problems {len(report.problems)}, "
+        f"evaluation rows {runs.evaluations.num_rows:,}, episode rows read {runs.episodes.num_rows:,}"
+    )
 
 
 def main() -> None:
@@ -190,13 +261,18 @@ def main() -> None:
             shutil.rmtree(root)
         started = time.perf_counter()
         write_folder(root, args.cells, args.episodes)
-        print(f"wrote {args.cells} cells × {LEARNERS} learners, {args.episodes:,} episode rows to {root} "
-              f"in {time.perf_counter() - started:.1f} s")
+        print(
+            f"wrote {args.cells} cells × {LEARNERS} learners, {args.episodes:,} episode rows to {root} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
         print("with evaluations:")
         measure(root, base / "report", args.repetitions)
         shutil.rmtree(root / "evaluations")
-        print("without evaluations (every cell scored from its 200k-row training episodes):"
-              if args.episodes == 200_000 else "without evaluations (scored from training episodes):")
+        print(
+            "without evaluations (every cell scored from its 200k-row training episodes):"
+            if args.episodes == 200_000
+            else "without evaluations (scored from training episodes):"
+        )
         measure(root, base / "report-episodes", args.repetitions)
     finally:
         if args.keep is None:

@@ -35,8 +35,9 @@ TOPOLOGIES = ("ring", "exponential", "fully-connected")
 SIZES = (2, 4, 8, 16)
 
 
-def worker(rank: int, world: int, port: int, topology_name: str, numel: int, steps: int, transport: str,
-           prefix: str, results) -> None:
+def worker(
+    rank: int, world: int, port: int, topology_name: str, numel: int, steps: int, transport: str, prefix: str, results
+) -> None:
     try:
         _exchange(rank, world, port, topology_name, numel, steps, transport, prefix, results)
     except BaseException:
@@ -45,8 +46,9 @@ def worker(rank: int, world: int, port: int, topology_name: str, numel: int, ste
         results.put(("error", traceback.format_exc()))
 
 
-def _exchange(rank: int, world: int, port: int, topology_name: str, numel: int, steps: int, transport: str,
-              prefix: str, results) -> None:
+def _exchange(
+    rank: int, world: int, port: int, topology_name: str, numel: int, steps: int, transport: str, prefix: str, results
+) -> None:
     torch.set_num_threads(1)
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timedelta(seconds=120))
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=120))
@@ -68,8 +70,15 @@ def _exchange(rank: int, world: int, port: int, topology_name: str, numel: int, 
     for iteration in range(5, 5 + steps):
         comm.mix(params, iteration)
     elapsed = time.perf_counter() - started
-    results.put((rank, (comm.bytes_sent - sent_before) / steps, elapsed / steps, comm.transport,
-                 len(plan.out_peers(rank)) if hasattr(plan, "out_peers") else 0))
+    results.put(
+        (
+            rank,
+            (comm.bytes_sent - sent_before) / steps,
+            elapsed / steps,
+            comm.transport,
+            len(plan.out_peers(rank)) if hasattr(plan, "out_peers") else 0,
+        )
+    )
     comm.close(params)
     dist.destroy_process_group()
 
@@ -78,8 +87,12 @@ def measure(context, topology: str, world: int, numel: int, steps: int, transpor
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=120))
     results = context.Queue()
     prefix = f"benchbase-scaling-{topology}-{world}-{transport}"
-    processes = [context.Process(target=worker, args=(rank, world, store.port, topology, numel, steps, transport,
-                                                      prefix, results)) for rank in range(world)]
+    processes = [
+        context.Process(
+            target=worker, args=(rank, world, store.port, topology, numel, steps, transport, prefix, results)
+        )
+        for rank in range(world)
+    ]
     for process in processes:
         process.start()
     found = [results.get(timeout=300) for _ in range(world)]
@@ -90,8 +103,12 @@ def measure(context, topology: str, world: int, numel: int, steps: int, transpor
         process.join(timeout=60)
     per_learner_bytes = sum(f[1] for f in found) / world
     mix_s = max(f[2] for f in found)
-    return {"bytes": per_learner_bytes, "mix_ms": 1000 * mix_s, "transport": found[0][3],
-            "out_degree": max(f[4] for f in found)}
+    return {
+        "bytes": per_learner_bytes,
+        "mix_ms": 1000 * mix_s,
+        "transport": found[0][3],
+        "out_degree": max(f[4] for f in found),
+    }
 
 
 def main() -> None:
@@ -103,11 +120,15 @@ def main() -> None:
     args = parser.parse_args()
     steps = 20 if args.quick else 100
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "benchbase.comm.communicator", "benchbase.comm.shm", "plugins.topologies.builtin"])
+    context.set_forkserver_preload(
+        ["torch", "benchbase.comm.communicator", "benchbase.comm.shm", "plugins.topologies.builtin"]
+    )
     size_mb = args.numel * 4 / 2**20
     print(f"{args.numel:,} float32 parameters ({size_mb:.2f} MiB) per learner, {steps} synchronous mixing steps")
-    print(f"{'topology':<16} {'N':>3} {'out-degree':>10} {'sent/learner/step':>18} {'× model':>8} "
-          f"{'p2p ms/step':>12} {'shm ms/step':>12}")
+    print(
+        f"{'topology':<16} {'N':>3} {'out-degree':>10} {'sent/learner/step':>18} {'× model':>8} "
+        f"{'p2p ms/step':>12} {'shm ms/step':>12}"
+    )
     for topology in args.topologies.split(","):
         for world in map(int, args.sizes.split(",")):
             p2p = measure(context, topology, world, args.numel, steps, "p2p")
@@ -119,8 +140,10 @@ def main() -> None:
                 shm_text = f"{'(p2p)':>12}"
             else:
                 shm_text = f"{shm['mix_ms']:12.2f}"
-            print(f"{topology:<16} {world:>3} {p2p['out_degree']:>10} {p2p['bytes'] / 2**20:>14.2f} MiB {ratio:>8.2f} "
-                  f"{p2p['mix_ms']:>12.2f} {shm_text}")
+            print(
+                f"{topology:<16} {world:>3} {p2p['out_degree']:>10} {p2p['bytes'] / 2**20:>14.2f} MiB {ratio:>8.2f} "
+                f"{p2p['mix_ms']:>12.2f} {shm_text}"
+            )
 
 
 if __name__ == "__main__":

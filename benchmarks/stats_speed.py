@@ -56,10 +56,14 @@ def main() -> None:
     )
     shape = f"[{args.runs} runs × {args.tasks} tasks]"
     print(f"{args.repetitions:,} bootstrap repetitions, best of {args.rounds}")
-    print(f"aggregate_estimates, {args.entries} entries {shape}: {aggregate_s:.3f} s "
-          f"({aggregate_s / args.entries * 1e3:.1f} ms per entry)")
-    print(f"probability_of_improvement, {len(pairs)} ordered pairs: {improvement_s:.3f} s "
-          f"({improvement_s / len(pairs) * 1e3:.1f} ms per pair)")
+    print(
+        f"aggregate_estimates, {args.entries} entries {shape}: {aggregate_s:.3f} s "
+        f"({aggregate_s / args.entries * 1e3:.1f} ms per entry)"
+    )
+    print(
+        f"probability_of_improvement, {len(pairs)} ordered pairs: {improvement_s:.3f} s "
+        f"({improvement_s / len(pairs) * 1e3:.1f} ms per pair)"
+    )
 
 
 if __name__ == "__main__":

@@ -55,11 +55,19 @@ def run(registry, algorithm: str, topology: str, args: argparse.Namespace, **str
     """One cell of `slowed-<algorithm>`; per-learner env steps/s over each learner's training loop."""
     options = ",".join(f"{key}={value}" for key, value in straggler.items())
     entry = f"slowed-{algorithm}" + (f":{options}" if options else "")
-    spec = make_spec({}, {
-        "algorithms": [parse_axis_entry(entry, "-a")], "topologies": [parse_axis_entry(topology, "-t")],
-        "envs": [parse_axis_entry(args.env, "-e")], "learners": args.learners,
-        "envs_per_learner": args.envs_per_learner, "env_steps": args.env_steps, "evaluations": 0, "seeds": 1,
-    })
+    spec = make_spec(
+        {},
+        {
+            "algorithms": [parse_axis_entry(entry, "-a")],
+            "topologies": [parse_axis_entry(topology, "-t")],
+            "envs": [parse_axis_entry(args.env, "-e")],
+            "learners": args.learners,
+            "envs_per_learner": args.envs_per_learner,
+            "env_steps": args.env_steps,
+            "evaluations": 0,
+            "seeds": 1,
+        },
+    )
     (cell,) = expand(spec, registry).cells
     with tempfile.TemporaryDirectory() as out:
         outcome = run_cell(cell, out, lambda event: None, ExecutionSettings(plugins_extra=(PLUGIN,)))
@@ -86,9 +94,13 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=100_000, help="budget of each cell (all learners)")
     parser.add_argument("--slowdown", type=float, default=3.0)
     parser.add_argument("--slow-learner", type=int, default=0)
-    parser.add_argument("--pace", choices=("absolute", "relative"), default="absolute",
-                        help="absolute: the straggler runs at the others' baseline steps/s / slowdown; "
-                             "relative: it pauses (slowdown - 1) x its own work after each iteration")
+    parser.add_argument(
+        "--pace",
+        choices=("absolute", "relative"),
+        default="absolute",
+        help="absolute: the straggler runs at the others' baseline steps/s / slowdown; "
+        "relative: it pauses (slowdown - 1) x its own work after each iteration",
+    )
     parser.add_argument("--spin", action="store_true", help="the straggler busy-waits instead of sleeping")
     args = parser.parse_args()
     if args.learners < 2:
@@ -103,9 +115,11 @@ def main() -> None:
 
     cores = len(os.sched_getaffinity(0))
     slow = args.slow_learner
-    print(f"{args.learners} learners × {args.envs_per_learner} simulators, {args.env}, {args.env_steps:,} env steps "
-          f"per cell; learner {slow} slowed {args.slowdown:g}× ({args.pace} pace, "
-          f"{'busy-waiting' if args.spin else 'sleeping'}); {cores} CPU cores, {os.cpu_count()} on the machine")
+    print(
+        f"{args.learners} learners × {args.envs_per_learner} simulators, {args.env}, {args.env_steps:,} env steps "
+        f"per cell; learner {slow} slowed {args.slowdown:g}× ({args.pace} pace, "
+        f"{'busy-waiting' if args.spin else 'sleeping'}); {cores} CPU cores, {os.cpu_count()} on the machine"
+    )
     if cores < args.learners:
         if args.spin:
             what = "busy-waits keeps its share of the CPU"
@@ -126,32 +140,43 @@ def main() -> None:
         ratios = [slowed["rates"][rank] / base["rates"][rank] for rank in range(args.learners) if rank != slow]
         slowed_others = [r for rank, r in enumerate(slowed["rates"]) if rank != slow]
         rows.append((label, topology, base, slowed, ratios, statistics.mean(others), slowed_others))
-        print(f"{label} on {topology}, steps/s of learners 0…{args.learners - 1}: "
-              f"baseline {' '.join(f'{r:,.0f}' for r in base['rates'])}, "
-              f"slowed {' '.join(f'{r:,.0f}' for r in slowed['rates'])} "
-              f"(cells {base['wall_s']:.1f} s + {slowed['wall_s']:.1f} s, "
-              f"{time.perf_counter() - started:.0f} s in all)")
+        print(
+            f"{label} on {topology}, steps/s of learners 0…{args.learners - 1}: "
+            f"baseline {' '.join(f'{r:,.0f}' for r in base['rates'])}, "
+            f"slowed {' '.join(f'{r:,.0f}' for r in slowed['rates'])} "
+            f"(cells {base['wall_s']:.1f} s + {slowed['wall_s']:.1f} s, "
+            f"{time.perf_counter() - started:.0f} s in all)"
+        )
 
     print()
-    header = (f"{'algorithm':<16} {'topology':<14} {'baseline':>9} {'straggler':>10} {'straggler/':>11} "
-              f"{'others':>9} {'others slowed/baseline':>23} {'others in mix':>14}")
+    header = (
+        f"{'algorithm':<16} {'topology':<14} {'baseline':>9} {'straggler':>10} {'straggler/':>11} "
+        f"{'others':>9} {'others slowed/baseline':>23} {'others in mix':>14}"
+    )
     print(header)
-    print(f"{'':<16} {'':<14} {'others':>9} {'steps/s':>10} {'others base':>11} {'slowed':>9} {'mean (min)':>23} "
-          f"{'base → slowed':>14}")
+    print(
+        f"{'':<16} {'':<14} {'others':>9} {'steps/s':>10} {'others base':>11} {'slowed':>9} {'mean (min)':>23} "
+        f"{'base → slowed':>14}"
+    )
     print("-" * len(header))
     for label, topology, base, slowed, ratios, base_others, slowed_others in rows:
-        in_mix = [statistics.mean(v for rank, v in enumerate(cell["mix_share"]) if rank != slow)
-                  for cell in (base, slowed)]
+        in_mix = [
+            statistics.mean(v for rank, v in enumerate(cell["mix_share"]) if rank != slow) for cell in (base, slowed)
+        ]
         ratio_text = f"{statistics.mean(ratios):.2f} ({min(ratios):.2f})"
         mix_text = f"{in_mix[0]:.0%} → {in_mix[1]:.0%}"
-        print(f"{label:<16} {topology:<14} {base_others:>9,.0f} {slowed['rates'][slow]:>10,.0f} "
-              f"{slowed['rates'][slow] / base_others:>11.2f} {statistics.mean(slowed_others):>9,.0f} "
-              f"{ratio_text:>23} {mix_text:>14}")
+        print(
+            f"{label:<16} {topology:<14} {base_others:>9,.0f} {slowed['rates'][slow]:>10,.0f} "
+            f"{slowed['rates'][slow] / base_others:>11.2f} {statistics.mean(slowed_others):>9,.0f} "
+            f"{ratio_text:>23} {mix_text:>14}"
+        )
     print()
-    print("steps/s: a learner's env steps over its own training loop (start-up excluded); 'others': the unslowed "
-          "learners, mean;\n'in mix': share of the others' training loop spent in the core's mixing step, waiting "
-          "for neighbours included.\nGALA keeps its speed when the others' ratio stays ≥ 0.80; synchronous Diff-A2C "
-          "falls to about the straggler's speed.")
+    print(
+        "steps/s: a learner's env steps over its own training loop (start-up excluded); 'others': the unslowed "
+        "learners, mean;\n'in mix': share of the others' training loop spent in the core's mixing step, waiting "
+        "for neighbours included.\nGALA keeps its speed when the others' ratio stays ≥ 0.80; synchronous Diff-A2C "
+        "falls to about the straggler's speed."
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ class _Straggler:
     slow_learner: int = param(0, "rank of the learner that is slowed down", min=0)
     slowdown: float = param(1.0, "that learner runs at 1/slowdown of its own speed (1 = not slowed)", min=1.0)
     max_steps_per_s: float = param(
-        0.0, "when > 0, instead pace that learner to at most this many env steps per second", min=0.0)
+        0.0, "when > 0, instead pace that learner to at most this many env steps per second", min=0.0
+    )
     spin: bool = param(False, "busy-wait instead of sleeping, so the straggler keeps its share of the CPU")
 
 

@@ -14,7 +14,9 @@ def bench_run(out: Path, *args: str, timeout: float = 600) -> None:
     """Run `bench run ARGS --out OUT`; fail the test with its output unless it exits 0."""
     result = subprocess.run(
         [sys.executable, "-m", "benchbase", "run", *args, "--out", str(out)],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
 
@@ -22,8 +24,11 @@ def bench_run(out: Path, *args: str, timeout: float = 600) -> None:
 def learners_succeeding(out: Path, min_length: int) -> tuple[set[int], list[tuple[int, int]]]:
     """Learners with a final greedy episode of ≥ `min_length` steps on their own training task,
     and every (learner, length) seen, for the assertion message."""
-    final = [row for row in ds.dataset(out / "evaluations").to_table().to_pylist()
-             if row["final"] and row["split"] == "train"]
+    final = [
+        row
+        for row in ds.dataset(out / "evaluations").to_table().to_pylist()
+        if row["final"] and row["split"] == "train"
+    ]
     lengths = sorted((row["learner"], row["episode_length"]) for row in final)
     return {learner for learner, length in lengths if length >= min_length}, lengths
 

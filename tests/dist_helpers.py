@@ -22,8 +22,9 @@ import os
 import queue
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,13 +44,18 @@ def run_group(target: Callable[..., Any], world: int, *args: Any, timeout_s: flo
     """Run `target(rank, world, *args)` in `world` gloo processes; their results by rank."""
     warm_up()  # the launcher's forkserver (one per test session), preloaded with torch
     context = multiprocessing.get_context("forkserver")
-    store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=PG_TIMEOUT_S))
+    store = dist.TCPStore(
+        "127.0.0.1", 0, world, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=PG_TIMEOUT_S)
+    )
     results_queue = context.Queue()
     release = context.Event()  # children stay alive (connections open) until every one reported
     processes = [
-        context.Process(target=_child, args=(target, rank, world, store.port, results_queue, release, args),
-                        name=f"test-learner-{rank}", daemon=True)
+        context.Process(
+            target=_child,
+            args=(target, rank, world, store.port, results_queue, release, args),
+            name=f"test-learner-{rank}",
+            daemon=True,
+        )
         for rank in range(world)
     ]
     try:
@@ -65,14 +71,16 @@ def run_group(target: Callable[..., Any], world: int, *args: Any, timeout_s: flo
                 raise AssertionError(f"learners {missing} did not report within {timeout_s:.0f} s")
             try:
                 rank, status, payload = results_queue.get(timeout=min(remaining, 0.2))
-            except queue.Empty:
+            except queue.Empty as empty:
                 now = time.monotonic()
                 for rank, process in enumerate(processes):
                     if rank in results or process.exitcode is None:
                         continue
                     # Its report may still be in the pipe: give it a moment before failing.
                     if now - dead_since.setdefault(rank, now) > 2.0:
-                        raise AssertionError(f"learner {rank} exited (code {process.exitcode}) without reporting")
+                        raise AssertionError(
+                            f"learner {rank} exited (code {process.exitcode}) without reporting"
+                        ) from empty
                 continue
             if status != "ok":
                 raise AssertionError(f"learner {rank} raised:\n{payload}")
@@ -98,8 +106,9 @@ def run_group(target: Callable[..., Any], world: int, *args: Any, timeout_s: flo
         del store
 
 
-def _child(target: Callable[..., Any], rank: int, world: int, port: int, results_queue: Any, release: Any,
-           args: tuple) -> None:
+def _child(
+    target: Callable[..., Any], rank: int, world: int, port: int, results_queue: Any, release: Any, args: tuple
+) -> None:
     torch.set_num_threads(1)
     try:
         timeout = timedelta(seconds=PG_TIMEOUT_S)
@@ -167,8 +176,9 @@ def bytes_suite(rank: int, world: int, plan: Any, numel: int, steps: int) -> dic
     return comm.statistics()
 
 
-def staleness_suite(rank: int, world: int, plan: Any, numel: int, iterations: int, bound: int,
-                    straggler_sleep_s: float) -> dict[str, Any]:
+def staleness_suite(
+    rank: int, world: int, plan: Any, numel: int, iterations: int, bound: int, straggler_sleep_s: float
+) -> dict[str, Any]:
     """Learner 0 sleeps before each mix; the others run flat out. Once with K = 0, once with K."""
     out: dict[str, Any] = {}
     for staleness in (0, bound):
@@ -191,8 +201,9 @@ def staleness_suite(rank: int, world: int, plan: Any, numel: int, iterations: in
     return out
 
 
-def failure_suite(rank: int, world: int, plan: Any, numel: int, staleness: int, fail_at: int,
-                  timeout_s: float) -> dict[str, Any]:
+def failure_suite(
+    rank: int, world: int, plan: Any, numel: int, staleness: int, fail_at: int, timeout_s: float
+) -> dict[str, Any]:
     """Learner 0 raises at iteration `fail_at` (and stays alive, silent); the others keep mixing
     and report the mix that failed."""
     comm = Communicator(plan, rank, numel, torch.float32, staleness=staleness, timeout_s=timeout_s)
@@ -210,8 +221,11 @@ def failure_suite(rank: int, world: int, plan: Any, numel: int, staleness: int, 
         try:
             comm.mix(params, iteration)
         except Exception as error:  # noqa: BLE001 - what the neighbour sees is the point
-            return {"failed_at": iteration, "error": f"{type(error).__name__}: {error}",
-                    "elapsed_s": time.monotonic() - started}
+            return {
+                "failed_at": iteration,
+                "error": f"{type(error).__name__}: {error}",
+                "elapsed_s": time.monotonic() - started,
+            }
     return {"failed_at": None}
 
 
@@ -222,8 +236,9 @@ def as_matrix(vectors: list[np.ndarray]) -> np.ndarray:
 # -- shared-memory transport (benchbase.comm.shm) ---------------------------------------------------
 
 
-def _board(prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s: float = PG_TIMEOUT_S,
-           staleness: int = 0):
+def _board(
+    prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s: float = PG_TIMEOUT_S, staleness: int = 0
+):
     """The board the learner loop would build (`benchbase.learner.process._shared_board`)."""
     from benchbase.comm.communicator import message_layout
     from benchbase.comm.shm import SharedBoard
@@ -236,8 +251,9 @@ def _board(prefix: str, rank: int, plan: Any, numel: int, slots: int, timeout_s:
     return board
 
 
-def shared_versus_gloo_suite(rank: int, world: int, plans: dict[str, Any], numel: int, steps: int,
-                             prefix: str) -> dict[str, Any]:
+def shared_versus_gloo_suite(
+    rank: int, world: int, plans: dict[str, Any], numel: int, steps: int, prefix: str
+) -> dict[str, Any]:
     """The same synchronous mixing through gloo messages and through shared memory."""
     from benchbase.comm.shm import synchronous_slots
 
@@ -245,7 +261,9 @@ def shared_versus_gloo_suite(rank: int, world: int, plans: dict[str, Any], numel
     for name, plan in plans.items():
         finals = {}
         for transport in ("p2p", "shm"):
-            board = _board(f"{prefix}-{name}", rank, plan, numel, synchronous_slots(plan)) if transport == "shm" else None
+            board = (
+                _board(f"{prefix}-{name}", rank, plan, numel, synchronous_slots(plan)) if transport == "shm" else None
+            )
             comm = Communicator(plan, rank, numel, torch.float32, staleness=0, timeout_s=PG_TIMEOUT_S, board=board)
             params = initial_vector(rank, numel)
             for iteration in range(steps):
@@ -258,8 +276,9 @@ def shared_versus_gloo_suite(rank: int, world: int, plans: dict[str, Any], numel
     return out
 
 
-def shared_staleness_suite(rank: int, world: int, plan: Any, numel: int, iterations: int, bound: int,
-                           straggler_sleep_s: float, prefix: str) -> dict[str, Any]:
+def shared_staleness_suite(
+    rank: int, world: int, plan: Any, numel: int, iterations: int, bound: int, straggler_sleep_s: float, prefix: str
+) -> dict[str, Any]:
     board = _board(prefix, rank, plan, numel, slots=2, staleness=bound)
     comm = Communicator(plan, rank, numel, torch.float32, staleness=bound, timeout_s=PG_TIMEOUT_S, board=board)
     params = initial_vector(rank, numel)
@@ -278,8 +297,9 @@ def shared_staleness_suite(rank: int, world: int, plan: Any, numel: int, iterati
 # -- push-sum (directed graphs, gossip) ----------------------------------------------------------
 
 
-def push_sum_suite(rank: int, world: int, plans: dict[str, Any], numel: int, steps: int, prefix: str,
-                   link_drop: float = 0.0) -> dict[str, Any]:
+def push_sum_suite(
+    rank: int, world: int, plans: dict[str, Any], numel: int, steps: int, prefix: str, link_drop: float = 0.0
+) -> dict[str, Any]:
     """Synchronous mixing of every plan through gloo messages and shared memory, optionally with
     link drops; the final (de-biased) parameters, push-sum weight and statistics per plan."""
     from benchbase.comm.shm import synchronous_slots
@@ -287,28 +307,59 @@ def push_sum_suite(rank: int, world: int, plans: dict[str, Any], numel: int, ste
     out: dict[str, Any] = {}
     for name, plan in plans.items():
         for transport in ("p2p", "shm"):
-            board = (_board(f"{prefix}-{name}", rank, plan, numel, synchronous_slots(plan))
-                     if transport == "shm" else None)
-            comm = Communicator(plan, rank, numel, torch.float32, staleness=0, timeout_s=PG_TIMEOUT_S,
-                                board=board, link_drop=link_drop, seed=7)
+            board = (
+                _board(f"{prefix}-{name}", rank, plan, numel, synchronous_slots(plan)) if transport == "shm" else None
+            )
+            comm = Communicator(
+                plan,
+                rank,
+                numel,
+                torch.float32,
+                staleness=0,
+                timeout_s=PG_TIMEOUT_S,
+                board=board,
+                link_drop=link_drop,
+                seed=7,
+            )
             params = initial_vector(rank, numel)
             for iteration in range(steps):
                 comm.mix(params, iteration)
-            out[(name, transport)] = {"final": params.numpy().copy(), "weight": comm.push_sum_weight,
-                                      "stats": comm.statistics()}
+            out[(name, transport)] = {
+                "final": params.numpy().copy(),
+                "weight": comm.push_sum_weight,
+                "stats": comm.statistics(),
+            }
             dist.barrier()  # nobody closes (unlinks) while a neighbour may still read
             comm.close()
     return out
 
 
-def async_push_sum_suite(rank: int, world: int, plan: Any, numel: int, iterations: int, bound: int,
-                         straggler_sleep_s: float, transport: str, prefix: str,
-                         link_drop: float = 0.0) -> dict[str, Any]:
+def async_push_sum_suite(
+    rank: int,
+    world: int,
+    plan: Any,
+    numel: int,
+    iterations: int,
+    bound: int,
+    straggler_sleep_s: float,
+    transport: str,
+    prefix: str,
+    link_drop: float = 0.0,
+) -> dict[str, Any]:
     """Asynchronous push-sum with learner 0 slowed down; no learning, so every learner's mass
     w·θ summed over learners must stay Σ of the initial vectors, and Σ w must stay N."""
     board = _board(prefix, rank, plan, numel, slots=2, staleness=bound) if transport == "shm" else None
-    comm = Communicator(plan, rank, numel, torch.float32, staleness=bound, timeout_s=PG_TIMEOUT_S, board=board,
-                        link_drop=link_drop, seed=3)
+    comm = Communicator(
+        plan,
+        rank,
+        numel,
+        torch.float32,
+        staleness=bound,
+        timeout_s=PG_TIMEOUT_S,
+        board=board,
+        link_drop=link_drop,
+        seed=3,
+    )
     params = initial_vector(rank, numel)
     dist.barrier()
     started = time.monotonic()
@@ -342,8 +393,9 @@ def device_group_suite(rank: int, world: int, plans: dict[str, Any], numel: int,
     for name, plan in plans.items():
         finals = []
         for device_group in (None, group):
-            comm = Communicator(plan, rank, numel, torch.float32, staleness=0, timeout_s=PG_TIMEOUT_S,
-                                device_group=device_group)
+            comm = Communicator(
+                plan, rank, numel, torch.float32, staleness=0, timeout_s=PG_TIMEOUT_S, device_group=device_group
+            )
             params = initial_vector(rank, numel)
             for iteration in range(steps):
                 comm.mix(params, iteration)

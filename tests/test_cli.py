@@ -15,14 +15,29 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-TINY = ["--seeds", "1", "--learners", "2", "--envs-per-learner", "2", "--env-steps", "400",
-        "--evaluations", "1", "--eval-episodes", "1"]
+TINY = [
+    "--seeds",
+    "1",
+    "--learners",
+    "2",
+    "--envs-per-learner",
+    "2",
+    "--env-steps",
+    "400",
+    "--evaluations",
+    "1",
+    "--eval-episodes",
+    "1",
+]
 
 
 def bench(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "benchbase", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -32,7 +47,9 @@ def cells(out: Path) -> dict[str, dict]:
 
 def test_tiny_grid_writes_every_table(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = bench("run", "-a", "diff-a2c", "-t", "ring", "-t", "isolated", "-e", "random-cartpole", *TINY, "--out", str(out))
+    result = bench(
+        "run", "-a", "diff-a2c", "-t", "ring", "-t", "isolated", "-e", "random-cartpole", *TINY, "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     rows = cells(out)
     assert {row["status"] for row in rows.values()} == {"completed"}
@@ -45,7 +62,11 @@ def test_tiny_grid_writes_every_table(tmp_path: Path) -> None:
     episodes = ds.dataset(out / "episodes").to_table()
     assert episodes.num_rows > 0
     assert set(episodes.column("cell_id").to_pylist()) == {row["cell_id"] for row in rows.values()}
-    assert {key for params in episodes.column("task_params").to_pylist() for key, _ in params} == {"force_mag", "length", "masspole"}
+    assert {key for params in episodes.column("task_params").to_pylist() for key, _ in params} == {
+        "force_mag",
+        "length",
+        "masspole",
+    }
     evaluations = ds.dataset(out / "evaluations").to_table().to_pylist()
     assert {row["split"] for row in evaluations} == {"train", "D", "R", "E"}
     assert all(row["final"] for row in evaluations)
@@ -109,11 +130,28 @@ FAILING_PLUGIN = textwrap.dedent(
 def test_a_failing_learner_fails_only_its_cell(tmp_path: Path) -> None:
     (tmp_path / "exploding_plugin.py").write_text(FAILING_PLUGIN)
     out = tmp_path / "run"
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "BENCHBASE_EXTRA_PLUGINS": "exploding_plugin"}
+    env = {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "BENCHBASE_EXTRA_PLUGINS": "exploding_plugin",
+    }
     started = time.time()
-    result = bench("run", "-a", "exploding-a2c", "-a", "diff-a2c", "-t", "ring", "-e", "CartPole-v1", *TINY,
-                   "--out", str(out), "--comm-timeout", "20", env=env)
+    result = bench(
+        "run",
+        "-a",
+        "exploding-a2c",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "ring",
+        "-e",
+        "CartPole-v1",
+        *TINY,
+        "--out",
+        str(out),
+        "--comm-timeout",
+        "20",
+        env=env,
+    )
     assert time.time() - started < 60  # the neighbour blocked in a mix was stopped, not left to time out
     assert result.returncode == 1
     rows = {row["algorithm"]: row for row in pq.read_table(out / "cells.parquet").to_pylist()}
@@ -128,8 +166,15 @@ def test_same_seed_gives_the_same_episode_returns(tmp_path: Path) -> None:
     returns = []
     for name in ("a", "b"):
         out = tmp_path / name
-        assert bench("run", "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", *TINY, "--out", str(out)).returncode == 0
-        table = ds.dataset(out / "episodes").to_table().sort_by([("learner", "ascending"), ("env_step", "ascending"), ("simulator", "ascending")])
+        assert (
+            bench("run", "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", *TINY, "--out", str(out)).returncode
+            == 0
+        )
+        table = (
+            ds.dataset(out / "episodes")
+            .to_table()
+            .sort_by([("learner", "ascending"), ("env_step", "ascending"), ("simulator", "ascending")])
+        )
         returns.append(table.column("episode_return").to_pylist())
     assert returns[0] == returns[1] and len(returns[0]) > 5
 
@@ -156,8 +201,10 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path: Path) -> None:
         (["--set", "diff-a2c.learning_rate=0.1"], 'unknown parameter of diff-a2c "learning_rate"'),
         (["--set", "diff-a2c.n_steps=0"], "minimum"),
         (["-r", "unifrom"], 'unknown replay strategy "unifrom"; did you mean "uniform"?'),
-        (["-a", "gala-a2c:num_peers=2", "-t", "directed-ring"],
-         "num_peers=2 but learner 0 has only 1 out-neighbour in this topology; use num_peers between 1 and 1"),
+        (
+            ["-a", "gala-a2c:num_peers=2", "-t", "directed-ring"],
+            "num_peers=2 but learner 0 has only 1 out-neighbour in this topology; use num_peers between 1 and 1",
+        ),
         (["--set", "diff-a2c.staleness=-1"], "diff-a2c.staleness: -1 is below the minimum 0"),
         (["--set", "diff-a2c.link_drop=1"], "diff-a2c.link_drop: 1.0 is not allowed; it must be below 1.0"),
         (["--set", "diff-a2c.link_drop=-0.1"], "diff-a2c.link_drop: -0.1 is below the minimum 0.0"),
@@ -179,7 +226,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: l
 
 def test_out_folder_with_a_different_grid_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert bench("run", "-a", "diff-a2c", "-t", "isolated", "-e", "CartPole-v1", *TINY, "--out", str(out)).returncode == 0
+    assert (
+        bench("run", "-a", "diff-a2c", "-t", "isolated", "-e", "CartPole-v1", *TINY, "--out", str(out)).returncode == 0
+    )
     before = (out / "cells.parquet").read_bytes()
     result = bench("run", "-a", "diff-a2c", "-t", "ring", "-e", "CartPole-v1", *TINY, "--out", str(out))
     assert result.returncode == 2 and "holds a different grid" in result.stderr
@@ -188,13 +237,34 @@ def test_out_folder_with_a_different_grid_is_refused(tmp_path: Path) -> None:
 
 def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["run", "-a", "diff-a2c", "-t", "ring", "-e", "CartPole-v1", "--seeds", "2", "--learners", "2",
-            "--env-steps", "60000", "--evaluations", "0", "--out", str(out)]
+    args = [
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "ring",
+        "-e",
+        "CartPole-v1",
+        "--seeds",
+        "2",
+        "--learners",
+        "2",
+        "--env-steps",
+        "60000",
+        "--evaluations",
+        "0",
+        "--out",
+        str(out),
+    ]
     # A shell's background jobs inherit SIGINT as ignored (and Python then installs no handler):
     # give the child the default disposition, as a terminal's Ctrl-C would find it.
-    process = subprocess.Popen([sys.executable, "-m", "benchbase", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchbase", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:  # wait until the first cell is running
@@ -213,22 +283,45 @@ def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_pat
     assert not any((out / "episodes").glob("*/*.parquet"))  # nothing half-written looks complete
     result = bench(*args)
     assert result.returncode == 0, result.stderr
-    assert sorted(row["status"] for row in pq.read_table(out / "cells.parquet").to_pylist()) == ["completed", "completed"]
+    assert sorted(row["status"] for row in pq.read_table(out / "cells.parquet").to_pylist()) == [
+        "completed",
+        "completed",
+    ]
 
 
 def test_shared_memory_and_gloo_transports_give_the_same_results(tmp_path: Path) -> None:
     returns = {}
     for transport in ("shm", "p2p"):
         out = tmp_path / transport
-        result = bench("run", "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", *TINY[:2], "--learners", "3",
-                       *TINY[4:], "--transport", transport, "--out", str(out))
+        result = bench(
+            "run",
+            "-a",
+            "diff-a2c",
+            "-t",
+            "ring",
+            "-e",
+            "random-cartpole",
+            *TINY[:2],
+            "--learners",
+            "3",
+            *TINY[4:],
+            "--transport",
+            transport,
+            "--out",
+            str(out),
+        )
         assert result.returncode == 0, result.stderr
-        table = ds.dataset(out / "episodes").to_table().sort_by(
-            [("learner", "ascending"), ("env_step", "ascending"), ("simulator", "ascending")])
+        table = (
+            ds.dataset(out / "episodes")
+            .to_table()
+            .sort_by([("learner", "ascending"), ("env_step", "ascending"), ("simulator", "ascending")])
+        )
         returns[transport] = table.column("episode_return").to_pylist()
     assert returns["shm"] == returns["p2p"] and len(returns["shm"]) > 5
 
 
 def test_unknown_transport_is_refused(tmp_path: Path) -> None:
-    result = bench("run", "-a", "diff-a2c", "-t", "ring", "-e", "CartPole-v1", "--transport", "mpi", "--out", str(tmp_path / "x"))
+    result = bench(
+        "run", "-a", "diff-a2c", "-t", "ring", "-e", "CartPole-v1", "--transport", "mpi", "--out", str(tmp_path / "x")
+    )
     assert result.returncode == 2 and "choose auto, shm or p2p" in result.stderr

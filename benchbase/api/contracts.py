@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -151,8 +151,7 @@ class EnvFamilyParams:
 
     resample: bool = param(
         False,
-        "draw a new task at every episode reset (domain randomisation) instead of one fixed task "
-        "per learner",
+        "draw a new task at every episode reset (domain randomisation) instead of one fixed task per learner",
     )
 
 
@@ -360,4 +359,3 @@ def space_kind(space: Any) -> str:
     if isinstance(space, spaces.Box):
         return "continuous"
     return type(space).__name__
-

@@ -23,8 +23,9 @@ class NoParams:
     """For plugins without tunables."""
 
 
-def param(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-          below: float | None = None) -> Any:
+def param(
+    default: Any, help: str, *, min: float | None = None, max: float | None = None, below: float | None = None
+) -> Any:
     """A dataclass field with a default, a help line, optional inclusive bounds `min` and `max`
     and an exclusive upper bound `below` (a probability in [0, 1): min=0, below=1)."""
     return dataclasses.field(default=default, metadata={"help": help, "min": min, "max": max, "below": below})

@@ -171,9 +171,7 @@ class Registry:
                 try:
                     impl.function(register=lambda c, k=kind: self._register(k, plugin_name, provider, c))
                 except Exception as error:
-                    self.errors.append(
-                        f"plugin {plugin_name} ({provider}) failed in {hook_name}: {_one_line(error)}"
-                    )
+                    self.errors.append(f"plugin {plugin_name} ({provider}) failed in {hook_name}: {_one_line(error)}")
                     self.tracebacks.append(traceback.format_exc())
         self.loaded.append((plugin_name, provider))
 

@@ -42,7 +42,9 @@ class Segment:
     task_id: str = ""
 
     def nbytes(self) -> int:
-        return sum(getattr(self, f.name).nbytes for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor))
+        return sum(
+            getattr(self, f.name).nbytes for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint (tensors are shared, not copied: segments never change)."""
@@ -88,7 +90,9 @@ class ReplayParams:
     """Base of every storing strategy's parameters: its size and its share of each batch."""
 
     capacity: int = param(1000, "segments kept (the memory this takes is reported before the run)", min=1)
-    ratio: float = param(1.0, "share of each training batch drawn from this strategy (shares sum to 1)", min=0.0, max=1.0)
+    ratio: float = param(
+        1.0, "share of each training batch drawn from this strategy (shares sum to 1)", min=0.0, max=1.0
+    )
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,9 @@ def from_plain(value: Any) -> Any:
     return value
 
 
-def save(folder: Path | str, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any],
-         keep: int | None = KEEP) -> Path:
+def save(
+    folder: Path | str, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any], keep: int | None = KEEP
+) -> Path:
     """Write `state` as the checkpoint at `env_steps` in `folder`; keep the newest `keep` (None: all)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,7 +157,9 @@ def latest_good(folder: Path | str, cell_config: dict[str, Any] | None = None) -
     return None, skipped
 
 
-def good_checkpoints(folder: Path | str, cell_config: dict[str, Any] | None = None) -> tuple[dict[int, Path], list[str]]:
+def good_checkpoints(
+    folder: Path | str, cell_config: dict[str, Any] | None = None
+) -> tuple[dict[int, Path], list[str]]:
     """Every checkpoint in `folder` that verifies, by env steps, and why the others were skipped.
     Verifying reads each file once (size, digest); nothing is unpickled here."""
     folder = Path(folder)
@@ -198,7 +201,9 @@ def _read_info(data_path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{info_path.name} is unreadable: {error}") from None
     if info.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{data_path.name}: checkpoint format {info.get('format')}, this benchbase reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{data_path.name}: checkpoint format {info.get('format')}, this benchbase reads {FORMAT_VERSION}"
+        )
     return info
 
 
@@ -214,10 +219,13 @@ def _check_cell(data_path: Path, info: dict[str, Any], cell_config: dict[str, An
         return
     recorded = info.get("cell_config") or {}
     differing = sorted(
-        key for key in set(cell_config) | set(recorded)
+        key
+        for key in set(cell_config) | set(recorded)
         if recorded.get(key) != json.loads(json.dumps(cell_config.get(key), default=str))
     )
-    raise CheckpointError(f"{data_path.name} belongs to another cell (differs in {', '.join(differing)}): refusing to load it")
+    raise CheckpointError(
+        f"{data_path.name} belongs to another cell (differs in {', '.join(differing)}): refusing to load it"
+    )
 
 
 class BackgroundWriter:
@@ -230,8 +238,15 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self.write_s = 0.0  # time spent on the thread (benchmarks/cnn_learner.py reports it)
 
-    def submit(self, folder: Path, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any],
-               keep: int | None = KEEP) -> None:
+    def submit(
+        self,
+        folder: Path,
+        state: dict[str, Any],
+        *,
+        env_steps: int,
+        cell_config: dict[str, Any],
+        keep: int | None = KEEP,
+    ) -> None:
         self.wait()
 
         def write() -> None:

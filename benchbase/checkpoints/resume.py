@@ -122,8 +122,9 @@ def default_every(cell_env_steps: int, world: int, requested: int | None) -> int
     return math.ceil(every / world) if every > 0 else 0
 
 
-def resume_point(folder: Path, cell_config: dict[str, Any], *, lockstep: bool,
-                 world: int) -> tuple[Path | None, list[str]]:
+def resume_point(
+    folder: Path, cell_config: dict[str, Any], *, lockstep: bool, world: int
+) -> tuple[Path | None, list[str]]:
     """The checkpoint this learner resumes from (None: from scratch) and notes on what was
     skipped. With `lockstep` every learner of the cell calls it (a collective)."""
     good, notes = checkpoint.good_checkpoints(folder, cell_config)
@@ -134,8 +135,9 @@ def resume_point(folder: Path, cell_config: dict[str, Any], *, lockstep: bool,
         common = set(everyone[0]).intersection(*map(set, everyone[1:]))
         agreed = max(common) if common else None
         if chosen is not None and agreed != chosen:
-            notes.append(f"step {chosen:,} is not intact on every learner: the cell resumes from "
-                         f"{'the start' if agreed is None else f'step {agreed:,}'}")
+            notes.append(
+                f"step {chosen:,} is not intact on every learner: the cell resumes from "
+                f"{'the start' if agreed is None else f'step {agreed:,}'}"
+            )
         chosen = agreed
     return (good[chosen] if chosen is not None else None), notes
-

@@ -47,7 +47,11 @@ def _newest(folder: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]
 
 
 def _learner_folders(cell_folder: Path) -> list[Path]:
-    found = [(int(m.group(1)), child) for child in cell_folder.iterdir() if (m := _LEARNER.match(child.name)) and child.is_dir()]
+    found = [
+        (int(m.group(1)), child)
+        for child in cell_folder.iterdir()
+        if (m := _LEARNER.match(child.name)) and child.is_dir()
+    ]
     return [folder for _, folder in sorted(found)]
 
 

@@ -57,8 +57,10 @@ class SnapshotCollector:
         self.distances: dict[int, float] = {}
         self._lock = threading.Lock()
         self.errors: list[BaseException] = []
-        self._threads = [threading.Thread(target=self._receive, args=(j,), daemon=True, name=f"snapshots-from-{j}")
-                         for j in range(1, n_learners)]
+        self._threads = [
+            threading.Thread(target=self._receive, args=(j,), daemon=True, name=f"snapshots-from-{j}")
+            for j in range(1, n_learners)
+        ]
         for thread in self._threads:
             thread.start()
 

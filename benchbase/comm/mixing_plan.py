@@ -102,9 +102,7 @@ class MixingPlan:
         if self.period != 1 or n < 2:
             return False
         off_diagonal = ~np.eye(n, dtype=bool)
-        return bool(
-            np.array_equal(self.in_adjacency[0], off_diagonal) and np.allclose(self.weights[0], 1.0 / n)
-        )
+        return bool(np.array_equal(self.in_adjacency[0], off_diagonal) and np.allclose(self.weights[0], 1.0 / n))
 
     @property
     def is_symmetric(self) -> bool:
@@ -232,7 +230,10 @@ def build_mixing_plan(
         assert np.allclose(w.sum(axis=stochastic_axis), 1.0), "mixing weights must be stochastic"
         assert (w >= 0).all() and not (w[~(a | np.eye(n_learners, dtype=bool))]).any()
     return MixingPlan(
-        n_learners=n_learners, directed=directed, in_adjacency=adjacency, weights=weights,
+        n_learners=n_learners,
+        directed=directed,
+        in_adjacency=adjacency,
+        weights=weights,
         push_sum=scheme == "push-sum",
     )
 

@@ -84,8 +84,17 @@ class MixingRule:
     `push_sum_weight` stays 1 for rules without push-sum. `neighbour_views` holds the newest
     in-peer parameters an asynchronous rule mixed (a free, local estimate of consensus)."""
 
-    def __init__(self, plan: MixingPlan, rank: int, layout: MessageLayout, transport: Transport,
-                 counters: CommCounters, *, link_drop: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        plan: MixingPlan,
+        rank: int,
+        layout: MessageLayout,
+        transport: Transport,
+        counters: CommCounters,
+        *,
+        link_drop: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.plan = plan
         self.rank = rank
         self.layout = layout
@@ -147,8 +156,9 @@ class SynchronousRule(MixingRule):
     def own_weight(self, phase: PhaseWeights, sending: bool, live_sources: set[int]) -> float:
         raise NotImplementedError
 
-    def combine(self, params: torch.Tensor, message: torch.Tensor, own_weight: float,
-                incoming: list[tuple[torch.Tensor, float]]) -> None:
+    def combine(
+        self, params: torch.Tensor, message: torch.Tensor, own_weight: float, incoming: list[tuple[torch.Tensor, float]]
+    ) -> None:
         raise NotImplementedError
 
 
@@ -162,8 +172,9 @@ class Diffusion(SynchronousRule):
         # A silent neighbour's weight stays with me.
         return phase.own + sum(w for j, w in phase.incoming if j not in live_sources)
 
-    def combine(self, params: torch.Tensor, message: torch.Tensor, own_weight: float,
-                incoming: list[tuple[torch.Tensor, float]]) -> None:
+    def combine(
+        self, params: torch.Tensor, message: torch.Tensor, own_weight: float, incoming: list[tuple[torch.Tensor, float]]
+    ) -> None:
         diffuse(params, own_weight, incoming)
 
 
@@ -186,8 +197,9 @@ class PushSum(SynchronousRule):
             own_weight += sum(weight for _, weight in phase.outgoing)
         return own_weight
 
-    def combine(self, params: torch.Tensor, message: torch.Tensor, own_weight: float,
-                incoming: list[tuple[torch.Tensor, float]]) -> None:
+    def combine(
+        self, params: torch.Tensor, message: torch.Tensor, own_weight: float, incoming: list[tuple[torch.Tensor, float]]
+    ) -> None:
         mass = message.mul(own_weight)
         for received, weight in incoming:
             mass.add_(received, alpha=weight)
@@ -224,8 +236,7 @@ class BoundedStalenessDiffusion(MixingRule):
 class AsynchronousPushSum(MixingRule):
     """Push-sum over channels that carry running sums of the mass sent (robust to staleness)."""
 
-    def __init__(self, *args: Any, staleness: int, host: Callable[[torch.Tensor], torch.Tensor],
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, staleness: int, host: Callable[[torch.Tensor], torch.Tensor], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.staleness = staleness
         self._host = host

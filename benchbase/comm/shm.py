@@ -71,8 +71,9 @@ def unlink_segment(name: str) -> None:
 class _Segment:
     """Typed views of one learner's segment: headers[channel, slot], data[channel, slot]."""
 
-    def __init__(self, segment: shared_memory.SharedMemory, numel: int, slots: int, dtype: torch.dtype,
-                 channels: int) -> None:
+    def __init__(
+        self, segment: shared_memory.SharedMemory, numel: int, slots: int, dtype: torch.dtype, channels: int
+    ) -> None:
         self.segment = segment
         self.slots = slots
         words = np.ndarray((channels * slots + 1,), dtype=np.int64, buffer=segment.buf, offset=0)
@@ -93,8 +94,9 @@ class _Segment:
 class SharedBoard:
     """This learner's outbox and its in-peers' outboxes."""
 
-    def __init__(self, prefix: str, rank: int, numel: int, slots: int, dtype: torch.dtype, timeout_s: float,
-                 channels: int = 1) -> None:
+    def __init__(
+        self, prefix: str, rank: int, numel: int, slots: int, dtype: torch.dtype, timeout_s: float, channels: int = 1
+    ) -> None:
         if not 2 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be in 2..{MAX_SLOTS}, got {slots}")
         self.prefix, self.rank, self.numel, self.slots, self.dtype = prefix, rank, numel, slots, dtype
@@ -185,9 +187,7 @@ class SharedBoard:
                 time.sleep(0.0002)
             else:
                 what = "final message" if iteration < 0 else f"parameters of iteration {iteration}"
-                raise TimeoutError(
-                    f"learner {self.rank}: no {what} from learner {peer} within {self.timeout_s:.0f} s"
-                )
+                raise TimeoutError(f"learner {self.rank}: no {what} from learner {peer} within {self.timeout_s:.0f} s")
 
     def close(self) -> None:
         for peer in self.peers.values():

@@ -58,6 +58,7 @@ EVALS_SCHEMA = pa.schema(
     metadata={"benchbase.table": "evals", "benchbase.schema_version": str(SCHEMA_VERSION)},
 )
 
+
 @dataclass(frozen=True)
 class EvalRequest:
     """What `bench eval` was asked (validated by `evaluate`)."""
@@ -91,13 +92,22 @@ def _rank_of(path: Path) -> int:
 def _describe(space: Any) -> str:
     """Box(4,), Discrete(2)."""
     size = getattr(space, "n", None)
-    return f"{type(space).__name__}({size})" if size is not None else f"{type(space).__name__}{getattr(space, 'shape', '')}"
+    return (
+        f"{type(space).__name__}({size})"
+        if size is not None
+        else f"{type(space).__name__}{getattr(space, 'shape', '')}"
+    )
 
 
 def _check_spaces(model_env: TaskVectorEnv, target_env: TaskVectorEnv, cell: Cell, target: str) -> None:
     """A UserError unless the model's env and the target env look alike to the model."""
-    pairs = ((model_env.observation_space, target_env.observation_space), (model_env.action_space, target_env.action_space))
-    if all(type(a) is type(b) and a.shape == b.shape and getattr(a, "n", None) == getattr(b, "n", None) for a, b in pairs):
+    pairs = (
+        (model_env.observation_space, target_env.observation_space),
+        (model_env.action_space, target_env.action_space),
+    )
+    if all(
+        type(a) is type(b) and a.shape == b.shape and getattr(a, "n", None) == getattr(b, "n", None) for a, b in pairs
+    ):
         return
     raise UserError(
         f"--env {target}: observations {_describe(target_env.observation_space)} and actions "
@@ -210,18 +220,34 @@ def evaluate(request: EvalRequest, registry: Any, progress: Callable[[str], None
     table = pa.Table.from_pydict(rows, schema=EVALS_SCHEMA)
     out = request.out if request.out is not None else _default_out(request.source)
     write_table(out / "evaluations.parquet", table)
-    write_json(out / "eval.json", {
-        "schema_version": SCHEMA_VERSION, "source": request.source, "env": request.env, "splits": list(request.splits),
-        "episodes": request.episodes, "mode": mode, "learner": request.learner, "seed": request.seed,
-        "video": None if video_path is None else str(video_path),
-        "checkpoints": {plan.cell_id: [str(path) for _, path, _ in plan.learners] for plan in plans},
-    })
+    write_json(
+        out / "eval.json",
+        {
+            "schema_version": SCHEMA_VERSION,
+            "source": request.source,
+            "env": request.env,
+            "splits": list(request.splits),
+            "episodes": request.episodes,
+            "mode": mode,
+            "learner": request.learner,
+            "seed": request.seed,
+            "video": None if video_path is None else str(video_path),
+            "checkpoints": {plan.cell_id: [str(path) for _, path, _ in plan.learners] for plan in plans},
+        },
+    )
     notes = [note for found in cells for note in found.skipped]
     return EvalOutcome(out, table, summarise(table), video_path, writer.frames if writer else 0, notes)
 
 
-def _evaluate_cell(plan: _CellPlan, request: EvalRequest, registry: Any, rows: dict[str, list[Any]], mode: str,
-                   writer: video.VideoWriter | None, progress: Callable[[str], None] | None) -> None:
+def _evaluate_cell(
+    plan: _CellPlan,
+    request: EvalRequest,
+    registry: Any,
+    rows: dict[str, list[Any]],
+    mode: str,
+    writer: video.VideoWriter | None,
+    progress: Callable[[str], None] | None,
+) -> None:
     cell, family, params, splits, episodes = plan.cell, plan.family, plan.params, plan.splits, request.episodes
     own_family = registry.get("env", cell.env)
     own_params = without_resampling(params_of(own_family, cell.env_params))
@@ -234,8 +260,11 @@ def _evaluate_cell(plan: _CellPlan, request: EvalRequest, registry: Any, rows: d
             raise UserError(f"--stochastic: {cell.algorithm}'s learners have no sampled policy (act_sampled)")
         act = learner.act_sampled if request.stochastic else learner.act_greedy
         training = family.training_tasks(params, cell.learners, cell.seed)
-        held_out = {split: family.evaluation_tasks(params, split, episodes, plan.task_seed)
-                    for split in splits if split != "train"}
+        held_out = {
+            split: family.evaluation_tasks(params, split, episodes, plan.task_seed)
+            for split in splits
+            if split != "train"
+        }
         for position, (rank, path, steps) in enumerate(plan.learners):
             if progress is not None:
                 progress(f"{plan.cell_id} learner {rank}: {', '.join(splits)} on {family.name}")
@@ -257,11 +286,22 @@ def _evaluate_cell(plan: _CellPlan, request: EvalRequest, registry: Any, rows: d
                     env.close()
                 for episode_index, episode in enumerate(finished):
                     row = dict(
-                        checkpoint=str(path), cell_id=plan.cell_id, algorithm=cell.algorithm, learner=rank,
-                        env_step=steps, trained_env=cell.env, env=family.name, env_params=_plain(params), split=split,
-                        mode=mode, seed=plan.env_seed, episode=episode_index, task_id=episode.task.task_id,
+                        checkpoint=str(path),
+                        cell_id=plan.cell_id,
+                        algorithm=cell.algorithm,
+                        learner=rank,
+                        env_step=steps,
+                        trained_env=cell.env,
+                        env=family.name,
+                        env_params=_plain(params),
+                        split=split,
+                        mode=mode,
+                        seed=plan.env_seed,
+                        episode=episode_index,
+                        task_id=episode.task.task_id,
                         task_params=[(key, float(value)) for key, value in episode.task.parameters.items()],
-                        episode_return=episode.episode_return, episode_length=episode.episode_length,
+                        episode_return=episode.episode_return,
+                        episode_length=episode.episode_length,
                         success=episode.success,
                     )
                     for name, value in row.items():

@@ -50,8 +50,9 @@ def can_render(env: Any, family: str) -> None:
     """A UserError unless `env` is `Renderable` (its frames are checked as they come: some envs
     only have a screen once reset)."""
     if not isinstance(env, Renderable):
-        raise UserError(f"env family {family} cannot render: its vector env ({type(env).__name__}) has no "
-                        "render method")
+        raise UserError(
+            f"env family {family} cannot render: its vector env ({type(env).__name__}) has no render method"
+        )
 
 
 def check_frame(frame: Any) -> None:
@@ -130,8 +131,14 @@ class VideoWriter:
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._ffmpeg = imageio_ffmpeg.write_frames(
-                str(self._temporary), self._size, fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
-                macro_block_size=1, quality=7, ffmpeg_log_level="error",
+                str(self._temporary),
+                self._size,
+                fps=self.fps,
+                codec="libx264",
+                pix_fmt_out="yuv420p",
+                macro_block_size=1,
+                quality=7,
+                ffmpeg_log_level="error",
             )
             self._ffmpeg.send(None)  # start the generator
         return self._ffmpeg
@@ -143,8 +150,9 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._gif:
             duration_ms = max(20, round(1000 / self.fps / 10) * 10)  # GIF counts in 1/100 s
-            self._gif[0].save(self._temporary, format="GIF", save_all=True, append_images=self._gif[1:],
-                              duration=duration_ms, loop=0)
+            self._gif[0].save(
+                self._temporary, format="GIF", save_all=True, append_images=self._gif[1:], duration=duration_ms, loop=0
+            )
             self._gif = []
         if self._ffmpeg is not None:
             self._ffmpeg.close()

@@ -85,9 +85,11 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
     probes: dict[str, tuple[str, str]] = {}
     cells: list[Cell] = []
     invalid: list[tuple[str, str]] = []
-    for (a_name, algorithm, a_params), (t_name, topology, t_params), (e_name, family, e_params), (r_name, replay, r_params) in itertools.product(
-        resolved["algorithm"], resolved["topology"], resolved["env"], resolved["replay"]
-    ):
+    for (a_name, algorithm, a_params), (t_name, topology, t_params), (e_name, family, e_params), (
+        r_name,
+        replay,
+        r_params,
+    ) in itertools.product(resolved["algorithm"], resolved["topology"], resolved["env"], resolved["replay"]):
         combination = f"{a_name} · {t_name} · {e_name} · {r_name}"
         reason = _incompatibility(algorithm, family, e_params, replay, probes)
         if reason:
@@ -105,13 +107,21 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
             build_mixing_plan(topology, t_params, processes, seed, num_peers)
             cells.append(
                 Cell(
-                    algorithm=a_name, algorithm_params=to_dict(a_params),
-                    topology=t_name, topology_params=to_dict(t_params),
-                    env=e_name, env_params=to_dict(e_params),
-                    replay=r_name, replay_params=r_params,
-                    seed=seed, learners=spec.learners, learner_processes=processes,
+                    algorithm=a_name,
+                    algorithm_params=to_dict(a_params),
+                    topology=t_name,
+                    topology_params=to_dict(t_params),
+                    env=e_name,
+                    env_params=to_dict(e_params),
+                    replay=r_name,
+                    replay_params=r_params,
+                    seed=seed,
+                    learners=spec.learners,
+                    learner_processes=processes,
                     envs_per_learner=spec.envs_per_learner * spec.learners // processes,
-                    env_steps=spec.env_steps, evaluations=spec.evaluations, eval_episodes=spec.eval_episodes,
+                    env_steps=spec.env_steps,
+                    evaluations=spec.evaluations,
+                    eval_episodes=spec.eval_episodes,
                 )
             )
     ids = [cell.cell_id for cell in cells]
@@ -128,7 +138,9 @@ class _Mix:
         self.stores_segments = all(c.stores_segments for c in components)
 
 
-def _resolve_replay(spec: GridSpec, registry: Registry, entry: AxisEntry | MixEntry) -> tuple[str, _Mix, dict[str, Any]]:
+def _resolve_replay(
+    spec: GridSpec, registry: Registry, entry: AxisEntry | MixEntry
+) -> tuple[str, _Mix, dict[str, Any]]:
     """(label, strategies, the cell's replay_params): one strategy's parameters, or {name: params}
     for a mix."""
     parts = entry.parts if isinstance(entry, MixEntry) else (entry,)
@@ -136,7 +148,9 @@ def _resolve_replay(spec: GridSpec, registry: Registry, entry: AxisEntry | MixEn
     for part in parts:
         component = registry.get("replay", part.name)
         components.append(component)
-        params[component.name] = to_dict(params_of(component, _overrides_for(spec, registry, "replay", component, part)))
+        params[component.name] = to_dict(
+            params_of(component, _overrides_for(spec, registry, "replay", component, part))
+        )
     if len(components) > 1 and not all(c.stores_segments for c in components):
         raise UserError(f"replay {entry}: none stores nothing and cannot be part of a mix")
     label = "+".join(c.name for c in components)

@@ -172,7 +172,8 @@ def load_grid_file(path: Path | str) -> dict[str, Any]:
         if key not in GRID_KEYS:
             hint = close_match(key, GRID_KEYS)
             raise UserError(
-                f"grid file {path}: unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                f"grid file {path}: unknown key {key!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
                 + f" (allowed: {', '.join(GRID_KEYS)})"
             )
     return data
@@ -202,7 +203,7 @@ def _axis_from_file(values: Any, key: str) -> list[AxisEntry]:
             rest = tuple((k, v) for k, v in value.items() if k != "name")
             entries.append(AxisEntry(value["name"], rest))
         else:
-            raise UserError(f"grid {key}: {value!r} is neither \"name:key=value\" nor {{ name = … }}")
+            raise UserError(f'grid {key}: {value!r} is neither "name:key=value" nor {{ name = … }}')
     return entries
 
 
@@ -245,6 +246,11 @@ def make_spec(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> 
     for plugin, key, value in cli_values.get("set_items") or []:
         overrides.setdefault(plugin, {})[key] = value
     return GridSpec(
-        algorithms=axes["algorithms"], topologies=axes["topologies"], envs=axes["envs"], replay=axes["replay"],
-        seeds=sorted(set(seed_list)), overrides=overrides, **scalars,
+        algorithms=axes["algorithms"],
+        topologies=axes["topologies"],
+        envs=axes["envs"],
+        replay=axes["replay"],
+        seeds=sorted(set(seed_list)),
+        overrides=overrides,
+        **scalars,
     )

@@ -40,8 +40,15 @@ def build_learner(registry: Any, cell: Cell, env: Any, *, rank: int = 0, world: 
     algorithm = registry.get("algorithm", cell.algorithm)
     algorithm_params = params_of(algorithm, cell.algorithm_params)
     replay = _replay_mix(registry, algorithm, algorithm_params, cell, rank)
-    spec = LearnerSpec(env, rank, world, cell.seed, torch.device(device), replay=replay,
-                       env_steps_budget=math.ceil(cell.env_steps / world))
+    spec = LearnerSpec(
+        env,
+        rank,
+        world,
+        cell.seed,
+        torch.device(device),
+        replay=replay,
+        env_steps_budget=math.ceil(cell.env_steps / world),
+    )
     return algorithm.make_learner(algorithm_params, spec)
 
 
@@ -50,8 +57,12 @@ def _replay_mix(registry: Any, algorithm: Any, algorithm_params: Any, cell: Cell
     if not algorithm.uses_replay:
         return None
     parts = batch_shares(
-        [(name, params_of(registry.get("replay", name), values)) for name, values in replay_parts(cell.replay, cell.replay_params)],
-        algorithm_params.batch_size, owner=f"replay {cell.replay}",
+        [
+            (name, params_of(registry.get("replay", name), values))
+            for name, values in replay_parts(cell.replay, cell.replay_params)
+        ],
+        algorithm_params.batch_size,
+        owner=f"replay {cell.replay}",
     )
     buffers = [
         registry.get("replay", part.name).make_buffer(part.params, cell.seed * 1_000_003 + 7_919 * rank + k)
@@ -73,7 +84,9 @@ def check_fits(cells: list[Any], source: dict[str, Any], registry: Any) -> None:
         raise UserError(f"--init-from: {error}") from None
     seen: set[str] = set()
     for cell in cells:
-        key = json.dumps([cell.algorithm, cell.algorithm_params, cell.env, cell.env_params], sort_keys=True, default=str)
+        key = json.dumps(
+            [cell.algorithm, cell.algorithm_params, cell.env, cell.env_params], sort_keys=True, default=str
+        )
         if key in seen:
             continue
         seen.add(key)

@@ -12,8 +12,9 @@ MAX_EVAL_STEPS = 1_000_000  # guards against an env that never ends an episode
 Act = Callable[[np.ndarray], np.ndarray]
 
 
-def run_episodes(env: TaskVectorEnv, act: Act, episodes: int, seed: int, *,
-                 record: Callable[[np.ndarray], None] | None = None) -> list[FinishedEpisode]:
+def run_episodes(
+    env: TaskVectorEnv, act: Act, episodes: int, seed: int, *, record: Callable[[np.ndarray], None] | None = None
+) -> list[FinishedEpisode]:
     """Exactly `episodes` finished episodes from `env` reset with `seed`, ordered by simulator.
 
     Simulator i contributes its first q_i episodes, the quotas fixed in advance (`episodes`

@@ -127,10 +127,17 @@ class _Training:
         for episode in finished:
             self.recent_returns.append(episode.episode_return)
             self.tables["episodes"].append(
-                cell_id=self.cell_id, learner=self.rank, simulator=episode.simulator, task_id=episode.task.task_id,
-                task_params=task_parameters(episode.task), env_step=steps, cell_env_step=steps * self.world,
-                episode_return=episode.episode_return, episode_length=episode.episode_length,
-                success=episode.success, wall_time_s=self.wall,
+                cell_id=self.cell_id,
+                learner=self.rank,
+                simulator=episode.simulator,
+                task_id=episode.task.task_id,
+                task_params=task_parameters(episode.task),
+                env_step=steps,
+                cell_env_step=steps * self.world,
+                episode_return=episode.episode_return,
+                episode_length=episode.episode_length,
+                success=episode.success,
+                wall_time_s=self.wall,
             )
 
     def record_metrics(self, metrics: dict[str, float]) -> None:
@@ -160,8 +167,15 @@ class _Training:
         steps = state.local_steps
         for name, value in values.items():
             self.tables["metrics"].append(
-                cell_id=self.cell_id, learner=self.rank, iteration=state.iteration, env_step=steps,
-                cell_env_step=steps * self.world, wall_time_s=self.wall, metric=name, value=float(value))
+                cell_id=self.cell_id,
+                learner=self.rank,
+                iteration=state.iteration,
+                env_step=steps,
+                cell_env_step=steps * self.world,
+                wall_time_s=self.wall,
+                metric=name,
+                value=float(value),
+            )
         state.metric_sums, state.metric_count = {}, 0
 
     def evaluate(self) -> None:
@@ -176,11 +190,19 @@ class _Training:
         for split, finished in results.items():
             for episode in finished:
                 self.tables["evaluations"].append(
-                    cell_id=self.cell_id, learner=self.rank, evaluation=number, final=self.last_iteration(),
-                    env_step=steps, cell_env_step=steps * self.world, split=split,
-                    task_id=episode.task.task_id, task_params=task_parameters(episode.task),
-                    episode_return=episode.episode_return, episode_length=episode.episode_length,
-                    success=episode.success, wall_time_s=self.wall,
+                    cell_id=self.cell_id,
+                    learner=self.rank,
+                    evaluation=number,
+                    final=self.last_iteration(),
+                    env_step=steps,
+                    cell_env_step=steps * self.world,
+                    split=split,
+                    task_id=episode.task.task_id,
+                    task_params=task_parameters(episode.task),
+                    episode_return=episode.episode_return,
+                    episode_length=episode.episode_length,
+                    success=episode.success,
+                    wall_time_s=self.wall,
                 )
         state.final_train = [(e.episode_return, e.success) for e in results.get("train", [])]
         state.eval_time_s += time.perf_counter() - started
@@ -241,5 +263,7 @@ def add_consensus_rows(metrics: RowBuffer, distances: dict[int, float]) -> None:
         placed.setdefault(iteration, index)
     for iteration, distance in distances.items():
         index = placed[iteration]
-        metrics.append(**{name: column[index] for name, column in columns.items()} | {
-            "metric": "consensus_distance", "value": float(distance)})
+        metrics.append(
+            **{name: column[index] for name, column in columns.items()}
+            | {"metric": "consensus_distance", "value": float(distance)}
+        )

@@ -74,7 +74,11 @@ class _CellPlugins:
         algorithm_params = params_of(algorithm, cell.algorithm_params)
         communicates = isinstance(algorithm_params, ConsensusParams)
         return cls(
-            algorithm, topology, family, algorithm_params, params_of(topology, cell.topology_params),
+            algorithm,
+            topology,
+            family,
+            algorithm_params,
+            params_of(topology, cell.topology_params),
             params_of(family, cell.env_params),
             staleness=algorithm_params.staleness if communicates else 0,
             link_drop=algorithm_params.link_drop if communicates else 0.0,
@@ -131,8 +135,16 @@ def _join_group(launch: LearnerLaunch, cell: Cell, owns_group: bool) -> tuple[St
     return stop, store
 
 
-def _build(launch: LearnerLaunch, cell: Cell, registry: Registry, plugins: _CellPlugins, report: Report,
-           stop: StopSignal, store: Any, owns_group: bool) -> tuple[LoopContext, LoopState, Any]:
+def _build(
+    launch: LearnerLaunch,
+    cell: Cell,
+    registry: Registry,
+    plugins: _CellPlugins,
+    report: Report,
+    stop: StopSignal,
+    store: Any,
+    owns_group: bool,
+) -> tuple[LoopContext, LoopState, Any]:
     """Mixing plan, env, learner, communicator, checkpoint keeper, resumed state and evaluator: the
     loop's context, the state it starts from, and the env (closed at the end)."""
     settings, rank, world = launch.settings, launch.rank, launch.world_size
@@ -149,18 +161,43 @@ def _build(launch: LearnerLaunch, cell: Cell, registry: Registry, plugins: _Cell
     board = None
     if device_group is None:
         board = _shared_board(launch, plan, staleness, buffer, forked=owns_group)
-    comm = Communicator(plan, rank, buffer.numel(), buffer.dtype, staleness, settings.comm_timeout_s, board,
-                        link_drop=plugins.link_drop, seed=cell.seed, device_group=device_group, device=buffer.device)
+    comm = Communicator(
+        plan,
+        rank,
+        buffer.numel(),
+        buffer.dtype,
+        staleness,
+        settings.comm_timeout_s,
+        board,
+        link_drop=plugins.link_drop,
+        seed=cell.seed,
+        device_group=device_group,
+        device=buffer.device,
+    )
     # Learners that wait for each other every iteration must resume and stop together.
     lockstep = staleness == 0 and plan.has_edges and world > 1
     keeper = CheckpointKeeper(
-        checkpoint_folder(launch.out_dir, cell.cell_id, rank), launch.cell_config,
-        default_every(cell.env_steps, world, settings.checkpoint_every), enabled=learner.checkpointable,
+        checkpoint_folder(launch.out_dir, cell.cell_id, rank),
+        launch.cell_config,
+        default_every(cell.env_steps, world, settings.checkpoint_every),
+        enabled=learner.checkpointable,
     )
     loop = _resume(learner, comm, keeper, lockstep, world, report, cell.cell_id, rank)
     evaluator = Evaluator(plugins.family, plugins.env_params, own_tasks, cell, rank) if cell.evaluations > 0 else None
-    context = LoopContext(cell, launch, learner, comm, evaluator, staleness, report, keeper, stop, store, lockstep,
-                          settings.checkpoint_replay and plugins.algorithm.uses_replay)
+    context = LoopContext(
+        cell,
+        launch,
+        learner,
+        comm,
+        evaluator,
+        staleness,
+        report,
+        keeper,
+        stop,
+        store,
+        lockstep,
+        settings.checkpoint_replay and plugins.algorithm.uses_replay,
+    )
     return context, loop, env
 
 
@@ -189,8 +226,16 @@ def default_store() -> Any:
     return distributed_c10d._get_default_store()
 
 
-def _resume(learner: Any, comm: Communicator, keeper: CheckpointKeeper, lockstep: bool, world: int,
-            report: Report, cell_id: str, rank: int) -> LoopState:
+def _resume(
+    learner: Any,
+    comm: Communicator,
+    keeper: CheckpointKeeper,
+    lockstep: bool,
+    world: int,
+    report: Report,
+    cell_id: str,
+    rank: int,
+) -> LoopState:
     """The loop state to start from: a checkpoint's (learner and communicator restored) or fresh."""
     if not keeper.enabled:
         return LoopState()
@@ -222,8 +267,9 @@ def _device_group(launch: LearnerLaunch, plan: Any, staleness: int) -> Any:
     return dist.new_group(backend="nccl", timeout=timedelta(seconds=launch.settings.comm_timeout_s))
 
 
-def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torch.Tensor,
-                  forked: bool = True) -> SharedBoard | None:
+def _shared_board(
+    launch: LearnerLaunch, plan: Any, staleness: int, buffer: torch.Tensor, forked: bool = True
+) -> SharedBoard | None:
     """Same-host shared memory for the exchange when asked for and possible; every learner of the
     cell takes the same decision (a collective), else they fall back to gloo together."""
     if launch.settings.transport == "p2p" or launch.world_size == 1 or not plan.has_edges:
@@ -239,11 +285,20 @@ def _shared_board(launch: LearnerLaunch, plan: Any, staleness: int, buffer: torc
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     if not agreed.item():
         if launch.settings.transport == "shm":
-            raise RuntimeError("transport shm: the learners are on several hosts, or there is not enough room in "
-                               "/dev/shm, or too many slots for this topology")
+            raise RuntimeError(
+                "transport shm: the learners are on several hosts, or there is not enough room in "
+                "/dev/shm, or too many slots for this topology"
+            )
         return None
-    board = SharedBoard(launch.shm_prefix, launch.rank, layout.width, slots, layout.dtype,
-                        launch.settings.comm_timeout_s, channels[launch.rank])
+    board = SharedBoard(
+        launch.shm_prefix,
+        launch.rank,
+        layout.width,
+        slots,
+        layout.dtype,
+        launch.settings.comm_timeout_s,
+        channels[launch.rank],
+    )
     dist.barrier()  # every segment exists before anyone opens its neighbours'
     board.attach(plan.in_peers(launch.rank), channels, own_tracker=not forked)
     return board

@@ -50,8 +50,16 @@ from benchbase.report.model import (
 from benchbase.report.scoring import NAN, NORMALISED, RAW, CellScores, env_registry, quiet, score_completed_cells
 from benchbase.report.write import leaderboard_arrow, write_report
 
-__all__ = ["Runs", "load_runs", "build_report", "write_report", "leaderboard_arrow", "GROUP_FIELDS", "METRICS",
-           "env_registry"]
+__all__ = [
+    "Runs",
+    "load_runs",
+    "build_report",
+    "write_report",
+    "leaderboard_arrow",
+    "GROUP_FIELDS",
+    "METRICS",
+    "env_registry",
+]
 
 METRICS: tuple[str, ...] = ("final", "auc")
 #: Entries up to which every ordered pair gets a probability of improvement.
@@ -97,9 +105,19 @@ def build_report(
     generalisation = _generalisation(scored, aggregates, ranked)
     score_kinds = _score_kinds(scored, problems)
     return Report(
-        sources=list(runs.sources), metric=metric, split=split, score_kinds=score_kinds, leaderboard=leaderboard,
-        generalisation=generalisation, curves=curves, profiles=profiles, improvements=improvements,
-        baseline=baseline_label, problems=problems, repetitions=options["repetitions"], confidence=confidence,
+        sources=list(runs.sources),
+        metric=metric,
+        split=split,
+        score_kinds=score_kinds,
+        leaderboard=leaderboard,
+        generalisation=generalisation,
+        curves=curves,
+        profiles=profiles,
+        improvements=improvements,
+        baseline=baseline_label,
+        problems=problems,
+        repetitions=options["repetitions"],
+        confidence=confidence,
         score_ranges=_score_ranges(scored, score_kinds),
     )
 
@@ -112,8 +130,10 @@ def _check_options(metric: str, group_by: Sequence[str], repetitions: int, confi
     if metric not in METRICS:
         suggestion = close_match(metric, METRICS)
         hint = f'; did you mean "{suggestion}"?' if suggestion else ""
-        raise UserError(f'unknown metric "{metric}"{hint} (choose final: the final evaluation, or auc: the area '
-                        "under the learning curve)")
+        raise UserError(
+            f'unknown metric "{metric}"{hint} (choose final: the final evaluation, or auc: the area '
+            "under the learning curve)"
+        )
     for name in group_by:
         if name not in GROUP_FIELDS:
             suggestion = close_match(name, GROUP_FIELDS)
@@ -151,8 +171,15 @@ def _split_index(splits: list[str], split: str) -> int:
     raise UserError(f'no evaluations on split "{split}"{hint} (available: {", ".join(available)})')
 
 
-def _entries_on_split(runs: Runs, cells: CellScores, metric: str, split: str, group_by: Sequence[str],
-                      options: dict[str, Any], problems: list[str]) -> _Scored:
+def _entries_on_split(
+    runs: Runs,
+    cells: CellScores,
+    metric: str,
+    split: str,
+    group_by: Sequence[str],
+    options: dict[str, Any],
+    problems: list[str],
+) -> _Scored:
     """Each completed cell's score on `split`, grouped into entries; cells left without a score,
     cells not completed and entries' missing runs go to `problems`."""
     scores = cells.scores
@@ -207,12 +234,17 @@ def _aggregate(scored: _Scored, metric: str) -> _Aggregates:
 def _rank(key: EntryKey, entries: Entries, aggregates: _Aggregates) -> tuple:
     """Sort key: best IQM first, then best mean, then the label; entries without a score last."""
     value, mean = aggregates.estimates[key]["iqm"].value, aggregates.estimates[key]["mean"].value
-    return (math.isnan(value), -value if not math.isnan(value) else 0.0, -mean if not math.isnan(mean) else 0.0,
-            entries.labels[key])
+    return (
+        math.isnan(value),
+        -value if not math.isnan(value) else 0.0,
+        -mean if not math.isnan(mean) else 0.0,
+        entries.labels[key],
+    )
 
 
-def _baseline(baseline: str | None, entries: Entries, ordered: list[EntryKey], aggregates: _Aggregates,
-              problems: list[str]) -> str | None:
+def _baseline(
+    baseline: str | None, entries: Entries, ordered: list[EntryKey], aggregates: _Aggregates, problems: list[str]
+) -> str | None:
     """The label of the entry `baseline` names (None without one)."""
     if baseline is None:
         return None
@@ -234,27 +266,32 @@ def _improvement(scored: _Scored, aggregates: _Aggregates, x: EntryKey, y: Entry
     if not common:
         return None
     members = scored.entries.members
-    return stats.probability_of_improvement(score_matrix(members[x], scored.value_of, common),
-                                            score_matrix(members[y], scored.value_of, common), **scored.options)
+    return stats.probability_of_improvement(
+        score_matrix(members[x], scored.value_of, common),
+        score_matrix(members[y], scored.value_of, common),
+        **scored.options,
+    )
 
 
-def _improvements(scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey], baseline_label: str | None,
-                  problems: list[str]) -> list[Improvement]:
+def _improvements(
+    scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey], baseline_label: str | None, problems: list[str]
+) -> list[Improvement]:
     """Every ordered pair of scored entries when there are few; else each against the baseline
     (or the leader)."""
     labels = scored.entries.labels
     improvements: list[Improvement] = []
     if len(ranked) <= PAIRWISE_LIMIT:
         for i, x in enumerate(ranked):
-            for y in ranked[i + 1:]:
+            for y in ranked[i + 1 :]:
                 estimate = _improvement(scored, aggregates, x, y)
                 if estimate is None:
                     problems.append(f"{labels[x]} and {labels[y]} share no env family: no probability of improvement")
                     continue
                 improvements.append(Improvement(labels[x], labels[y], estimate))
                 # P(Y > X) = 1 − P(X > Y) on the very same bootstrap samples (ties count one half).
-                improvements.append(Improvement(labels[y], labels[x],
-                                                Estimate(1 - estimate.value, 1 - estimate.high, 1 - estimate.low)))
+                improvements.append(
+                    Improvement(labels[y], labels[x], Estimate(1 - estimate.value, 1 - estimate.high, 1 - estimate.low))
+                )
     elif ranked:
         reference = _key_of_label(scored.entries, baseline_label) if baseline_label is not None else ranked[0]
         for x in ranked:
@@ -264,8 +301,14 @@ def _improvements(scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKe
     return improvements
 
 
-def _leaderboard(runs: Runs, scored: _Scored, aggregates: _Aggregates, ordered: list[EntryKey],
-                 baseline_label: str | None, improvements: list[Improvement]) -> list[LeaderboardRow]:
+def _leaderboard(
+    runs: Runs,
+    scored: _Scored,
+    aggregates: _Aggregates,
+    ordered: list[EntryKey],
+    baseline_label: str | None,
+    improvements: list[Improvement],
+) -> list[LeaderboardRow]:
     """One row per entry, best first, with its costs (means over its completed cells)."""
     entries = scored.entries
     found = {(imp.better, imp.worse): imp.probability for imp in improvements}
@@ -282,18 +325,27 @@ def _leaderboard(runs: Runs, scored: _Scored, aggregates: _Aggregates, ordered: 
                 p_baseline = _improvement(scored, aggregates, key, _key_of_label(entries, baseline_label))
         recorded = [runs.consensus[c["cell_id"]] for c in cells if runs.consensus.get(c["cell_id"]) is not None]
         algorithm, variant, topology, replay = key
-        rows.append(LeaderboardRow(
-            entry=label, algorithm=algorithm, topology=topology, replay=replay, variant=variant,
-            runs=int((~np.isnan(aggregates.matrices[key][1])).sum()) if key in aggregates.matrices else 0,
-            excluded=entries.excluded.get(key, 0),
-            iqm=estimates["iqm"], median=estimates["median"], mean=estimates["mean"],
-            optimality_gap=estimates["optimality_gap"], auc=aggregates.auc[key],
-            probability_of_improvement=p_baseline,
-            steps_per_second=_mean(c.get("steps_per_second") for c in cells),
-            wall_time_s=_mean(c.get("wall_time_s") for c in cells),
-            bytes_sent_per_learner=_mean(c.get("bytes_sent_per_learner") for c in cells),
-            consensus_distance=_mean(recorded) if recorded else None,
-        ))
+        rows.append(
+            LeaderboardRow(
+                entry=label,
+                algorithm=algorithm,
+                topology=topology,
+                replay=replay,
+                variant=variant,
+                runs=int((~np.isnan(aggregates.matrices[key][1])).sum()) if key in aggregates.matrices else 0,
+                excluded=entries.excluded.get(key, 0),
+                iqm=estimates["iqm"],
+                median=estimates["median"],
+                mean=estimates["mean"],
+                optimality_gap=estimates["optimality_gap"],
+                auc=aggregates.auc[key],
+                probability_of_improvement=p_baseline,
+                steps_per_second=_mean(c.get("steps_per_second") for c in cells),
+                wall_time_s=_mean(c.get("wall_time_s") for c in cells),
+                bytes_sent_per_learner=_mean(c.get("bytes_sent_per_learner") for c in cells),
+                consensus_distance=_mean(recorded) if recorded else None,
+            )
+        )
     return rows
 
 
@@ -336,8 +388,10 @@ def _curves(scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey], pr
                     steps = np.nanmean(scores.steps[rows_of, s][:, points], axis=0)
                 curves.append(Curve(label, task, steps, mean, low, high))
     if ragged:
-        problems.append(f"learning curves keep only the evaluations that every run has ({'; '.join(ragged[:3])}"
-                        f"{'; …' if len(ragged) > 3 else ''}): its runs were evaluated a different number of times")
+        problems.append(
+            f"learning curves keep only the evaluations that every run has ({'; '.join(ragged[:3])}"
+            f"{'; …' if len(ragged) > 3 else ''}): its runs were evaluated a different number of times"
+        )
     return curves
 
 
@@ -368,8 +422,9 @@ def _score_kinds(scored: _Scored, problems: list[str]) -> dict[str, str]:
     """Task -> how it is scored (success rate, normalised or raw return)."""
     score_kinds = {task: scored.cells.families[scored.entries.env_of_task[task]].kind for task in scored.tasks}
     if RAW in score_kinds.values() and len(set(score_kinds.values())) > 1:
-        problems.append("raw returns are pooled with normalised scores: compare entries within one family, "
-                        "or declare score_range")
+        problems.append(
+            "raw returns are pooled with normalised scores: compare entries within one family, or declare score_range"
+        )
     return score_kinds
 
 

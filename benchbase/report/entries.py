@@ -36,20 +36,27 @@ def _split_variant(cell: dict[str, Any]) -> tuple[str, str]:
     parts = re.split(pattern, text)
     env_prefix = f"{cell.get('env')}."
     entry = [p for p in parts if not p.startswith(env_prefix)]
-    env = [p[len(env_prefix):] for p in parts if p.startswith(env_prefix)]
+    env = [p[len(env_prefix) :] for p in parts if p.startswith(env_prefix)]
     return _PART_SEPARATOR.join(entry), ",".join(env)
 
 
 def _entry_key(cell: dict[str, Any], variant: str, group_by: Sequence[str]) -> EntryKey:
-    values = {"algorithm": str(cell["algorithm"]), "variant": variant, "topology": str(cell["topology"]),
-              "replay": str(cell["replay"])}
+    values = {
+        "algorithm": str(cell["algorithm"]),
+        "variant": variant,
+        "topology": str(cell["topology"]),
+        "replay": str(cell["replay"]),
+    }
     return tuple(values[f] if f in group_by else "*" for f in GROUP_FIELDS)  # type: ignore[return-value]
 
 
 def _label(key: EntryKey, group_by: Sequence[str]) -> str:
     algorithm, variant, topology, replay = key
-    parts = [value for name, value in (("algorithm", algorithm), ("topology", topology), ("replay", replay))
-             if name in group_by]
+    parts = [
+        value
+        for name, value in (("algorithm", algorithm), ("topology", topology), ("replay", replay))
+        if name in group_by
+    ]
     label = " · ".join(parts) if parts else "all"
     if "variant" in group_by and variant:
         label += f" ({variant})"
@@ -137,8 +144,10 @@ def _first_line(error: str | None) -> str:
 
 
 def cell_name(cell: dict[str, Any]) -> str:
-    return (f"{cell['cell_id']} ({cell['algorithm']} · {cell['topology']} · {cell['env']} · {cell['replay']} · "
-            f"seed {cell['seed']})")
+    return (
+        f"{cell['cell_id']} ({cell['algorithm']} · {cell['topology']} · {cell['env']} · {cell['replay']} · "
+        f"seed {cell['seed']})"
+    )
 
 
 def excluded_line(cell: dict[str, Any]) -> str:

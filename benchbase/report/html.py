@@ -89,8 +89,6 @@ ul.sources { margin: .2rem 0; padding-left: 1.3rem; }
 # --------------------------------------------------------------------------- formatting
 
 
-
-
 def _num(x: float | None) -> str:
     """A score-like number: 3 decimals for small magnitudes, fewer for large ones."""
     if not finite(x):
@@ -226,7 +224,11 @@ def _legend(fig: Figure, entries: Sequence[str], colours: dict[str, str], ncol_m
     handles = [Line2D([], [], color=colours[e], linewidth=2.5) for e in entries]
     ncol = max(1, min(ncol_max, len(entries)))
     fig.legend(
-        handles, [_label(e, 60) for e in entries], loc="outside lower center", ncol=ncol, fontsize=9,
+        handles,
+        [_label(e, 60) for e in entries],
+        loc="outside lower center",
+        ncol=ncol,
+        fontsize=9,
         frameon=False,
     )
 
@@ -255,15 +257,21 @@ def _scores_chart(report: Report, colours: dict[str, str]) -> str:
             est: Estimate = getattr(row, attr)
             colour = colours[row.entry]
             if not finite(est.value):
-                ax.text(0.02, yi, DASH, va="center", ha="left", fontsize=9, color="#888",
-                        transform=ax.get_yaxis_transform())
+                ax.text(
+                    0.02, yi, DASH, va="center", ha="left", fontsize=9, color="#888", transform=ax.get_yaxis_transform()
+                )
                 continue
             ax.barh(yi, est.value, height=0.6, color=colour, alpha=0.35, edgecolor=colour, linewidth=1)
             if finite(est.low) and finite(est.high):
                 ax.errorbar(
-                    est.value, yi,
+                    est.value,
+                    yi,
                     xerr=[[max(0.0, est.value - est.low)], [max(0.0, est.high - est.value)]],
-                    fmt="o", color=colour, markersize=4, capsize=3, elinewidth=1.5,
+                    fmt="o",
+                    color=colour,
+                    markersize=4,
+                    capsize=3,
+                    elinewidth=1.5,
                 )
             else:
                 ax.plot([est.value], [yi], "o", color=colour, markersize=4)
@@ -304,7 +312,7 @@ def _curves_chart(report: Report, colours: dict[str, str]) -> str:
         ax.xaxis.set_major_formatter(steps_fmt)
         ax.set_xlabel("env steps", fontsize=9)
         ax.set_ylabel(_label(report.score_kinds.get(family, "score")), fontsize=9)
-    for ax in axes[len(families):]:
+    for ax in axes[len(families) :]:
         ax.set_visible(False)
     _legend(fig, entries, colours, ncol_max=legend_columns)
     return _svg(fig, "curves")
@@ -343,8 +351,16 @@ def _improvement_chart(report: Report, colours: dict[str, str]) -> str:
             ax.text(0.02, yi, f"{DASH} no data", ha="left", va="center", color="#888", fontsize=9)
             continue
         if finite(est.low) and finite(est.high):
-            ax.barh(yi, est.high - est.low, left=est.low, height=0.55, color=colour, alpha=0.3,
-                    edgecolor=colour, linewidth=1)
+            ax.barh(
+                yi,
+                est.high - est.low,
+                left=est.low,
+                height=0.55,
+                color=colour,
+                alpha=0.3,
+                edgecolor=colour,
+                linewidth=1,
+            )
         ax.plot([est.value, est.value], [yi - 0.27, yi + 0.27], color=colour, linewidth=2.2)
     ax.axvline(0.5, color="#555", linestyle="--", linewidth=1)
     ax.set_xlim(0, 1)
@@ -377,9 +393,7 @@ def _settings_section(report: Report, colours: dict[str, str]) -> str:
         if report.baseline
         else '<span class="muted">none (no probability of improvement against a baseline)</span>'
     )
-    confidence = (
-        f"{report.confidence * 100:g}%" if finite(report.confidence) else DASH
-    )
+    confidence = f"{report.confidence * 100:g}%" if finite(report.confidence) else DASH
     repetitions = f"{report.repetitions:,}" if report.repetitions else DASH
     rows = [
         ("Sources", sources_html),
@@ -436,8 +450,7 @@ def _problems_section(report: Report) -> str:
         return '<div class="ok" id="problems">No problems: every cell was scored.</div>'
     items = "".join(f"<li>{escape(str(p))}</li>" for p in report.problems)
     return (
-        f'<section class="problems" id="problems"><h2>Problems ({len(report.problems)})</h2>'
-        f"<ul>{items}</ul></section>"
+        f'<section class="problems" id="problems"><h2>Problems ({len(report.problems)})</h2><ul>{items}</ul></section>'
     )
 
 
@@ -453,9 +466,7 @@ def _leaderboard_table(report: Report, colours: dict[str, str]) -> str:
     headers += ["Steps/s", "Wall time", "Bytes sent / learner"]
     if show_consensus:
         headers.append("Consensus distance")
-    head = "".join(
-        f'<th class="text">{escape(h)}</th>' if h == "Entry" else f"<th>{escape(h)}</th>" for h in headers
-    )
+    head = "".join(f'<th class="text">{escape(h)}</th>' if h == "Entry" else f"<th>{escape(h)}</th>" for h in headers)
     body = []
     for rank, r in enumerate(rows, 1):
         classes = []

@@ -31,7 +31,14 @@ from benchbase.results import (
 )
 
 EVALUATION_COLUMNS = [
-    "cell_id", "evaluation", "final", "cell_env_step", "split", "task_id", "episode_return", "success"
+    "cell_id",
+    "evaluation",
+    "final",
+    "cell_env_step",
+    "split",
+    "task_id",
+    "episode_return",
+    "success",
 ]
 EPISODE_COLUMNS = ["cell_id", "learner", "cell_env_step", "task_id", "episode_return", "success"]
 

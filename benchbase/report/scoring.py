@@ -161,8 +161,9 @@ def _normalised(table: pa.Table, family_of_row: np.ndarray, families: list[Famil
     return np.where(success_kind[family_of_row], success, (returns - row_low) / row_scale)
 
 
-def _evaluation_rows(evaluations: pa.Table, cell_ids: list[str], cell_family: np.ndarray,
-                     families: list[Family]) -> tuple[dict[str, np.ndarray], list[str]]:
+def _evaluation_rows(
+    evaluations: pa.Table, cell_ids: list[str], cell_family: np.ndarray, families: list[Family]
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """The completed cells' evaluation rows as arrays, and the splits they name."""
     cells = _indices(evaluations.column("cell_id"), cell_ids)
     keep = cells >= 0
@@ -178,8 +179,9 @@ def _evaluation_rows(evaluations: pa.Table, cell_ids: list[str], cell_family: np
     return {key: value[keep] for key, value in part.items()}, encoded.dictionary.to_pylist()
 
 
-def _episode_rows(episodes: pa.Table, cell_ids: list[str], cell_family: np.ndarray, families: list[Family],
-                  train: int) -> dict[str, np.ndarray]:
+def _episode_rows(
+    episodes: pa.Table, cell_ids: list[str], cell_family: np.ndarray, families: list[Family], train: int
+) -> dict[str, np.ndarray]:
     """Training episodes as pseudo-evaluations on split index `train`: EPISODE_BINS bins of each
     cell's env steps, the last bin being the final one."""
     cells = _indices(episodes.column("cell_id"), cell_ids)
@@ -189,8 +191,14 @@ def _episode_rows(episodes: pa.Table, cell_ids: list[str], cell_family: np.ndarr
     most = np.zeros(len(cell_ids))
     np.maximum.at(most, cells, steps)
     bins = np.minimum((steps * EPISODE_BINS / np.maximum(most[cells], 1.0)).astype(np.int64), EPISODE_BINS - 1)
-    return {"cell": cells, "evaluation": bins + 1, "final": bins == EPISODE_BINS - 1, "step": steps,
-            "split": np.full(len(cells), train), "score": _normalised(episodes, cell_family[cells], families)}
+    return {
+        "cell": cells,
+        "evaluation": bins + 1,
+        "final": bins == EPISODE_BINS - 1,
+        "step": steps,
+        "split": np.full(len(cells), train),
+        "score": _normalised(episodes, cell_family[cells], families),
+    }
 
 
 def _reduce(rows: dict[str, np.ndarray], n_cells: int, splits: list[str]) -> Scores:
@@ -238,8 +246,9 @@ def score(runs: Runs, cell_ids: list[str], cell_family: np.ndarray, families: li
     if not parts:
         n_cells, n_splits = len(cell_ids), max(len(splits), 1)
         empty = np.full((n_cells, n_splits), NAN)
-        return Scores(splits, empty, empty.copy(), np.full((n_cells, n_splits, 1), NAN),
-                      np.full((n_cells, n_splits, 1), NAN))
+        return Scores(
+            splits, empty, empty.copy(), np.full((n_cells, n_splits, 1), NAN), np.full((n_cells, n_splits, 1), NAN)
+        )
     rows = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     return _reduce(rows, len(cell_ids), splits)
 
@@ -253,8 +262,10 @@ def score_completed_cells(runs: Runs, registry: Any, problems: list[str]) -> Cel
     cell_family = np.array([env_names.index(cell["env"]) for cell in completed], dtype=np.int64)
     has_success = _success_by_family(runs, cell_ids, cell_family, len(env_names))
     tasks = task_ids(runs, completed)
-    families = {name: family(name, success, registry, tasks.get(name, []), problems)
-                for name, success in zip(env_names, has_success)}
+    families = {
+        name: family(name, success, registry, tasks.get(name, []), problems)
+        for name, success in zip(env_names, has_success)
+    }
     scores = score(runs, cell_ids, cell_family, [families[name] for name in env_names])
     if runs.episodes.num_rows:
         unevaluated = sorted(set(pc.unique(runs.episodes.column("cell_id")).to_pylist()))

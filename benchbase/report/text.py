@@ -25,8 +25,6 @@ _KIND_TEXT = {
 # --------------------------------------------------------------------------- formatting
 
 
-
-
 def number(value: float | None) -> str:
     """Scores: 0.82, 12.3, −1,234 (magnitude decides the decimals)."""
     if not finite(value):
@@ -55,8 +53,11 @@ def _consensus(value: float | None) -> str:
 
 def describe_ranking(report: Report) -> str:
     """One sentence: what the scores are and how the intervals were made."""
-    what = ("final evaluation score" if report.metric == "final"
-            else "area under the learning curve (mean score over the evaluations)")
+    what = (
+        "final evaluation score"
+        if report.metric == "final"
+        else "area under the learning curve (mean score over the evaluations)"
+    )
     split = "the learners' own tasks (train)" if report.split == "train" else f"split {report.split}"
     return (
         f"Ranked by the IQM of the {what} on {split}, over runs (cells) × env families; "
@@ -82,8 +83,14 @@ def leaderboard_table(report: Report) -> Table:
         style="dim",
     )
     what = "final score" if report.metric == "final" else "area under the learning curve"
-    table = Table(title=f"Leaderboard: {what} on {report.split}", title_style="bold", caption=caption,
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(
+        title=f"Leaderboard: {what} on {report.split}",
+        title_style="bold",
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     table.add_column("#", justify="right")
     table.add_column("Entry", min_width=16)
     table.add_column("Runs", justify="right")
@@ -104,15 +111,26 @@ def leaderboard_table(report: Report) -> Table:
         if row.excluded:
             runs.append(f" +{row.excluded} excl.", style="red")
         cells: list[Text | str] = [str(position), Text(row.entry, style="bold" if position == 1 else ""), runs]
-        cells += [_estimate_text(row.iqm), number(row.median.value), number(row.mean.value),
-                  number(row.optimality_gap.value)]
+        cells += [
+            _estimate_text(row.iqm),
+            number(row.median.value),
+            number(row.mean.value),
+            number(row.optimality_gap.value),
+        ]
         if _show_auc(report):
             cells.append(number(row.auc.value))
         if report.baseline is not None:
-            cells.append(Text("baseline", style="dim") if row.entry == report.baseline
-                         else _estimate_text(row.probability_of_improvement))
-        cells += [count(row.steps_per_second), duration(row.wall_time_s), size(row.bytes_sent_per_learner),
-                  _consensus(row.consensus_distance)]
+            cells.append(
+                Text("baseline", style="dim")
+                if row.entry == report.baseline
+                else _estimate_text(row.probability_of_improvement)
+            )
+        cells += [
+            count(row.steps_per_second),
+            duration(row.wall_time_s),
+            size(row.bytes_sent_per_learner),
+            _consensus(row.consensus_distance),
+        ]
         table.add_row(*cells)
     return table
 
@@ -149,14 +167,26 @@ def _leaderboard_markdown(report: Report) -> list[str]:
     header += ["Steps/s", "Wall time / cell", "Bytes sent / learner", "Consensus distance"]
     rows = []
     for position, row in enumerate(report.leaderboard, start=1):
-        cells = [str(position), row.entry, str(row.runs), str(row.excluded), estimate(row.iqm), estimate(row.median),
-                 estimate(row.mean), estimate(row.optimality_gap)]
+        cells = [
+            str(position),
+            row.entry,
+            str(row.runs),
+            str(row.excluded),
+            estimate(row.iqm),
+            estimate(row.median),
+            estimate(row.mean),
+            estimate(row.optimality_gap),
+        ]
         if _show_auc(report):
             cells.append(estimate(row.auc))
         if report.baseline is not None:
             cells.append("baseline" if row.entry == report.baseline else estimate(row.probability_of_improvement))
-        cells += [count(row.steps_per_second), duration(row.wall_time_s), size(row.bytes_sent_per_learner),
-                  _consensus(row.consensus_distance)]
+        cells += [
+            count(row.steps_per_second),
+            duration(row.wall_time_s),
+            size(row.bytes_sent_per_learner),
+            _consensus(row.consensus_distance),
+        ]
         rows.append(cells)
     align = ["--:", "---"] + ["--:"] * (len(header) - 2)
     return _table(header, rows, align)
@@ -188,8 +218,11 @@ def _improvements_markdown(report: Report) -> list[str]:
     entries = [row.entry for row in report.leaderboard if any(row.entry in pair for pair in pairs)]
     complete = all((x, y) in pairs for x in entries for y in entries if x != y)
     if complete:
-        lines = ["P(row > column): the probability that a random run of the row's entry scores above a random run "
-                 "of the column's on the same family.", ""]
+        lines = [
+            "P(row > column): the probability that a random run of the row's entry scores above a random run "
+            "of the column's on the same family.",
+            "",
+        ]
         header = ["X \\ Y"] + [f"{j + 1}" for j in range(len(entries))]
         rows = []
         for i, x in enumerate(entries):
@@ -206,14 +239,18 @@ def _normalisation_markdown(report: Report) -> list[str]:
     for family, kind in sorted(report.score_kinds.items()):
         if kind == "normalised return" and family in ranges:
             random, reference = ranges[family]
-            text = (f"normalised return: (R − {number(random)}) / ({number(reference)} − {number(random)}), "
-                    "0 = a random policy, 1 = the reference score")
+            text = (
+                f"normalised return: (R − {number(random)}) / ({number(reference)} − {number(random)}), "
+                "0 = a random policy, 1 = the reference score"
+            )
         else:
             text = _KIND_TEXT.get(kind, kind)
         lines.append(f"- **{family}**: {text}")
-    final = ("Final score of a run (cell): the mean over its learners' episodes of the final evaluation; area under "
-             "the learning curve (AUC): the mean score over its evaluations, i.e. the normalised area under its "
-             "learning curve.")
+    final = (
+        "Final score of a run (cell): the mean over its learners' episodes of the final evaluation; area under "
+        "the learning curve (AUC): the mean score over its evaluations, i.e. the normalised area under its "
+        "learning curve."
+    )
     pooling = "Entries pool their runs over env families (tasks); the bootstrap resamples runs within each family."
     return lines + ["", final, pooling]
 
@@ -227,10 +264,18 @@ def render_markdown(report: Report) -> str:
     lines.append(describe_ranking(report) + (f" Baseline: **{report.baseline}**." if report.baseline else ""))
     lines += ["", "## Leaderboard", ""]
     lines += _leaderboard_markdown(report)
-    lines += ["", "Costs are means over an entry's completed cells; consensus distance is each cell's last recorded "
-              "value (sqrt(mean ‖θ_i − θ̄‖²)/‖θ̄‖), where recorded."]
-    lines += ["", "## Generalisation", "", "Final score on each evaluation split (mean over runs, with its interval), "
-              "after Packer et al. (2018).", ""]
+    lines += [
+        "",
+        "Costs are means over an entry's completed cells; consensus distance is each cell's last recorded "
+        "value (sqrt(mean ‖θ_i − θ̄‖²)/‖θ̄‖), where recorded.",
+    ]
+    lines += [
+        "",
+        "## Generalisation",
+        "",
+        "Final score on each evaluation split (mean over runs, with its interval), after Packer et al. (2018).",
+        "",
+    ]
     lines += _generalisation_markdown(report)
     lines += ["", "## Probability of improvement", ""]
     lines += _improvements_markdown(report)

@@ -47,14 +47,26 @@ def leaderboard_arrow(report: Report) -> pa.Table:
                 columns[name + suffix].append(None if estimate is None else _optional(getattr(estimate, part)))
         for name in _COST_COLUMNS:
             columns[name].append(_optional(getattr(row, name)))
-    fields = [pa.field(name, pa.int64() if name in ("rank", "runs", "excluded") else
-                       pa.string() if name in _TEXT_COLUMNS else pa.float64())
-              for name in columns]
+    fields = [
+        pa.field(
+            name,
+            pa.int64()
+            if name in ("rank", "runs", "excluded")
+            else pa.string()
+            if name in _TEXT_COLUMNS
+            else pa.float64(),
+        )
+        for name in columns
+    ]
     metadata = {
-        "benchbase.table": "leaderboard", "benchbase.schema_version": str(LEADERBOARD_SCHEMA_VERSION),
-        "benchbase.metric": report.metric, "benchbase.split": report.split,
-        "benchbase.baseline": report.baseline or "", "benchbase.checkpoints.sources": json.dumps(report.sources),
-        "benchbase.repetitions": str(report.repetitions), "benchbase.confidence": str(report.confidence),
+        "benchbase.table": "leaderboard",
+        "benchbase.schema_version": str(LEADERBOARD_SCHEMA_VERSION),
+        "benchbase.metric": report.metric,
+        "benchbase.split": report.split,
+        "benchbase.baseline": report.baseline or "",
+        "benchbase.checkpoints.sources": json.dumps(report.sources),
+        "benchbase.repetitions": str(report.repetitions),
+        "benchbase.confidence": str(report.confidence),
         "benchbase.score_kinds": json.dumps(report.score_kinds, sort_keys=True),
     }
     return pa.Table.from_pydict(columns, schema=pa.schema(fields, metadata=metadata))
@@ -64,6 +76,7 @@ def _shared(write: Any) -> Any:
     def write_then_share(temporary: str) -> None:
         write(temporary)
         os.chmod(temporary, 0o644)  # the temporary file is private (mkstemp); a report is for sharing
+
     return write_then_share
 
 
@@ -71,6 +84,7 @@ def _text(content: str) -> Any:
     def write(temporary: str) -> None:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(content)
+
     return write
 
 

@@ -143,12 +143,7 @@ class GridConsole:
             )
             self._live.start()
         else:
-            self._print(
-                Text(
-                    f"Running {self.total_cells} cells "
-                    f"({count(self.total_env_steps)} env steps)"
-                )
-            )
+            self._print(Text(f"Running {self.total_cells} cells ({count(self.total_env_steps)} env steps)"))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -158,12 +153,7 @@ class GridConsole:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(self._status_counts.items()))
         if self._skipped:
             counts = f"{counts}, {self._skipped} skipped" if counts else f"{self._skipped} skipped"
-        self._print(
-            Text(
-                f"Grid finished in {duration(_clock() - self._started_at)}: "
-                f"{counts or 'no cells run'}"
-            )
-        )
+        self._print(Text(f"Grid finished in {duration(_clock() - self._started_at)}: {counts or 'no cells run'}"))
 
     # ------------------------------------------------------------------ events from the runner
 
@@ -285,9 +275,7 @@ class GridConsole:
             done_cells = self._finished + self._skipped
             steps_taken = self._finished_steps + sum(running_steps)
             # Capped per cell so a cell overshooting its budget cannot pull the bar ahead.
-            accounted = self._finished_budget + sum(
-                min(steps, c.budget) for c, steps in zip(cells, running_steps)
-            )
+            accounted = self._finished_budget + sum(min(steps, c.budget) for c, steps in zip(cells, running_steps))
         elapsed = _clock() - self._started_at
         total = max(self.total_env_steps, 1)
         if done_cells >= self.total_cells:

@@ -110,8 +110,9 @@ def run_cell(
     heard = _Heard(world)
     error: str | None = None
     try:
-        _watch(cell, settings, processes, events, heard, on_event, stop or threading.Event(),
-               stop_now or threading.Event())
+        _watch(
+            cell, settings, processes, events, heard, on_event, stop or threading.Event(), stop_now or threading.Event()
+        )
         if heard.errors:
             error = _root_cause(heard.errors)
     except KeyboardInterrupt:
@@ -134,19 +135,42 @@ def _start_store(world: int, settings: ExecutionSettings) -> Any:
     """The cell's rendezvous store, hosted here on a port the OS picks; None for one learner."""
     if world == 1:
         return None
-    return dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
-                         timeout=timedelta(seconds=settings.comm_timeout_s))
+    return dist.TCPStore(
+        "127.0.0.1",
+        0,
+        world,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=timedelta(seconds=settings.comm_timeout_s),
+    )
 
 
-def _spawn_learners(context: Any, cell: Cell, out_dir: str, settings: ExecutionSettings, placement: Placement,
-                    events: Any, port: int, started_at: float, shm_prefix: str) -> list[Any]:
+def _spawn_learners(
+    context: Any,
+    cell: Cell,
+    out_dir: str,
+    settings: ExecutionSettings,
+    placement: Placement,
+    events: Any,
+    port: int,
+    started_at: float,
+    shm_prefix: str,
+) -> list[Any]:
     """One process per learner of the cell, started from the forkserver."""
     processes = []
     for rank in range(cell.learner_processes):
         launch = LearnerLaunch(
-            cell_config=cell.config(), out_dir=out_dir, rank=rank, world_size=cell.learner_processes,
-            store_host="127.0.0.1", store_port=port, device=device_for(rank, settings.device, placement.gpus),
-            cell_started_at=started_at, settings=settings, shm_prefix=shm_prefix, cores=placement.cores,
+            cell_config=cell.config(),
+            out_dir=out_dir,
+            rank=rank,
+            world_size=cell.learner_processes,
+            store_host="127.0.0.1",
+            store_port=port,
+            device=device_for(rank, settings.device, placement.gpus),
+            cell_started_at=started_at,
+            settings=settings,
+            shm_prefix=shm_prefix,
+            cores=placement.cores,
         )
         process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
         process.start()
@@ -200,8 +224,16 @@ class _Heard:
         return CellOutcome("completed", None, wall, startup, summaries, resumed_from)
 
 
-def _watch(cell: Cell, settings: ExecutionSettings, processes: list[Any], events: Any, heard: _Heard,
-           on_event: Callable[[CellEvent], None], stop: threading.Event, stop_now: threading.Event) -> None:
+def _watch(
+    cell: Cell,
+    settings: ExecutionSettings,
+    processes: list[Any],
+    events: Any,
+    heard: _Heard,
+    on_event: Callable[[CellEvent], None],
+    stop: threading.Event,
+    stop_now: threading.Event,
+) -> None:
     """Take the learners' events until each has finished or failed (or the grace after a first
     failure or a stop request ends); notice learners that die without a word."""
     while heard.waiting():
@@ -280,8 +312,9 @@ class LocalCells:
     their own (`benchbase.run.schedule`), each in a thread that waits on its learners. A context
     manager: leaving it waits for the cells still running."""
 
-    def __init__(self, out_dir: str, settings: ExecutionSettings, on_event: Callable[[CellEvent], None],
-                 jobs: int = 1) -> None:
+    def __init__(
+        self, out_dir: str, settings: ExecutionSettings, on_event: Callable[[CellEvent], None], jobs: int = 1
+    ) -> None:
         self.out_dir, self.settings, self.on_event, self.jobs = out_dir, settings, on_event, jobs
         self.allocator = Allocator(gpus=visible_gpus(settings.device))
         self.pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell")
@@ -298,8 +331,9 @@ class LocalCells:
         # One cell at a time keeps the machine to itself, as before `--jobs` existed.
         return self.allocator.take(cell.learner_processes) if self.jobs > 1 else Placement()
 
-    def submit(self, cell: Cell, placement: Placement, stop: threading.Event,
-               stop_now: threading.Event) -> Future[CellOutcome]:
+    def submit(
+        self, cell: Cell, placement: Placement, stop: threading.Event, stop_now: threading.Event
+    ) -> Future[CellOutcome]:
         return self.pool.submit(run_cell, cell, self.out_dir, self.on_event, self.settings, placement, stop, stop_now)
 
     def release(self, placement: Placement) -> None:

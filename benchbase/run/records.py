@@ -26,7 +26,9 @@ EXIT_OK, EXIT_FAILED_CELLS, EXIT_INTERRUPTED = 0, 1, 130
 
 def package_versions(registry: Registry) -> dict[str, Any]:
     versions: dict[str, Any] = {
-        "benchbase": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "benchbase": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
     }
     for package in ("torch", "gymnasium", "numpy", "pyarrow", "pluggy", "typer", "rich", "mujoco", "ale-py"):
         try:
@@ -51,17 +53,34 @@ def check_folder(folder: RunFolder, cells: list[Cell]) -> dict[str, dict[str, An
 
 def cell_row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "cell_id": cell.cell_id, "algorithm": cell.algorithm, "topology": cell.topology, "env": cell.env,
-        "replay": cell.replay, "variant": variant_text, "seed": cell.seed, "learners": cell.learner_processes,
+        "cell_id": cell.cell_id,
+        "algorithm": cell.algorithm,
+        "topology": cell.topology,
+        "env": cell.env,
+        "replay": cell.replay,
+        "variant": variant_text,
+        "seed": cell.seed,
+        "learners": cell.learner_processes,
         "status": status,
-        "error": None, "wall_time_s": None, "startup_s": None, "env_steps": None, "steps_per_second": None,
-        "final_return": None, "final_success": None, "bytes_sent_per_learner": None, "transport": None,
-        "resumed_from_env_step": None, "config": json.dumps(cell.config(), sort_keys=True),
+        "error": None,
+        "wall_time_s": None,
+        "startup_s": None,
+        "env_steps": None,
+        "steps_per_second": None,
+        "final_return": None,
+        "final_success": None,
+        "bytes_sent_per_learner": None,
+        "transport": None,
+        "resumed_from_env_step": None,
+        "config": json.dumps(cell.config(), sort_keys=True),
     }
     if outcome is not None:
-        row.update(error=outcome.error, wall_time_s=outcome.wall_time_s,
-                   startup_s=None if math.isnan(outcome.startup_s) else outcome.startup_s,
-                   resumed_from_env_step=outcome.resumed_from_env_step)
+        row.update(
+            error=outcome.error,
+            wall_time_s=outcome.wall_time_s,
+            startup_s=None if math.isnan(outcome.startup_s) else outcome.startup_s,
+            resumed_from_env_step=outcome.resumed_from_env_step,
+        )
         if outcome.summaries:
             summaries = outcome.summaries
             steps = sum(s["env_steps"] for s in summaries)
@@ -87,8 +106,9 @@ def cells_of_run(out: Path) -> list[Cell]:
     folder = RunFolder(out)
     grid = folder.read_grid()
     if grid is None:
-        raise UserError(f"{out} holds no grid (no grid.json): run the grid there first, "
-                        "or bench run --launcher torchrun")
+        raise UserError(
+            f"{out} holds no grid (no grid.json): run the grid there first, or bench run --launcher torchrun"
+        )
     cells = []
     for cell_id in grid.get("cell_ids", []):
         path = folder.root / "configs" / f"{cell_id}.json"
@@ -98,24 +118,29 @@ def cells_of_run(out: Path) -> list[Cell]:
     return cells
 
 
-def prepare_run(spec: GridSpec | None, cells: list[Cell], out: Path,
-                registry: Registry) -> tuple[RunFolder, dict, dict]:
+def prepare_run(
+    spec: GridSpec | None, cells: list[Cell], out: Path, registry: Registry
+) -> tuple[RunFolder, dict, dict]:
     """Check or create the run folder: grid.json (unless `spec` is None: a cell of a grid already
     there), every cell's config, and a row per cell (earlier rows kept). Returns the folder, the
     rows by cell id and the variants by cell id."""
     folder = RunFolder(out)
     previous = check_folder(folder, cells)
     variants = {cell.cell_id: variant(cell, registry) for cell in cells}
-    rows = {cell.cell_id: previous.get(cell.cell_id) or cell_row(cell, variants[cell.cell_id], "pending")
-            for cell in cells}
+    rows = {
+        cell.cell_id: previous.get(cell.cell_id) or cell_row(cell, variants[cell.cell_id], "pending") for cell in cells
+    }
     if spec is not None:
-        write_json(folder.grid_path, {
-            "schema_version": SCHEMA_VERSION,
-            "spec": spec.to_dict(),
-            "cell_ids": grid_fingerprint(cells),
-            "versions": package_versions(registry),
-            "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        })
+        write_json(
+            folder.grid_path,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "spec": spec.to_dict(),
+                "cell_ids": grid_fingerprint(cells),
+                "versions": package_versions(registry),
+                "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            },
+        )
         for cell in cells:
             write_json(folder.root / "configs" / f"{cell.cell_id}.json", cell.config())
     folder.write_cells(rows.values())

@@ -42,8 +42,9 @@ class CellExecutor(Protocol):
     def place(self, cell: Cell, running: int) -> Placement | None:
         """Where `cell` may run beside `running` cells now; None: only once one of them has finished."""
 
-    def submit(self, cell: Cell, placement: Placement, stop: threading.Event,
-               stop_now: threading.Event) -> Future[CellOutcome]:
+    def submit(
+        self, cell: Cell, placement: Placement, stop: threading.Event, stop_now: threading.Event
+    ) -> Future[CellOutcome]:
         """Start `cell`; its outcome when it ends. `stop` asks it to checkpoint and stop, `stop_now`
         to stop at once; an executor sets `stop` itself when no more cells may start."""
 
@@ -51,8 +52,13 @@ class CellExecutor(Protocol):
         """Take back what `place` gave a cell that has ended."""
 
 
-def run_cells(cells: list[Cell], executor: CellExecutor, start: Callable[[Cell], None],
-              finish: Callable[[Cell, CellOutcome], None], stopping: Callable[[], None] = lambda: None) -> bool:
+def run_cells(
+    cells: list[Cell],
+    executor: CellExecutor,
+    start: Callable[[Cell], None],
+    finish: Callable[[Cell, CellOutcome], None],
+    stopping: Callable[[], None] = lambda: None,
+) -> bool:
     """Run `cells` in order on `executor`, calling `start` before each and `finish` with its
     outcome. Ctrl-C asks the running cells to checkpoint and stop (`stopping` says so) and starts
     no more; a second Ctrl-C stops them at once. Returns whether the run was interrupted."""
@@ -131,8 +137,14 @@ def run_grid(
             folder.write_cells(rows.values())
             hook.cell_finished(cell=cell, row=row, out_dir=str(out))
             hook.results_written(out_dir=str(out))
-            grid_console.cell_finished(cell.cell_id, outcome.status, outcome.wall_time_s, row["env_steps"] or 0,
-                                       row["steps_per_second"] or 0.0, outcome.error)
+            grid_console.cell_finished(
+                cell.cell_id,
+                outcome.status,
+                outcome.wall_time_s,
+                row["env_steps"] or 0,
+                row["steps_per_second"] or 0.0,
+                outcome.error,
+            )
 
         def stopping() -> None:
             grid_console.message("stopping: every running cell checkpoints, then exits (Ctrl-C again to stop at once)")
@@ -153,8 +165,9 @@ def show_event(grid_console: GridConsole, event: CellEvent) -> None:
     """A learner's (or the launcher's) event on the grid console."""
     match event:
         case Progress():
-            grid_console.progress(event.cell_id, event.learner, event.env_steps, event.steps_per_second,
-                                  event.recent_return)
+            grid_console.progress(
+                event.cell_id, event.learner, event.env_steps, event.steps_per_second, event.recent_return
+            )
         case Resumed(learner=0):
             grid_console.message(f"{event.cell_id}: resuming from its checkpoint at learner step {event.env_steps:,}")
         case Note():

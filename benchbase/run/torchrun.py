@@ -58,8 +58,12 @@ class Worker:
 
     @classmethod
     def from_environment(cls) -> Worker:
-        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
-                   os.environ.get("TORCHELASTIC_RUN_ID", "none"))
+        return cls(
+            int(os.environ["RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+            int(os.environ["LOCAL_RANK"]),
+            os.environ.get("TORCHELASTIC_RUN_ID", "none"),
+        )
 
 
 def check_sizes(cells: list[Cell], world: int) -> None:
@@ -72,8 +76,9 @@ def check_sizes(cells: list[Cell], world: int) -> None:
             )
 
 
-def run_as_worker(spec: Any, cells: list[Cell], out: Path, registry: Any, console: Any,
-                  settings: ExecutionSettings) -> int:
+def run_as_worker(
+    spec: Any, cells: list[Cell], out: Path, registry: Any, console: Any, settings: ExecutionSettings
+) -> int:
     """Run `cells` one after another as learner RANK (the grid runner's loop, `run_cells`); rank 0
     records each cell's row."""
     worker = Worker.from_environment()
@@ -133,13 +138,20 @@ class WorkerCells:
     def place(self, cell: Cell, running: int) -> Placement | None:
         return Placement() if running == 0 else None
 
-    def submit(self, cell: Cell, placement: Placement, stop: threading.Event,
-               stop_now: threading.Event) -> Future[CellOutcome]:
+    def submit(
+        self, cell: Cell, placement: Placement, stop: threading.Event, stop_now: threading.Event
+    ) -> Future[CellOutcome]:
         worker = self.worker
         launch = LearnerLaunch(
-            cell_config=cell.config(), out_dir=self.out_dir, rank=worker.rank, world_size=worker.world,
-            store_host="", store_port=0, device=device_for(worker.local_rank, self.settings.device),
-            cell_started_at=time.time(), settings=self.settings,
+            cell_config=cell.config(),
+            out_dir=self.out_dir,
+            rank=worker.rank,
+            world_size=worker.world,
+            store_host="",
+            store_port=0,
+            device=device_for(worker.local_rank, self.settings.device),
+            cell_started_at=time.time(),
+            settings=self.settings,
             shm_prefix=f"benchbase-{worker.run_id[:16]}-{cell.cell_id}",
         )
         started = time.time()
@@ -149,8 +161,13 @@ class WorkerCells:
         stopped = any(s.get("stopped") for s in everyone)
         if stopped:  # torchrun stopped every worker (SIGTERM): no more cells in this job
             stop.set()
-        outcome = CellOutcome("interrupted" if stopped else "completed", None, time.time() - started,
-                              float("nan"), [] if stopped else everyone)
+        outcome = CellOutcome(
+            "interrupted" if stopped else "completed",
+            None,
+            time.time() - started,
+            float("nan"),
+            [] if stopped else everyone,
+        )
         done: Future[CellOutcome] = Future()
         done.set_result(outcome)
         return done
@@ -166,8 +183,10 @@ def _progress_printer(console: Any, every_s: float = 10.0) -> Report:
         match event:
             case Progress() if time.monotonic() - last[0] >= every_s:
                 last[0] = time.monotonic()
-                console.print(f"  {event.cell_id}: learner 0 at {event.env_steps:,} env steps, "
-                              f"{event.steps_per_second:,.0f} steps/s")
+                console.print(
+                    f"  {event.cell_id}: learner 0 at {event.env_steps:,} env steps, "
+                    f"{event.steps_per_second:,.0f} steps/s"
+                )
             case Note():
                 console.print(f"  {event.cell_id}: {event.text}")
             case Resumed():
@@ -192,17 +211,44 @@ def commands(cells: list[Cell], out: Path, rendezvous: Rendezvous, global_option
     found = []
     for cell in cells:
         if cell.learner_processes % rendezvous.nnodes:
-            raise UserError(f"cell {cell.cell_id} has {cell.learner_processes} learners, which {rendezvous.nnodes} "
-                            "nodes cannot share equally: choose --nnodes dividing --learners")
+            raise UserError(
+                f"cell {cell.cell_id} has {cell.learner_processes} learners, which {rendezvous.nnodes} "
+                "nodes cannot share equally: choose --nnodes dividing --learners"
+            )
         per_node = cell.learner_processes // rendezvous.nnodes
         if rendezvous.nnodes == 1:
             launcher = ["torchrun", "--standalone", "--nproc-per-node", str(per_node)]
         else:
-            launcher = ["torchrun", "--nnodes", str(rendezvous.nnodes), "--nproc-per-node", str(per_node),
-                        "--rdzv-backend", "c10d", "--rdzv-endpoint", rendezvous.endpoint or "",
-                        "--rdzv-id", cell.cell_id, "--rdzv-conf", f"join_timeout={rendezvous.join_timeout_s}"]
-        found.append([*launcher, "--max-restarts", "0", "-m", "benchbase", *global_options, "run", "--out", str(out),
-                      "--cell", cell.cell_id])
+            launcher = [
+                "torchrun",
+                "--nnodes",
+                str(rendezvous.nnodes),
+                "--nproc-per-node",
+                str(per_node),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                rendezvous.endpoint or "",
+                "--rdzv-id",
+                cell.cell_id,
+                "--rdzv-conf",
+                f"join_timeout={rendezvous.join_timeout_s}",
+            ]
+        found.append(
+            [
+                *launcher,
+                "--max-restarts",
+                "0",
+                "-m",
+                "benchbase",
+                *global_options,
+                "run",
+                "--out",
+                str(out),
+                "--cell",
+                cell.cell_id,
+            ]
+        )
     return found
 
 
@@ -232,9 +278,11 @@ def check_endpoint(rendezvous: Rendezvous) -> None:
         except Exception as error:  # noqa: BLE001 - refused, timed out, or not a store
             if time.monotonic() >= deadline:
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise UserError(f"rendezvous endpoint {rendezvous.endpoint} is unreachable within "
-                                f"{rendezvous.join_timeout_s} s ({reason}); start the node that hosts it first, "
-                                "or check the address") from None
+                raise UserError(
+                    f"rendezvous endpoint {rendezvous.endpoint} is unreachable within "
+                    f"{rendezvous.join_timeout_s} s ({reason}); start the node that hosts it first, "
+                    "or check the address"
+                ) from None
             time.sleep(1.0)
 
 

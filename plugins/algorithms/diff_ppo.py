@@ -146,10 +146,17 @@ class PPOLearner(OnPolicyLearner):
                 if p.normalise_advantages and len(batch) > 1:
                     batch_advantages = (batch_advantages - batch_advantages.mean()) / (batch_advantages.std() + 1e-8)
                 losses = ppo_losses(
-                    log_prob, old_log_prob[batch], batch_advantages,
-                    values, old_values[batch], returns[batch], entropy,
-                    clip_range=clip_range, clip_value_loss=p.clip_value_loss,
-                    value_coef=p.value_coef, entropy_coef=p.entropy_coef,
+                    log_prob,
+                    old_log_prob[batch],
+                    batch_advantages,
+                    values,
+                    old_values[batch],
+                    returns[batch],
+                    entropy,
+                    clip_range=clip_range,
+                    clip_value_loss=p.clip_value_loss,
+                    value_coef=p.value_coef,
+                    entropy_coef=p.entropy_coef,
                 )
                 grad_norm = self.optimizer_step(losses.loss, p.max_grad_norm)
                 for name, value in losses._asdict().items():

@@ -37,8 +37,7 @@ class GalaParams(A2CParams, GossipParams):
         "than K iterations old (default: never wait; 0 = synchronous, deterministic)",
         min=0,
     )
-    lr: float = param(1.5e-3, "RMSprop learning rate (GALA used 1.4e-3 on Pong; A2C's 7e-4 learns too slowly)",
-                      min=0.0)
+    lr: float = param(1.5e-3, "RMSprop learning rate (GALA used 1.4e-3 on Pong; A2C's 7e-4 learns too slowly)", min=0.0)
     max_grad_norm: float = param(0.5, "gradient-norm clipping (GALA's 0.5); 0 = none", min=0.0)
     normalise_observations: bool = param(
         False,

@@ -118,8 +118,15 @@ def vtrace_losses(
             kl = kl_divergence(actor_out.detach(), log_std, behaviour_out, behaviour_log_std)
             relevant = kl <= params.laser_threshold
         targets = vtrace_targets(
-            log_ratios, discounts, rewards, values[:-1].detach(), values[-1].detach(),
-            rho_bar=params.rho_bar, c_bar=params.c_bar, pg_rho_bar=params.pg_rho_bar, relevant=relevant,
+            log_ratios,
+            discounts,
+            rewards,
+            values[:-1].detach(),
+            values[-1].detach(),
+            rho_bar=params.rho_bar,
+            c_bar=params.c_bar,
+            pg_rho_bar=params.pg_rho_bar,
+            relevant=relevant,
         )
     keep = torch.ones_like(rewards) if relevant is None else relevant.to(rewards.dtype)
 
@@ -150,8 +157,13 @@ def vtrace_losses(
 
 class VTraceLearner(OffPolicyLearner):
     def __init__(self, params: VTraceParams, spec: LearnerSpec) -> None:
-        super().__init__(params, spec, n_steps=params.unroll_length, behaviour_refresh=params.behaviour_refresh,
-                         background_preparation=params.background_preparation)
+        super().__init__(
+            params,
+            spec,
+            n_steps=params.unroll_length,
+            behaviour_refresh=params.behaviour_refresh,
+            background_preparation=params.background_preparation,
+        )
         self.optimizer = torch.optim.RMSprop(
             [self.flat.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
         )
@@ -173,9 +185,16 @@ class VTraceLearner(OffPolicyLearner):
 
         actor_out, values = self.model.sequence_outputs(observations)
         losses = vtrace_losses(
-            actor_out, self.model.action_log_std(), values,
-            stack("actions"), stack("rewards"), stack("discounts"),
-            stack("behaviour_logits"), behaviour_log_std, stack("behaviour_values"), p,
+            actor_out,
+            self.model.action_log_std(),
+            values,
+            stack("actions"),
+            stack("rewards"),
+            stack("discounts"),
+            stack("behaviour_logits"),
+            behaviour_log_std,
+            stack("behaviour_values"),
+            p,
         )
         grad_norm = self.optimizer_step(losses.loss, p.max_grad_norm)
         metrics = {

@@ -70,9 +70,7 @@ class EliteParams(SimilarityParams):
         min=1,
         max=4,
     )
-    stride: int = param(
-        0, "k of selections 2 and 4; 0 = ⌊candidates / n⌋ (the candidates per sampled segment)", min=0
-    )
+    stride: int = param(0, "k of selections 2 and 4; 0 = ⌊candidates / n⌋ (the candidates per sampled segment)", min=0)
     elite_insertion: bool = param(
         False, "once full, overwrite the most used (then oldest) of a random sample instead of the oldest"
     )

@@ -154,8 +154,13 @@ def check_p_norm(owner: str, p: float) -> None:
 class CandidateBuffer(RingBuffer):
     """A ring buffer sampled by ranking an annealed candidate set (subclasses score and select)."""
 
-    checkpoint_attributes = (*RingBuffer.checkpoint_attributes, "_calls", "_fallbacks", "_distance_sum",
-                             "_distance_count")
+    checkpoint_attributes = (
+        *RingBuffer.checkpoint_attributes,
+        "_calls",
+        "_fallbacks",
+        "_distance_sum",
+        "_distance_count",
+    )
 
     def __init__(self, params: Any, seed: int) -> None:
         super().__init__(params.capacity, seed, params.min_fill)

@@ -84,7 +84,9 @@ class RingBuffer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "slots": [None if segment is None else segment.to_dict() for segment in self.slots],
-            "usage": self.usage.copy(), "inserted": self.inserted.copy(), "rng": self.rng.bit_generator.state,
+            "usage": self.usage.copy(),
+            "inserted": self.inserted.copy(),
+            "rng": self.rng.bit_generator.state,
             "attributes": {name: getattr(self, name) for name in self.checkpoint_attributes},
         }
 

@@ -159,9 +159,29 @@ def test_star_runs_in_a_grid(tmp_path):
 
     out = tmp_path / "run"
     result = bench(
-        "run", "-a", "diff-a2c", "-t", "star", "-e", "CartPole-v1", "--learners", "3", "--envs-per-learner", "2",
-        "--env-steps", "600", "--evaluations", "1", "--eval-episodes", "1", "--seeds", "1", "--out", str(out),
-        cwd=tmp_path, timeout=300,
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "star",
+        "-e",
+        "CartPole-v1",
+        "--learners",
+        "3",
+        "--envs-per-learner",
+        "2",
+        "--env-steps",
+        "600",
+        "--evaluations",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = pq.read_table(out / "cells.parquet").to_pylist()
@@ -190,8 +210,21 @@ def test_blocking_star_removes_it(monkeypatch):
 def test_bench_run_with_star_blocked_is_a_one_line_error(tmp_path):
     out = tmp_path / "never"
     result = bench(
-        "run", "-a", "diff-a2c", "-t", "star", "-e", "CartPole-v1", "--learners", "3", "--seeds", "1",
-        "--out", str(out), env={"BENCHBASE_BLOCK_PLUGINS": "star"}, cwd=tmp_path,
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "star",
+        "-e",
+        "CartPole-v1",
+        "--learners",
+        "3",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        env={"BENCHBASE_BLOCK_PLUGINS": "star"},
+        cwd=tmp_path,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
@@ -258,8 +291,10 @@ def test_name_clash_through_an_alias(plugin_dir):
 
 def extra_plugin_env(folder, module: str) -> dict[str, str]:
     """Environment that makes `bench` load `module` from `folder` as a local plugin."""
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
-            "BENCHBASE_EXTRA_PLUGINS": module}
+    return {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
+        "BENCHBASE_EXTRA_PLUGINS": module,
+    }
 
 
 def test_bench_plugins_reports_a_clash(tmp_path):

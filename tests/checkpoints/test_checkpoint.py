@@ -23,8 +23,13 @@ CONFIG = {"algorithm": "diff-a2c", "seed": 0, "env_steps": 1000}
 
 
 def state(value: float) -> dict:
-    return {"model": {"weight": torch.full((3, 2), value)}, "steps": 7, "rng": torch.get_rng_state(),
-            "normaliser": {"mean": [0.5, 1.5], "count": 12.0}, "name": "learner-0"}
+    return {
+        "model": {"weight": torch.full((3, 2), value)},
+        "steps": 7,
+        "rng": torch.get_rng_state(),
+        "normaliser": {"mean": [0.5, 1.5], "count": 12.0},
+        "name": "learner-0",
+    }
 
 
 def test_a_saved_checkpoint_loads_back_exactly(tmp_path: Path):
@@ -96,14 +101,21 @@ def test_loading_never_unpickles_arbitrary_objects(tmp_path: Path):
 
 # -- what a checkpoint carries: simulators, learners, the stop agreement --------------------------
 
+
 def _trajectory(env, steps: int, seed: int = 5) -> list:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(steps):
         actions = rng.uniform(-2, 2, (env.num_envs, 1)) if env.action_space.shape else rng.integers(0, 2, env.num_envs)
         result = env.step(actions)
-        out.append((result.observations.copy(), result.rewards.copy(), result.terminated.copy(),
-                    [(e.simulator, e.episode_return, e.task.task_id, dict(e.task.parameters)) for e in result.finished]))
+        out.append(
+            (
+                result.observations.copy(),
+                result.rewards.copy(),
+                result.terminated.copy(),
+                [(e.simulator, e.episode_return, e.task.task_id, dict(e.task.parameters)) for e in result.finished],
+            )
+        )
     return out
 
 
@@ -128,16 +140,29 @@ def test_a_classic_env_saved_mid_episode_continues_exactly(family_name: str, ove
 @pytest.mark.parametrize("name", ["diff-a2c", "diff-ppo", "gala-a2c"])
 def test_a_learner_restored_from_its_state_continues_bit_for_bit(tmp_path: Path, name: str):
     torch.set_num_threads(1)
-    registry = load_registry(only={"plugins.algorithms.diff_a2c", "plugins.algorithms.diff_ppo",
-                                   "plugins.algorithms.gala", "plugins.envs.classic.family"})
+    registry = load_registry(
+        only={
+            "plugins.algorithms.diff_a2c",
+            "plugins.algorithms.diff_ppo",
+            "plugins.algorithms.gala",
+            "plugins.envs.classic.family",
+        }
+    )
     algorithm, family = registry.get("algorithm", name), registry.get("env", "random-pendulum")
     env_params = params_of(family)
-    overrides = {"n_steps": 8, "n_epochs": 2, "minibatch_size": 16} if name == "diff-ppo" else {"lr_decay": True} if name == "gala-a2c" else {}
+    overrides = (
+        {"n_steps": 8, "n_epochs": 2, "minibatch_size": 16}
+        if name == "diff-ppo"
+        else {"lr_decay": True}
+        if name == "gala-a2c"
+        else {}
+    )
 
     def make():
         env = family.make_env(env_params, family.training_tasks(env_params, 2, 0), seed=0)
-        return algorithm.make_learner(params_of(algorithm, overrides), LearnerSpec(env, 0, 1, 0, torch.device("cpu"),
-                                                                                 env_steps_budget=4000))
+        return algorithm.make_learner(
+            params_of(algorithm, overrides), LearnerSpec(env, 0, 1, 0, torch.device("cpu"), env_steps_budget=4000)
+        )
 
     learner = make()
     for _ in range(5):
@@ -178,8 +203,14 @@ def test_vtrace_with_its_replay_contents_continues_bit_for_bit(tmp_path: Path, s
     from benchbase.api.replay import ReplayMix, batch_shares
 
     torch.set_num_threads(1)
-    registry = load_registry(only={"plugins.algorithms.vtrace", "plugins.replay.uniform", "plugins.replay.elite",
-                                   "plugins.envs.classic.family"})
+    registry = load_registry(
+        only={
+            "plugins.algorithms.vtrace",
+            "plugins.replay.uniform",
+            "plugins.replay.elite",
+            "plugins.envs.classic.family",
+        }
+    )
     algorithm, family = registry.get("algorithm", "vtrace"), registry.get("env", "random-cartpole")
     env_params = params_of(family)
     params = params_of(algorithm, {"batch_size": 4, "unroll_length": 5, "background_preparation": False})
@@ -189,8 +220,9 @@ def test_vtrace_with_its_replay_contents_continues_bit_for_bit(tmp_path: Path, s
     def make():
         env = family.make_env(env_params, family.training_tasks(env_params, 2, 0), seed=0)
         mix = ReplayMix(batch_shares([(strategy, replay_params)], 4), [replay_plugin.make_buffer(replay_params, 7)])
-        return algorithm.make_learner(params, LearnerSpec(env, 0, 1, 0, torch.device("cpu"), replay=mix,
-                                                          env_steps_budget=2000))
+        return algorithm.make_learner(
+            params, LearnerSpec(env, 0, 1, 0, torch.device("cpu"), replay=mix, env_steps_budget=2000)
+        )
 
     learner = make()
     for _ in range(6):

@@ -23,8 +23,13 @@ FAULTY = {"PYTHONPATH": str(TESTS), "BENCHBASE_EXTRA_PLUGINS": "fault_plugin"}
 
 
 def bench(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchbase", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "benchbase", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def cell_rows(out: Path) -> dict[int, dict]:
@@ -46,9 +51,31 @@ def newest_steps(out: Path, cell_id: str) -> list[int]:
     return [max(checkpoint.steps_of(path) for path in folder.glob("step-*.pt")) for folder in folders]
 
 
-KILL_GRID = ["run", "-a", "faulty-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "4",
-             "--envs-per-learner", "8", "--env-steps", "40000", "--seeds", "2", "--checkpoint-every", "8000",
-             "--evaluations", "2", "--eval-episodes", "2", "--comm-timeout", "60"]
+KILL_GRID = [
+    "run",
+    "-a",
+    "faulty-a2c",
+    "-t",
+    "ring",
+    "-e",
+    "random-cartpole",
+    "--learners",
+    "4",
+    "--envs-per-learner",
+    "8",
+    "--env-steps",
+    "40000",
+    "--seeds",
+    "2",
+    "--checkpoint-every",
+    "8000",
+    "--evaluations",
+    "2",
+    "--eval-episodes",
+    "2",
+    "--comm-timeout",
+    "60",
+]
 
 
 def test_a_killed_learner_fails_its_cell_the_grid_goes_on_and_a_rerun_resumes_it_exactly(tmp_path: Path):
@@ -93,20 +120,48 @@ def test_a_killed_learner_fails_its_cell_the_grid_goes_on_and_a_rerun_resumes_it
     assert len(keys) == len(set(keys))  # nothing duplicated
 
 
-@pytest.mark.parametrize("algorithm,topology,lockstep", [
-    ("diff-a2c", "ring", True),  # synchronous: every learner stops at one agreed iteration
-    ("gala-a2c", "directed-ring", False),  # asynchronous: each stops where it is
-])
+@pytest.mark.parametrize(
+    "algorithm,topology,lockstep",
+    [
+        ("diff-a2c", "ring", True),  # synchronous: every learner stops at one agreed iteration
+        ("gala-a2c", "directed-ring", False),  # asynchronous: each stops where it is
+    ],
+)
 def test_ctrl_c_checkpoints_the_running_cell_and_a_rerun_completes_the_grid(
-        tmp_path: Path, algorithm: str, topology: str, lockstep: bool):
+    tmp_path: Path, algorithm: str, topology: str, lockstep: bool
+):
     out = tmp_path / "run"
-    args = ["run", "-a", algorithm, "-t", topology, "-e", "random-cartpole", "--learners", "4", "--seeds", "2",
-            "--env-steps", "160000", "--checkpoint-every", "16000", "--evaluations", "1", "--eval-episodes", "1",
-            "--out", str(out)]
+    args = [
+        "run",
+        "-a",
+        algorithm,
+        "-t",
+        topology,
+        "-e",
+        "random-cartpole",
+        "--learners",
+        "4",
+        "--seeds",
+        "2",
+        "--env-steps",
+        "160000",
+        "--checkpoint-every",
+        "16000",
+        "--evaluations",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--out",
+        str(out),
+    ]
     # A shell's background jobs inherit SIGINT as ignored: give the child the default, as a terminal's Ctrl-C finds it.
-    process = subprocess.Popen([sys.executable, "-m", "benchbase", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchbase", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not list(out.glob("checkpoints/*/learner-3/step-*.json")):
@@ -142,15 +197,32 @@ def test_ctrl_c_checkpoints_the_running_cell_and_a_rerun_completes_the_grid(
 
 def test_init_from_starts_every_learner_from_the_checkpoint(tmp_path: Path):
     source = tmp_path / "source"
-    base = ["run", "-a", "diff-a2c", "-t", "isolated", "-e", "random-cartpole", "--learners", "2", "--seeds", "1",
-            "--envs-per-learner", "4", "--evaluations", "0"]
+    base = [
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "isolated",
+        "-e",
+        "random-cartpole",
+        "--learners",
+        "2",
+        "--seeds",
+        "1",
+        "--envs-per-learner",
+        "4",
+        "--evaluations",
+        "0",
+    ]
     assert bench(*base, "--env-steps", "8000", "--out", str(source)).returncode == 0
     source_cell = cell_rows(source)[0]["cell_id"]
     cell_folder = source / "checkpoints" / source_cell
 
     # With lr = 0 nothing changes the parameters: the new cell ends where the source ended.
     out = tmp_path / "continued"
-    result = bench(*base, "--env-steps", "4000", "--set", "diff-a2c.lr=0", "--init-from", str(cell_folder), "--out", str(out))
+    result = bench(
+        *base, "--env-steps", "4000", "--set", "diff-a2c.lr=0", "--init-from", str(cell_folder), "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     row = cell_rows(out)[0]
     config = json.loads(row["config"])
@@ -159,8 +231,17 @@ def test_init_from_starts_every_learner_from_the_checkpoint(tmp_path: Path):
     for continued, original in zip(final_parameters(out, row["cell_id"], 2), final_parameters(source, source_cell, 2)):
         assert torch.equal(continued, original)
 
-    result = bench(*base, "--env-steps", "4000", "--set", "diff-a2c.hidden=32", "--init-from", str(cell_folder),
-                   "--out", str(tmp_path / "other"))
+    result = bench(
+        *base,
+        "--env-steps",
+        "4000",
+        "--set",
+        "diff-a2c.hidden=32",
+        "--init-from",
+        str(cell_folder),
+        "--out",
+        str(tmp_path / "other"),
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "the architecture or the env differs" in result.stderr
     result = bench(*base, "--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))

@@ -90,8 +90,9 @@ def test_synchronous_mixing_reaches_the_exact_average(synchronous, name):
 def test_one_mix_step_is_the_weighted_sum_of_the_neighbourhood(synchronous, plans, name):
     expected = plans[name].weights[0] @ initial_matrix()
     for rank, result in enumerate(synchronous):
-        np.testing.assert_allclose(result[name]["trace"][0], expected[rank], rtol=0, atol=1e-5,
-                                   err_msg=f"learner {rank}")
+        np.testing.assert_allclose(
+            result[name]["trace"][0], expected[rank], rtol=0, atol=1e-5, err_msg=f"learner {rank}"
+        )
     # Different starting vectors, so one step is not already the average.
     assert not np.allclose(expected, expected.mean(axis=0)) or name == "fully-connected"
 
@@ -203,7 +204,9 @@ def test_bounded_staleness_with_a_straggler(registry):
     for rank in (1, 2, 3):
         wait_sync = results[rank][0]["before_close"]["mix_wait_s"]
         wait_gossip = results[rank][bound]["before_close"]["mix_wait_s"]
-        assert wait_gossip < wait_sync, f"learner {rank}: {wait_gossip:.3f} s with K={bound}, {wait_sync:.3f} s with K=0"
+        assert wait_gossip < wait_sync, (
+            f"learner {rank}: {wait_gossip:.3f} s with K={bound}, {wait_sync:.3f} s with K=0"
+        )
     assert results[1][0]["before_close"]["mix_wait_s"] > 0.5 * iterations * sleep_s
 
 

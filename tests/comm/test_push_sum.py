@@ -188,8 +188,11 @@ def test_link_drops_are_a_reproducible_hash_with_the_asked_rate():
 
 @pytest.fixture(scope="module")
 def synchronous_runs(registry) -> dict[str, Any]:
-    plans = {"push-sum": directed_plan("push-sum"), "uniform": directed_plan("uniform"),
-             "ring": plan_for(registry, "ring", N)}
+    plans = {
+        "push-sum": directed_plan("push-sum"),
+        "uniform": directed_plan("uniform"),
+        "ring": plan_for(registry, "ring", N),
+    }
     prefix = f"bbt-ps-{uuid.uuid4().hex[:8]}"
     clean = dh.run_group(dh.push_sum_suite, N, plans, NUMEL, 200, prefix, timeout_s=90)
     dropped = dh.run_group(dh.push_sum_suite, N, plans, NUMEL, 200, prefix + "d", 0.3, timeout_s=90)
@@ -221,12 +224,16 @@ def test_push_sum_keeps_the_exact_average_with_dropped_links(synchronous_runs):
         # Synchronous drops are a function of (seed, learner, iteration): both transports agree.
     for rank in range(N):
         np.testing.assert_array_equal(results[rank][("ring", "p2p")]["final"], results[rank][("ring", "shm")]["final"])
-        np.testing.assert_allclose(results[rank][("push-sum", "p2p")]["final"],
-                                   results[rank][("push-sum", "shm")]["final"], atol=1e-6)
+        np.testing.assert_allclose(
+            results[rank][("push-sum", "p2p")]["final"], results[rank][("push-sum", "shm")]["final"], atol=1e-6
+        )
     # Plain diffusion on the ring still agrees, and sent fewer messages than without drops.
     ring_final = dh.as_matrix([r[("ring", "p2p")]["final"] for r in results])
     assert np.ptp(ring_final, axis=0).max() < 1e-4
-    assert results[0][("ring", "p2p")]["stats"]["messages_sent"] < synchronous_runs["clean"][0][("ring", "p2p")]["stats"]["messages_sent"]
+    assert (
+        results[0][("ring", "p2p")]["stats"]["messages_sent"]
+        < synchronous_runs["clean"][0][("ring", "p2p")]["stats"]["messages_sent"]
+    )
 
 
 @pytest.mark.parametrize("transport", ["p2p", "shm"])
@@ -237,8 +244,9 @@ def test_asynchronous_push_sum_with_a_straggler_conserves_mass_and_respects_the_
     bound, iterations, sleep_s = 3, 40, 0.01
     plan = directed_plan("push-sum")
     prefix = f"bbt-aps-{uuid.uuid4().hex[:8]}"
-    results = dh.run_group(dh.async_push_sum_suite, N, plan, NUMEL, iterations, bound, sleep_s, transport, prefix,
-                           timeout_s=90)
+    results = dh.run_group(
+        dh.async_push_sum_suite, N, plan, NUMEL, iterations, bound, sleep_s, transport, prefix, timeout_s=90
+    )
     assert sum(r["weight"] for r in results) == pytest.approx(N, abs=1e-9)
     total_mass = sum(r["mass"] for r in results)
     np.testing.assert_allclose(total_mass, initial_matrix().sum(axis=0), rtol=2e-6, atol=1e-6)
@@ -263,8 +271,7 @@ def test_asynchronous_push_sum_with_a_straggler_conserves_mass_and_respects_the_
 def test_asynchronous_push_sum_with_drops_loses_no_mass(registry):
     plan = plan_for(registry, "exponential", N, num_peers=1)
     prefix = f"bbt-apsd-{uuid.uuid4().hex[:8]}"
-    results = dh.run_group(dh.async_push_sum_suite, N, plan, NUMEL, 40, 1000, 0.0, "p2p", prefix, 0.4,
-                           timeout_s=90)
+    results = dh.run_group(dh.async_push_sum_suite, N, plan, NUMEL, 40, 1000, 0.0, "p2p", prefix, 0.4, timeout_s=90)
     assert sum(r["weight"] for r in results) == pytest.approx(N, abs=1e-9)
     np.testing.assert_allclose(sum(r["mass"] for r in results), initial_matrix().sum(axis=0), rtol=2e-6, atol=1e-6)
     assert sum(r["before_close"]["publishes_skipped"] for r in results) > 20

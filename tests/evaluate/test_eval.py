@@ -39,9 +39,27 @@ def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished two-learner cell trained just enough to score unevenly (2,000 env steps)."""
     out = tmp_path_factory.mktemp("eval") / "run"
-    result = bench("run", "-a", "diff-a2c", "-t", "isolated", "-e", "random-cartpole", "--learners", "2",
-                   "--envs-per-learner", "2", "--env-steps", "2000", "--seeds", "1", "--eval-episodes", str(EPISODES),
-                   "--out", str(out))
+    result = bench(
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "isolated",
+        "-e",
+        "random-cartpole",
+        "--learners",
+        "2",
+        "--envs-per-learner",
+        "2",
+        "--env-steps",
+        "2000",
+        "--seeds",
+        "1",
+        "--eval-episodes",
+        str(EPISODES),
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -95,8 +113,11 @@ def test_greedy_is_deterministic_and_is_the_checkpoints_model(run: Path, tmp_pat
     learner.load_state_dict(found.state["learner"], mode="model")
     own = simulator_tasks(family.training_tasks(params, cell.learners, cell.seed), cell, 1)
     evaluator = Evaluator(family, params, own, cell, 1)
-    expected = sorted((1, split, e.task.task_id, e.episode_return, e.episode_length, e.success)
-                      for split, episodes in evaluator.run(learner.act_greedy).items() for e in episodes)
+    expected = sorted(
+        (1, split, e.task.task_id, e.episode_return, e.episode_length, e.success)
+        for split, episodes in evaluator.run(learner.act_greedy).items()
+        for e in episodes
+    )
     evaluator.close()
     assert rows(first.table) == expected
 
@@ -105,8 +126,10 @@ def test_stochastic_differs_from_greedy_and_repeats(run: Path, tmp_path: Path) -
     torch.set_num_threads(1)
     source = str(cell_folder(run))
     greedy = evaluate(EvalRequest(source=source, episodes=EPISODES, out=tmp_path / "g"), REGISTRY)
-    sampled = [evaluate(EvalRequest(source=source, episodes=EPISODES, stochastic=True, out=tmp_path / f"s{k}"), REGISTRY)
-               for k in range(2)]
+    sampled = [
+        evaluate(EvalRequest(source=source, episodes=EPISODES, stochastic=True, out=tmp_path / f"s{k}"), REGISTRY)
+        for k in range(2)
+    ]
     assert set(sampled[0].table.column("mode").to_pylist()) == {"stochastic"}
     assert rows(sampled[0].table) == rows(sampled[1].table)  # seeded
     assert rows(sampled[0].table) != rows(greedy.table)
@@ -115,13 +138,28 @@ def test_stochastic_differs_from_greedy_and_repeats(run: Path, tmp_path: Path) -
 
 def test_other_family_and_split(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = bench("eval", str(cell_folder(run)), "--env", "extreme-cartpole", "--split", "E", "--learner", "0",
-                   "--episodes", "2", "--seed", "5", "--out", str(out))
+    result = bench(
+        "eval",
+        str(cell_folder(run)),
+        "--env",
+        "extreme-cartpole",
+        "--split",
+        "E",
+        "--learner",
+        "0",
+        "--episodes",
+        "2",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     table = pq.read_table(out / "evaluations.parquet").to_pylist()
     assert len(table) == 2
     assert {(row["env"], row["trained_env"], row["split"], row["learner"], row["seed"]) for row in table} == {
-        ("extreme-cartpole", "random-cartpole", "E", 0, 5)}
+        ("extreme-cartpole", "random-cartpole", "E", 0, 5)
+    }
     assert all(row["task_id"].startswith("E-eval-") and dict(row["task_params"]) for row in table)
 
 
@@ -129,14 +167,24 @@ def test_other_family_and_split(run: Path, tmp_path: Path) -> None:
 def test_video_records_simulator_zero(run: Path, tmp_path: Path, suffix: str) -> None:
     torch.set_num_threads(1)
     path = tmp_path / f"episodes{suffix}"
-    outcome = evaluate(EvalRequest(source=str(cell_folder(run)), splits=("D", "E"), episodes=2, learner=0,
-                                   out=tmp_path / "out", video=path), REGISTRY)
-    lengths = {row["split"]: row["episode_length"] for row in outcome.table.to_pylist()
-               if row["episode"] == 0 and row["learner"] == 0}
+    outcome = evaluate(
+        EvalRequest(
+            source=str(cell_folder(run)), splits=("D", "E"), episodes=2, learner=0, out=tmp_path / "out", video=path
+        ),
+        REGISTRY,
+    )
+    lengths = {
+        row["split"]: row["episode_length"]
+        for row in outcome.table.to_pylist()
+        if row["episode"] == 0 and row["learner"] == 0
+    }
     # Simulator 0's episode of each split, every state before its last step.
     assert outcome.video == path and outcome.video_frames == sum(lengths.values())
-    frames = np.stack(imageio.mimread(path, memtest=False) if suffix == ".gif" else
-                      imageio.mimread(path, format="FFMPEG", memtest=False))
+    frames = np.stack(
+        imageio.mimread(path, memtest=False)
+        if suffix == ".gif"
+        else imageio.mimread(path, format="FFMPEG", memtest=False)
+    )
     assert frames.ndim == 4 and len(frames) > 10 and frames.std(axis=0).max() > 0  # it moves
     assert not list(tmp_path.glob(".*partial*"))
 
@@ -195,8 +243,13 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path) -> None:
     }
     # In parallel: each is a fresh interpreter that imports torch.
     processes = {
-        expected: subprocess.Popen([sys.executable, "-m", "benchbase", "eval", *args], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env={**os.environ})
+        expected: subprocess.Popen(
+            [sys.executable, "-m", "benchbase", "eval", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
+        )
         for expected, args in cases.items()
     }
     for expected, process in processes.items():

@@ -110,7 +110,11 @@ def cli(*, a=("diff-a2c",), t=("ring",), e=("CartPole-v1",), r=(), sets=(), **sc
         "envs": [parse_axis_entry(x, "--env") for x in e],
         "replay": [parse_replay_entry(x, "--replay") for x in r],
         "set_items": [parse_set(x) for x in sets],
-        "learners": 2, "envs_per_learner": 2, "env_steps": 1000, "evaluations": 1, "eval_episodes": 1,
+        "learners": 2,
+        "envs_per_learner": 2,
+        "env_steps": 1000,
+        "evaluations": 1,
+        "eval_episodes": 1,
         **scalars,
     }
 
@@ -172,8 +176,10 @@ def test_parse_set_rejects_malformed_items(text: str):
 
 
 def test_set_is_typed(registry):
-    cell = only_cell(registry, sets=["diff-a2c.lr=0.001", "diff-a2c.n_steps=7", "diff-a2c.normalise_rewards=off",
-                                     "diff-a2c.gae_lambda=0.95"])
+    cell = only_cell(
+        registry,
+        sets=["diff-a2c.lr=0.001", "diff-a2c.n_steps=7", "diff-a2c.normalise_rewards=off", "diff-a2c.gae_lambda=0.95"],
+    )
     assert cell.algorithm_params["lr"] == 0.001 and type(cell.algorithm_params["lr"]) is float
     assert cell.algorithm_params["n_steps"] == 7 and type(cell.algorithm_params["n_steps"]) is int
     assert cell.algorithm_params["normalise_rewards"] is False
@@ -204,14 +210,20 @@ def test_set_with_an_unknown_plugin(registry):
 
 
 def test_set_applies_to_any_kind_and_entry_parameters_win(registry):
-    cell = only_cell(registry, t=["random:p=0.3"], e=["random-cartpole"],
-                     sets=["random.p=0.9", "random.graph_seed=5", "random-cartpole.max_episode_steps=50"])
+    cell = only_cell(
+        registry,
+        t=["random:p=0.3"],
+        e=["random-cartpole"],
+        sets=["random.p=0.9", "random.graph_seed=5", "random-cartpole.max_episode_steps=50"],
+    )
     assert cell.topology_params == {"weights": "auto", "p": 0.3, "graph_seed": 5}
     assert cell.env_params["max_episode_steps"] == 50
     # --set applies only where the plugin appears: other axis entries keep their defaults.
     cells = plan(registry, t=["ring", "random"], sets=["random.p=0.9"], seeds=1).cells
-    assert [c.topology_params for c in cells] == [{"weights": "auto"}, {"weights": "auto", "p": 0.9,
-                                                                               "graph_seed": None}]
+    assert [c.topology_params for c in cells] == [
+        {"weights": "auto"},
+        {"weights": "auto", "p": 0.9, "graph_seed": None},
+    ]
 
 
 def test_unknown_axis_names_are_user_errors(registry):
@@ -246,8 +258,11 @@ def test_expand_is_the_cross_product_in_order(registry):
     result = plan(registry, t=["ring", "fully-connected", "isolated"], e=["CartPole-v1", "random-cartpole"], seeds=2)
     assert not result.invalid
     got = [(c.algorithm, c.topology, c.env, c.replay, c.seed) for c in result.cells]
-    expected = list(itertools.product(["diff-a2c"], ["ring", "fully-connected", "isolated"],
-                                      ["CartPole-v1", "random-cartpole"], ["none"], [0, 1]))
+    expected = list(
+        itertools.product(
+            ["diff-a2c"], ["ring", "fully-connected", "isolated"], ["CartPole-v1", "random-cartpole"], ["none"], [0, 1]
+        )
+    )
     assert got == expected
     cell = result.cells[0]
     assert (cell.learners, cell.learner_processes, cell.envs_per_learner) == (2, 2, 2)
@@ -267,9 +282,19 @@ def test_bad_seeds(seeds: Any):
         make_spec({"seeds": seeds}, cli())
 
 
-@pytest.mark.parametrize(("key", "value"), [("learners", 0), ("envs_per_learner", 0), ("env_steps", 0),
-                                            ("evaluations", -1), ("eval_episodes", 0), ("learners", True),
-                                            ("learners", 2.0), ("env_steps", "1000")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("learners", 0),
+        ("envs_per_learner", 0),
+        ("env_steps", 0),
+        ("evaluations", -1),
+        ("eval_episodes", 0),
+        ("learners", True),
+        ("learners", 2.0),
+        ("env_steps", "1000"),
+    ],
+)
 def test_bad_shared_settings(key: str, value: Any):
     with pytest.raises(UserError, match=key.replace("_", "-")):
         make_spec({key: value}, {k: v for k, v in cli().items() if k != key})
@@ -283,8 +308,13 @@ def test_an_axis_without_entries_is_an_error():
 
 
 def test_command_line_wins_axis_by_axis():
-    file_values = {"algorithms": ["diff-a2c"], "topologies": ["ring", "isolated"], "envs": ["random-cartpole"],
-                   "learners": 8, "set": {"diff-a2c": {"lr": 0.5, "gamma": 0.9}}}
+    file_values = {
+        "algorithms": ["diff-a2c"],
+        "topologies": ["ring", "isolated"],
+        "envs": ["random-cartpole"],
+        "learners": 8,
+        "set": {"diff-a2c": {"lr": 0.5, "gamma": 0.9}},
+    }
     spec = make_spec(file_values, {"topologies": [AxisEntry("random")], "set_items": [("diff-a2c", "lr", "0.1")]})
     assert [str(e) for e in spec.topologies] == ["random"]
     assert [str(e) for e in spec.envs] == ["random-cartpole"]
@@ -333,11 +363,19 @@ def test_another_seed_is_another_cell(registry):
 
 
 def test_invalid_combinations_are_listed_not_run(fake_registry):
-    result = plan(fake_registry, a=["diff-a2c", "discrete-only"], e=["CartPole-v1", "Pendulum-v1"],
-                  r=["none", "fake-replay"], seeds=2)
+    result = plan(
+        fake_registry,
+        a=["diff-a2c", "discrete-only"],
+        e=["CartPole-v1", "Pendulum-v1"],
+        r=["none", "fake-replay"],
+        seeds=2,
+    )
     valid = sorted({(c.algorithm, c.env, c.replay) for c in result.cells})
-    assert valid == [("diff-a2c", "CartPole-v1", "none"), ("diff-a2c", "Pendulum-v1", "none"),
-                     ("discrete-only", "CartPole-v1", "none")]
+    assert valid == [
+        ("diff-a2c", "CartPole-v1", "none"),
+        ("diff-a2c", "Pendulum-v1", "none"),
+        ("discrete-only", "CartPole-v1", "none"),
+    ]
     assert len(result.cells) == 6
     reasons = dict(result.invalid)
     assert len(reasons) == 5
@@ -359,11 +397,19 @@ def test_replay_mixes_by_ratio_from_the_command_line_and_toml(fake_registry):
     mix = "fake-replay:capacity=2,ratio=0.5+other-replay:capacity=1e+3,ratio=0.5"
     (cell,) = plan(fake_registry, a=["fake-off-policy"], r=[mix]).cells
     assert cell.replay == "fake-replay+other-replay"
-    assert cell.replay_params == {"fake-replay": {"capacity": 2, "ratio": 0.5},
-                                  "other-replay": {"capacity": 1000, "ratio": 0.5}}
-    from_toml = make_spec({"algorithms": ["fake-off-policy"], "topologies": ["ring"], "envs": ["CartPole-v1"],
-                           "replay": [[{"name": "fake-replay", "capacity": 2, "ratio": 0.5},
-                                       "other-replay:capacity=1000,ratio=0.5"]]}, {})
+    assert cell.replay_params == {
+        "fake-replay": {"capacity": 2, "ratio": 0.5},
+        "other-replay": {"capacity": 1000, "ratio": 0.5},
+    }
+    from_toml = make_spec(
+        {
+            "algorithms": ["fake-off-policy"],
+            "topologies": ["ring"],
+            "envs": ["CartPole-v1"],
+            "replay": [[{"name": "fake-replay", "capacity": 2, "ratio": 0.5}, "other-replay:capacity=1000,ratio=0.5"]],
+        },
+        {},
+    )
     toml_cell = expand(from_toml, fake_registry).cells[0]
     assert (toml_cell.replay, toml_cell.replay_params) == (cell.replay, cell.replay_params)
     assert "fake-replay.capacity=2" in variant(cell, fake_registry)
@@ -372,9 +418,18 @@ def test_replay_mixes_by_ratio_from_the_command_line_and_toml(fake_registry):
 @pytest.mark.parametrize(
     ("mix", "message"),
     [
-        ("fake-replay:ratio=0.5+other-replay:ratio=0.25", "the ratios must sum to 1, got fake-replay 0.5 + other-replay 0.25 = 0.75"),
-        ("fake-replay:ratio=0.3+other-replay:ratio=0.7", "ratio 0.3 of a batch of 4 segments is 1.2, not a whole number"),
-        ("fake-replay:capacity=1,ratio=0.5+other-replay:ratio=0.5", "fake-replay.capacity=1 is smaller than its batch share of 2"),
+        (
+            "fake-replay:ratio=0.5+other-replay:ratio=0.25",
+            "the ratios must sum to 1, got fake-replay 0.5 + other-replay 0.25 = 0.75",
+        ),
+        (
+            "fake-replay:ratio=0.3+other-replay:ratio=0.7",
+            "ratio 0.3 of a batch of 4 segments is 1.2, not a whole number",
+        ),
+        (
+            "fake-replay:capacity=1,ratio=0.5+other-replay:ratio=0.5",
+            "fake-replay.capacity=1 is smaller than its batch share of 2",
+        ),
         ("fake-replay+fake-replay", "names each strategy once"),
         ("fake-replay:ratio=0.5+none", "none stores nothing"),
         ("fake-replay+uniformm", 'unknown replay strategy "uniformm"'),
@@ -436,11 +491,21 @@ def test_load_a_valid_grid_file(tmp_path, registry):
     values = load_grid_file(path)
     spec = make_spec(values, {})
     assert isinstance(spec, GridSpec)
-    assert [str(e) for e in spec.topologies] == ["ring", "random:p=0.8", "adjacency:matrix=[[0,1],[1,0]],weights=uniform"]
+    assert [str(e) for e in spec.topologies] == [
+        "ring",
+        "random:p=0.8",
+        "adjacency:matrix=[[0,1],[1,0]],weights=uniform",
+    ]
     assert spec.seeds == [0, 4] and spec.evaluations == 0
     cells = expand(spec, registry).cells
-    assert [(c.topology, c.seed) for c in cells] == [("ring", 0), ("ring", 4), ("random", 0), ("random", 4),
-                                                     ("adjacency", 0), ("adjacency", 4)]
+    assert [(c.topology, c.seed) for c in cells] == [
+        ("ring", 0),
+        ("ring", 4),
+        ("random", 0),
+        ("random", 4),
+        ("adjacency", 0),
+        ("adjacency", 4),
+    ]
     for cell in cells:
         assert cell.algorithm_params["lr"] == 0.001 and cell.algorithm_params["n_steps"] == 4
         assert cell.algorithm_params["normalise_rewards"] is False
@@ -466,11 +531,14 @@ def test_grid_file_with_bad_values(tmp_path, registry):
     path.write_text('algorithms = ["diff-a2c"]\ntopologies = [{ p = 0.3 }]\nenvs = ["CartPole-v1"]\n')
     with pytest.raises(UserError, match="topologies"):
         make_spec(load_grid_file(path), {})
-    path.write_text('algorithms = ["diff-a2c"]\ntopologies = ["ring"]\nenvs = ["CartPole-v1"]\n'
-                    '[set.diff-a2c]\nlr = "fast"\n')
+    path.write_text(
+        'algorithms = ["diff-a2c"]\ntopologies = ["ring"]\nenvs = ["CartPole-v1"]\n[set.diff-a2c]\nlr = "fast"\n'
+    )
     with pytest.raises(UserError, match=r"diff-a2c\.lr"):
         expand(make_spec(load_grid_file(path), {}), registry)
-    path.write_text('algorithms = ["diff-a2c"]\ntopologies = ["ring"]\nenvs = ["CartPole-v1"]\nset = { diff-a2c = 1 }\n')
+    path.write_text(
+        'algorithms = ["diff-a2c"]\ntopologies = ["ring"]\nenvs = ["CartPole-v1"]\nset = { diff-a2c = 1 }\n'
+    )
     with pytest.raises(UserError, match="set.diff-a2c"):
         make_spec(load_grid_file(path), {})
 
@@ -489,8 +557,19 @@ def test_missing_grid_file(tmp_path):
 
 def test_default_grid_expands_to_twelve_cells(registry):
     values = default_grid()
-    assert set(values) <= {"algorithms", "topologies", "envs", "replay", "seeds", "learners", "envs_per_learner",
-                           "env_steps", "evaluations", "eval_episodes", "set"}
+    assert set(values) <= {
+        "algorithms",
+        "topologies",
+        "envs",
+        "replay",
+        "seeds",
+        "learners",
+        "envs_per_learner",
+        "env_steps",
+        "evaluations",
+        "eval_episodes",
+        "set",
+    }
     result = expand(make_spec(values, {}), registry)
     assert not result.invalid
     assert len(result.cells) == 12
@@ -515,14 +594,26 @@ class Example:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(True, True), (False, False), ("true", True), ("Yes", True), ("1", True), ("on", True),
-     ("false", False), ("NO", False), ("0", False), ("off", False)],
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("Yes", True),
+        ("1", True),
+        ("on", True),
+        ("false", False),
+        ("NO", False),
+        ("0", False),
+        ("off", False),
+    ],
 )
 def test_coerce_bool(value: Any, expected: bool):
     assert coerce(value, bool, "x.flag") is expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [(3, 3), ("3", 3), ("1_000", 1000), ("1e3", 1000), (4.0, 4), ("-2", -2)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(3, 3), ("3", 3), ("1_000", 1000), ("1e3", 1000), (4.0, 4), ("-2", -2)]
+)
 def test_coerce_int(value: Any, expected: int):
     result = coerce(value, int, "x.count")
     assert result == expected and type(result) is int
@@ -536,9 +627,18 @@ def test_coerce_float(value: Any, expected: float):
 
 @pytest.mark.parametrize(
     ("value", "tp", "message"),
-    [("maybe", bool, "true or false"), (1, bool, "true or false"), ("3.5", int, "integer"), (True, int, "integer"),
-     ("three", int, "integer"), (2.5, int, "integer"), ("fast", float, "number"), (True, float, "number"),
-     (None, float, "number"), (5, str, "text")],
+    [
+        ("maybe", bool, "true or false"),
+        (1, bool, "true or false"),
+        ("3.5", int, "integer"),
+        (True, int, "integer"),
+        ("three", int, "integer"),
+        (2.5, int, "integer"),
+        ("fast", float, "number"),
+        (True, float, "number"),
+        (None, float, "number"),
+        (5, str, "text"),
+    ],
 )
 def test_coerce_errors_name_the_parameter(value: Any, tp: Any, message: str):
     with pytest.raises(UserError, match=rf"^x\.p: .*{message}"):

@@ -15,24 +15,64 @@ from bench_helpers import bench_run, cells_solving, learners_succeeding
 
 def test_one_diff_a2c_learner_solves_cartpole_within_100k_steps(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    bench_run(out, "-a", "diff-a2c", "-t", "isolated", "-e", "CartPole-v1", "--learners", "1",
-              "--envs-per-learner", "8", "--env-steps", "100000", "--seeds", "3", "--evaluations", "2",
-              "--eval-episodes", "5", timeout=300)
+    bench_run(
+        out,
+        "-a",
+        "diff-a2c",
+        "-t",
+        "isolated",
+        "-e",
+        "CartPole-v1",
+        "--learners",
+        "1",
+        "--envs-per-learner",
+        "8",
+        "--env-steps",
+        "100000",
+        "--seeds",
+        "3",
+        "--evaluations",
+        "2",
+        "--eval-episodes",
+        "5",
+        timeout=300,
+    )
     solved, final_returns = cells_solving(out, 475, max_env_steps=100_000 + 8 * 5)
     assert solved >= 2, final_returns
 
 
 def test_ring_learners_succeed_on_their_tasks_and_agree_more_as_they_train(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    bench_run(out, "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "4",
-              "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "1",
-              "--set", "diff-a2c.normalise_observations=false", "--evaluations", "1", "--eval-episodes", "5",
-              timeout=300)
+    bench_run(
+        out,
+        "-a",
+        "diff-a2c",
+        "-t",
+        "ring",
+        "-e",
+        "random-cartpole",
+        "--learners",
+        "4",
+        "--envs-per-learner",
+        "8",
+        "--env-steps",
+        "200000",
+        "--seeds",
+        "1",
+        "--set",
+        "diff-a2c.normalise_observations=false",
+        "--evaluations",
+        "1",
+        "--eval-episodes",
+        "5",
+        timeout=300,
+    )
     # Greedy episodes on each learner's own training task reach Packer's 195 steps.
     succeeded, lengths = learners_succeeding(out, 195)
     assert len(succeeded) >= 3, lengths
     metrics = [
-        row for row in ds.dataset(out / "metrics").to_table().to_pylist()
+        row
+        for row in ds.dataset(out / "metrics").to_table().to_pylist()
         if row["metric"] == "consensus_distance" and row["learner"] == 0
     ]
     metrics.sort(key=lambda row: row["iteration"])
@@ -48,9 +88,28 @@ def test_ring_learners_succeed_on_their_tasks_and_agree_more_as_they_train(tmp_p
 
 def test_asynchronous_gala_learners_on_a_directed_ring_succeed_on_their_tasks(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    bench_run(out, "-a", "gala-a2c", "-t", "directed-ring", "-e", "random-cartpole", "--learners", "4",
-              "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "1", "--evaluations", "1",
-              "--eval-episodes", "5", timeout=300)
+    bench_run(
+        out,
+        "-a",
+        "gala-a2c",
+        "-t",
+        "directed-ring",
+        "-e",
+        "random-cartpole",
+        "--learners",
+        "4",
+        "--envs-per-learner",
+        "8",
+        "--env-steps",
+        "200000",
+        "--seeds",
+        "1",
+        "--evaluations",
+        "1",
+        "--eval-episodes",
+        "5",
+        timeout=300,
+    )
     # GALA's defaults (asynchronous, one peer) learn: greedy episodes on the learners' own tasks
     # reach Packer's 195 steps. Asynchronous runs are not reproducible, so allow one learner short.
     succeeded, lengths = learners_succeeding(out, 195)

@@ -322,8 +322,9 @@ def test_algorithm_learns_on_every_supported_family(algorithm_name: str, env_nam
     env = family.make_env(env_params, family.training_tasks(env_params, simulators, 0), 0)
     try:
         params = params_of(algorithm)
-        spec = LearnerSpec(env=env, rank=0, n_learners=1, seed=0, device=torch.device("cpu"),
-                           replay=_replay_for(algorithm))
+        spec = LearnerSpec(
+            env=env, rank=0, n_learners=1, seed=0, device=torch.device("cpu"), replay=_replay_for(algorithm)
+        )
         learner = algorithm.make_learner(params, spec)
 
         buffer = learner.parameters_buffer()
@@ -345,9 +346,7 @@ def test_algorithm_learns_on_every_supported_family(algorithm_name: str, env_nam
         assert learner.parameters_buffer().data_ptr() == buffer.data_ptr(), "mixing writes one stable buffer"
         assert torch.isfinite(buffer).all()
 
-        observations = np.stack([env.observation_space.sample() for _ in range(16)]).astype(
-            env.observation_space.dtype
-        )
+        observations = np.stack([env.observation_space.sample() for _ in range(16)]).astype(env.observation_space.dtype)
         before = np.array(learner.act_greedy(observations), copy=True)
         assert len(before) == 16
         for action in before:

@@ -72,12 +72,22 @@ class Cell:
 def _cell_row(cell: Cell) -> dict:
     completed = cell.status == "completed"
     return {
-        "cell_id": cell.cell_id, "algorithm": cell.algorithm, "topology": cell.topology, "env": cell.env,
-        "replay": cell.replay, "variant": cell.variant, "seed": cell.seed, "learners": cell.learners,
-        "status": cell.status, "error": cell.error, "wall_time_s": cell.wall_time_s, "startup_s": 0.1,
+        "cell_id": cell.cell_id,
+        "algorithm": cell.algorithm,
+        "topology": cell.topology,
+        "env": cell.env,
+        "replay": cell.replay,
+        "variant": cell.variant,
+        "seed": cell.seed,
+        "learners": cell.learners,
+        "status": cell.status,
+        "error": cell.error,
+        "wall_time_s": cell.wall_time_s,
+        "startup_s": 0.1,
         "env_steps": cell.budget if completed else None,
         "steps_per_second": cell.steps_per_second if completed else None,
-        "final_return": None, "final_success": None,
+        "final_return": None,
+        "final_success": None,
         "bytes_sent_per_learner": cell.bytes_sent if completed else None,
         "transport": "shm" if completed else None,
         "config": f'{{"env_steps": {cell.budget}, "seed": {cell.seed}}}',
@@ -96,11 +106,19 @@ def _evaluations(cell: Cell, learner: int) -> pa.Table:
                 success = i < round(value * EPISODES_PER_SPLIT) if has_success else None
                 step = cell.budget * k // points
                 row = {
-                    "cell_id": cell.cell_id, "learner": learner, "evaluation": k, "final": final,
-                    "env_step": step // cell.learners, "cell_env_step": step, "split": split,
-                    "task_id": f"{split}-{i}", "task_params": [("length", 0.5)],
+                    "cell_id": cell.cell_id,
+                    "learner": learner,
+                    "evaluation": k,
+                    "final": final,
+                    "env_step": step // cell.learners,
+                    "cell_env_step": step,
+                    "split": split,
+                    "task_id": f"{split}-{i}",
+                    "task_params": [("length", 0.5)],
                     "episode_return": (500.0 if success else 20.0) if has_success else float(value),
-                    "episode_length": 10, "success": success, "wall_time_s": 1.0,
+                    "episode_length": 10,
+                    "success": success,
+                    "wall_time_s": 1.0,
                 }
                 for name, column in columns.items():
                     column.append(row[name])
@@ -112,15 +130,22 @@ def _episodes(cell: Cell, learner: int, count: int = 20) -> pa.Table:
     has_success = cell.env in SUCCESS_FAMILIES
     steps = np.linspace(cell.budget / count, cell.budget, count).astype(np.int64)
     values = np.interp(np.arange(count), np.linspace(0, count - 1, len(cell.curve)), cell.curve)
-    return pa.Table.from_pydict({
-        "cell_id": [cell.cell_id] * count, "learner": [learner] * count, "simulator": [0] * count,
-        "task_id": ["t"] * count, "task_params": [[("length", 0.5)]] * count,
-        "env_step": (steps // cell.learners).tolist(), "cell_env_step": steps.tolist(),
-        "episode_return": [(500.0 if v >= 0.5 else 20.0) if has_success else float(v) for v in values],
-        "episode_length": [10] * count,
-        "success": [bool(v >= 0.5) for v in values] if has_success else [None] * count,
-        "wall_time_s": [1.0] * count,
-    }, schema=EPISODES_SCHEMA)
+    return pa.Table.from_pydict(
+        {
+            "cell_id": [cell.cell_id] * count,
+            "learner": [learner] * count,
+            "simulator": [0] * count,
+            "task_id": ["t"] * count,
+            "task_params": [[("length", 0.5)]] * count,
+            "env_step": (steps // cell.learners).tolist(),
+            "cell_env_step": steps.tolist(),
+            "episode_return": [(500.0 if v >= 0.5 else 20.0) if has_success else float(v) for v in values],
+            "episode_length": [10] * count,
+            "success": [bool(v >= 0.5) for v in values] if has_success else [None] * count,
+            "wall_time_s": [1.0] * count,
+        },
+        schema=EPISODES_SCHEMA,
+    )
 
 
 def _metrics(cell: Cell, learner: int) -> pa.Table:
@@ -130,9 +155,16 @@ def _metrics(cell: Cell, learner: int) -> pa.Table:
         for metric in names:
             # The last iteration's value: learner r records consensus × (r + 1).
             value = cell.consensus * (learner + 1) if iteration == 3 and metric == "consensus_distance" else 99.0
-            values = (("cell_id", cell.cell_id), ("learner", learner), ("iteration", iteration),
-                      ("env_step", iteration), ("cell_env_step", iteration * 2), ("wall_time_s", 1.0),
-                      ("metric", metric), ("value", value))
+            values = (
+                ("cell_id", cell.cell_id),
+                ("learner", learner),
+                ("iteration", iteration),
+                ("env_step", iteration),
+                ("cell_env_step", iteration * 2),
+                ("wall_time_s", 1.0),
+                ("metric", metric),
+                ("value", value),
+            )
             for name, v in values:
                 rows[name].append(v)
     return pa.Table.from_pydict(rows, schema=METRICS_SCHEMA)
@@ -162,8 +194,14 @@ def row(report, entry: str):
 
 
 def bench(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchbase", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "benchbase", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,8 +210,11 @@ def bench(*args: str, cwd: Path | None = None, timeout: float = 180) -> subproce
 
 def test_several_runs_merge_into_one_leaderboard(tmp_path: Path, registry) -> None:
     first = write_run(tmp_path / "a", [Cell("ring", 0, curve=(0.2, 1.0)), Cell("ring", 1, curve=(0.4, 0.8))])
-    second = write_run(tmp_path / "b", [Cell("ring", 2, curve=(0.5, 0.9))] +
-                       [Cell("isolated", s, curve=(0.1, 0.5), consensus=None, bytes_sent=0.0) for s in range(3)])
+    second = write_run(
+        tmp_path / "b",
+        [Cell("ring", 2, curve=(0.5, 0.9))]
+        + [Cell("isolated", s, curve=(0.1, 0.5), consensus=None, bytes_sent=0.0) for s in range(3)],
+    )
     report = report_of([first, second], registry)
     assert [r.entry for r in report.leaderboard] == ["diff-a2c · ring · none", "diff-a2c · isolated · none"]
     ring, isolated = report.leaderboard
@@ -217,11 +258,16 @@ def test_a_cell_found_twice_is_taken_once_from_its_latest_completed_copy(tmp_pat
 
 def test_failed_interrupted_and_pending_cells_are_listed_and_left_out(tmp_path: Path, registry) -> None:
     traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\nRuntimeError: learner 1 exploded'
-    run = write_run(tmp_path / "run", [
-        Cell("ring", 0, curve=(1.0,)), Cell("ring", 1, status="failed", error=traceback),
-        Cell("ring", 2, status="interrupted"), Cell("isolated", 0, status="pending"),
-        Cell("isolated", 1, status="failed"),
-    ])
+    run = write_run(
+        tmp_path / "run",
+        [
+            Cell("ring", 0, curve=(1.0,)),
+            Cell("ring", 1, status="failed", error=traceback),
+            Cell("ring", 2, status="interrupted"),
+            Cell("isolated", 0, status="pending"),
+            Cell("isolated", 1, status="failed"),
+        ],
+    )
     report = report_of([run], registry)
     ring, isolated = row(report, "diff-a2c · ring · none"), row(report, "diff-a2c · isolated · none")
     assert (ring.runs, ring.excluded) == (1, 2) and ring.iqm.value == 1.0
@@ -238,9 +284,11 @@ def test_failed_interrupted_and_pending_cells_are_listed_and_left_out(tmp_path: 
 
 
 def test_missing_seeds_are_reported_and_left_out(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [
-        Cell("ring", s, env="random-cartpole", curve=(1.0,)) for s in range(3)
-    ] + [Cell("ring", s, env="CartPole-v1", curve=(0.5,)) for s in range(2)])
+    run = write_run(
+        tmp_path / "run",
+        [Cell("ring", s, env="random-cartpole", curve=(1.0,)) for s in range(3)]
+        + [Cell("ring", s, env="CartPole-v1", curve=(0.5,)) for s in range(2)],
+    )
     report = report_of([run], registry)
     ring = row(report, "diff-a2c · ring · none")
     assert ring.runs == 5 and ring.mean.value == pytest.approx((3 * 1.0 + 2 * 0.5) / 5)
@@ -248,8 +296,14 @@ def test_missing_seeds_are_reported_and_left_out(tmp_path: Path, registry) -> No
 
 
 def test_an_entry_without_a_family_others_have_is_reported(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [Cell("ring", 0, env="CartPole-v1"), Cell("ring", 0, env="random-cartpole"),
-                                       Cell("isolated", 0, env="CartPole-v1")])
+    run = write_run(
+        tmp_path / "run",
+        [
+            Cell("ring", 0, env="CartPole-v1"),
+            Cell("ring", 0, env="random-cartpole"),
+            Cell("isolated", 0, env="CartPole-v1"),
+        ],
+    )
     report = report_of([run], registry)
     assert any(p.startswith("diff-a2c · isolated · none: no runs on random-cartpole") for p in report.problems)
 
@@ -272,8 +326,9 @@ def test_an_empty_folder_or_one_with_nothing_completed_is_one_clear_error(tmp_pa
         load_runs([str(tmp_path / "empty")])
     with pytest.raises(UserError, match="no such folder"):
         load_runs([str(tmp_path / "missing")])
-    run = write_run(tmp_path / "failed", [Cell("ring", 0, status="failed", error="x"),
-                                          Cell("ring", 1, status="interrupted")])
+    run = write_run(
+        tmp_path / "failed", [Cell("ring", 0, status="failed", error="x"), Cell("ring", 1, status="interrupted")]
+    )
     with pytest.raises(UserError, match=r"no completed cell \(1 failed, 1 interrupted\): nothing to report"):
         load_runs([str(run)])
     RunFolder(tmp_path / "none").write_cells([])
@@ -287,14 +342,20 @@ def test_an_empty_folder_or_one_with_nothing_completed_is_one_clear_error(tmp_pa
 
 def test_scores_are_success_rates_normalised_returns_or_raw_returns(tmp_path: Path, registry) -> None:
     returns = (-1222.0, -686.0)  # random, then halfway to the reference
-    run = write_run(tmp_path / "run", [
-        Cell("ring", 0, env="CartPole-v1", curve=(0.25, 0.75)),
-        Cell("ring", 0, env="Pendulum-v1", curve=returns),
-        Cell("ring", 0, env="NoSuchEnv-v0", curve=(10.0, 42.0)),
-    ])
+    run = write_run(
+        tmp_path / "run",
+        [
+            Cell("ring", 0, env="CartPole-v1", curve=(0.25, 0.75)),
+            Cell("ring", 0, env="Pendulum-v1", curve=returns),
+            Cell("ring", 0, env="NoSuchEnv-v0", curve=(10.0, 42.0)),
+        ],
+    )
     report = report_of([run], registry, group_by=["algorithm"])
-    assert report.score_kinds == {"CartPole-v1": "success rate", "Pendulum-v1": "normalised return",
-                                  "NoSuchEnv-v0": "raw return"}
+    assert report.score_kinds == {
+        "CartPole-v1": "success rate",
+        "Pendulum-v1": "normalised return",
+        "NoSuchEnv-v0": "raw return",
+    }
     assert report.score_ranges == {"Pendulum-v1": (PENDULUM_RANDOM, PENDULUM_REFERENCE)}
     halfway = (returns[1] - PENDULUM_RANDOM) / (PENDULUM_REFERENCE - PENDULUM_RANDOM)
     finals = {c.family: c.score.value for c in report.generalisation}
@@ -312,10 +373,13 @@ def test_raw_returns_only_give_profiles_over_the_data_range(tmp_path: Path, regi
 
 
 def test_area_under_the_curve_and_the_final_score_rank_differently(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [
-        Cell("late", 0, curve=(0.0, 0.0, 0.0, 1.0)),  # final 1.0, AUC 0.25
-        Cell("steady", 0, curve=(0.8, 0.8, 0.8, 0.9)),  # final 0.9, AUC 0.825
-    ])
+    run = write_run(
+        tmp_path / "run",
+        [
+            Cell("late", 0, curve=(0.0, 0.0, 0.0, 1.0)),  # final 1.0, AUC 0.25
+            Cell("steady", 0, curve=(0.8, 0.8, 0.8, 0.9)),  # final 0.9, AUC 0.825
+        ],
+    )
     final = report_of([run], registry)
     auc = report_of([run], registry, metric="auc")
     assert [r.topology for r in final.leaderboard] == ["late", "steady"]
@@ -329,10 +393,13 @@ def test_area_under_the_curve_and_the_final_score_rank_differently(tmp_path: Pat
 
 
 def test_a_held_out_split_ranks_and_the_generalisation_table_has_every_split(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [
-        Cell("ring", 0, curve=(1.0,), held_out={"D": 1.0, "R": 0.8, "E": 0.3}),
-        Cell("isolated", 0, curve=(0.6,), held_out={"D": 0.6, "R": 0.6, "E": 0.6}),
-    ])
+    run = write_run(
+        tmp_path / "run",
+        [
+            Cell("ring", 0, curve=(1.0,), held_out={"D": 1.0, "R": 0.8, "E": 0.3}),
+            Cell("isolated", 0, curve=(0.6,), held_out={"D": 0.6, "R": 0.6, "E": 0.6}),
+        ],
+    )
     train = report_of([run], registry)
     extreme = report_of([run], registry, split="E")
     assert train.leaderboard[0].topology == "ring" and extreme.leaderboard[0].topology == "isolated"
@@ -353,8 +420,9 @@ def test_a_family_without_the_chosen_split_is_left_out_and_said_so(tmp_path: Pat
 
 
 def test_cells_without_evaluations_are_scored_from_training_episodes(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [Cell("ring", 0, curve=(0.0, 1.0), evaluated=False),
-                                       Cell("isolated", 0, curve=(0.0, 0.0))])
+    run = write_run(
+        tmp_path / "run", [Cell("ring", 0, curve=(0.0, 1.0), evaluated=False), Cell("isolated", 0, curve=(0.0, 0.0))]
+    )
     report = report_of([run], registry)
     assert row(report, "diff-a2c · ring · none").iqm.value == 1.0
     assert any("no evaluations" in p and "training episodes" in p for p in report.problems)
@@ -376,10 +444,14 @@ def test_group_by_pools_what_is_left_out(tmp_path: Path, registry) -> None:
 
 
 def test_parameters_split_entries_and_env_parameters_split_tasks(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [
-        Cell("ring", 0), Cell("ring", 0, variant="diff-a2c.lr=0.002"),
-        Cell("ring", 1, variant="diff-a2c.lr=0.002 random-cartpole.resample=True"),
-    ])
+    run = write_run(
+        tmp_path / "run",
+        [
+            Cell("ring", 0),
+            Cell("ring", 0, variant="diff-a2c.lr=0.002"),
+            Cell("ring", 1, variant="diff-a2c.lr=0.002 random-cartpole.resample=True"),
+        ],
+    )
     report = report_of([run], registry)
     entries = {r.entry for r in report.leaderboard}
     assert entries == {"diff-a2c · ring · none", "diff-a2c · ring · none (diff-a2c.lr=0.002)"}
@@ -387,8 +459,14 @@ def test_parameters_split_entries_and_env_parameters_split_tasks(tmp_path: Path,
 
 
 def test_baseline_column_and_probability_of_improvement(tmp_path: Path, registry) -> None:
-    run = write_run(tmp_path / "run", [Cell(t, s, curve=(v + 0.05 * s,)) for t, v in
-                                       (("ring", 0.8), ("isolated", 0.2), ("random", 0.5)) for s in range(3)])
+    run = write_run(
+        tmp_path / "run",
+        [
+            Cell(t, s, curve=(v + 0.05 * s,))
+            for t, v in (("ring", 0.8), ("isolated", 0.2), ("random", 0.5))
+            for s in range(3)
+        ],
+    )
     report = report_of([run], registry, baseline="isolated")
     assert report.baseline == "diff-a2c · isolated · none"
     assert row(report, "diff-a2c · ring · none").probability_of_improvement.value == 1.0
@@ -437,8 +515,13 @@ def test_write_report_writes_parquet_markdown_and_html(tmp_path: Path, registry)
     assert rows[0]["entry"] == "diff-a2c · ring · none" and rows[0]["iqm"] == 1.0 and rows[1]["excluded"] == 1
     assert rows[1]["iqm"] is None and rows[0]["probability_of_improvement"] is None
     markdown = (tmp_path / "out" / "report.md").read_text()
-    for heading in ("## Leaderboard", "## Generalisation", "## Probability of improvement", "## Problems",
-                    "## How scores were normalised"):
+    for heading in (
+        "## Leaderboard",
+        "## Generalisation",
+        "## Probability of improvement",
+        "## Problems",
+        "## How scores were normalised",
+    ):
         assert heading in markdown
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html") and "diff-a2c · ring · none" in html
@@ -449,8 +532,9 @@ def test_write_report_writes_parquet_markdown_and_html(tmp_path: Path, registry)
 def test_cli_report_end_to_end(tmp_path: Path) -> None:
     write_run(tmp_path / "runs" / "a", [Cell("ring", 0), Cell("isolated", 0, curve=(0.2,))])
     write_run(tmp_path / "runs" / "b", [Cell("ring", 1), Cell("isolated", 1, status="failed", error="oops")])
-    result = bench("report", str(tmp_path / "runs" / "*"), "--baseline", "isolated", "--repetitions", "300",
-                   cwd=tmp_path)
+    result = bench(
+        "report", str(tmp_path / "runs" / "*"), "--baseline", "isolated", "--repetitions", "300", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "Leaderboard" in result.stdout and "diff-a2c · ring · none" in result.stdout and "oops" in result.stdout
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"leaderboard.parquet", "report.md", "report.html"}
@@ -459,14 +543,17 @@ def test_cli_report_end_to_end(tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "runs" / "a" / "report").iterdir()} == {"leaderboard.parquet", "report.md"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{runs}/a", "--baseline", "rnig"], 'did you mean "ring"'),
-    (["{runs}/a", "--split", "X"], 'no evaluations on split "X"'),
-    (["{runs}/a", "--metric", "best"], 'unknown metric "best"'),
-    (["{runs}/a", "--group-by", "algo"], 'cannot group by "algo"'),
-    (["{runs}/empty"], "empty: not a benchbase run folder"),
-    (["{runs}/old"], "schema version 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{runs}/a", "--baseline", "rnig"], 'did you mean "ring"'),
+        (["{runs}/a", "--split", "X"], 'no evaluations on split "X"'),
+        (["{runs}/a", "--metric", "best"], 'unknown metric "best"'),
+        (["{runs}/a", "--group-by", "algo"], 'cannot group by "algo"'),
+        (["{runs}/empty"], "empty: not a benchbase run folder"),
+        (["{runs}/old"], "schema version 0"),
+    ],
+)
 def test_cli_mistakes_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     runs = tmp_path / "runs"
     write_run(runs / "a", [Cell("ring", 0)])
@@ -482,11 +569,33 @@ def test_cli_mistakes_are_one_line_and_exit_2(tmp_path: Path, args: list[str], m
 
 def test_a_real_tiny_run_ends_with_its_leaderboard_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = bench("run", "-a", "diff-a2c", "-t", "ring", "-t", "isolated", "-e", "CartPole-v1", "--learners", "2",
-                   "--envs-per-learner", "2", "--env-steps", "400", "--evaluations", "2", "--eval-episodes", "1",
-                   "--seeds", "2", "--out", str(out))
+    result = bench(
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "ring",
+        "-t",
+        "isolated",
+        "-e",
+        "CartPole-v1",
+        "--learners",
+        "2",
+        "--envs-per-learner",
+        "2",
+        "--env-steps",
+        "400",
+        "--evaluations",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
-    tail = result.stdout[result.stdout.index("Leaderboard"):]
+    tail = result.stdout[result.stdout.index("Leaderboard") :]
     assert "diff-a2c · ring · none" in tail and "diff-a2c · isolated · none" in tail
     assert "warning" not in result.stdout
     report = bench("report", str(out), "--baseline", "isolated", "--repetitions", "500")

@@ -86,8 +86,9 @@ def _report(*, empty: bool = False) -> Report:
             curves.append(Curve(entry, family, steps, mean, mean - 0.05, mean + 0.05))
     tau = np.linspace(0, 1, 101)
     profiles = [
-        Profile(entry, tau, np.clip(1 - tau ** (1 + i), 0, 1), np.clip(0.9 - tau, 0, 1),
-                np.clip(1.1 - tau, 0, 1))  # fmt: skip
+        Profile(
+            entry, tau, np.clip(1 - tau ** (1 + i), 0, 1), np.clip(0.9 - tau, 0, 1), np.clip(1.1 - tau, 0, 1)
+        )  # fmt: skip
         for i, entry in enumerate(ENTRIES)
     ]
     improvements = [
@@ -400,8 +401,15 @@ def test_many_entries_keep_distinct_colours_and_odd_curves_do_not_break():
         leaderboard=[_row(n, _est(1 - i / 30)) for i, n in enumerate(names)],
         curves=[Curve(n, f"f{i % 5}", steps, steps / 4, steps / 5, steps / 3) for i, n in enumerate(names)]
         + [Curve(names[0], "f0", np.array([]), np.array([]), np.array([]), np.array([]))],
-        profiles=[Profile(names[1], np.array([0.0, 1.0]), np.array([1.0, 0.0]),
-                          np.array([math.nan, 0.0]), np.array([1.0, math.nan]))],  # fmt: skip
+        profiles=[
+            Profile(
+                names[1],
+                np.array([0.0, 1.0]),
+                np.array([1.0, 0.0]),
+                np.array([math.nan, 0.0]),
+                np.array([1.0, math.nan]),
+            )
+        ],  # fmt: skip
     )
     html = render_html(report)
     page = _parse(html)

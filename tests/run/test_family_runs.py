@@ -10,18 +10,42 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-MUJOCO = [f"{variant}-{robot}" for robot in ("hopper", "halfcheetah")
-          for variant in ("air", "random-wind", "random-mass", "random-mujoco", "default", "random", "extreme")]
+MUJOCO = [
+    f"{variant}-{robot}"
+    for robot in ("hopper", "halfcheetah")
+    for variant in ("air", "random-wind", "random-mass", "random-mujoco", "default", "random", "extreme")
+]
 ATARI = ["PongNoFrameskip-v4", "atari-games", "atari-modes"]
 SHORT_GAMES = [f"{family}.max_episode_steps=100" for family in ATARI]  # evaluation episodes end quickly
 
 
 def test_every_mujoco_and_atari_family_runs_with_diff_a2c(tmp_path: Path):
     out = tmp_path / "run"
-    args = ["run", "-a", "diff-a2c", "-t", "isolated", *[arg for env in MUJOCO + ATARI for arg in ("-e", env)],
-            *[arg for item in SHORT_GAMES for arg in ("--set", item)], "--learners", "1", "--envs-per-learner", "2",
-            "--env-steps", "200", "--seeds", "1", "--evaluations", "1", "--eval-episodes", "1", "--jobs", "2",
-            "--out", str(out)]
+    args = [
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "isolated",
+        *[arg for env in MUJOCO + ATARI for arg in ("-e", env)],
+        *[arg for item in SHORT_GAMES for arg in ("--set", item)],
+        "--learners",
+        "1",
+        "--envs-per-learner",
+        "2",
+        "--env-steps",
+        "200",
+        "--seeds",
+        "1",
+        "--evaluations",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run([sys.executable, "-m", "benchbase", *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     cells = pq.read_table(out / "cells.parquet").to_pylist()

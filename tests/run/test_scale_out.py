@@ -16,8 +16,13 @@ from benchbase.run.schedule import Allocator
 
 
 def bench(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchbase", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "benchbase", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def episode_rows(out: Path) -> list[tuple]:
@@ -40,9 +45,27 @@ def test_cells_get_disjoint_cores_and_wait_for_free_ones():
 
 
 def test_jobs_2_runs_cells_side_by_side_with_the_results_of_jobs_1(tmp_path: Path):
-    grid = ["run", "-a", "diff-a2c", "-t", "isolated", "-e", "random-cartpole", "--learners", "1",
-            "--envs-per-learner", "2", "--env-steps", "6000", "--seeds", "4", "--evaluations", "1",
-            "--eval-episodes", "2"]
+    grid = [
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "isolated",
+        "-e",
+        "random-cartpole",
+        "--learners",
+        "1",
+        "--envs-per-learner",
+        "2",
+        "--env-steps",
+        "6000",
+        "--seeds",
+        "4",
+        "--evaluations",
+        "1",
+        "--eval-episodes",
+        "2",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     assert bench(*grid, "--out", str(one)).returncode == 0
     result = bench(*grid, "--out", str(two), "--jobs", "2")
@@ -57,9 +80,30 @@ def test_jobs_2_runs_cells_side_by_side_with_the_results_of_jobs_1(tmp_path: Pat
 
 def test_sixteen_learners_start_mix_and_finish_on_two_cores(tmp_path: Path):
     out = tmp_path / "run"
-    result = bench("run", "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "16",
-                   "--envs-per-learner", "1", "--env-steps", "3200", "--seeds", "1", "--evaluations", "1",
-                   "--eval-episodes", "1", "--out", str(out), timeout=240)
+    result = bench(
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "ring",
+        "-e",
+        "random-cartpole",
+        "--learners",
+        "16",
+        "--envs-per-learner",
+        "1",
+        "--env-steps",
+        "3200",
+        "--seeds",
+        "1",
+        "--evaluations",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--out",
+        str(out),
+        timeout=240,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     cell = pq.read_table(out / "cells.parquet").to_pylist()[0]
     assert cell["status"] == "completed" and cell["env_steps"] == 3200 and cell["learners"] == 16
@@ -83,15 +127,43 @@ def torchrun(command: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *parts[1:]]
 
 
-SYNC_CELL = ["-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "4", "--envs-per-learner", "2",
-             "--env-steps", "8000", "--seeds", "1", "--evaluations", "1", "--eval-episodes", "1"]
+SYNC_CELL = [
+    "-a",
+    "diff-a2c",
+    "-t",
+    "ring",
+    "-e",
+    "random-cartpole",
+    "--learners",
+    "4",
+    "--envs-per-learner",
+    "2",
+    "--env-steps",
+    "8000",
+    "--seeds",
+    "1",
+    "--evaluations",
+    "1",
+    "--eval-episodes",
+    "1",
+]
 
 
 def test_a_cell_on_two_torchrun_nodes_gives_the_local_results(tmp_path: Path):
     local, spread = tmp_path / "local", tmp_path / "spread"
     assert bench("run", *SYNC_CELL, "--out", str(local)).returncode == 0
-    printed = bench("run", *SYNC_CELL, "--out", str(spread), "--launcher", "torchrun", "--nnodes", "2",
-                    "--rdzv-endpoint", f"127.0.0.1:{free_port()}")
+    printed = bench(
+        "run",
+        *SYNC_CELL,
+        "--out",
+        str(spread),
+        "--launcher",
+        "torchrun",
+        "--nnodes",
+        "2",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+    )
     assert printed.returncode == 0, printed.stderr
     command = torchrun(printed.stdout.strip().splitlines()[-1])
     assert "--nproc-per-node 2" in " ".join(command) and "--nnodes 2" in " ".join(command)
@@ -111,7 +183,9 @@ def test_a_cell_on_two_torchrun_nodes_gives_the_local_results(tmp_path: Path):
     assert any("completed" in output for output in outputs), outputs[0][-2000:] + outputs[1][-2000:]
     cell = pq.read_table(spread / "cells.parquet").to_pylist()[0]
     assert cell["status"] == "completed" and cell["env_steps"] == 8000
-    assert {p.name for p in (spread / "episodes" / cell["cell_id"]).iterdir()} == {f"learner-{r}.parquet" for r in range(4)}
+    assert {p.name for p in (spread / "episodes" / cell["cell_id"]).iterdir()} == {
+        f"learner-{r}.parquet" for r in range(4)
+    }
     assert episode_rows(spread) == episode_rows(local)  # a synchronous cell: identical, row for row
 
 
@@ -127,19 +201,62 @@ def test_torchrun_with_the_wrong_number_of_processes_is_one_line_per_process(tmp
 
 
 def test_an_unreachable_rendezvous_endpoint_is_one_line_and_exit_2(tmp_path: Path):
-    result = bench("run", *SYNC_CELL, "--out", str(tmp_path / "run"), "--launcher", "torchrun", "--execute",
-                   "--nnodes", "2", "--rdzv-endpoint", "10.255.255.1:29400", "--rdzv-timeout", "3", timeout=60)
+    result = bench(
+        "run",
+        *SYNC_CELL,
+        "--out",
+        str(tmp_path / "run"),
+        "--launcher",
+        "torchrun",
+        "--execute",
+        "--nnodes",
+        "2",
+        "--rdzv-endpoint",
+        "10.255.255.1:29400",
+        "--rdzv-timeout",
+        "3",
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "rendezvous endpoint 10.255.255.1:29400 is unreachable" in result.stderr
-    odd = bench("run", *SYNC_CELL, "--out", str(tmp_path / "odd"), "--launcher", "torchrun", "--nnodes", "3",
-                "--rdzv-endpoint", f"127.0.0.1:{free_port()}")
+    odd = bench(
+        "run",
+        *SYNC_CELL,
+        "--out",
+        str(tmp_path / "odd"),
+        "--launcher",
+        "torchrun",
+        "--nnodes",
+        "3",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+    )
     assert odd.returncode == 2 and "3 nodes cannot share equally" in odd.stderr
 
 
 def test_a_cell_of_a_run_folder_runs_alone_by_id(tmp_path: Path):
     out = tmp_path / "run"
-    grid = ["run", "-a", "diff-a2c", "-t", "isolated", "-e", "random-cartpole", "--learners", "1",
-            "--envs-per-learner", "2", "--env-steps", "2000", "--seeds", "2", "--evaluations", "0", "--out", str(out)]
+    grid = [
+        "run",
+        "-a",
+        "diff-a2c",
+        "-t",
+        "isolated",
+        "-e",
+        "random-cartpole",
+        "--learners",
+        "1",
+        "--envs-per-learner",
+        "2",
+        "--env-steps",
+        "2000",
+        "--seeds",
+        "2",
+        "--evaluations",
+        "0",
+        "--out",
+        str(out),
+    ]
     printed = bench(*grid, "--launcher", "torchrun")
     ids = [line.split("--cell ")[1].split()[0] for line in printed.stdout.splitlines() if "--cell " in line]
     assert len(ids) == 2

@@ -13,6 +13,10 @@ from benchbase.comm.transports.gloo import GlooTransport
 from benchbase.comm.transports.shared_memory import SharedMemoryTransport
 
 __all__ = [
-    "AllReduceTransport", "DeviceGroupTransport", "GlooTransport", "HostStaging", "SharedMemoryTransport",
+    "AllReduceTransport",
+    "DeviceGroupTransport",
+    "GlooTransport",
+    "HostStaging",
+    "SharedMemoryTransport",
     "Transport",
 ]

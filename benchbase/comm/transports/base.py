@@ -17,8 +17,9 @@ import torch
 class Transport:
     """Carries one learner's messages to and from its neighbours; counts what it sends."""
 
-    def exchange(self, message: torch.Tensor, iteration: int, send_to: list[int], receive_from: list[int],
-                 silent: list[int]) -> dict[int, torch.Tensor]:
+    def exchange(
+        self, message: torch.Tensor, iteration: int, send_to: list[int], receive_from: list[int], silent: list[int]
+    ) -> dict[int, torch.Tensor]:
         """Send `message` to `send_to` and receive this iteration's message of every rank in
         `receive_from` (by rank; the buffers are reused by the next exchange). `silent` are
         in-neighbours known to skip this iteration (unreliable links): nothing comes from them."""

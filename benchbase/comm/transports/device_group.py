@@ -17,14 +17,16 @@ from benchbase.comm.transports.base import Transport
 class DeviceGroupTransport(Transport):
     """Each exchange posts its sends and receives as one batch in `group`."""
 
-    def __init__(self, group: Any, plan: MixingPlan, rank: int, layout: MessageLayout, counters: CommCounters,
-                 device: Any) -> None:
+    def __init__(
+        self, group: Any, plan: MixingPlan, rank: int, layout: MessageLayout, counters: CommCounters, device: Any
+    ) -> None:
         self.group = group
         self.counters = counters
         self._received = {j: torch.empty(layout.width, dtype=layout.dtype, device=device) for j in plan.in_peers(rank)}
 
-    def exchange(self, message: torch.Tensor, iteration: int, send_to: list[int], receive_from: list[int],
-                 silent: list[int]) -> dict[int, torch.Tensor]:
+    def exchange(
+        self, message: torch.Tensor, iteration: int, send_to: list[int], receive_from: list[int], silent: list[int]
+    ) -> dict[int, torch.Tensor]:
         # NCCL pairs sends with receives only when they are posted together.
         operations = [dist.P2POp(dist.isend, message, i, self.group) for i in send_to]
         operations += [dist.P2POp(dist.irecv, self._received[j], j, self.group) for j in receive_from]

@@ -91,8 +91,15 @@ class _Inbox(threading.Thread):
 class GlooTransport(Transport):
     """Messages as gloo sends and receives between the learners' ranks."""
 
-    def __init__(self, plan: MixingPlan, rank: int, layout: MessageLayout, counters: CommCounters,
-                 staleness: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        plan: MixingPlan,
+        rank: int,
+        layout: MessageLayout,
+        counters: CommCounters,
+        staleness: int,
+        timeout_s: float,
+    ) -> None:
         self.plan = plan
         self.rank = rank
         self.layout = layout
@@ -112,8 +119,9 @@ class GlooTransport(Transport):
                 inbox.start()
                 self._inboxes[j] = inbox
 
-    def exchange(self, message: torch.Tensor, iteration: int, send_to: list[int], receive_from: list[int],
-                 silent: list[int]) -> dict[int, torch.Tensor]:
+    def exchange(
+        self, message: torch.Tensor, iteration: int, send_to: list[int], receive_from: list[int], silent: list[int]
+    ) -> dict[int, torch.Tensor]:
         works = [dist.isend(message, dst=i) for i in send_to]
         works += [dist.irecv(self._received[j], src=j) for j in receive_from]
         deadline = time.monotonic() + self.timeout_s  # one timeout for the whole mix

@@ -20,8 +20,15 @@ class SharedMemoryTransport(Transport):
     """Messages through a `SharedBoard`: one channel that every out-neighbour reads, or (running
     sums of asynchronous push-sum) one channel per out-neighbour."""
 
-    def __init__(self, board: SharedBoard, plan: MixingPlan, rank: int, layout: MessageLayout,
-                 counters: CommCounters, device: Any = "cpu") -> None:
+    def __init__(
+        self,
+        board: SharedBoard,
+        plan: MixingPlan,
+        rank: int,
+        layout: MessageLayout,
+        counters: CommCounters,
+        device: Any = "cpu",
+    ) -> None:
         self.board = board
         self.plan = plan
         self.rank = rank
@@ -30,8 +37,9 @@ class SharedMemoryTransport(Transport):
         self._received = {j: torch.empty(layout.width, dtype=layout.dtype, device=device) for j in plan.in_peers(rank)}
         self._last_read: dict[int, int] = {}
 
-    def exchange(self, message: torch.Tensor, iteration: int, send_to: list[int], receive_from: list[int],
-                 silent: list[int]) -> dict[int, torch.Tensor]:
+    def exchange(
+        self, message: torch.Tensor, iteration: int, send_to: list[int], receive_from: list[int], silent: list[int]
+    ) -> dict[int, torch.Tensor]:
         # The slot doubles as the synchronisation point, so it is written even when skipped
         # (never read then, nor counted): a writer never laps a reader that skipped it.
         self.board.publish(message, iteration)

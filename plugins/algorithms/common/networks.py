@@ -95,11 +95,17 @@ class MLPActorCritic(ActorCritic):
         obs_dim = int(np.prod(observation_space.shape))
         self.continuous, self.action_outputs = _action_outputs(action_space)
         self.feature_dim = hidden
-        self.actor_trunk = nn.Sequential(_linear(obs_dim, hidden, math.sqrt(2)), nn.Tanh(),
-                                         _linear(hidden, hidden, math.sqrt(2)), nn.Tanh())
+        self.actor_trunk = nn.Sequential(
+            _linear(obs_dim, hidden, math.sqrt(2)), nn.Tanh(), _linear(hidden, hidden, math.sqrt(2)), nn.Tanh()
+        )
         self.actor_head = _linear(hidden, self.action_outputs, 0.01)
-        self.critic = nn.Sequential(_linear(obs_dim, hidden, math.sqrt(2)), nn.Tanh(),
-                                    _linear(hidden, hidden, math.sqrt(2)), nn.Tanh(), _linear(hidden, 1, 1.0))
+        self.critic = nn.Sequential(
+            _linear(obs_dim, hidden, math.sqrt(2)),
+            nn.Tanh(),
+            _linear(hidden, hidden, math.sqrt(2)),
+            nn.Tanh(),
+            _linear(hidden, 1, 1.0),
+        )
         self._init_log_std()
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
@@ -122,7 +128,12 @@ class NatureCNNActorCritic(ActorCritic):
         channels, height, width = observation_space.shape
         self.continuous, self.action_outputs = _action_outputs(action_space)
         convolutions = nn.Sequential(
-            _conv(channels, 32, 8, 4), nn.ReLU(), _conv(32, 64, 4, 2), nn.ReLU(), _conv(64, 64, 3, 1), nn.ReLU(),
+            _conv(channels, 32, 8, 4),
+            nn.ReLU(),
+            _conv(32, 64, 4, 2),
+            nn.ReLU(),
+            _conv(64, 64, 3, 1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         with torch.no_grad():

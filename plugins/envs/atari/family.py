@@ -82,14 +82,19 @@ class AtariParams(EnvFamilyParams):
         True, "a lost life ends the learner's episode (terminated) without resetting the game; scores count whole games"
     )
     clip_rewards: bool = param(True, "training rewards are sign-clipped to -1, 0, 1; scores stay raw")
-    repeat_action_probability: float = param(0.0, "sticky actions: ALE repeats the previous action with this "
-                                                   "probability at every frame", min=0.0, below=1.0)
-    backend: Literal["auto", "native", "python"] = param(
-        "auto", "native: ale-py's C++ vector env (one game in its default mode); python: one ALE per simulator in a "
-        "loop (as fast on one core); auto: native when native_threads > 1 and it can run the tasks"
+    repeat_action_probability: float = param(
+        0.0, "sticky actions: ALE repeats the previous action with this probability at every frame", min=0.0, below=1.0
     )
-    native_threads: int = param(1, "threads of the native backend; more than 1 only pays where cores are free "
-                                   "(learners already share them)", min=1)
+    backend: Literal["auto", "native", "python"] = param(
+        "auto",
+        "native: ale-py's C++ vector env (one game in its default mode); python: one ALE per simulator in a "
+        "loop (as fast on one core); auto: native when native_threads > 1 and it can run the tasks",
+    )
+    native_threads: int = param(
+        1,
+        "threads of the native backend; more than 1 only pays where cores are free (learners already share them)",
+        min=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -99,21 +104,29 @@ class AtariGameParams(AtariParams):
 
 @dataclass(frozen=True)
 class StickyAtariGameParams(AtariGameParams):
-    repeat_action_probability: float = param(0.25, "sticky actions (ALE v5: 0.25): ALE repeats the previous "
-                                                    "action with this probability at every frame", min=0.0, below=1.0)
+    repeat_action_probability: float = param(
+        0.25,
+        "sticky actions (ALE v5: 0.25): ALE repeats the previous action with this probability at every frame",
+        min=0.0,
+        below=1.0,
+    )
 
 
 @dataclass(frozen=True)
 class AtariGamesParams(AtariParams):
-    games: str = param(DEFAULT_GAMES, "comma-separated games (Gymnasium names or ROM ids); learner k plays game "
-                                      "k mod len(games)")
+    games: str = param(
+        DEFAULT_GAMES, "comma-separated games (Gymnasium names or ROM ids); learner k plays game k mod len(games)"
+    )
 
 
 @dataclass(frozen=True)
 class AtariModesParams(AtariParams):
     game: str = param("SpaceInvaders", "the game whose modes and difficulties make the tasks")
-    train_modes: str = param("auto", "comma-separated training modes; auto = every mode but every fourth from "
-                                     "the second (1, 5, 9… of the game's list), which are held out")
+    train_modes: str = param(
+        "auto",
+        "comma-separated training modes; auto = every mode but every fourth from "
+        "the second (1, 5, 9… of the game's list), which are held out",
+    )
     train_difficulties: str = param("0", "comma-separated training difficulties; the others are held out")
 
 
@@ -153,16 +166,25 @@ def _native_available() -> bool:
     return hasattr(ale_py, "ALEVectorInterface")  # an optional part of ale-py builds
 
 
-def make_atari_env(owner: str, params: AtariParams, tasks: Sequence[Task], seed: int, *, full_action_space: bool,
-                   sampler: TaskSampler | None = None) -> TaskVectorEnv:
+def make_atari_env(
+    owner: str,
+    params: AtariParams,
+    tasks: Sequence[Task],
+    seed: int,
+    *,
+    full_action_space: bool,
+    sampler: TaskSampler | None = None,
+) -> TaskVectorEnv:
     """The vector env of `tasks`, on the backend `params.backend` asks for."""
     variants = [_variant(t) for t in tasks]
     settings = _settings(params, full_action_space)
     one_default_game = len(set(variants)) == 1 and _is_default(variants[0]) and sampler is None
     native_ok = one_default_game and _native_available()
     if params.backend == "native" and not native_ok:
-        raise UserError(f"{owner}: backend=native runs one game in its default mode and difficulty, without "
-                        "resampling; use backend=python or auto")
+        raise UserError(
+            f"{owner}: backend=native runs one game in its default mode and difficulty, without "
+            "resampling; use backend=python or auto"
+        )
     # Natively on one thread costs as much CPU as the Python loop (see the module docstring).
     if native_ok and (params.backend == "native" or (params.backend == "auto" and params.native_threads > 1)):
         return NativeAtariVectorEnv(tasks, variants[0], settings, seed, threads=params.native_threads)
@@ -193,8 +215,10 @@ class AtariGameFamily(EnvFamily):
     def __init__(self, env_id: str, game: str, rom: str, params: type[AtariGameParams], sticky: str) -> None:
         self.rom = rom
         self.name = env_id
-        self.description = (f"Atari {game}, DQN preprocessing (84×84×4 grayscale, frame skip 4, episodic life, "
-                            f"clipped rewards; {sticky})")
+        self.description = (
+            f"Atari {game}, DQN preprocessing (84×84×4 grayscale, frame skip 4, episodic life, "
+            f"clipped rewards; {sticky})"
+        )
         self.Params = params
         self.score_range = reference_scores(rom)
 
@@ -218,8 +242,10 @@ _V5 = re.compile(r"^ALE/(?P<game>[A-Za-z0-9]+)-v5$")
 
 def atari_game_family(env_id: str) -> AtariGameFamily | None:
     """The family of a ``<Game>NoFrameskip-v4`` or ``ALE/<Game>-v5`` id, or None for other names."""
-    for pattern, params, how in ((_NOFRAMESKIP, AtariGameParams, "no sticky actions"),
-                                 (_V5, StickyAtariGameParams, "sticky actions 0.25")):
+    for pattern, params, how in (
+        (_NOFRAMESKIP, AtariGameParams, "no sticky actions"),
+        (_V5, StickyAtariGameParams, "sticky actions 0.25"),
+    ):
         match = pattern.match(env_id)
         rom = find_game(match["game"]) if match else None
         if rom is not None:
@@ -238,8 +264,11 @@ class AtariGamesFamily(EnvFamily):
     # Normalisation is per game: each task (a game) has its own (random, human) scores.
     score_range = None
     resolved_names = (
-        ResolvedNames("<Game>NoFrameskip-v4, ALE/<Game>-v5", "ale-py", "any Atari game (e.g. PongNoFrameskip-v4) as "
-                      "a one-task family, with the standard preprocessing"),
+        ResolvedNames(
+            "<Game>NoFrameskip-v4, ALE/<Game>-v5",
+            "ale-py",
+            "any Atari game (e.g. PongNoFrameskip-v4) as a one-task family, with the standard preprocessing",
+        ),
     )
 
     def task_score_range(self, task_id: str) -> tuple[float, float] | None:
@@ -287,8 +316,9 @@ def _uniform_sampler(tasks: Sequence[Task]) -> TaskSampler:
 
 class AtariModesFamily(EnvFamily):
     name = "atari-modes"
-    description = ("one Atari game's modes and difficulties (Machado et al. 2018): train on some, evaluate on the "
-                   "held-out others")
+    description = (
+        "one Atari game's modes and difficulties (Machado et al. 2018): train on some, evaluate on the held-out others"
+    )
     Params = AtariModesParams
     splits = (HELD_OUT,)
     # Random and human scores exist for default modes only; other modes score on other scales.
@@ -319,9 +349,11 @@ class AtariModesFamily(EnvFamily):
         training = groups.get((True, True), [])
         held_out = [t for key in ((False, True), (True, False), (False, False)) for t in groups.get(key, [])]
         if not held_out:
-            raise UserError(f"{owner}: every mode and difficulty is trained on, none is left for the held-out split "
-                            f"(modes: {', '.join(map(str, info.modes))}; difficulties: "
-                            f"{', '.join(map(str, info.difficulties))})")
+            raise UserError(
+                f"{owner}: every mode and difficulty is trained on, none is left for the held-out split "
+                f"(modes: {', '.join(map(str, info.modes))}; difficulties: "
+                f"{', '.join(map(str, info.difficulties))})"
+            )
         return training, held_out
 
     def training_tasks(self, params: Any, count: int, seed: int) -> list[Task]:
@@ -362,4 +394,3 @@ def resolve_env_family(name: str) -> EnvFamily | None:
     if family is None and registered_entry_point(name) == ALE_ENTRY_POINT:
         return GymnasiumIdFamily(name, frames=AleScreen)
     return family
-

@@ -90,8 +90,9 @@ class AtariTaskVectorEnv:
         self.num_envs = len(tasks)
         self.settings = settings
         self.observation_space = spaces.Box(0, 255, (STACK, FRAME_SIZE, FRAME_SIZE), np.uint8)
-        counts = {FULL_ACTION_COUNT if settings.full_action_space else len(game_info(v.rom).minimal_actions)
-                  for v in variants}
+        counts = {
+            FULL_ACTION_COUNT if settings.full_action_space else len(game_info(v.rom).minimal_actions) for v in variants
+        }
         if len(counts) != 1:
             raise ValueError("games with different minimal action sets need full_action_space")
         self.action_space = spaces.Discrete(counts.pop())
@@ -149,8 +150,9 @@ class AtariTaskVectorEnv:
     def _reset_all(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def _advance(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                      np.ndarray | None, dict[int, Task]]:
+    def _advance(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, dict[int, Task]]:
         raise NotImplementedError
 
     def _restart(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Task]]:
@@ -171,8 +173,14 @@ class PythonAtariVectorEnv(AtariTaskVectorEnv):
     ran.
     """
 
-    def __init__(self, tasks: Sequence[Task], variants: Sequence[Variant], settings: Preprocessing, seed: int,
-                 sampler: TaskSampler | None = None) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        variants: Sequence[Variant],
+        settings: Preprocessing,
+        seed: int,
+        sampler: TaskSampler | None = None,
+    ) -> None:
         super().__init__(tasks, variants, settings, seed)
         self._sampler = sampler
         self._ales: list = [None] * self.num_envs
@@ -249,8 +257,9 @@ class PythonAtariVectorEnv(AtariTaskVectorEnv):
         _shrink(screen, stacks[i, -1])
         return ale.lives()
 
-    def _advance(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                      np.ndarray | None, dict[int, Task]]:
+    def _advance(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, dict[int, Task]]:
         n, skip = self.num_envs, self.settings.frame_skip
         rewards = np.zeros(n)
         game_over = np.zeros(n, dtype=bool)
@@ -315,32 +324,48 @@ class NativeAtariVectorEnv(AtariTaskVectorEnv):
     preprocessed in `threads` threads. Its own episodic life, reward clipping and time limit are
     off: the bookkeeping above applies ours, from raw rewards and lives."""
 
-    def __init__(self, tasks: Sequence[Task], variant: Variant, settings: Preprocessing, seed: int,
-                 threads: int = 1) -> None:
+    def __init__(
+        self, tasks: Sequence[Task], variant: Variant, settings: Preprocessing, seed: int, threads: int = 1
+    ) -> None:
         super().__init__(tasks, [variant] * len(tasks), settings, seed)
         from ale_py.vector_env import AtariVectorEnv
         from gymnasium.vector import AutoresetMode
 
         quiet_ale()  # quiets ALE's logger for the simulators the vector env creates
         self._vector = AtariVectorEnv(
-            variant.rom, self.num_envs, num_threads=threads, batch_size=0,
+            variant.rom,
+            self.num_envs,
+            num_threads=threads,
+            batch_size=0,
             # Our time limit restarts simulators itself; ALE's must never come first.
             max_num_frames_per_episode=2**31 - 1,
             repeat_action_probability=settings.repeat_action_probability,
-            full_action_space=settings.full_action_space, autoreset_mode=AutoresetMode.SAME_STEP,
-            img_height=FRAME_SIZE, img_width=FRAME_SIZE, grayscale=True, stack_num=STACK,
-            frameskip=settings.frame_skip, maxpool=True, noop_max=settings.noop_max,
-            episodic_life=False, life_loss_info=False, reward_clipping=False, use_fire_reset=True,
+            full_action_space=settings.full_action_space,
+            autoreset_mode=AutoresetMode.SAME_STEP,
+            img_height=FRAME_SIZE,
+            img_width=FRAME_SIZE,
+            grayscale=True,
+            stack_num=STACK,
+            frameskip=settings.frame_skip,
+            maxpool=True,
+            noop_max=settings.noop_max,
+            episodic_life=False,
+            life_loss_info=False,
+            reward_clipping=False,
+            use_fire_reset=True,
         )
 
     def _reset_all(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        seeds = np.array([_seed_sequence(self._seed, seed, i).generate_state(1)[0] & 0x7FFF_FFFF
-                          for i in range(self.num_envs)], dtype=np.int64)
+        seeds = np.array(
+            [_seed_sequence(self._seed, seed, i).generate_state(1)[0] & 0x7FFF_FFFF for i in range(self.num_envs)],
+            dtype=np.int64,
+        )
         observations, info = self._vector.reset(seed=seeds)
         return observations, np.asarray(info["lives"], dtype=np.int64)
 
-    def _advance(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                      np.ndarray | None, dict[int, Task]]:
+    def _advance(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, dict[int, Task]]:
         observations, rewards, terminated, truncated, info = self._vector.step(actions)
         game_over = np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)
         finals = info.get("final_obs") if game_over.any() else None

@@ -73,9 +73,7 @@ class CartPoleDynamics(Dynamics):
 
     def __init__(self, num_envs: int) -> None:
         super().__init__(num_envs)
-        high = np.array(
-            [self.X_THRESHOLD * 2, np.inf, self.THETA_THRESHOLD * 2, np.inf], dtype=np.float32
-        )
+        high = np.array([self.X_THRESHOLD * 2, np.inf, self.THETA_THRESHOLD * 2, np.inf], dtype=np.float32)
         self.observation_space = spaces.Box(-high, high, dtype=np.float32)
         self.action_space = spaces.Discrete(2)
         # numpy's per-call overhead dominates at small P: keep every operand a contiguous 1-D
@@ -312,9 +310,7 @@ class PendulumDynamics(Dynamics):
         super().__init__(num_envs)
         high = np.array([1.0, 1.0, self.MAX_SPEED], dtype=np.float32)
         self.observation_space = spaces.Box(low=-high, high=high, dtype=np.float32)
-        self.action_space = spaces.Box(
-            low=-self.MAX_TORQUE, high=self.MAX_TORQUE, shape=(1,), dtype=np.float32
-        )
+        self.action_space = spaces.Box(low=-self.MAX_TORQUE, high=self.MAX_TORQUE, shape=(1,), dtype=np.float32)
         self.upright_streak = np.zeros(num_envs, dtype=np.int64)
         # Constants as arrays: a Python scalar costs a conversion per ufunc call at small P.
         self._rows = tuple(self.state)

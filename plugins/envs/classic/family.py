@@ -128,8 +128,7 @@ class AcrobotParams(EnvFamilyParams):
     max_episode_steps: int = param(500, "time limit per episode (Packer et al.)", min=1)
     success_steps: int = param(
         80,
-        "success: reach the target within this many steps (Packer's paper: 80; their released "
-        "code used 90)",
+        "success: reach the target within this many steps (Packer's paper: 80; their released code used 90)",
         min=1,
     )
 

@@ -77,8 +77,15 @@ def _cartpole(state: np.ndarray, parameters: Mapping[str, float]) -> np.ndarray:
     cart_x = x * scale + canvas.width / 2
     canvas.line([(0, cart_y), (canvas.width, cart_y)], BLACK)
     left, right, top, bottom = -cart_width / 2, cart_width / 2, cart_height / 2, -cart_height / 2
-    canvas.polygon([(cart_x + left, cart_y + bottom), (cart_x + left, cart_y + top),
-                    (cart_x + right, cart_y + top), (cart_x + right, cart_y + bottom)], BLACK)
+    canvas.polygon(
+        [
+            (cart_x + left, cart_y + bottom),
+            (cart_x + left, cart_y + top),
+            (cart_x + right, cart_y + top),
+            (cart_x + right, cart_y + bottom),
+        ],
+        BLACK,
+    )
     axle = (cart_x, cart_y + cart_height / 4)
     # The pole points up at θ = 0 and leans right for positive θ (clockwise).
     canvas.polygon(_rotated(_bar(pole_length, pole_width), math.pi / 2 - theta, axle), (202, 152, 101))
@@ -100,8 +107,12 @@ def _mountaincar(state: np.ndarray, parameters: Mapping[str, float]) -> np.ndarr
     angle = math.atan(1.35 * math.cos(3 * position))  # slope of the track where the car stands
     base = ((position - low) * scale, height(position) * scale)
     clearance, car_width, car_height = 10.0, 40.0, 20.0
-    body = [(-car_width / 2, clearance), (-car_width / 2, clearance + car_height),
-            (car_width / 2, clearance + car_height), (car_width / 2, clearance)]
+    body = [
+        (-car_width / 2, clearance),
+        (-car_width / 2, clearance + car_height),
+        (car_width / 2, clearance + car_height),
+        (car_width / 2, clearance),
+    ]
     canvas.polygon(_rotated(body, angle, base), BLACK)
     for wheel_x in (car_width / 4, -car_width / 4):
         canvas.circle(_rotated([(wheel_x, clearance)], angle, base)[0], car_height / 2.5, (128, 128, 128))

@@ -97,9 +97,7 @@ class GymnasiumTaskVectorEnv:
             )
             self._returns[i] = 0.0
             self._lengths[i] = 0
-        return StepResult(
-            observations, rewards.astype(np.float32), terminated, truncated, final_observations, finished
-        )
+        return StepResult(observations, rewards.astype(np.float32), terminated, truncated, final_observations, finished)
 
     def close(self) -> None:
         if self._frames is not None:
@@ -111,8 +109,10 @@ class GymnasiumTaskVectorEnv:
         family that built this env (the envs need no `render_mode`)."""
         env = self._vector.envs[simulator].unwrapped
         if self._frames is None:
-            raise UserError(f"{env.spec.id if env.spec else type(env).__name__} cannot render here "
-                            "(benchbase draws ALE and MuJoCo Gymnasium envs only)")
+            raise UserError(
+                f"{env.spec.id if env.spec else type(env).__name__} cannot render here "
+                "(benchbase draws ALE and MuJoCo Gymnasium envs only)"
+            )
         return self._frames.frame(simulator, env)
 
     def _prepare(self, actions: np.ndarray) -> np.ndarray:

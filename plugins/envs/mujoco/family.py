@@ -190,8 +190,7 @@ class PackerMujocoFamily(MujocoFamily):
     splits = SPLITS
     success_distance = SUCCESS_DISTANCE
     success_criterion = (
-        f"the torso ends the episode at least {SUCCESS_DISTANCE:g} m further along x than it started "
-        "(Packer et al.)"
+        f"the torso ends the episode at least {SUCCESS_DISTANCE:g} m further along x than it started (Packer et al.)"
     )
 
     def __init__(self, robot: Robot, split: str) -> None:

@@ -101,4 +101,3 @@ def quiet_known_asset_warnings() -> Iterator[None]:
         yield
     finally:
         mujoco.set_mju_user_warning(previous)
-

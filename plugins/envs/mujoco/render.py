@@ -48,8 +48,10 @@ def _renderer(env: Any) -> tuple[Any, Any]:
         renderer = mujoco.Renderer(model, height=height, width=width)
     except Exception as error:  # noqa: BLE001 - no OpenGL context of any kind
         backend = os.environ.get("MUJOCO_GL", "unset")
-        raise UserError(f"MuJoCo cannot render here (MUJOCO_GL={backend}: {str(error).splitlines()[0]}); "
-                        "install EGL or OSMesa, or set MUJOCO_GL to a backend that works") from None
+        raise UserError(
+            f"MuJoCo cannot render here (MUJOCO_GL={backend}: {str(error).splitlines()[0]}); "
+            "install EGL or OSMesa, or set MUJOCO_GL to a backend that works"
+        ) from None
     camera = mujoco.MjvCamera()
     mujoco.mjv_defaultFreeCamera(model, camera)
     config = env.mujoco_renderer.default_cam_config or {}

@@ -44,9 +44,9 @@ class FakeVectorEnv:
         self.received_actions: list[np.ndarray] = []
 
     def _observations(self) -> np.ndarray:
-        return np.stack(
-            [[self.episode_steps[i] / 3, i / 2, self.t / 10] for i in range(self.num_envs)]
-        ).astype(np.float32)
+        return np.stack([[self.episode_steps[i] / 3, i / 2, self.t / 10] for i in range(self.num_envs)]).astype(
+            np.float32
+        )
 
     def reset(self, seed: int) -> np.ndarray:
         self.t = 0
@@ -79,7 +79,9 @@ class FakeVectorEnv:
         pass
 
 
-def make_learner(continuous: bool = False, rank: int = 0, seed: int = 3, **overrides) -> tuple[A2CLearner, FakeVectorEnv]:
+def make_learner(
+    continuous: bool = False, rank: int = 0, seed: int = 3, **overrides
+) -> tuple[A2CLearner, FakeVectorEnv]:
     settings = dict(n_steps=5, gamma=0.9, hidden=8, normalise_observations=False, normalise_rewards=False)
     settings.update(overrides)
     env = FakeVectorEnv(continuous)
@@ -114,7 +116,9 @@ def test_gae_by_hand():
 
 def test_gae_with_lambda_one_is_returns_minus_values():
     returns = discounted_returns(REWARDS, NOT_DONE, BOOTSTRAP, GAMMA)
-    np.testing.assert_allclose(gae_advantages(REWARDS, VALUES, NOT_DONE, BOOTSTRAP, GAMMA, 1.0), returns - VALUES, rtol=1e-6)
+    np.testing.assert_allclose(
+        gae_advantages(REWARDS, VALUES, NOT_DONE, BOOTSTRAP, GAMMA, 1.0), returns - VALUES, rtol=1e-6
+    )
 
 
 def test_gae_with_lambda_zero_is_the_one_step_td_error():
@@ -241,7 +245,9 @@ def test_collect_bootstraps_truncated_steps_only():
     np.testing.assert_allclose(rollout.observations[2], [[2 / 3, 0, 0.2], [0, 0.5, 0.2]], rtol=1e-6)
     np.testing.assert_allclose(rollout.last_observations, [[2 / 3, 0, 0.5], [0, 0.5, 0.5]], rtol=1e-6)
     assert sorted((e.simulator, e.episode_length, e.episode_return) for e in finished) == [
-        (0, 3, 3.0), (1, 2, 2.0), (1, 3, 3.0)
+        (0, 3, 3.0),
+        (1, 2, 2.0),
+        (1, 3, 3.0),
     ]
 
 

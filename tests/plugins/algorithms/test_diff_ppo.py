@@ -27,8 +27,16 @@ from plugins.algorithms.diff_ppo import PPOLearner, PPOParams, ppo_losses
 
 
 def make_learner(continuous: bool = False, seed: int = 3, budget: int = 0, **overrides) -> PPOLearner:
-    settings = dict(n_steps=5, n_epochs=3, minibatch_size=4, gamma=0.9, gae_lambda=0.8, hidden=8,
-                    normalise_observations=False, normalise_rewards=False)
+    settings = dict(
+        n_steps=5,
+        n_epochs=3,
+        minibatch_size=4,
+        gamma=0.9,
+        gae_lambda=0.8,
+        hidden=8,
+        normalise_observations=False,
+        normalise_rewards=False,
+    )
     settings.update(overrides)
     spec = LearnerSpec(FakeVectorEnv(continuous), 0, 1, seed, torch.device("cpu"), env_steps_budget=budget)
     return PPOLearner(PPOParams(**settings), spec)
@@ -49,9 +57,17 @@ def hand_losses(clip_value_loss: bool, log_prob: torch.Tensor | None = None):
     if log_prob is None:
         log_prob = torch.log(torch.tensor(RATIOS))
     return ppo_losses(
-        log_prob, old_log_prob, torch.tensor(ADVANTAGES), torch.tensor(VALUES), torch.tensor(OLD_VALUES),
-        torch.tensor(RETURNS), torch.full((5,), 0.5),
-        clip_range=0.2, clip_value_loss=clip_value_loss, value_coef=0.5, entropy_coef=0.01,
+        log_prob,
+        old_log_prob,
+        torch.tensor(ADVANTAGES),
+        torch.tensor(VALUES),
+        torch.tensor(OLD_VALUES),
+        torch.tensor(RETURNS),
+        torch.full((5,), 0.5),
+        clip_range=0.2,
+        clip_value_loss=clip_value_loss,
+        value_coef=0.5,
+        entropy_coef=0.01,
     )
 
 
@@ -97,9 +113,16 @@ def record_losses(monkeypatch) -> list[dict]:
 
     def recording(log_prob, old_log_prob, advantages, *args, **kwargs):
         losses = ppo_losses(log_prob, old_log_prob, advantages, *args, **kwargs)
-        calls.append({"log_prob": log_prob.detach().clone(), "old_log_prob": old_log_prob.clone(),
-                      "advantages": advantages.clone(), "clip_fraction": losses.clip_fraction.item(),
-                      "approx_kl": losses.approx_kl.item(), "clip_range": kwargs["clip_range"]})
+        calls.append(
+            {
+                "log_prob": log_prob.detach().clone(),
+                "old_log_prob": old_log_prob.clone(),
+                "advantages": advantages.clone(),
+                "clip_fraction": losses.clip_fraction.item(),
+                "approx_kl": losses.approx_kl.item(),
+                "clip_range": kwargs["clip_range"],
+            }
+        )
         return losses
 
     monkeypatch.setattr(diff_ppo, "ppo_losses", recording)
@@ -125,8 +148,9 @@ def test_first_minibatch_is_on_policy_and_later_ones_are_not(monkeypatch):
 def test_one_epoch_one_minibatch_follows_the_policy_gradient():
     # At ρ = 1, with raw advantages, PPO's gradient is A2C's with GAE(λ) targets: check it against
     # the independent A2C reference (torch.distributions, returns by hand).
-    learner = make_learner(n_epochs=1, minibatch_size=64, normalise_advantages=False, max_grad_norm=0.0,
-                           entropy_coef=0.05)
+    learner = make_learner(
+        n_epochs=1, minibatch_size=64, normalise_advantages=False, max_grad_norm=0.0, entropy_coef=0.05
+    )
     rollout, _ = learner.collect()
     reference = copy.deepcopy(learner.model)
     a2c_loss, value_loss, _, entropy = expected_a2c_loss(reference, rollout, learner.params, continuous=False)
@@ -155,8 +179,18 @@ def test_update_moves_every_tower_and_reports_float_metrics(continuous):
     if continuous:
         assert learner.model.log_std.grad.abs().sum() > 0
         assert learner.act_greedy(np.zeros((2, 3), dtype=np.float32)).shape == (2, 2)
-    expected = {"loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm",
-                "explained_variance", "lr", "clip_range"}
+    expected = {
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "approx_kl",
+        "clip_fraction",
+        "grad_norm",
+        "explained_variance",
+        "lr",
+        "clip_range",
+    }
     assert set(output.metrics) == expected
     assert all(isinstance(value, float) and math.isfinite(value) for value in output.metrics.values())
 
@@ -204,9 +238,27 @@ def test_without_a_budget_or_with_annealing_off_nothing_anneals():
 
 def test_one_diff_ppo_learner_solves_cartpole_within_100k_steps(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    bench_run(out, "-a", "diff-ppo", "-t", "isolated", "-e", "CartPole-v1", "--learners", "1",
-              "--envs-per-learner", "8", "--env-steps", "100000", "--seeds", "3", "--evaluations", "2",
-              "--eval-episodes", "5")
+    bench_run(
+        out,
+        "-a",
+        "diff-ppo",
+        "-t",
+        "isolated",
+        "-e",
+        "CartPole-v1",
+        "--learners",
+        "1",
+        "--envs-per-learner",
+        "8",
+        "--env-steps",
+        "100000",
+        "--seeds",
+        "3",
+        "--evaluations",
+        "2",
+        "--eval-episodes",
+        "5",
+    )
     solved, final_returns = cells_solving(out, 475, max_env_steps=100_000 + 8 * 32)
     assert solved >= 2, final_returns
 
@@ -214,10 +266,35 @@ def test_one_diff_ppo_learner_solves_cartpole_within_100k_steps(tmp_path: Path) 
 def test_two_learner_ring_cell_completes_and_reports_consensus(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "benchbase", "run", "-a", "diff-ppo:n_epochs=2", "-t", "ring", "-e", "CartPole-v1",
-         "--learners", "2", "--envs-per-learner", "2", "--env-steps", "2560", "--seeds", "1",
-         "--evaluations", "1", "--eval-episodes", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchbase",
+            "run",
+            "-a",
+            "diff-ppo:n_epochs=2",
+            "-t",
+            "ring",
+            "-e",
+            "CartPole-v1",
+            "--learners",
+            "2",
+            "--envs-per-learner",
+            "2",
+            "--env-steps",
+            "2560",
+            "--seeds",
+            "1",
+            "--evaluations",
+            "1",
+            "--eval-episodes",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     (cell,) = pq.read_table(out / "cells.parquet").to_pylist()

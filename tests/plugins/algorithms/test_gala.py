@@ -15,10 +15,30 @@ TIMING_METRICS = {"steps_per_second", "mix_wait_s", "checkpoint_copy_s"}
 
 def run(out: Path, *args: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchbase", "run", "-e", "random-cartpole", "--learners", "4",
-         "--envs-per-learner", "4", "--seeds", "1", "--evaluations", "1", "--eval-episodes", "2",
-         *args, "--out", str(out)],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "benchbase",
+            "run",
+            "-e",
+            "random-cartpole",
+            "--learners",
+            "4",
+            "--envs-per-learner",
+            "4",
+            "--seeds",
+            "1",
+            "--evaluations",
+            "1",
+            "--eval-episodes",
+            "2",
+            *args,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -67,7 +67,9 @@ def test_every_actor_critic_learns_from_frames(name):
     torch.set_num_threads(1)
     registry = load_registry()
     algorithm = registry.get("algorithm", name)
-    overrides = {"n_steps": 4} if name != "vtrace" else {"unroll_length": 4, "batch_size": 2, "background_preparation": False}
+    overrides = (
+        {"n_steps": 4} if name != "vtrace" else {"unroll_length": 4, "batch_size": 2, "background_preparation": False}
+    )
     if name == "diff-ppo":
         overrides.update(n_epochs=1, minibatch_size=8)
     params = params_of(algorithm, overrides)

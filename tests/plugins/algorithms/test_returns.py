@@ -38,7 +38,9 @@ def direct_targets(log_ratios, discounts, rewards, values, bootstrap, rho_bar, c
                 trace = 1.0
                 for u in range(s, t):
                     trace *= discounts[u, b].item() * c[u, b].item()
-                delta = rho[t, b].item() * (rewards[t, b].item() + discounts[t, b].item() * next_value(t, b) - values[t, b].item())
+                delta = rho[t, b].item() * (
+                    rewards[t, b].item() + discounts[t, b].item() * next_value(t, b) - values[t, b].item()
+                )
                 total += trace * delta
             v[s, b] = total
     advantages = torch.empty(T, B, dtype=torch.float64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -109,12 +110,25 @@ def mix_of(batch: int, *parts: tuple[str, object]) -> ReplayMix:
     return ReplayMix(mix, [buffer for _, buffer in parts])
 
 
-SETTINGS = dict(unroll_length=4, batch_size=2, gamma=0.9, hidden=8, normalise_observations=False,
-                normalise_rewards=False, background_preparation=False)
+SETTINGS = dict(
+    unroll_length=4,
+    batch_size=2,
+    gamma=0.9,
+    hidden=8,
+    normalise_observations=False,
+    normalise_rewards=False,
+    background_preparation=False,
+)
 
 
-def make_learner(continuous: bool = False, seed: int = 3, mix: ReplayMix | None = None, budget: int = 0,
-                 num_envs: int = 2, **overrides) -> VTraceLearner:
+def make_learner(
+    continuous: bool = False,
+    seed: int = 3,
+    mix: ReplayMix | None = None,
+    budget: int = 0,
+    num_envs: int = 2,
+    **overrides,
+) -> VTraceLearner:
     settings = dict(SETTINGS)
     settings.update(overrides)
     params = VTraceParams(**settings)
@@ -157,8 +171,18 @@ def test_on_policy_loss_is_a2c_with_n_step_returns(continuous):
     actor_out.requires_grad_()
     values.requires_grad_()
     behaviour_log_std = None if log_std is None else log_std.expand(B, A)
-    losses = vtrace_losses(actor_out, log_std, values, actions, rewards, discounts,
-                           actor_out.detach().clone(), behaviour_log_std, values.detach().clone(), params())
+    losses = vtrace_losses(
+        actor_out,
+        log_std,
+        values,
+        actions,
+        rewards,
+        discounts,
+        actor_out.detach().clone(),
+        behaviour_log_std,
+        values.detach().clone(),
+        params(),
+    )
 
     # A2C by hand, with torch.distributions: R_t = r_t + γ_t R_{t+1}, R_T = V(x_T).
     returns = torch.empty(T, B, dtype=torch.float64)
@@ -194,10 +218,30 @@ def test_on_policy_loss_is_a2c_with_n_step_returns(continuous):
 def test_sum_reduction_is_mean_times_steps():
     actor_out, log_std, values, actions, rewards, discounts = hand_batch(seed=2)
     behaviour = actor_out + 0.3
-    mean = vtrace_losses(actor_out, None, values, actions, rewards, discounts, behaviour, None, values + 0.1,
-                         params(clear_policy_cloning=True, clear_value_cloning=True, laser=True))
-    summed = vtrace_losses(actor_out, None, values, actions, rewards, discounts, behaviour, None, values + 0.1,
-                           params(clear_policy_cloning=True, clear_value_cloning=True, laser=True, reduction="sum"))
+    mean = vtrace_losses(
+        actor_out,
+        None,
+        values,
+        actions,
+        rewards,
+        discounts,
+        behaviour,
+        None,
+        values + 0.1,
+        params(clear_policy_cloning=True, clear_value_cloning=True, laser=True),
+    )
+    summed = vtrace_losses(
+        actor_out,
+        None,
+        values,
+        actions,
+        rewards,
+        discounts,
+        behaviour,
+        None,
+        values + 0.1,
+        params(clear_policy_cloning=True, clear_value_cloning=True, laser=True, reduction="sum"),
+    )
     torch.testing.assert_close(summed.loss, mean.loss * T * B)
     torch.testing.assert_close(summed.policy_cloning, mean.policy_cloning * T * B)
 
@@ -207,8 +251,18 @@ def test_clear_terms_vanish_when_pi_is_mu_and_toggle(continuous):
     actor_out, log_std, values, actions, rewards, discounts = hand_batch(seed=1, continuous=continuous)
     behaviour_log_std = None if log_std is None else log_std.expand(B, A)
     on = params(clear_policy_cloning=True, clear_value_cloning=True)
-    same = vtrace_losses(actor_out, log_std, values, actions, rewards, discounts, actor_out.clone(),
-                         behaviour_log_std, values.clone(), on)
+    same = vtrace_losses(
+        actor_out,
+        log_std,
+        values,
+        actions,
+        rewards,
+        discounts,
+        actor_out.clone(),
+        behaviour_log_std,
+        values.clone(),
+        on,
+    )
     assert same.policy_cloning.item() == pytest.approx(0.0, abs=1e-12)
     assert same.value_cloning.item() == pytest.approx(0.0, abs=1e-12)
 
@@ -218,8 +272,18 @@ def test_clear_terms_vanish_when_pi_is_mu_and_toggle(continuous):
         behaviour_log_std = behaviour_log_std + 0.2
 
     def total(**switches):
-        return vtrace_losses(actor_out, log_std, values, actions, rewards, discounts, behaviour, behaviour_log_std,
-                             behaviour_values, params(**switches))
+        return vtrace_losses(
+            actor_out,
+            log_std,
+            values,
+            actions,
+            rewards,
+            discounts,
+            behaviour,
+            behaviour_log_std,
+            behaviour_values,
+            params(**switches),
+        )
 
     none, both = total(), total(clear_policy_cloning=True, clear_value_cloning=True)
     policy_only = total(clear_policy_cloning=True)
@@ -235,8 +299,9 @@ def test_clear_terms_vanish_when_pi_is_mu_and_toggle(continuous):
 def test_kl_divergence_matches_torch_distributions():
     g = torch.Generator().manual_seed(5)
     p, q = torch.randn(4, 3, 2, generator=g), torch.randn(4, 3, 2, generator=g)
-    expected = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=p),
-                                                 torch.distributions.Categorical(logits=q))
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=p), torch.distributions.Categorical(logits=q)
+    )
     torch.testing.assert_close(kl_divergence(p, None, q, None), expected)
     p_std, q_std = torch.tensor([0.2, -0.1]), torch.randn(3, 2, generator=g)
     expected = torch.distributions.kl_divergence(
@@ -259,10 +324,30 @@ def test_laser_masks_nothing_on_policy_and_far_steps_off_policy():
     # Masked steps leave the policy and value terms: the same loss with the mask from the start
     # equals the losses of the unmasked steps only (and the trace is cut, so the targets of the
     # remaining steps look only at later steps, which the mask does not touch).
-    unmasked = vtrace_losses(actor_out[2:], None, values[2:], actions[2:], rewards[2:], discounts[2:],
-                             behaviour[2:], None, values[2:], params(reduction="sum"))
-    far_sum = vtrace_losses(actor_out, None, values, actions, rewards, discounts, behaviour, None, values,
-                            params(laser=True, reduction="sum"))
+    unmasked = vtrace_losses(
+        actor_out[2:],
+        None,
+        values[2:],
+        actions[2:],
+        rewards[2:],
+        discounts[2:],
+        behaviour[2:],
+        None,
+        values[2:],
+        params(reduction="sum"),
+    )
+    far_sum = vtrace_losses(
+        actor_out,
+        None,
+        values,
+        actions,
+        rewards,
+        discounts,
+        behaviour,
+        None,
+        values,
+        params(laser=True, reduction="sum"),
+    )
     torch.testing.assert_close(far_sum.policy_loss, unmasked.policy_loss)
     torch.testing.assert_close(far_sum.value_loss, unmasked.value_loss)
     # Off, nothing is masked.
@@ -276,8 +361,9 @@ def test_importance_ratios_are_clipped_by_their_own_thresholds():
     behaviour = actor_out.clone()
     behaviour[..., 1] -= 3.0  # μ rarely takes action 1: where it was taken, π/μ is large
     taken_one = (actions == 1).double().mean().item()
-    losses = vtrace_losses(actor_out, None, values, actions, rewards, discounts, behaviour, None, values,
-                           params(rho_bar=1.0, c_bar=1e9))
+    losses = vtrace_losses(
+        actor_out, None, values, actions, rewards, discounts, behaviour, None, values, params(rho_bar=1.0, c_bar=1e9)
+    )
     assert losses.clipped_rho_fraction == pytest.approx(taken_one)
     assert losses.clipped_c_fraction == 0.0
     assert losses.importance_ratio > 1.0
@@ -289,8 +375,7 @@ def test_importance_ratios_are_clipped_by_their_own_thresholds():
 @pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
 def test_iterate_updates_every_tower_and_reports_finite_metrics(continuous):
     queue, uniform = QueueBuffer(2), UniformBuffer(50, threshold=4, seed=0)
-    learner = make_learner(continuous, batch_size=4, mix=mix_of(4, ("queue", queue), ("uniform", uniform)),
-                           laser=True)
+    learner = make_learner(continuous, batch_size=4, mix=mix_of(4, ("queue", queue), ("uniform", uniform)), laser=True)
     before = learner.parameters_buffer().clone()
     actor_before = [p.detach().clone() for p in actor_parameters(learner.model)]
     critic_before = [p.detach().clone() for p in learner.model.critic.parameters()]
@@ -305,10 +390,26 @@ def test_iterate_updates_every_tower_and_reports_finite_metrics(continuous):
     assert not torch.equal(learner.parameters_buffer(), before)
     assert any(not torch.equal(p, q) for p, q in zip(actor_parameters(learner.model), actor_before))
     assert any(not torch.equal(p, q) for p, q in zip(learner.model.critic.parameters(), critic_before))
-    expected = {"loss", "policy_loss", "value_loss", "entropy", "policy_cloning_loss", "value_cloning_loss",
-                "importance_ratio", "clipped_rho_fraction", "clipped_c_fraction", "laser_mask_rate", "grad_norm",
-                "lr", "updated", "updates", "replay_share_queue", "replay_share_uniform",
-                "replay_queue_size", "replay_uniform_size"}
+    expected = {
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "policy_cloning_loss",
+        "value_cloning_loss",
+        "importance_ratio",
+        "clipped_rho_fraction",
+        "clipped_c_fraction",
+        "laser_mask_rate",
+        "grad_norm",
+        "lr",
+        "updated",
+        "updates",
+        "replay_share_queue",
+        "replay_share_uniform",
+        "replay_queue_size",
+        "replay_uniform_size",
+    }
     assert set(output.metrics) == expected
     assert all(isinstance(v, float) and math.isfinite(v) for v in output.metrics.values())
     assert output.metrics["replay_share_queue"] == 0.5 and output.metrics["replay_share_uniform"] == 0.5
@@ -343,6 +444,12 @@ def test_segments_hold_what_the_behaviour_network_computed():
     assert segments[1].rewards[1].item() == pytest.approx(1.0 + bonus)
 
 
+def _recorded(add, added: list, segment):
+    """The replay mix's `add`, remembering every segment it was given."""
+    added.append(segment)
+    return add(segment)
+
+
 def test_a_queue_trains_on_every_segment_exactly_once(monkeypatch):
     seen: list[Segment] = []  # the segments themselves: their ids stay unique while referenced
     original = VTraceLearner.update
@@ -355,11 +462,11 @@ def test_a_queue_trains_on_every_segment_exactly_once(monkeypatch):
     for background in (False, True):
         seen.clear()
         queue = QueueBuffer(4)
-        learner = make_learner(batch_size=4, num_envs=4, mix=mix_of(4, ("queue", queue)),
-                               background_preparation=background)
+        learner = make_learner(
+            batch_size=4, num_envs=4, mix=mix_of(4, ("queue", queue)), background_preparation=background
+        )
         added: list[Segment] = []
-        add = learner.replay.add
-        learner.replay.add = lambda segment: (added.append(segment), add(segment))[1]
+        learner.replay.add = partial(_recorded, learner.replay.add, added)
         for _ in range(6):
             learner.iterate()
         learner.close()
@@ -411,8 +518,17 @@ def test_learners_start_from_the_same_parameters_whatever_their_rank():
 
 def run_learner(seed: int, background: bool, continuous: bool = False, iterations: int = 6) -> torch.Tensor:
     mix = mix_of(4, ("queue", QueueBuffer(2)), ("nearest", NearestBuffer(20, threshold=4, seed=seed)))
-    learner = make_learner(continuous, seed=seed, batch_size=4, mix=mix, background_preparation=background,
-                           normalise_observations=True, normalise_rewards=True, laser=True, lr=0.01)
+    learner = make_learner(
+        continuous,
+        seed=seed,
+        batch_size=4,
+        mix=mix,
+        background_preparation=background,
+        normalise_observations=True,
+        normalise_rewards=True,
+        laser=True,
+        lr=0.01,
+    )
     for _ in range(iterations):
         metrics = learner.iterate().metrics
     learner.close()
@@ -431,8 +547,12 @@ def test_same_seed_same_parameters(background):
 def test_background_scorer_is_a_snapshot_taken_before_the_update(monkeypatch):
     # The preparer's scorer must not see the update that runs while it samples.
     scorers = []
-    learner = make_learner(batch_size=2, mix=mix_of(2, ("nearest", NearestBuffer(20, threshold=2, seed=0))),
-                           background_preparation=True, lr=0.05)
+    learner = make_learner(
+        batch_size=2,
+        mix=mix_of(2, ("nearest", NearestBuffer(20, threshold=2, seed=0))),
+        background_preparation=True,
+        lr=0.05,
+    )
     request = learner.preparer.request
 
     def recording(scorer):
@@ -445,7 +565,7 @@ def test_background_scorer_is_a_snapshot_taken_before_the_update(monkeypatch):
         learner.iterate()
     learner.close()
     assert learner.updates == 3
-    for scorer, at_request, live_at_request in scorers:
+    for _, at_request, live_at_request in scorers:
         torch.testing.assert_close(at_request, live_at_request)
     # After the updates the live network moved; the scorer handed out last still answers as before.
     scorer, at_request, _ = scorers[-1]
@@ -486,9 +606,29 @@ def test_segment_bytes_is_what_a_segment_takes(continuous):
 
 def test_one_vtrace_learner_with_queue_and_uniform_solves_cartpole_within_200k_steps(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    bench_run(out, "-a", "vtrace", "-t", "isolated", "-e", "CartPole-v1", "--learners", "1",
-              "--envs-per-learner", "8", "--env-steps", "200000", "--seeds", "3", "--evaluations", "2",
-              "--eval-episodes", "5", "-r", "queue:capacity=8,ratio=0.5+uniform:capacity=1000,ratio=0.5")
+    bench_run(
+        out,
+        "-a",
+        "vtrace",
+        "-t",
+        "isolated",
+        "-e",
+        "CartPole-v1",
+        "--learners",
+        "1",
+        "--envs-per-learner",
+        "8",
+        "--env-steps",
+        "200000",
+        "--seeds",
+        "3",
+        "--evaluations",
+        "2",
+        "--eval-episodes",
+        "5",
+        "-r",
+        "queue:capacity=8,ratio=0.5+uniform:capacity=1000,ratio=0.5",
+    )
     solved, final_returns = cells_solving(out, 475, max_env_steps=200_000 + 8 * 20)
     assert solved >= 2, final_returns
 
@@ -496,19 +636,53 @@ def test_one_vtrace_learner_with_queue_and_uniform_solves_cartpole_within_200k_s
 def test_two_learner_ring_with_elite_replay_reports_replay_metrics(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "benchbase", "run", "-a", "vtrace:batch_size=4", "-t", "ring", "-e", "CartPole-v1",
-         "--learners", "2", "--envs-per-learner", "2", "--env-steps", "4000", "--seeds", "1",
-         "--evaluations", "1", "--eval-episodes", "1",
-         "-r", "queue:capacity=2,ratio=0.5+elite:capacity=50,ratio=0.5", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchbase",
+            "run",
+            "-a",
+            "vtrace:batch_size=4",
+            "-t",
+            "ring",
+            "-e",
+            "CartPole-v1",
+            "--learners",
+            "2",
+            "--envs-per-learner",
+            "2",
+            "--env-steps",
+            "4000",
+            "--seeds",
+            "1",
+            "--evaluations",
+            "1",
+            "--eval-episodes",
+            "1",
+            "-r",
+            "queue:capacity=2,ratio=0.5+elite:capacity=50,ratio=0.5",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     (cell,) = pq.read_table(out / "cells.parquet").to_pylist()
     assert cell["status"] == "completed" and cell["learners"] == 2
     rows = ds.dataset(out / "metrics").to_table().to_pylist()
     names = {row["metric"] for row in rows}
-    assert {"loss", "importance_ratio", "clipped_rho_fraction", "laser_mask_rate", "replay_share_queue",
-            "replay_share_elite", "updates", "consensus_distance"} <= names
+    assert {
+        "loss",
+        "importance_ratio",
+        "clipped_rho_fraction",
+        "laser_mask_rate",
+        "replay_share_queue",
+        "replay_share_elite",
+        "updates",
+        "consensus_distance",
+    } <= names
     assert any(name.startswith("replay_elite_") for name in names)
     assert {row["learner"] for row in rows} == {0, 1}
     updates = [row["value"] for row in rows if row["metric"] == "updates"]

@@ -116,8 +116,7 @@ def test_each_parameter_changes_the_trajectory(registry, key):
     fam = family(registry, f"default-{key}")
     default = fam.training_tasks(params_of(fam), 1, seed=0)[0]
     tasks = [default] + [
-        Task(f"changed-{name}", {**default.parameters, name: value * 1.3})
-        for name, value in default.parameters.items()
+        Task(f"changed-{name}", {**default.parameters, name: value * 1.3}) for name, value in default.parameters.items()
     ]
     env = fam.make_env(params_of(fam), tasks, seed=0)
     env.dynamics.state[:] = env.dynamics.state[:, :1]  # every simulator starts in one state

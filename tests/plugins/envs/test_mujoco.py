@@ -297,8 +297,12 @@ def test_families_and_aliases_resolve(registry):
     for robot in mj.ROBOTS:
         for word in ("default", "random", "extreme", "air", "random-wind", "random-mass", "random-mujoco"):
             assert f"{word}-{robot.key}" in names
-        for alias, word in (("RandomWind", "random-wind"), ("RandomMass", "random-mass"),
-                            ("RandomMuJoCo", "random-mujoco"), ("Air", "air")):
+        for alias, word in (
+            ("RandomWind", "random-wind"),
+            ("RandomMass", "random-mass"),
+            ("RandomMuJoCo", "random-mujoco"),
+            ("Air", "air"),
+        ):
             resolved = registry.get("env", f"{alias}{robot.title}-v2")
             assert resolved.name == f"{word}-{robot.key}"
             low, high = resolved.score_range

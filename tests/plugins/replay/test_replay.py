@@ -104,7 +104,7 @@ def test_registry_lists_the_four_strategies_with_their_parameters():
 @pytest.mark.parametrize(
     ("name", "overrides", "message"),
     [
-        ("elite", {"distance": "cosin"}, 'elite.distance: \'cosin\' is not allowed (choose from p-norm, cosine, kl)'),
+        ("elite", {"distance": "cosin"}, "elite.distance: 'cosin' is not allowed (choose from p-norm, cosine, kl)"),
         ("attentive", {"distance": "kl"}, "attentive.distance: 'kl' is not allowed (choose from p-norm, cosine)"),
         ("elite", {"selection": "5"}, "elite.selection: 5 is above the maximum 4"),
         ("elite", {"selection": 0}, "elite.selection: 0 is below the minimum 1"),
@@ -240,8 +240,9 @@ def test_cosine_prefers_similar_segments():
     the p-norm ranks the other first."""
     chosen = {}
     for metric in ("cosine", "p-norm"):
-        buffer = buffer_of("elite", capacity=2, min_fill=1, lambda_start=2.0, anneal_samples=0, selection=1,
-                           distance=metric)
+        buffer = buffer_of(
+            "elite", capacity=2, min_fill=1, lambda_start=2.0, anneal_samples=0, selection=1, distance=metric
+        )
         buffer.add(segment(0, observation=[1.0, 0.0, 0.0], features=[10.0, 0.0, 0.0]))
         buffer.add(segment(1, observation=[1.0, 0.0, 0.0], features=[0.0, 1.0, 0.0]))
         chosen[metric] = ids(buffer.sample(1, FakeScorer()))
@@ -453,8 +454,10 @@ def test_elite_insertion_overwrites_the_most_used():
 
 
 def test_a_mix_of_queue_and_elite():
-    parts = [(name, params_of(REGISTRY.get("replay", name), overrides)) for name, overrides in
-             (("queue", {"ratio": 0.5, "capacity": 2}), ("elite", {"ratio": 0.5, "capacity": 50}))]
+    parts = [
+        (name, params_of(REGISTRY.get("replay", name), overrides))
+        for name, overrides in (("queue", {"ratio": 0.5, "capacity": 2}), ("elite", {"ratio": 0.5, "capacity": 50}))
+    ]
     buffers = [REGISTRY.get("replay", name).make_buffer(params, 0) for name, params in parts]
     mix = ReplayMix(batch_shares(parts, 4), buffers)
     scorer = FakeScorer()
