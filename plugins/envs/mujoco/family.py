@@ -17,9 +17,10 @@ Registers, for ``hopper`` and ``halfcheetah``:
   parameters ``power``, ``density``, ``friction`` (D/R/E ranges and splits exactly as for the
   classic-control families). Packer's values are relative to their Roboschool defaults, so each
   maps to a scale of the MuJoCo model's own default: actuator gears × power / default power
-  (HalfCheetah 0.9, Hopper 0.75), body masses and inertias × density / 1000, sliding friction of
-  every geom × friction / 0.8. Success: the torso's x at the episode's last step is at least
-  20 m beyond its x after the reset, however the episode ended (time limit or a fall).
+  (HalfCheetah 0.9, Hopper 0.75), the torso's mass and inertia × density / 1000 (the torso body
+  alone, as Packer's HeavyTorso/LightTorso variants; the other bodies keep theirs), sliding
+  friction of every geom × friction / 0.8. Success: the torso's x at the episode's last step is at
+  least 20 m beyond its x after the reset, however the episode ended (time limit or a fall).
 
 Every family runs episodes of at most ``max_episode_steps`` (1000, Packer's and Gymnasium's limit)
 on `plugins.envs.mujoco.vector.MujocoVectorEnv`, which reproduces Gymnasium's -v5 dynamics,
@@ -197,7 +198,7 @@ class PackerMujocoFamily(MujocoFamily):
         super().__init__(robot)
         self.split = split  # the family's own range: "D", "R" or "E"
         self.name = f"{_SPLIT_WORDS[split]}-{robot.key}"
-        self.description = f"{robot.gym_id}, {_SPLIT_TEXT[split]} (power, density, friction; Packer et al. 2018)"
+        self.description = f"{robot.gym_id}, {_SPLIT_TEXT[split]} (power, torso density, friction; Packer et al. 2018)"
 
     def _ranges(self) -> tuple[ParameterRange, ...]:
         return (self.robot.power, DENSITY, FRICTION)
@@ -224,7 +225,7 @@ class PackerMujocoFamily(MujocoFamily):
         power = self.robot.power.default
         return PhysicsSettings(
             gear_scale=parameters.get("power", power) / power,
-            mass_scale=parameters.get("density", DEFAULT_DENSITY) / DEFAULT_DENSITY,
+            torso_mass_scale=parameters.get("density", DEFAULT_DENSITY) / DEFAULT_DENSITY,
             friction_scale=parameters.get("friction", DEFAULT_FRICTION) / DEFAULT_FRICTION,
         )
 

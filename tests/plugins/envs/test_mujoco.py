@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ from benchbase.api.registry import load_registry
 from benchbase.errors import UserError
 from plugins.envs.gymnasium.family import GymnasiumIdFamily
 from plugins.envs.mujoco import family as mj
-from plugins.envs.mujoco.physics import PristinePhysics, quiet_known_asset_warnings
+from plugins.envs.mujoco.physics import TORSO, PhysicsSettings, PristinePhysics, quiet_known_asset_warnings
 from plugins.envs.mujoco.render import MujocoFrames
 
 ROBOTS = [robot.key for robot in mj.ROBOTS]
@@ -122,6 +123,68 @@ def test_air_changes_the_trajectory_and_lateral_wind_exerts_no_force(registry, r
     windy = family(registry, f"random-wind-{robot}")
     # The runners are planar in x-z: a wind along y pushes only along a constrained axis.
     np.testing.assert_array_equal(rollout(windy, Task("y", {"wind_x": 0.0, "wind_y": 15.0})), still)
+
+
+def _compiled_model(gym_id: str) -> mujoco.MjModel:
+    with quiet_known_asset_warnings():
+        return gym.make(gym_id).unwrapped.model
+
+
+def _model_fields(model: mujoco.MjModel) -> dict[str, np.ndarray]:
+    """Every array of `model` and every number of its options, copied."""
+    fields = {}
+    for owner, prefix in ((model, ""), (model.opt, "opt.")):
+        for name in dir(owner):
+            value = None if name.startswith("_") else getattr(owner, name)
+            if isinstance(value, (np.ndarray, float, int)):
+                fields[prefix + name] = np.array(value)
+    return fields
+
+
+def _assert_same_model(model: mujoco.MjModel, reference: mujoco.MjModel) -> None:
+    expected = _model_fields(reference)
+    seen = _model_fields(model)
+    assert len(expected) > 100 and seen.keys() == expected.keys()
+    assert [k for k in expected if not np.array_equal(seen[k], expected[k], equal_nan=True)] == []
+
+
+@pytest.mark.parametrize("word", ["default", "random", "extreme"])
+@pytest.mark.parametrize("robot", mj.ROBOTS, ids=lambda r: r.key)
+def test_packer_density_scales_the_torso_alone_and_restores_exactly(registry, robot, word):
+    fam = family(registry, f"{word}-{robot.key}")
+    nominal = fam.evaluation_tasks(params_of(fam), "D", 1, seed=0)[0]  # density 1000
+    env = fam.make_env(params_of(fam), [nominal], seed=0)
+    model, pristine = env.envs[0].model, _compiled_model(robot.gym_id)
+    _assert_same_model(model, pristine)
+    torso = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, TORSO)
+    others = np.arange(model.nbody) != torso
+    assert torso > 0 and model.body_mass[others].any()
+    env.set_task(0, Task("heavy torso", {**nominal.parameters, "density": 1500.0}))
+    assert model.body_mass[torso] == pristine.body_mass[torso] * 1.5
+    np.testing.assert_array_equal(model.body_inertia[torso], pristine.body_inertia[torso] * 1.5)
+    np.testing.assert_array_equal(model.body_mass[others], pristine.body_mass[others])
+    np.testing.assert_array_equal(model.body_inertia[others], pristine.body_inertia[others])
+    env.set_task(0, nominal)
+    _assert_same_model(model, pristine)
+
+
+def test_a_torso_scale_needs_a_torso():
+    model = mujoco.MjModel.from_xml_string(
+        '<mujoco><worldbody><body name="trunk"><geom size="0.1"/></body></worldbody></mujoco>'
+    )
+    physics = PristinePhysics(model)
+    physics.apply(PhysicsSettings(mass_scale=2.0))  # every body: no torso needed
+    with pytest.raises(ValueError, match="named 'torso'"):
+        physics.apply(PhysicsSettings(torso_mass_scale=2.0))
+
+
+@pytest.mark.parametrize("robot", mj.ROBOTS, ids=lambda r: r.key)
+def test_diff_dac_mass_scales_every_body(registry, robot):
+    fam = family(registry, f"random-mass-{robot.key}")
+    env = fam.make_env(params_of(fam), [Task("light", {"mass_scale": 0.6})], seed=0)
+    model, pristine = env.envs[0].model, _compiled_model(robot.gym_id)
+    np.testing.assert_array_equal(model.body_mass, pristine.body_mass * 0.6)
+    np.testing.assert_array_equal(model.body_inertia, pristine.body_inertia * 0.6)
 
 
 @pytest.mark.parametrize("name", ["extreme-hopper", "random-mujoco-halfcheetah"])
