@@ -6,13 +6,17 @@ Three steps, each usable on its own:
   `Runs`;
 - `build_report(runs, …)` scores each completed cell (`benchbase.report.scoring`: final
   evaluation or area under the learning curve, normalised per env family, on one split), groups
-  cells into entries (`benchbase.report.entries`) and computes the statistics of
-  `benchbase.report.stats` over runs (cells) × tasks (env families);
+  cells into entries (`benchbase.report.entries`: cells that differ in anything but the seed are
+  never pooled) and computes the statistics of `benchbase.report.stats` over runs (seeds) × tasks
+  (env families);
 - `write_report(report, out_dir)` (`benchbase.report.write`) writes `leaderboard.parquet`,
   `report.md` and `report.html`.
 
 Failed, interrupted, pending and running cells are never scored and never dropped silently: they
-are counted per entry and listed in `Report.problems`.
+are counted per entry and listed in `Report.problems`. An interval from fewer than
+`INTERVAL_RUNS` runs is left out (NaN bounds), except a single cell's success rate, which carries
+its binomial Wilson interval over its evaluation episodes; fewer than `RELIABLE_RUNS` runs add a
+warning to `Report.problems`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from benchbase.report.entries import (
 )
 from benchbase.report.load import Runs, load_runs
 from benchbase.report.model import (
+    INTERVAL_RUNS,
     Curve,
     Estimate,
     GeneralisationCell,
@@ -46,8 +51,18 @@ from benchbase.report.model import (
     LeaderboardRow,
     Profile,
     Report,
+    runs_warning,
 )
-from benchbase.report.scoring import NAN, NORMALISED, RAW, CellScores, env_registry, quiet, score_completed_cells
+from benchbase.report.scoring import (
+    NAN,
+    NORMALISED,
+    RAW,
+    SUCCESS,
+    CellScores,
+    env_registry,
+    quiet,
+    score_completed_cells,
+)
 from benchbase.report.write import leaderboard_arrow, write_report
 
 __all__ = [
@@ -100,6 +115,9 @@ def build_report(
     baseline_label = _baseline(baseline, scored.entries, ordered, aggregates, problems)
     improvements = _improvements(scored, aggregates, ranked, baseline_label, problems)
     leaderboard = _leaderboard(runs, scored, aggregates, ordered, baseline_label, improvements)
+    warning = runs_warning(leaderboard)
+    if warning:
+        problems.append(warning)
     profiles = _profiles(scored, aggregates, ranked)
     curves = _curves(scored, aggregates, ranked, problems)
     generalisation = _generalisation(scored, aggregates, ranked)
@@ -198,7 +216,7 @@ def _entries_on_split(
     entries = group_entries(runs, cells.cell_ids, value_of, group_by)
     problems += [excluded_line(cell) for cell in runs.cells if cell["status"] != "completed"]
     tasks = sorted({entries.task_of[cid] for cid in cells.cell_ids if not math.isnan(value_of[cid])})
-    problems += coverage_problems(entries, tasks, cells.completed)
+    problems += coverage_problems(entries, tasks)
     return _Scored(cells, s, value_of, auc_of, entries, tasks, options)
 
 
@@ -222,17 +240,27 @@ def _aggregate(scored: _Scored, metric: str) -> _Aggregates:
             continue
         matrix = score_matrix(members, scored.value_of, own)
         aggregates.matrices[key] = (own, matrix)
-        aggregates.estimates[key] = stats.aggregate_estimates(matrix, **scored.options)
+        estimates = stats.aggregate_estimates(matrix, **scored.options)
         if metric == "auc":
-            aggregates.auc[key] = aggregates.estimates[key]["iqm"]
+            auc = estimates["iqm"]
         else:
             auc_matrix = score_matrix(members, scored.auc_of, own)
-            aggregates.auc[key] = stats.aggregate_estimates(auc_matrix, aggregates=("iqm",), **scored.options)["iqm"]
+            auc = stats.aggregate_estimates(auc_matrix, aggregates=("iqm",), **scored.options)["iqm"]
+        if scored.entries.runs(key) < INTERVAL_RUNS:  # one seed: every resample is the data itself
+            estimates = {name: _point_only(estimate) for name, estimate in estimates.items()}
+            auc = _point_only(auc)
+        aggregates.estimates[key], aggregates.auc[key] = estimates, auc
     return aggregates
 
 
+def _point_only(estimate: Estimate) -> Estimate:
+    """The point estimate without its interval (too few runs to give one)."""
+    return Estimate(estimate.value, NAN, NAN)
+
+
 def _rank(key: EntryKey, entries: Entries, aggregates: _Aggregates) -> tuple:
-    """Sort key: best IQM first, then best mean, then the label; entries without a score last."""
+    """Sort key: best IQM first, entries without a score last. Entries with equal IQM share a rank
+    (`benchbase.report.model.ranks`); the mean, then the label, only fix the order they are listed in."""
     value, mean = aggregates.estimates[key]["iqm"].value, aggregates.estimates[key]["mean"].value
     return (
         math.isnan(value),
@@ -266,11 +294,13 @@ def _improvement(scored: _Scored, aggregates: _Aggregates, x: EntryKey, y: Entry
     if not common:
         return None
     members = scored.entries.members
-    return stats.probability_of_improvement(
+    estimate = stats.probability_of_improvement(
         score_matrix(members[x], scored.value_of, common),
         score_matrix(members[y], scored.value_of, common),
         **scored.options,
     )
+    few = min(scored.entries.seeds(members[z][task]) for z in (x, y) for task in common)
+    return _point_only(estimate) if few < INTERVAL_RUNS else estimate
 
 
 def _improvements(
@@ -324,7 +354,7 @@ def _leaderboard(
             if p_baseline is None:
                 p_baseline = _improvement(scored, aggregates, key, _key_of_label(entries, baseline_label))
         recorded = [runs.consensus[c["cell_id"]] for c in cells if runs.consensus.get(c["cell_id"]) is not None]
-        algorithm, variant, topology, replay = key
+        algorithm, variant, topology, replay, setting = key
         rows.append(
             LeaderboardRow(
                 entry=label,
@@ -332,7 +362,7 @@ def _leaderboard(
                 topology=topology,
                 replay=replay,
                 variant=variant,
-                runs=int((~np.isnan(aggregates.matrices[key][1])).sum()) if key in aggregates.matrices else 0,
+                runs=entries.runs(key),
                 excluded=entries.excluded.get(key, 0),
                 iqm=estimates["iqm"],
                 median=estimates["median"],
@@ -344,6 +374,7 @@ def _leaderboard(
                 wall_time_s=_mean(c.get("wall_time_s") for c in cells),
                 bytes_sent_per_learner=_mean(c.get("bytes_sent_per_learner") for c in cells),
                 consensus_distance=_mean(recorded) if recorded else None,
+                setting=setting,
             )
         )
     return rows
@@ -363,6 +394,8 @@ def _profiles(scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey]) 
     profiles = []
     for key in ranked:
         fraction, f_low, f_high = stats.performance_profile(aggregates.matrices[key][1], thresholds, **scored.options)
+        if scored.entries.runs(key) < INTERVAL_RUNS:
+            f_low, f_high = np.full_like(fraction, NAN), np.full_like(fraction, NAN)
         profiles.append(Profile(scored.entries.labels[key], thresholds, fraction, f_low, f_high))
     return profiles
 
@@ -384,6 +417,8 @@ def _curves(scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey], pr
                 ragged.append(f"{label} on {task}")
             if len(points):
                 mean, low, high = stats.mean_with_interval(curve[:, points], **scored.options)
+                if scored.entries.seeds(scored.entries.members[key][task]) < INTERVAL_RUNS:
+                    low, high = np.full_like(mean, NAN), np.full_like(mean, NAN)
                 with quiet():
                     steps = np.nanmean(scores.steps[rows_of, s][:, points], axis=0)
                 curves.append(Curve(label, task, steps, mean, low, high))
@@ -396,7 +431,8 @@ def _curves(scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey], pr
 
 
 def _generalisation(scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey]) -> list[GeneralisationCell]:
-    """Per scored entry, task and split: the mean final score over its runs (Packer et al.'s table)."""
+    """Per scored entry, task and split: the mean final score over its runs (Packer et al.'s table);
+    a single cell's success rate carries its Wilson interval instead of a bootstrap one."""
     scores = scored.cells.scores
     index_of = {cid: i for i, cid in enumerate(scored.cells.cell_ids)}
     split_columns = _split_order(scores.splits)
@@ -405,17 +441,33 @@ def _generalisation(scored: _Scored, aggregates: _Aggregates, ranked: list[Entry
     for key in ranked:
         label = scored.entries.labels[key]
         for task in aggregates.matrices[key][0]:
-            rows_of = [index_of[cid] for cid in scored.entries.members[key][task]]
+            cell_ids = scored.entries.members[key][task]
+            rows_of = [index_of[cid] for cid in cell_ids]
             finals = scores.final[rows_of][:, columns]
             observed = ~np.isnan(finals).all(axis=0)
             if not observed.any():
                 continue
             mean, low, high = stats.mean_with_interval(finals[:, observed], **scored.options)
-            runs_at = (~np.isnan(finals[:, observed])).sum(axis=0)
+            success = scored.cells.families[scored.entries.env_of_task[task]].kind == SUCCESS
             for j, name in enumerate(np.array(split_columns)[observed]):
-                estimate = Estimate(float(mean[j]), float(low[j]), float(high[j]))
-                table.append(GeneralisationCell(label, task, str(name), estimate, int(runs_at[j])))
+                present = [cid for cid, value in zip(cell_ids, finals[:, observed][:, j]) if not np.isnan(value)]
+                runs = scored.entries.seeds(present)
+                estimate, episodes = Estimate(float(mean[j]), float(low[j]), float(high[j])), 0
+                if len(present) == 1 and success:
+                    episodes = int(scores.final_episodes[index_of[present[0]], scores.splits.index(str(name))])
+                    estimate, episodes = _wilson(estimate.value, episodes, scored.options["confidence"])
+                elif runs < INTERVAL_RUNS:
+                    estimate = _point_only(estimate)
+                table.append(GeneralisationCell(label, task, str(name), estimate, runs, episodes))
     return table
+
+
+def _wilson(rate: float, episodes: int, confidence: float) -> tuple[Estimate, int]:
+    """A single cell's success rate with its Wilson interval over its episodes (none without)."""
+    if episodes <= 0:
+        return Estimate(rate, NAN, NAN), 0
+    low, high = stats.wilson_interval(round(rate * episodes), episodes, confidence)
+    return Estimate(rate, low, high), episodes
 
 
 def _score_kinds(scored: _Scored, problems: list[str]) -> dict[str, str]:

@@ -23,7 +23,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from benchbase.formatting import DASH, count, duration, finite, size
-from benchbase.report.model import Curve, Estimate, GeneralisationCell, Report
+from benchbase.report.model import (
+    INTERVAL_RUNS,
+    RELIABLE_RUNS,
+    Curve,
+    Estimate,
+    GeneralisationCell,
+    Report,
+    fewest_runs,
+    ranks,
+)
 
 __all__ = ["render_html"]
 
@@ -102,14 +111,15 @@ def _num(x: float | None) -> str:
 
 
 def _estimate_html(est: Estimate | None, fmt=_num) -> str:
-    """``value [low, high]`` with the interval in a muted span; an em dash where there is no value."""
+    """``value [low, high]`` with the interval in a muted span (``[n/a]`` without one: too few
+    runs); an em dash where there is no value."""
     if est is None or not finite(est.value):
         return DASH
     value = escape(fmt(est.value))
     if finite(est.low) and finite(est.high):
         ci = f"[{escape(fmt(est.low))}, {escape(fmt(est.high))}]"
         return f'{value} <span class="ci">{ci}</span>'
-    return value
+    return f'{value} <span class="ci">[n/a]</span>'
 
 
 def _estimate_text(est: Estimate | None) -> str:
@@ -118,7 +128,14 @@ def _estimate_text(est: Estimate | None) -> str:
         return DASH
     if finite(est.low) and finite(est.high):
         return f"{_num(est.value)} [{_num(est.low)}, {_num(est.high)}]"
-    return _num(est.value)
+    return f"{_num(est.value)} [n/a]"
+
+
+def _few_runs(report: Report) -> int | None:
+    """The fewest runs of a scored entry when below `RELIABLE_RUNS` (then no text reads a
+    difference into the intervals), else None."""
+    fewest = fewest_runs(report.leaderboard)
+    return fewest if fewest is not None and fewest < RELIABLE_RUNS else None
 
 
 def _label(text: str, limit: int = 48) -> str:
@@ -468,7 +485,7 @@ def _leaderboard_table(report: Report, colours: dict[str, str]) -> str:
         headers.append("Consensus distance")
     head = "".join(f'<th class="text">{escape(h)}</th>' if h == "Entry" else f"<th>{escape(h)}</th>" for h in headers)
     body = []
-    for rank, r in enumerate(rows, 1):
+    for rank, r in zip(ranks(rows), rows):
         classes = []
         if report.baseline is not None and r.entry == report.baseline:
             classes.append("baseline")
@@ -479,7 +496,7 @@ def _leaderboard_table(report: Report, colours: dict[str, str]) -> str:
         if "baseline" in classes:
             entry += ' <span class="muted">(baseline)</span>'
         cells = [
-            f"<td>{rank}</td>",
+            f"<td>{DASH if rank is None else rank}</td>",
             f'<td class="text entry">{entry}</td>',
             f"<td>{r.runs}</td>",
             f'<td class="excluded">{r.excluded}</td>',
@@ -538,7 +555,8 @@ def _generalisation_table(report: Report, colours: dict[str, str]) -> str:
                 tds.append(f"<td>{DASH}</td>")
                 continue
             is_best = finite(c.score.value) and c.score.value == best.get((f, s))
-            runs = f' <span class="ci runs">n={c.runs}</span>'
+            wilson = f" · Wilson, {c.episodes} episodes" if c.episodes else ""
+            runs = f' <span class="ci runs">n={c.runs}{wilson}</span>'
             tds.append(f'<td class="est{" best" if is_best else ""}">{_estimate_html(c.score)}{runs}</td>')
         body.append(f"<tr>{''.join(tds)}</tr>")
     return (
@@ -601,7 +619,8 @@ def _head(report: Report, colours: dict[str, str], level: str) -> list[str]:
         '<p class="muted">'
         f"{len(report.leaderboard)} entries ranked by {escape(str(report.metric))} score on the "
         f"<strong>{escape(str(report.split))}</strong> split; intervals are {escape(level)} "
-        f"stratified-bootstrap confidence intervals ({escape(reps)}).</p>",
+        f"stratified-bootstrap confidence intervals ({escape(reps)}); n/a: no interval from fewer than "
+        f"{INTERVAL_RUNS} runs (seeds). Equal scores share a rank (1, 1, 3).</p>",
         _problems_section(report),
         "<h2>Settings</h2>",
         _settings_section(report, colours),
@@ -616,7 +635,8 @@ def _leaderboard_section(report: Report, colours: dict[str, str], level: str) ->
         '<p class="note">Best first. IQM is the interquartile mean of the normalised scores of '
         "all scored runs; the optimality gap is how far runs fall short of a score of 1 "
         "(lower is better); AUC is the IQM of the normalised area under the learning curve. "
-        "Excluded runs (failed or interrupted cells) are left out of every score.</p>"
+        "Runs are independent seeds per env family (the fewest over an entry's families); excluded runs "
+        "(failed or interrupted cells) are left out of every score.</p>"
     )
     out.append(_leaderboard_table(report, colours))
     caption = (
@@ -645,9 +665,15 @@ def _profiles_section(report: Report, colours: dict[str, str], level: str) -> li
     out = ["<h2>Performance profiles</h2>"]
     if not report.profiles:
         return out + ['<p class="note" id="profiles-empty">No performance profiles were computed.</p>']
+    few = _few_runs(report)
+    reading = (
+        "A curve above another dominates it."
+        if few is None
+        else f"With as few as {few} runs per entry the bands are unreliable: do not read dominance into them."
+    )
     caption = (
         "Performance profiles: the fraction of runs whose normalised score exceeds each "
-        f"threshold τ, with {escape(level)} confidence bands. A curve above another dominates it."
+        f"threshold τ, with {escape(level)} confidence bands. {escape(reading)}"
     )
     return out + [_figure("profiles-chart", _profiles_chart(report, colours), caption)]
 
@@ -656,10 +682,16 @@ def _improvement_section(report: Report, colours: dict[str, str], level: str) ->
     out = ["<h2>Probability of improvement</h2>"]
     if not report.improvements:
         return out + ['<p class="note" id="improvement-empty">No pairwise comparisons were computed.</p>']
+    few = _few_runs(report)
+    reading = (
+        "An interval that excludes 0.5 is a statistically meaningful difference."
+        if few is None
+        else f"These intervals come from as few as {few} run{'' if few == 1 else 's'} per entry (fewer than "
+        f"{RELIABLE_RUNS}): they are unreliable, and an interval that excludes 0.5 does not show a difference."
+    )
     out.append(
         '<p class="note">P(X &gt; Y) is the probability that a random run of X scores above a '
-        "random run of Y; 0.5 means no difference. An interval that excludes 0.5 is a "
-        "statistically meaningful difference.</p>"
+        f"random run of Y; 0.5 means no difference. {escape(reading)}</p>"
     )
     out.append(_improvement_table(report, colours))
     caption = (

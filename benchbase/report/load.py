@@ -49,7 +49,7 @@ class Runs:
     to score the completed ones."""
 
     sources: list[str]
-    cells: list[dict[str, Any]]  # cells.parquet rows (without `config`), plus "source" and "budget"
+    cells: list[dict[str, Any]]  # cells.parquet rows, `config` parsed ({} if unreadable), plus "source"
     evaluations: pa.Table  # EVALUATION_COLUMNS of the completed cells
     episodes: pa.Table  # EPISODE_COLUMNS, only for completed cells without evaluations
     consensus: dict[str, float]  # cell id -> final consensus distance (mean over learners recording it)
@@ -141,7 +141,7 @@ def _read_cells(folder: Path) -> list[dict[str, Any]]:
             resolved = json.loads(config) if config else {}
         except json.JSONDecodeError:
             resolved = {}
-        row["budget"] = resolved.get("env_steps")
+        row["config"] = resolved if isinstance(resolved, dict) else {}
     return rows
 
 

@@ -3,17 +3,31 @@
 
 An *entry* is one thing being compared: an algorithm (with its non-default parameters, the
 cells' `variant`) on a topology with a replay strategy, aggregated over env families and seeds.
-A *run* is one cell (one seed of one entry on one family). Scores are normalised per family so
-that they can be pooled: the success rate where the family defines success, otherwise
-(R − random) / (reference − random) with the family's declared `score_range`, otherwise the raw
-return (and the report says so).
+Cells that differ in anything but the seed (a start from checkpoints, the env-step budget, the
+number of learners, …) are separate entries, labelled by what differs. A *run* is one seed of an
+entry on one family; an entry's `runs` is the fewest seeds it has on any of its families. Scores
+are normalised per family so that they can be pooled: the success rate where the family defines
+success, otherwise (R − random) / (reference − random) with the family's declared `score_range`,
+otherwise the raw return (and the report says so).
+
+Few runs make for unreliable claims (Agarwal et al., 2021), so the suite's rule is: an interval
+from fewer than `INTERVAL_RUNS` runs is not given (NaN bounds, shown as "n/a"), and fewer than
+`RELIABLE_RUNS` runs put a warning in the problems. Entries are ranked by standard competition
+ranking ("1, 1, 3") of the IQM point estimate: equal scores share a rank.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+#: Runs (seeds) an interval needs: with one, every bootstrap resample is the data itself.
+INTERVAL_RUNS = 2
+#: Runs below which intervals are unreliable and no difference is called meaningful.
+RELIABLE_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -32,7 +46,7 @@ class LeaderboardRow:
     topology: str
     replay: str
     variant: str
-    runs: int  # scored runs (cells) pooled into the statistics
+    runs: int  # independent seeds behind the statistics: the fewest on any of the entry's families
     excluded: int  # failed or interrupted cells of this entry, left out of the scores
     iqm: Estimate
     median: Estimate
@@ -44,6 +58,8 @@ class LeaderboardRow:
     wall_time_s: float
     bytes_sent_per_learner: float
     consensus_distance: float | None  # mean of the cells' final consensus distance, where recorded
+    #: what sets this entry apart from others with the same label ("init_from=…", "env_steps=200000")
+    setting: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,7 +70,10 @@ class GeneralisationCell:
     family: str
     split: str  # "train" (the learners' own tasks), or a family split such as "D", "R", "E"
     score: Estimate
-    runs: int
+    runs: int  # seeds
+    #: evaluation episodes behind `score`'s interval when it is a single cell's Wilson interval for its
+    #: success rate (0: the interval is a bootstrap over runs, or absent)
+    episodes: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,3 +125,37 @@ class Report:
     confidence: float = 0.95
     #: family -> (random, reference) behind its "normalised return" scores
     score_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def ranks(rows: Sequence[LeaderboardRow]) -> list[int | None]:
+    """Standard competition ranking ("1, 1, 3") of the rows' IQM point estimates, best first: equal
+    scores share a rank, and the next rank skips as many places as were tied. None: no score."""
+    values = [row.iqm.value for row in rows]
+    order = sorted((i for i, v in enumerate(values) if math.isfinite(v)), key=lambda i: -values[i])
+    out: list[int | None] = [None] * len(rows)
+    for position, i in enumerate(order):
+        previous = order[position - 1] if position else None
+        tied = previous is not None and math.isclose(values[i], values[previous], rel_tol=1e-9, abs_tol=1e-12)
+        out[i] = out[previous] if tied else position + 1  # type: ignore[index]
+    return out
+
+
+def fewest_runs(rows: Sequence[LeaderboardRow]) -> int | None:
+    """The smallest run count among the scored rows (None: nothing scored)."""
+    counts = [row.runs for row in rows if row.runs > 0]
+    return min(counts) if counts else None
+
+
+def runs_warning(rows: Sequence[LeaderboardRow]) -> str | None:
+    """The warning "intervals from N runs are unreliable: …" when a scored entry has fewer than
+    `RELIABLE_RUNS` runs (N: the fewest), else None."""
+    fewest = fewest_runs(rows)
+    if fewest is None or fewest >= RELIABLE_RUNS:
+        return None
+    short = sum(1 for row in rows if 0 < row.runs < RELIABLE_RUNS)
+    scored = sum(1 for row in rows if row.runs > 0)
+    return (
+        f"intervals from {fewest} run{'' if fewest == 1 else 's'} are unreliable: {short} of {scored} entries "
+        f"have fewer than {RELIABLE_RUNS} seeds per env family (intervals need {INTERVAL_RUNS}, shown as n/a "
+        f"below that); run at least {RELIABLE_RUNS} seeds before reading a difference into them"
+    )

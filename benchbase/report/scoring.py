@@ -108,6 +108,9 @@ class Scores:
     auc: np.ndarray  # [cells, splits]: mean over evaluation points
     curve: np.ndarray  # [cells, splits, points]: mean score per evaluation (NaN: none)
     steps: np.ndarray  # [cells, splits, points]: mean cell_env_step per evaluation
+    #: [cells, splits]: the episodes (rows with a score) behind `final`; 0 where it came from an older
+    #: writer's last evaluation
+    final_episodes: np.ndarray
 
 
 @dataclass
@@ -229,7 +232,8 @@ def _reduce(rows: dict[str, np.ndarray], n_cells: int, splits: list[str]) -> Sco
         final = np.where(missing & has.any(axis=2), last_values, final)
     with np.errstate(invalid="ignore"), quiet():
         auc = np.nanmean(curve, axis=2)
-    return Scores(splits, final, auc, curve, steps)
+    episodes = np.where(missing, 0, final_counts.reshape(n_cells, n_splits)).astype(np.int64)
+    return Scores(splits, final, auc, curve, steps, episodes)
 
 
 def score(runs: Runs, cell_ids: list[str], cell_family: np.ndarray, families: list[Family]) -> Scores:
@@ -246,9 +250,8 @@ def score(runs: Runs, cell_ids: list[str], cell_family: np.ndarray, families: li
     if not parts:
         n_cells, n_splits = len(cell_ids), max(len(splits), 1)
         empty = np.full((n_cells, n_splits), NAN)
-        return Scores(
-            splits, empty, empty.copy(), np.full((n_cells, n_splits, 1), NAN), np.full((n_cells, n_splits, 1), NAN)
-        )
+        points = np.full((n_cells, n_splits, 1), NAN)
+        return Scores(splits, empty, empty.copy(), points, points.copy(), np.zeros((n_cells, n_splits), np.int64))
     rows = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     return _reduce(rows, len(cell_ids), splits)
 

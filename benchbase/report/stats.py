@@ -42,6 +42,8 @@ Other statistics:
   with a bootstrap band; a whole run (curve) is resampled at once, since the points of one run are
   not independent. Runs with no observed point are dropped; a resample that holds no observation at
   some point gives no replicate there (hence ``nanpercentile``).
+* `wilson_interval`: for one cell's success rate, the binomial Wilson score interval over its
+  evaluation episodes (a single run has no bootstrap interval over runs).
 
 Everything is vectorised over the repetitions (the only Python loops are over chunks of repetitions
 and over tasks, or groups of tasks with the same number of runs, which are resampled with one
@@ -59,10 +61,12 @@ same resamples, so the interval of one aggregate does not depend on which others
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
+from statistics import NormalDist
 
 import numpy as np
 
@@ -76,6 +80,7 @@ __all__ = [
     "optimality_gap",
     "performance_profile",
     "probability_of_improvement",
+    "wilson_interval",
 ]
 
 _CHUNK_ELEMENTS = 1 << 20  # values per working array of one chunk of repetitions (8 MiB of float64)
@@ -391,3 +396,25 @@ def mean_with_interval(
                 replicates[first:stop] = (counts @ filled[:, block]) / (counts @ observed[:, block])
         low[block], high[block] = _interval(replicates, confidence)
     return mean, low, high
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval (no continuity correction) of a success probability from
+    ``successes`` out of ``trials`` Bernoulli trials; NaN bounds without trials.
+
+    With z the normal quantile of (1 + confidence) / 2 and p = successes / trials, the interval is
+    (p + z²/2n ± z √(p(1 − p)/n + z²/4n²)) / (1 + z²/n): unlike p ± z √(p(1 − p)/n) it stays
+    inside [0, 1] and does not collapse to a point at 0 or 1 successes.
+    """
+    _check(1, confidence)
+    if trials <= 0:
+        return math.nan, math.nan
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p, shrink = successes / trials, z * z / trials
+    centre = (p + shrink / 2) / (1 + shrink)
+    half = z * math.sqrt(p * (1 - p) / trials + shrink / (4 * trials)) / (1 + shrink)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends, not 1e-17 off
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high

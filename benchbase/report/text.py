@@ -9,11 +9,13 @@ from rich.table import Table
 from rich.text import Text
 
 from benchbase.formatting import DASH, count, duration, finite, size
-from benchbase.report.model import Estimate, Report
+from benchbase.report.model import INTERVAL_RUNS, RELIABLE_RUNS, Estimate, Report, fewest_runs, ranks, runs_warning
 
 __all__ = ["leaderboard_table", "render_markdown", "describe_ranking"]
 
 _SPLIT_ORDER = {"train": 0, "D": 1, "R": 2, "E": 3}
+#: Where an estimate has no interval (from fewer than `INTERVAL_RUNS` runs).
+NO_INTERVAL = "n/a"
 _KIND_TEXT = {
     "success rate": "success rate: the fraction of evaluation episodes that met the family's success criterion",
     "normalised return": "normalised return",
@@ -43,7 +45,7 @@ def estimate(value: Estimate | None, separator: str = " ") -> str:
     if value is None or not finite(value.value):
         return DASH
     if not (finite(value.low) and finite(value.high)):
-        return number(value.value)
+        return f"{number(value.value)}{separator}[{NO_INTERVAL}]"
     return f"{number(value.value)}{separator}[{number(value.low)}, {number(value.high)}]"
 
 
@@ -60,9 +62,10 @@ def describe_ranking(report: Report) -> str:
     )
     split = "the learners' own tasks (train)" if report.split == "train" else f"split {report.split}"
     return (
-        f"Ranked by the IQM of the {what} on {split}, over runs (cells) × env families; "
+        f"Ranked by the IQM of the {what} on {split}, over runs (seeds) × env families; "
         f"{report.confidence * 100:g}% stratified-bootstrap confidence intervals from {report.repetitions:,} "
-        "repetitions."
+        f"repetitions. Equal IQMs share a rank (standard competition ranking: 1, 1, 3). An interval needs "
+        f"{INTERVAL_RUNS} runs ({NO_INTERVAL} below that) and is unreliable below {RELIABLE_RUNS}."
     )
 
 
@@ -78,10 +81,15 @@ def leaderboard_table(report: Report) -> Table:
     mean, optimality gap and AUC, and the cost columns (the Markdown and HTML reports give every
     interval)."""
     caption = Text(
-        f"[low, high]: {report.confidence * 100:g}% CI, stratified bootstrap, {report.repetitions:,} repetitions"
+        f"[low, high]: {report.confidence * 100:g}% CI, stratified bootstrap, {report.repetitions:,} repetitions; "
+        f"{NO_INTERVAL}: fewer than {INTERVAL_RUNS} runs; #: equal scores share a rank"
         + (f"; {len(report.problems)} problem(s): see below" if report.problems else ""),
         style="dim",
     )
+    fewest = fewest_runs(report.leaderboard)
+    if runs_warning(report.leaderboard) and fewest is not None:
+        caption.append(f"\nintervals from {fewest} run{'' if fewest == 1 else 's'} are unreliable", style="yellow")
+        caption.append(f" (fewer than {RELIABLE_RUNS} seeds): do not read a difference into them", style="yellow")
     what = "final score" if report.metric == "final" else "area under the learning curve"
     table = Table(
         title=f"Leaderboard: {what} on {report.split}",
@@ -106,11 +114,11 @@ def leaderboard_table(report: Report) -> Table:
     table.add_column("Wall/cell", justify="right")
     table.add_column("Sent/lrn", justify="right")
     table.add_column("Consensus", justify="right")
-    for position, row in enumerate(report.leaderboard, start=1):
+    for rank, row in zip(ranks(report.leaderboard), report.leaderboard):
         runs = Text(str(row.runs))
         if row.excluded:
             runs.append(f" +{row.excluded} excl.", style="red")
-        cells: list[Text | str] = [str(position), Text(row.entry, style="bold" if position == 1 else ""), runs]
+        cells: list[Text | str] = [_rank(rank), Text(row.entry, style="bold" if rank == 1 else ""), runs]
         cells += [
             _estimate_text(row.iqm),
             number(row.median.value),
@@ -141,7 +149,13 @@ def _estimate_text(value: Estimate | None) -> Text:
     text = Text(number(value.value))
     if finite(value.low) and finite(value.high):
         text.append(f" [{number(value.low)}, {number(value.high)}]", style="dim")
+    else:
+        text.append(f" [{NO_INTERVAL}]", style="dim")
     return text
+
+
+def _rank(rank: int | None) -> str:
+    return DASH if rank is None else str(rank)
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -166,9 +180,9 @@ def _leaderboard_markdown(report: Report) -> list[str]:
         header.append("P(> baseline)")
     header += ["Steps/s", "Wall time / cell", "Bytes sent / learner", "Consensus distance"]
     rows = []
-    for position, row in enumerate(report.leaderboard, start=1):
+    for rank, row in zip(ranks(report.leaderboard), report.leaderboard):
         cells = [
-            str(position),
+            _rank(rank),
             row.entry,
             str(row.runs),
             str(row.excluded),
@@ -199,11 +213,19 @@ def _generalisation_markdown(report: Report) -> list[str]:
     order = {row.entry: i for i, row in enumerate(report.leaderboard)}
     by_row: dict[tuple[str, str], dict[str, str]] = {}
     for c in report.generalisation:
-        by_row.setdefault((c.entry, c.family), {})[c.split] = estimate(c.score) + (f" (n={c.runs})" if c.runs else "")
+        by_row.setdefault((c.entry, c.family), {})[c.split] = estimate(c.score) + _runs_note(c.runs, c.episodes)
     ordered = sorted(by_row.items(), key=lambda item: (item[0][1], order.get(item[0][0], 1 << 30)))
     rows = [[entry, family] + [values.get(s, DASH) for s in splits] for (entry, family), values in ordered]
     header = ["Entry", "Family"] + [_split_name(s) for s in splits]
     return _table(header, rows, ["---", "---"] + ["--:"] * len(splits))
+
+
+def _runs_note(runs: int, episodes: int) -> str:
+    """The runs behind a generalisation score, "(n=3)"; a single cell's success rate says that its
+    interval is a Wilson interval over its episodes."""
+    if not runs:
+        return ""
+    return f" (n={runs}, Wilson over {episodes} episodes)" if episodes else f" (n={runs})"
 
 
 def _split_name(split: str) -> str:
@@ -214,6 +236,22 @@ def _split_name(split: str) -> str:
 def _improvements_markdown(report: Report) -> list[str]:
     if not report.improvements:
         return ["Fewer than two scored entries: nothing to compare."]
+    return _improvement_lines(report) + _few_runs_caveat(report)
+
+
+def _few_runs_caveat(report: Report) -> list[str]:
+    fewest = fewest_runs(report.leaderboard)
+    if fewest is None or fewest >= RELIABLE_RUNS:
+        return []
+    return [
+        "",
+        f"These probabilities come from as few as {fewest} run{'' if fewest == 1 else 's'} per entry and family "
+        f"(fewer than {RELIABLE_RUNS}): their intervals are unreliable, and one that excludes 0.5 does not show a "
+        "difference.",
+    ]
+
+
+def _improvement_lines(report: Report) -> list[str]:
     pairs = {(i.better, i.worse): i.probability for i in report.improvements}
     entries = [row.entry for row in report.leaderboard if any(row.entry in pair for pair in pairs)]
     complete = all((x, y) in pairs for x in entries for y in entries if x != y)
@@ -264,6 +302,15 @@ def render_markdown(report: Report) -> str:
     lines.append(describe_ranking(report) + (f" Baseline: **{report.baseline}**." if report.baseline else ""))
     lines += ["", "## Leaderboard", ""]
     lines += _leaderboard_markdown(report)
+    lines += [
+        "",
+        "#: standard competition ranking of the IQM (equal scores share a rank: 1, 1, 3). Runs: independent seeds "
+        f"per env family (the fewest over the entry's families); {NO_INTERVAL}: no interval from fewer than "
+        f"{INTERVAL_RUNS} runs.",
+    ]
+    warning = runs_warning(report.leaderboard)
+    if warning:
+        lines += ["", f"**Warning: {_cell(warning)}.**"]
     lines += [
         "",
         "Costs are means over an entry's completed cells; consensus distance is each cell's last recorded "

@@ -1,5 +1,12 @@
 """Writing a `Report`: the leaderboard as an Arrow table (`leaderboard.parquet`), and the report
-folder with it, `report.md` and `report.html`."""
+folder with it, `report.md` and `report.html`.
+
+Leaderboard columns: `rank` is the standard competition ranking ("1, 1, 3") of the IQM point
+estimate, equal scores sharing a rank (null: no score); `runs` the independent seeds behind an
+entry (the fewest on any of its env families); `setting` what sets an entry apart from others
+with the same algorithm, topology, replay and variant (a start from checkpoints, a budget, …). An
+interval from fewer than 2 runs is null (its `_low` and `_high` columns), its point estimate kept.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchbase.errors import UserError
-from benchbase.report.model import Report
+from benchbase.report.model import Report, ranks
 from benchbase.results import write_atomic
 
 __all__ = ["LEADERBOARD_SCHEMA_VERSION", "leaderboard_arrow", "write_report"]
 
-LEADERBOARD_SCHEMA_VERSION = 1
+LEADERBOARD_SCHEMA_VERSION = 2  # 2: runs count seeds, rank may be null (ties share), a setting column
 
-_TEXT_COLUMNS = ("entry", "algorithm", "topology", "replay", "variant")
+_TEXT_COLUMNS = ("entry", "algorithm", "topology", "replay", "variant", "setting")
 _ESTIMATE_COLUMNS = ("iqm", "median", "mean", "optimality_gap", "auc", "probability_of_improvement")
 _COST_COLUMNS = ("steps_per_second", "wall_time_s", "bytes_sent_per_learner", "consensus_distance")
 
@@ -37,8 +44,8 @@ def leaderboard_arrow(report: Report) -> pa.Table:
             columns[name + suffix] = []
     for name in _COST_COLUMNS:
         columns[name] = []
-    for position, row in enumerate(report.leaderboard, start=1):
-        columns["rank"].append(position)
+    for rank, row in zip(ranks(report.leaderboard), report.leaderboard):
+        columns["rank"].append(rank)
         for name in (*_TEXT_COLUMNS, "runs", "excluded"):
             columns[name].append(getattr(row, name))
         for name in _ESTIMATE_COLUMNS:
@@ -68,6 +75,8 @@ def leaderboard_arrow(report: Report) -> pa.Table:
         "benchbase.repetitions": str(report.repetitions),
         "benchbase.confidence": str(report.confidence),
         "benchbase.score_kinds": json.dumps(report.score_kinds, sort_keys=True),
+        "benchbase.rank": "standard competition ranking of the IQM point estimate: equal scores share a rank (1, 1, 3)",
+        "benchbase.runs": "independent seeds per env family, the fewest over the entry's families",
     }
     return pa.Table.from_pydict(columns, schema=pa.schema(fields, metadata=metadata))
 

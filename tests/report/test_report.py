@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import subprocess
@@ -18,6 +19,9 @@ import pytest
 
 from benchbase.errors import UserError
 from benchbase.report.build import build_report, env_registry, load_runs, write_report
+from benchbase.report.html import render_html
+from benchbase.report.model import runs_warning
+from benchbase.report.stats import wilson_interval
 from benchbase.report.text import leaderboard_table, render_markdown
 from benchbase.results import (
     EPISODES_SCHEMA,
@@ -62,11 +66,19 @@ class Cell:
     steps_per_second: float = 1000.0
     wall_time_s: float = 10.0
     bytes_sent: float = 2048.0
+    init_from: dict | None = None  # `bench run --init-from`: the checkpoints' source, in the config
 
     @property
     def cell_id(self) -> str:
         key = f"{self.algorithm}|{self.topology}|{self.env}|{self.replay}|{self.seed}|{self.variant}|{self.budget}"
+        if self.init_from is not None:
+            key += f"|{self.init_from['cell_id']}"
         return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    @property
+    def config(self) -> dict:
+        config = {"env_steps": self.budget, "seed": self.seed}
+        return config if self.init_from is None else {**config, "init_from": self.init_from}
 
 
 def _cell_row(cell: Cell) -> dict:
@@ -90,7 +102,7 @@ def _cell_row(cell: Cell) -> dict:
         "final_success": None,
         "bytes_sent_per_learner": cell.bytes_sent if completed else None,
         "transport": "shm" if completed else None,
-        "config": f'{{"env_steps": {cell.budget}, "seed": {cell.seed}}}',
+        "config": json.dumps(cell.config, sort_keys=True),
     }
 
 
@@ -227,7 +239,8 @@ def test_several_runs_merge_into_one_leaderboard(tmp_path: Path, registry) -> No
     assert ring.consensus_distance == pytest.approx(0.15)  # (0.1 + 0.2) / 2 at the last iteration
     assert isolated.consensus_distance is None and isolated.bytes_sent_per_learner == 0.0
     assert ring.steps_per_second == 1000.0 and ring.wall_time_s == 10.0
-    assert report.sources == [str(first), str(second)] and report.problems == []
+    assert report.sources == [str(first), str(second)]
+    assert report.problems == [runs_warning(report.leaderboard)]  # 3 seeds: fewer than 5
     assert report.score_kinds == {"random-cartpole": "success rate"}
 
 
@@ -291,7 +304,8 @@ def test_missing_seeds_are_reported_and_left_out(tmp_path: Path, registry) -> No
     )
     report = report_of([run], registry)
     ring = row(report, "diff-a2c · ring · none")
-    assert ring.runs == 5 and ring.mean.value == pytest.approx((3 * 1.0 + 2 * 0.5) / 5)
+    # Runs are seeds per family, the fewest over its families; the scores pool all 5 cells.
+    assert ring.runs == 2 and ring.mean.value == pytest.approx((3 * 1.0 + 2 * 0.5) / 5)
     assert any("missing runs (CartPole-v1 2 of 3)" in p for p in report.problems)
 
 
@@ -437,7 +451,7 @@ def test_group_by_pools_what_is_left_out(tmp_path: Path, registry) -> None:
     run = write_run(tmp_path / "run", cells)
     report = report_of([run], registry, group_by=["algorithm"])
     [entry] = report.leaderboard
-    assert entry.entry == "diff-a2c" and entry.runs == 4 and entry.topology == "*"
+    assert entry.entry == "diff-a2c" and entry.runs == 2 and entry.topology == "*"  # 4 cells, 2 seeds
     assert entry.mean.value == pytest.approx(0.75)
     with pytest.raises(UserError, match='cannot group by "topolgy"; did you mean "topology"'):
         report_of([run], registry, group_by=["topolgy"])
@@ -620,7 +634,8 @@ def test_the_run_leaderboard_never_fails_the_run(tmp_path: Path, registry) -> No
     run = write_run(tmp_path / "run", [Cell("ring", 0), Cell("ring", 1, status="failed", error="x")])
     print_leaderboard(console, run, registry, repetitions=100)
     text = console.export_text()
-    assert "Leaderboard" in text and "1 problem(s) behind this leaderboard" in text
+    # The failed cell, and intervals from 1 run.
+    assert "Leaderboard" in text and "2 problem(s) behind this leaderboard" in text
 
 
 def test_a_family_of_games_is_normalised_game_by_game(tmp_path: Path, registry) -> None:
@@ -643,3 +658,134 @@ def test_a_family_of_games_is_normalised_game_by_game(tmp_path: Path, registry) 
     assert report.score_kinds == {"atari-games": "normalised return"}
     assert "atari-games" not in report.score_ranges  # one range per game, not per family
     assert row(report, "diff-a2c").iqm.value == pytest.approx(0.4)
+
+
+# --------------------------------------------------------------------------------------------
+# Honest statistics: how many runs stand behind a number, ties, what is pooled
+
+
+def _console_text(report) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=240)
+    console.print(leaderboard_table(report))
+    return console.export_text()
+
+
+def _seeds(tmp_path: Path, seeds: int) -> Path:
+    """ring well above isolated, `seeds` seeds each."""
+    cells = [Cell(t, s, curve=(v + 0.01 * s,)) for t, v in (("ring", 0.9), ("isolated", 0.3)) for s in range(seeds)]
+    return write_run(tmp_path / f"run{seeds}", cells)
+
+
+def test_one_seed_gives_no_interval(tmp_path: Path, registry) -> None:
+    report = report_of([_seeds(tmp_path, 1)], registry, baseline="isolated")
+    ring = row(report, "diff-a2c · ring · none")
+    assert ring.runs == 1 and ring.iqm.value == pytest.approx(0.9)
+    for estimate in (ring.iqm, ring.median, ring.mean, ring.optimality_gap, ring.auc, ring.probability_of_improvement):
+        assert math.isnan(estimate.low) and math.isnan(estimate.high)
+    assert all(np.isnan(c.low).all() for c in report.curves) and all(np.isnan(p.low).all() for p in report.profiles)
+    written = write_report(report, tmp_path / "out")
+    parquet = pq.read_table(written[0]).to_pylist()
+    assert parquet[0]["iqm"] == pytest.approx(0.9) and parquet[0]["iqm_low"] is None and parquet[0]["iqm_high"] is None
+    assert parquet[0]["probability_of_improvement_low"] is None
+    markdown = render_markdown(report)
+    assert "| 0.90 [n/a] |" in markdown and "[0.90, 0.90]" not in markdown
+    assert '0.900 <span class="ci">[n/a]</span>' in render_html(report)
+    assert "0.90 [n/a]" in _console_text(report)
+    assert "intervals from 1 run are unreliable" in report.problems[-1]
+
+
+@pytest.mark.parametrize("seeds", [2, 5])
+def test_fewer_than_five_seeds_warn_and_no_text_calls_a_difference_meaningful(
+    tmp_path: Path, registry, seeds: int
+) -> None:
+    report = report_of([_seeds(tmp_path, seeds)], registry, baseline="isolated")
+    assert {r.runs for r in report.leaderboard} == {seeds}
+    assert all(math.isfinite(r.iqm.low) for r in report.leaderboard)  # 2 runs are enough for an interval
+    warning = f"intervals from {seeds} runs are unreliable"
+    written = write_report(report, tmp_path / "out")
+    texts = {
+        "problems": "\n".join(report.problems),
+        "markdown": written[1].read_text(),
+        "html": written[2].read_text(),
+        "console": " ".join(_console_text(report).split()),
+    }
+    for where, text in texts.items():
+        assert (warning in text) == (seeds < 5), where
+    if seeds < 5:
+        assert not any("meaningful" in text for text in texts.values())
+        assert "## Problems" in texts["markdown"] and f"- {warning}" in texts["markdown"]
+        assert texts["html"].index(warning) < texts["html"].index('id="leaderboard"')  # in the problems box
+    else:
+        assert report.problems == [] and "meaningful difference" in texts["html"]
+
+
+def test_equal_scores_share_a_rank(tmp_path: Path, registry) -> None:
+    cells = [
+        Cell(topology, s, curve=(value,))
+        for topology, value in (("b-ring", 0.5), ("a-ring", 0.5), ("c-ring", 0.9), ("d-ring", 0.2))
+        for s in range(2)
+    ]
+    report = report_of([write_run(tmp_path / "run", cells)], registry)
+    written = write_report(report, tmp_path / "out")
+    ranks = {r["topology"]: r["rank"] for r in pq.read_table(written[0]).to_pylist()}
+    assert ranks == {"c-ring": 1, "a-ring": 2, "b-ring": 2, "d-ring": 4}  # 1, 2, 2, 4: not broken by name
+    markdown = written[1].read_text()
+    assert "| 2 | diff-a2c · a-ring · none |" in markdown and "| 2 | diff-a2c · b-ring · none |" in markdown
+    assert "| 4 | diff-a2c · d-ring · none |" in markdown
+    html = written[2].read_text()
+    assert html.count("<tr><td>2</td>") == 2 and "<tr><td>3</td>" not in html
+
+
+def test_a_start_from_checkpoints_is_never_pooled_with_one_from_scratch(tmp_path: Path, registry) -> None:
+    source = {"cell_id": "3fa2c0ffee00", "sha256": ["ab"], "checkpoints": ["/x/c.pt"], "env_steps": 1000}
+    run = write_run(
+        tmp_path / "run",
+        [Cell("ring", 0, curve=(0.2,)), Cell("ring", 0, curve=(0.8,), init_from=source), Cell("isolated", 0)],
+    )
+    report = report_of([run], registry)
+    labels = {r.entry: r for r in report.leaderboard}
+    assert set(labels) == {
+        "diff-a2c · ring · none · from scratch",
+        "diff-a2c · ring · none · init_from=3fa2c0ffee00",
+        "diff-a2c · isolated · none",  # nothing differs: today's label
+    }
+    assert labels["diff-a2c · ring · none · init_from=3fa2c0ffee00"].iqm.value == pytest.approx(0.8)
+    assert all(r.runs == 1 for r in report.leaderboard)
+    assert labels["diff-a2c · ring · none · from scratch"].setting == "from scratch"
+    written = write_report(report, tmp_path / "out")
+    settings = {r["entry"]: r["setting"] for r in pq.read_table(written[0]).to_pylist()}
+    assert settings["diff-a2c · ring · none · init_from=3fa2c0ffee00"] == "init_from=3fa2c0ffee00"
+    # The same source cell's checkpoints written twice (other files): still two entries.
+    rewritten = {**source, "sha256": ["cd"], "env_steps": 2000}
+    twice = write_run(tmp_path / "twice", [Cell("ring", 0, init_from=source), Cell("ring", 1, init_from=rewritten)])
+    assert len({r.entry for r in report_of([twice], registry).leaderboard}) == 2
+
+
+def test_cells_with_different_budgets_are_separate_entries(tmp_path: Path, registry) -> None:
+    cells = [Cell("ring", s, curve=(0.5,)) for s in range(2)] + [
+        Cell("ring", s, curve=(0.9,), budget=200000) for s in range(2)
+    ]
+    report = report_of([write_run(tmp_path / "run", cells)], registry)
+    assert [(r.entry, r.runs) for r in report.leaderboard] == [
+        ("diff-a2c · ring · none · env_steps=200000", 2),
+        ("diff-a2c · ring · none · env_steps=1000", 2),
+    ]
+
+
+def test_a_single_cells_success_rate_carries_its_wilson_interval(tmp_path: Path, registry) -> None:
+    run = write_run(tmp_path / "run", [Cell("ring", 0, curve=(0.5, 0.75), held_out={"E": 0.25})])
+    report = report_of([run], registry)
+    episodes = 2 * EPISODES_PER_SPLIT  # two learners
+    cells = {c.split: c for c in report.generalisation}
+    assert cells["train"].runs == 1 and cells["train"].episodes == episodes
+    low, high = wilson_interval(round(0.75 * episodes), episodes)
+    assert (cells["train"].score.low, cells["train"].score.high) == pytest.approx((low, high))
+    assert cells["E"].score.low == pytest.approx(wilson_interval(round(0.25 * episodes), episodes)[0])
+    assert math.isnan(row(report, "diff-a2c · ring · none").iqm.low)  # the leaderboard's interval is over runs
+    assert f"(n=1, Wilson over {episodes} episodes)" in render_markdown(report)
+    assert f"n=1 · Wilson, {episodes} episodes" in render_html(report)
+    returns = write_run(tmp_path / "returns", [Cell("ring", 0, env="Pendulum-v1", curve=(-700.0,))])
+    [cell] = report_of([returns], registry).generalisation
+    assert cell.episodes == 0 and math.isnan(cell.score.low)  # no success rate: no interval from one run

@@ -20,6 +20,7 @@ from benchbase.report.stats import (
     optimality_gap,
     performance_profile,
     probability_of_improvement,
+    wilson_interval,
 )
 
 # Independent implementations of the aggregates, applied to the rows of a [samples, pooled] array.
@@ -398,3 +399,21 @@ def test_mean_with_interval_nan_handling_and_determinism():
     np.testing.assert_array_equal(one[2], values[0])
     nothing = mean_with_interval(np.full((3, 4), np.nan))
     assert all(np.isnan(part).all() and part.shape == (4,) for part in nothing)
+
+
+@pytest.mark.parametrize("trials", [1, 2, 7, 20, 40, 333])
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_wilson_interval_matches_scipy(trials: int, confidence: float) -> None:
+    for successes in sorted({0, 1, trials // 3, trials // 2, trials - 1, trials}):
+        expected = scipy.stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+        low, high = wilson_interval(successes, trials, confidence)
+        assert (low, high) == pytest.approx((expected.low, expected.high), abs=1e-12)
+        assert 0.0 <= low <= successes / trials <= high <= 1.0
+
+
+def test_wilson_interval_without_trials_is_nan_and_checks_its_input() -> None:
+    assert all(math.isnan(bound) for bound in wilson_interval(0, 0))
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(3, 2)
+    with pytest.raises(ValueError, match="confidence"):
+        wilson_interval(1, 2, confidence=95)
