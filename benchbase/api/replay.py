@@ -14,6 +14,7 @@ with learning (the seed's "caching"); its scorer is a snapshot of the network on
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import queue
 import threading
@@ -103,7 +104,8 @@ class MixPart:
 
 
 def batch_shares(parts: Sequence[tuple[str, Any]], batch_size: int, owner: str = "replay") -> list[MixPart]:
-    """Whole-number shares of a batch of `batch_size` segments, or a one-line UserError."""
+    """Whole-number shares of a batch of `batch_size` segments, or a one-line UserError. A strategy
+    whose capacity is left unset (None) gets its share as its capacity."""
     ratios = [float(_field(params, "ratio", 1.0)) for _, params in parts]
     total = sum(ratios)
     if not math.isclose(total, 1.0, abs_tol=1e-9):
@@ -118,12 +120,26 @@ def batch_shares(parts: Sequence[tuple[str, Any]], batch_size: int, owner: str =
                 f"whole number; choose ratios that are multiples of 1/{batch_size}"
             )
         capacity = _field(params, "capacity", None)
-        if capacity is not None and capacity < round(share):
+        if capacity is None and _has_field(params, "capacity"):
+            params = _with_field(params, "capacity", int(round(share)))
+        elif capacity is not None and capacity < round(share):
             raise UserError(
                 f"{owner}: {name}.capacity={capacity} is smaller than its batch share of {round(share)} segments"
             )
         mix.append(MixPart(name, params, int(round(share))))
     return mix
+
+
+def _has_field(params: Any, key: str) -> bool:
+    if isinstance(params, dict):
+        return key in params
+    return dataclasses.is_dataclass(params) and any(f.name == key for f in dataclasses.fields(params))
+
+
+def _with_field(params: Any, key: str, value: Any) -> Any:
+    if isinstance(params, dict):
+        return {**params, key: value}
+    return dataclasses.replace(params, **{key: value})
 
 
 def _field(params: Any, key: str, default: Any) -> Any:

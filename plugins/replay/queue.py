@@ -1,8 +1,9 @@
 """`queue`: a small FIFO whose sampling removes what it returns, so each segment is used once.
 
-With capacity 1 and a share of the batch it is IMPALA's on-policy stream mixed into a replay
-batch. Adding to a full queue drops the oldest segment; `statistics()` counts those drops (a
-queue that drops segments is being filled faster than the learner drains it).
+By default it holds exactly its share of each batch, so every segment is used once and none
+waits: IMPALA's on-policy stream mixed into a replay batch. Adding to a full queue drops the oldest
+segment; `statistics()` counts those drops (a queue that drops segments is being filled faster than
+the learner drains it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from benchbase import Register, ReplayParams, ReplayStrategy, Scorer, Segment, h
 
 @dataclass(frozen=True)
 class QueueParams(ReplayParams):
-    capacity: int = param(1, "segments kept; adding to a full queue drops the oldest", min=1)
+    capacity: int | None = param(
+        None,
+        "segments kept; adding to a full queue drops the oldest (default: the queue's share of each batch)",
+        min=1,
+    )
 
 
 class QueueBuffer:
@@ -75,7 +80,9 @@ class QueueReplay(ReplayStrategy):
     stores_segments = True
 
     def make_buffer(self, params: Any, seed: int) -> QueueBuffer:
-        return QueueBuffer(params.capacity)  # no randomness: the seed changes nothing
+        # An unset capacity is filled with the queue's batch share when the mix is built
+        # (benchbase.api.replay.batch_shares); a queue built on its own holds one segment.
+        return QueueBuffer(params.capacity or 1)  # no randomness: the seed changes nothing
 
 
 @hookimpl

@@ -88,7 +88,7 @@ def test_registry_lists_the_four_strategies_with_their_parameters():
     rows = {row["name"]: row for row in REGISTRY.listing() if row["kind"] == "replay"}
     assert set(STORING) <= set(rows)
     parameters = {name: {p["name"]: p["default"] for p in rows[name]["parameters"]} for name in STORING}
-    assert parameters["queue"] == {"capacity": 1, "ratio": 1.0}
+    assert parameters["queue"] == {"capacity": None, "ratio": 1.0}  # None: its share of each batch
     assert parameters["uniform"] == {"capacity": 1000, "ratio": 1.0, "min_fill": None}
     assert parameters["attentive"]["capacity"] == 1000 and parameters["attentive"]["lambda_start"] == 6.0
     assert {"distance", "p", "anneal_samples", "min_fill"} <= set(parameters["attentive"])
@@ -151,8 +151,21 @@ def test_queue_uses_every_segment_exactly_once():
     assert queue.statistics()["sampled"] == 0.0  # since the last call
 
 
+def test_an_unset_queue_capacity_follows_its_batch_share():
+    """vtrace's defaults (batch 16) with `-r queue` work: the queue holds its share, here all 16."""
+    queue = REGISTRY.get("replay", "queue")
+    (alone,) = batch_shares([("queue", params_of(queue, {}))], 16)
+    assert alone.share == 16 and alone.params.capacity == 16
+    halves = batch_shares([("queue", params_of(queue, {"ratio": 0.25})), ("uniform", {"ratio": 0.75})], 16)
+    assert halves[0].params.capacity == 4
+    explicit = batch_shares([("queue", params_of(queue, {"capacity": 9}))], 8)
+    assert explicit[0].params.capacity == 9
+    with pytest.raises(UserError, match="smaller than its batch share of 16"):
+        batch_shares([("queue", params_of(queue, {"capacity": 2}))], 16)
+
+
 def test_full_queue_drops_the_oldest_and_counts_it():
-    queue = buffer_of("queue")  # capacity 1
+    queue = buffer_of("queue", capacity=1)
     for i in range(5):
         queue.add(segment(i))
         assert len(queue) == 1
