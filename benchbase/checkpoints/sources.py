@@ -28,6 +28,8 @@ class CellCheckpoints:
     paths: tuple[Path, ...]
     infos: tuple[dict[str, Any], ...]  # each checkpoint's verified sidecar
     skipped: tuple[str, ...] = ()  # why newer files were passed over
+    #: Learners with no usable checkpoint at all, each with why ("learner-2: … is truncated").
+    unusable: tuple[str, ...] = ()
 
     @property
     def env_steps(self) -> tuple[int, ...]:
@@ -56,17 +58,30 @@ def _learner_folders(cell_folder: Path) -> list[Path]:
 
 
 def _cell(cell_folder: Path) -> CellCheckpoints | None:
-    paths, infos, skipped = [], [], []
+    """The cell's learners that have a usable checkpoint (None when none has), naming the others."""
+    paths, infos, skipped, unusable = [], [], [], []
     for folder in _learner_folders(cell_folder):
         path, info, notes = _newest(folder)
-        skipped += [f"{folder.name}: {note}" for note in notes]
         if path is None:
-            return None
+            unusable.append(f"{folder.name}: {notes[0] if notes else 'no checkpoint'}")
+            continue
+        skipped += [f"{folder.name}: {note}" for note in notes]
         paths.append(path)
         infos.append(info)
     if not paths:
         return None
-    return CellCheckpoints(cell_folder.name, infos[0]["cell_config"], tuple(paths), tuple(infos), tuple(skipped))
+    return CellCheckpoints(
+        cell_folder.name, infos[0]["cell_config"], tuple(paths), tuple(infos), tuple(skipped), tuple(unusable)
+    )
+
+
+def _why_none(cell_folder: Path) -> str:
+    """Why no learner of a cell has a usable checkpoint, from its first learner's folder."""
+    folders = _learner_folders(cell_folder)
+    if not folders:
+        return "no learner folders"
+    _, _, notes = _newest(folders[0])
+    return f"{folders[0].name}: {notes[0] if notes else 'no checkpoint'}"
 
 
 def resolve(text: str) -> list[CellCheckpoints]:
@@ -90,14 +105,17 @@ def resolve(text: str) -> list[CellCheckpoints]:
     if _learner_folders(path):
         cell = _cell(path)
         if cell is None:
-            raise UserError(f"{text}: a learner of this cell has no usable checkpoint")
+            raise UserError(f"{text}: no learner of this cell has a usable checkpoint ({_why_none(path)})")
         return [cell]
     folder = path / "checkpoints"
     if folder.is_dir():
-        cells = [cell for child in sorted(folder.iterdir()) if child.is_dir() and (cell := _cell(child)) is not None]
+        children = [child for child in sorted(folder.iterdir()) if child.is_dir()]
+        cells = [cell for child in children if (cell := _cell(child)) is not None]
         if cells:
             return cells
-        raise UserError(f"{text}: no cell of this run has a usable checkpoint (cells write one when they finish)")
+        if children:
+            raise UserError(f"{text}: no cell of this run has a usable checkpoint ({_why_none(children[0])})")
+        raise UserError(f"{text}: no cell of this run has a checkpoint yet (cells write one when they finish)")
     raise UserError(
         f"{text} is not a checkpoint, a learner's or cell's checkpoint folder, or a run folder with checkpoints/"
     )
@@ -110,6 +128,8 @@ def init_source(text: str) -> dict[str, Any]:
         examples = ", ".join(str(Path(text) / "checkpoints" / cell.cell_id) for cell in cells[:2])
         raise UserError(f"--init-from {text} holds {len(cells)} cells: name one, e.g. {examples}")
     cell = cells[0]
+    if cell.unusable:  # learner r starts from source learner r mod N: every source learner is needed
+        raise UserError(f"--init-from {text}: cell {cell.cell_id} has no usable checkpoint for {cell.unusable[0]}")
     return {
         "checkpoints": [str(path.resolve()) for path in cell.paths],
         "sha256": [info["sha256"] for info in cell.infos],

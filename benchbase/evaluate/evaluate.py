@@ -236,6 +236,7 @@ def evaluate(request: EvalRequest, registry: Any, progress: Callable[[str], None
         },
     )
     notes = [note for found in cells for note in found.skipped]
+    notes += [f"{found.cell_id} {bad}; evaluated its other learners" for found in cells for bad in found.unusable]
     return EvalOutcome(out, table, summarise(table), video_path, writer.frames if writer else 0, notes)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,22 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path) -> None:
         lines = stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], (expected, stderr)
     assert not (run / "evals").exists() or all(any(folder.iterdir()) for folder in (run / "evals").iterdir())
+
+
+def test_a_learner_with_a_corrupt_checkpoint_is_named_and_the_others_evaluated(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run / "checkpoints", copy / "checkpoints")
+    bad = copy / "checkpoints" / cell_folder(run).name / "learner-1"
+    for path in bad.glob("step-*.pt"):
+        path.write_bytes(path.read_bytes()[:100])  # truncated: its sidecar's size no longer matches
+    result = bench("eval", str(copy), "--episodes", str(EPISODES), "--out", str(tmp_path / "evals"))
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "evals" / "evaluations.parquet")
+    assert set(table.column("learner").to_pylist()) == {0}
+    assert "learner-1" in result.stdout and "truncated" in result.stdout
+    # --init-from needs every source learner (learner r starts from learner r mod N): refused, naming it.
+    refused = bench(
+        "run", "-a", "diff-a2c", "-t", "isolated", "-e", "random-cartpole", "--dry-run", "--init-from", str(bad.parent)
+    )
+    assert refused.returncode == 2 and "learner-1" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
