@@ -126,12 +126,14 @@ def run(
     evaluations: Optional[int] = typer.Option(
         None,
         "--evaluations",
-        help="Periodic evaluations per cell, the last at the end (0: none).",
+        help="Evaluations per cell (default 10), evaluation k at the first iteration at or past cell env step "
+        "k·budget/evaluations, the last at the end (0: none).",
     ),
     eval_episodes: Optional[int] = typer.Option(
         None,
         "--eval-episodes",
-        help="Evaluation episodes per split and learner.",
+        help="Evaluation episodes per split and learner at each evaluation (default: 100 per split and cell, "
+        "ceil(100 / learners) per learner).",
     ),
     set_: list[str] = typer.Option([], "--set", help="PLUGIN.KEY=VALUE, e.g. diff-a2c.lr=0.001; repeatable."),
     grid: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid file (options given here override it)."),

@@ -123,6 +123,15 @@ def parse_set(text: str) -> tuple[str, str, str]:
 
 # -- the spec ---------------------------------------------------------------------------------
 
+#: By default a cell's evaluation rests on at least this many episodes per split, spread over its learners
+#: (Packer et al. used 1,000); an explicit eval_episodes replaces the default.
+CELL_EVAL_EPISODES = 100
+
+
+def default_eval_episodes(learners: int) -> int:
+    """Episodes per split and learner that give a cell of `learners` learners ≥ CELL_EVAL_EPISODES per split."""
+    return -(-CELL_EVAL_EPISODES // learners)
+
 
 @dataclass
 class GridSpec:
@@ -134,9 +143,14 @@ class GridSpec:
     learners: int = 4
     envs_per_learner: int = 8
     env_steps: int = 100_000
-    evaluations: int = 3
-    eval_episodes: int = 5
+    evaluations: int = 10
+    #: per split and learner at each evaluation; None: default_eval_episodes(learners)
+    eval_episodes: int | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.eval_episodes is None:
+            self.eval_episodes = default_eval_episodes(self.learners)
 
     def to_dict(self) -> dict[str, Any]:
         return {

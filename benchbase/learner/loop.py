@@ -3,7 +3,7 @@ its share of the cell's budget is spent. Rows are buffered in memory and written
 
 `train` reads as the loop itself; each step of an iteration (record episodes, record metrics,
 evaluate, report progress, checkpoint or stop) is a method of `_Training`, which holds what the
-steps share.
+steps share. When evaluations happen is `learner.evaluation.evaluation_due`'s rule.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from benchbase.checkpoints.resume import CheckpointKeeper, LoopState, StopSignal
 from benchbase.comm.communicator import Communicator
 from benchbase.grid.cell import Cell
-from benchbase.learner.evaluation import Evaluator, task_parameters
+from benchbase.learner.evaluation import Evaluator, evaluation_due, nominal_env_step, task_parameters
 from benchbase.learner.events import Progress, Report, Started
 from benchbase.learner.settings import LearnerLaunch
 from benchbase.results import (
@@ -66,7 +66,7 @@ def train(context: LoopContext, state: LoopState) -> tuple[dict[str, Any], dict[
         output = training.iterate()
         training.record_episodes(output.finished)
         training.record_metrics(output.metrics)
-        training.evaluate()
+        training.evaluate(output.env_steps)
         training.report_progress()
         if training.checkpoint_or_stop(output.env_steps):
             stopped = True
@@ -87,16 +87,14 @@ class _Training:
         self.budget = math.ceil(context.cell.env_steps / self.world)  # this learner's share of the cell's budget
         self.recent_returns: deque[float] = deque(state.recent_returns, maxlen=RECENT_EPISODES)
         self.stop_at: int | None = None
-        self.metric_every, self.eval_at = 1, {}
+        self.metric_every = 1
         if state.iterations is not None:
             self._schedule(state.iterations)
         self.loop_start = self.last_report = self.now = self.wall = 0.0
 
     def _schedule(self, iterations: int) -> None:
-        """Metric rows every `metric_every` iterations; evaluation k at the iteration that ends its share."""
-        evaluations = self.context.cell.evaluations
+        """Metric rows every `metric_every` iterations."""
         self.metric_every = max(1, iterations // METRIC_POINTS)
-        self.eval_at = {round(iterations * k / evaluations): k for k in range(1, evaluations + 1)}
 
     def start_clock(self) -> None:
         self.loop_start = time.perf_counter() - self.state.wall_s  # a resumed cell's clock continues
@@ -178,15 +176,20 @@ class _Training:
             )
         state.metric_sums, state.metric_count = {}, 0
 
-    def evaluate(self) -> None:
-        """At an evaluation's iteration: greedy episodes on every split, one row each."""
-        evaluator, state = self.context.evaluator, self.state
-        if evaluator is None or state.iteration not in self.eval_at:
+    def evaluate(self, steps_per_iteration: int) -> None:
+        """At an evaluation's iteration: greedy episodes on every split, one row each, placed at the
+        evaluation's nominal cell env step; and the learner's evaluation time so far, as a metric."""
+        evaluator, state, cell = self.context.evaluator, self.state, self.context.cell
+        if evaluator is None:
+            return
+        cell_steps = state.local_steps * self.world
+        before = cell_steps - steps_per_iteration * self.world
+        number = evaluation_due(before, cell_steps, cell.env_steps, cell.evaluations, self.last_iteration())
+        if not number:
             return
         started = time.perf_counter()
-        number = self.eval_at[state.iteration]
-        results = evaluator.run(self.context.learner.act_greedy)
-        steps = state.local_steps
+        results = evaluator.run(self.context.learner.act_greedy, final=self.last_iteration())
+        steps, nominal = state.local_steps, nominal_env_step(number, cell.env_steps, cell.evaluations)
         for split, finished in results.items():
             for episode in finished:
                 self.tables["evaluations"].append(
@@ -195,7 +198,7 @@ class _Training:
                     evaluation=number,
                     final=self.last_iteration(),
                     env_step=steps,
-                    cell_env_step=steps * self.world,
+                    cell_env_step=nominal,
                     split=split,
                     task_id=episode.task.task_id,
                     task_params=task_parameters(episode.task),
@@ -206,6 +209,16 @@ class _Training:
                 )
         state.final_train = [(e.episode_return, e.success) for e in results.get("train", [])]
         state.eval_time_s += time.perf_counter() - started
+        self.tables["metrics"].append(
+            cell_id=self.cell_id,
+            learner=self.rank,
+            iteration=state.iteration,
+            env_step=steps,
+            cell_env_step=cell_steps,
+            wall_time_s=time.perf_counter() - self.loop_start,  # with this evaluation, unlike `self.wall`
+            metric="eval_time_s",
+            value=state.eval_time_s,
+        )
 
     def report_progress(self) -> None:
         """A `Progress` event every PROGRESS_INTERVAL_S and at the last iteration."""

@@ -300,6 +300,16 @@ def test_bad_shared_settings(key: str, value: Any):
         make_spec({key: value}, {k: v for k, v in cli().items() if k != key})
 
 
+@pytest.mark.parametrize(("learners", "episodes"), [(1, 100), (3, 34), (4, 25), (16, 7)])
+def test_eval_episodes_default_to_100_per_cell_and_split(learners: int, episodes: int):
+    values = {k: v for k, v in cli(learners=learners).items() if k not in ("eval_episodes", "evaluations")}
+    spec = make_spec({}, values)
+    assert (spec.eval_episodes, spec.evaluations) == (episodes, 10)
+    assert spec.to_dict()["eval_episodes"] == episodes  # grid.json records the value the cells ran with
+    grid_file = {"algorithms": ["diff-a2c"], "topologies": ["ring"], "envs": ["CartPole-v1"], "learners": learners}
+    assert make_spec(grid_file, {}).eval_episodes == episodes  # from a grid file too
+
+
 def test_an_axis_without_entries_is_an_error():
     with pytest.raises(UserError, match="no algorithms"):
         make_spec({}, cli(a=()))
