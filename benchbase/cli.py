@@ -602,6 +602,51 @@ def _print_cells(console: Console, cells: list, out: Path) -> None:
     console.print(table)
 
 
+@app.command()
+def reproduce(
+    claims: Optional[list[str]] = typer.Argument(
+        None, metavar="CLAIM", help="Claims to reproduce (bench reproduce --list shows them), or all."
+    ),
+    scale: str = typer.Option(
+        "quick",
+        "--scale",
+        help="smoke (seconds: tests the machinery), quick (2 cores, ≤ 15 min a claim) or paper (the paper's budget).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Results folder (default: results/reproduce-<scale>); a rerun resumes."
+    ),
+    list_claims: bool = typer.Option(False, "--list", help="List the claims, their sources and scales, and exit."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (CUDA round-robin when present)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Run up to K cells at once, each on cores of its own."),
+) -> None:
+    """Run published claims and write ours and theirs side by side (comparison.parquet, reproduction.md).
+    Exits 3 when a quantity that should agree at this scale does not."""
+    from benchbase.reproduce import execute
+
+    if list_claims:
+        return _print_claims()
+    out = out if out is not None else Path("results") / f"reproduce-{scale}"
+    execute.check_request(list(claims or []), scale, out)
+    _check_run_options("auto", device, jobs, None, "local", 1)
+    registry = _registry()
+    settings = _execution_settings(registry, device, 120.0, "auto", None, False)
+    command = shlex.join(["bench", *sys.argv[1:]])  # as typed, for reproduction.md
+    raise typer.Exit(
+        execute.reproduce(list(claims or []), scale, out, registry, settings, _console(), jobs, command=command)
+    )
+
+
+def _print_claims() -> None:
+    from benchbase.reproduce.catalogue import listing, load_claims
+
+    table = Table(title="bench reproduce claims")
+    for column in ("claim", "what", "scales", "quantities", "published figures", "note"):
+        table.add_column(column, overflow="fold")
+    for row in listing(load_claims()):
+        table.add_row(row.name, row.title, row.scales, str(row.quantities), str(row.published), row.note)
+    _console().print(table)
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)

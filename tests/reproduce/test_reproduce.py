@@ -1,0 +1,186 @@
+"""`bench reproduce`: the claims, the machinery and its tables at smoke scale (not agreement), and
+one-line errors for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+from benchbase.grid.spec import load_grid_file, make_spec
+from benchbase.reproduce import catalogue, execute
+from benchbase.reproduce.catalogue import Quantity, Selection, grid_toml, load_claims
+from benchbase.reproduce.measure import Measured, agrees
+
+COLUMNS = {
+    "claim",
+    "quantity",
+    "published",
+    "published_low",
+    "published_high",
+    "ours",
+    "ours_low",
+    "ours_high",
+    "runs",
+    "agrees",
+}
+
+
+def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchbase", *args], capture_output=True, text=True, timeout=timeout, env=os.environ
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_smoke_single_task_writes_the_comparison_and_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "reproduce"
+    result = bench("reproduce", "single-task", "--scale", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr  # smoke never fails on disagreement
+    table = pq.read_table(out / "comparison.parquet")
+    assert COLUMNS <= set(table.column_names)
+    rows = table.to_pylist()
+    claim = load_claims()["single-task"]
+    assert [row["quantity"] for row in rows] == [quantity.name for quantity in claim.quantities]
+    assert all(row["claim"] == "single-task" and row["runs"] == 1 and row["ours"] is not None for row in rows)
+    published = {row["quantity"]: (row["published"], row["published_low"], row["published_high"]) for row in rows}
+    assert published["a2c-acrobot-zoo"] == pytest.approx((-83.4, -100.6, -66.2))
+    assert published["ppo-cartpole-cleanrl"] == pytest.approx((490.0, 483.9, 496.1))
+    # One run: no interval, so agreement is not decided (n/a), never a silent pass.
+    assert all(row["agrees"] is None and "too few" in row["note"] for row in rows)
+    text = (out / "reproduction.md").read_text()
+    for quantity in claim.quantities:
+        assert quantity.label in text
+    for figure in ("500.0 ± 0.0", "-83.4 ± 17.2", "-163.0 ± 103.2", "-73.5 ± 18.2", "-172.2 ± 104.2", "490.0 ± 6.1"):
+        assert figure in text
+    for words in ("RL Baselines3 Zoo", "CleanRL", "bench run --grid", "- machine:", "- versions:", "- date:"):
+        assert words in text
+    assert "bench reproduce single-task --scale smoke" in text
+    # Each grid's file is a `bench run --grid` file; grids identical at this scale ran once.
+    assert (out / "single-task" / "ppo-cartpole.toml").is_file()
+    assert (out / "single-task" / "ppo-cartpole" / "cells.parquet").is_file()
+    assert not (out / "single-task" / "ppo-cartpole-500k").exists() and "same as ppo-cartpole" in text
+
+
+def test_list_names_every_claim_and_says_what_is_not_implemented() -> None:
+    result = bench("reproduce", "--list")
+    assert result.returncode == 0, result.stderr
+    for name in ("single-task", "packer-2018", "diff-dac-acrobot", "gala-straggler"):
+        assert name in result.stdout
+    assert "not implemented" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["single-tsk", "--scale", "smoke"], ['unknown claim "single-tsk"', 'did you mean "single-task"']),
+        (["single-task", "--scale", "quik"], ['unknown scale "quik"', 'did you mean "quick"']),
+        (["gala-straggler", "--scale", "smoke"], ["not implemented"]),
+        (["--scale", "smoke"], ["name a claim"]),
+    ],
+)
+def test_bad_request_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    out = tmp_path / "out"
+    assert_one_line_error(bench("reproduce", *args, "--out", str(out)), *fragments)
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "a-file"
+    out.write_text("keep me")
+    assert_one_line_error(bench("reproduce", "single-task", "--scale", "smoke", "--out", str(out)), "is a file")
+    assert out.read_text() == "keep me"
+
+
+def test_packaged_claims_parse_with_the_issue_figures() -> None:
+    claims = load_claims()
+    assert set(claims) == {"single-task", "packer-2018", "diff-dac-acrobot", "gala-straggler"}
+    assert not claims["gala-straggler"].implemented
+    published = {
+        (name, quantity.name): quantity.published for name, claim in claims.items() for quantity in claim.quantities
+    }
+    assert published["single-task", "ppo-pendulum-zoo"] == -172.2
+    assert published["single-task", "ppo-acrobot-cleanrl"] == -86.4
+    assert [published["packer-2018", f"a2c-{s}"] for s in ("default", "interpolation", "extrapolation")] == [
+        78.14,
+        76.63,
+        63.72,
+    ]
+    assert [published["packer-2018", f"ppo-{s}"] for s in ("default", "interpolation", "extrapolation")] == [
+        78.22,
+        70.57,
+        48.37,
+    ]
+
+
+def test_every_grid_at_every_scale_is_a_bench_run_grid_file(tmp_path: Path) -> None:
+    for claim in load_claims().values():
+        for scale in catalogue.SCALES if claim.implemented else ():
+            for grid in claim.grids_at(scale):
+                values = claim.grid_values(grid, scale)
+                path = tmp_path / f"{claim.name}-{grid}-{scale}.toml"
+                path.write_text(grid_toml(values, "header"))
+                assert load_grid_file(path) == values
+                assert make_spec(load_grid_file(path), {}).to_dict() == make_spec(values, {}).to_dict()
+
+
+def _quantity(rule: str = "overlap", published: float | None = 10.0, std: float | None = 2.0) -> Quantity:
+    return Quantity("q", "q", "value", Selection("g"), published=published, published_std=std, rule=rule)
+
+
+def test_agreement_rules() -> None:
+    assert agrees(_quantity(), Measured(13.0, 11.0, 15.0, 3)) is True  # [11, 15] meets [8, 12]
+    assert agrees(_quantity(), Measured(14.0, 12.5, 15.0, 3)) is False
+    assert agrees(_quantity(), Measured(13.0, float("nan"), float("nan"), 1)) is None  # no interval
+    assert agrees(_quantity(published=None), Measured(13.0, 11.0, 15.0, 3)) is None  # nothing published
+    assert agrees(_quantity(), Measured(float("nan"), float("nan"), float("nan"), 0, "no cell")) is None
+    at_least = _quantity("at-least", 0.5, None)
+    assert agrees(at_least, Measured(0.5, 0.2, 0.8, 3)) is True
+    assert agrees(at_least, Measured(0.4, 0.1, 0.7, 3)) is False
+    assert agrees(at_least, Measured(0.9, float("nan"), float("nan"), 1)) is None  # one run decides nothing
+
+
+def test_a_quantity_expected_to_agree_that_cannot_fails_the_command(tmp_path: Path, monkeypatch) -> None:
+    from benchbase.api.registry import load_registry
+
+    claim = load_claims()["single-task"]
+    smoke = dataclasses.replace(
+        claim.scales["smoke"],
+        skip_grids=(
+            "a2c-cartpole",
+            "a2c-acrobot",
+            "a2c-pendulum",
+            "ppo-cartpole-500k",
+            "ppo-acrobot",
+            "ppo-acrobot-500k",
+            "ppo-pendulum",
+        ),
+        expect=("ppo-cartpole-zoo",),
+    )
+    strict = dataclasses.replace(claim, scales={**claim.scales, "smoke": smoke})
+    monkeypatch.setattr(execute, "select_claims", lambda names, claims: [strict])
+    console = Console(quiet=True)
+    code = execute.reproduce(["single-task"], "smoke", tmp_path / "out", load_registry(), _settings(), console)
+    assert code == execute.EXIT_DISAGREES  # one run cannot show agreement: expected, so it fails
+    rows = pq.read_table(tmp_path / "out" / "comparison.parquet").to_pylist()
+    assert [(row["quantity"], row["expected"], row["agrees"]) for row in rows] == [("ppo-cartpole-zoo", True, None)]
+
+
+def _settings():
+    from benchbase.learner.settings import ExecutionSettings
+
+    return ExecutionSettings()
