@@ -453,7 +453,13 @@ def eval_(
         help="train (each learner's own training tasks) or a split of the family (D, R, E…); "
         "repeatable (default: train and every split of the family).",
     ),
-    episodes: int = typer.Option(10, "--episodes", "-n", help="Episodes per split and learner."),
+    episodes: Optional[int] = typer.Option(
+        None,
+        "--episodes",
+        "-n",
+        help="Episodes per split and learner (default: as many as the run's own evaluations, so a final "
+        "checkpoint reproduces its final evaluation).",
+    ),
     stochastic: bool = typer.Option(
         False, "--stochastic", help="Sample actions from the policy instead of acting greedily."
     ),
@@ -484,7 +490,7 @@ def eval_(
     # Mistakes that need no model are caught before torch is imported.
     if not Path(path).exists():
         raise UserError(f"{path}: no such file or folder")
-    if episodes < 1:
+    if episodes is not None and episodes < 1:
         raise UserError(f"--episodes {episodes}: give at least 1")
     if learner is not None and learner < 0:
         raise UserError(f"--learner {learner}: give a learner number ≥ 0")

@@ -33,6 +33,7 @@ from benchbase.grid.cell import Cell
 from benchbase.grid.spec import parse_axis_entry
 from benchbase.learner.build import build_learner, simulator_tasks
 from benchbase.learner.episodes import run_episodes
+from benchbase.learner.evaluation import episodes_per_process
 from benchbase.results import SCHEMA_VERSION, write_json, write_table
 
 EVALS_SCHEMA = pa.schema(
@@ -66,7 +67,7 @@ class EvalRequest:
     source: str
     env: str | None = None  # FAMILY[:key=value,…]; None: each cell's own family and parameters
     splits: tuple[str, ...] = ()  # empty: train and every split of the family
-    episodes: int = 10  # per split and learner
+    episodes: int | None = None  # per split and learner; None: as many as the run's own evaluations
     stochastic: bool = False
     learner: int | None = None
     seed: int | None = None  # None: the run's own evaluation seeds
@@ -170,6 +171,7 @@ class _CellPlan:
     splits: list[str]
     env_seed: int
     task_seed: int
+    episodes: int  # per split and learner
 
 
 def _plan(found: Any, request: EvalRequest, registry: Any) -> _CellPlan:
@@ -194,12 +196,13 @@ def _plan(found: Any, request: EvalRequest, registry: Any) -> _CellPlan:
             probe.close()
             model_env.close()
     env_seed, task_seed = _seeds(cell, request.seed)
-    return _CellPlan(cell, found.cell_id, learners, family, params, splits, env_seed, task_seed)
+    episodes = request.episodes if request.episodes is not None else episodes_per_process(cell)
+    return _CellPlan(cell, found.cell_id, learners, family, params, splits, env_seed, task_seed, episodes)
 
 
 def evaluate(request: EvalRequest, registry: Any, progress: Callable[[str], None] | None = None) -> EvalOutcome:
     """Evaluate every learner `request.source` names; write the table (and video); summarise."""
-    if request.episodes < 1:
+    if request.episodes is not None and request.episodes < 1:
         raise UserError(f"--episodes {request.episodes}: give at least 1")
     if request.video is not None:
         video.check_video_path(request.video)
@@ -227,7 +230,7 @@ def evaluate(request: EvalRequest, registry: Any, progress: Callable[[str], None
             "source": request.source,
             "env": request.env,
             "splits": list(request.splits),
-            "episodes": request.episodes,
+            "episodes": {plan.cell_id: plan.episodes for plan in plans},
             "mode": mode,
             "learner": request.learner,
             "seed": request.seed,
@@ -249,7 +252,7 @@ def _evaluate_cell(
     writer: video.VideoWriter | None,
     progress: Callable[[str], None] | None,
 ) -> None:
-    cell, family, params, splits, episodes = plan.cell, plan.family, plan.params, plan.splits, request.episodes
+    cell, family, params, splits, episodes = plan.cell, plan.family, plan.params, plan.splits, plan.episodes
     own_family = registry.get("env", cell.env)
     own_params = without_resampling(params_of(own_family, cell.env_params))
     # One simulator of the cell's own env: what the learner (and so the model) is built for.

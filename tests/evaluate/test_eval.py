@@ -80,7 +80,7 @@ def rows(table_or_path) -> list[tuple]:
 
 
 def test_run_folder_reproduces_the_runs_final_evaluation(run: Path) -> None:
-    result = bench("eval", str(run), "--episodes", str(EPISODES))
+    result = bench("eval", str(run))  # by default as many episodes as the run's own evaluations
     assert result.returncode == 0, result.stderr
     (written,) = (run / "evals").glob("*/evaluations.parquet")  # the default: inside the run folder
     table = pq.read_table(written)
