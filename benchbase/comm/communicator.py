@@ -4,11 +4,12 @@ mixing rule.
 A learner's parameters travel as one flat buffer (`benchbase.comm.flat`). The communicator picks
 what carries the messages (`benchbase.comm.transports`: shared memory, gloo point-to-point, an
 NCCL group, or one all-reduce for a complete graph) and how they are combined
-(`benchbase.comm.rules`: synchronous or bounded-staleness diffusion, push-sum), then times the
-mixes, measures consensus (`benchbase.comm.consensus`), reports statistics and carries its state
-over a resume. Cost per learner grows with its degree, never with N: no message goes to a
-non-neighbour, and the only collective is the single all-reduce that averages a complete graph
-(and the periodic consensus-distance measurement).
+(`benchbase.comm.rules`: synchronous diffusion, push-sum, and asynchronous mixing over
+running sums), then times the mixes, measures consensus (`benchbase.comm.consensus`), reports
+statistics and carries its state (the push-sum numerator included) over a resume. Cost per
+learner grows with its degree, never with N: no message goes to a non-neighbour, and the only
+collective is the single all-reduce that averages a complete graph (and the periodic
+consensus-distance measurement).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from benchbase.comm.rules import (
     Diffusion,
     MixingRule,
     PushSum,
+    PushSumRule,
 )
 from benchbase.comm.shm import SharedBoard
 from benchbase.comm.transports import (
@@ -80,9 +82,10 @@ class Communicator:
         # travel GPU to GPU, never through host memory.
         self.device_group = device_group
         self.layout = message_layout(plan, numel, dtype, staleness)
-        self.push_sum = plan.push_sum
+        # The learner carries push-sum mass: a push-sum plan, or asynchronous mixing over running sums.
+        self.push_sum = plan.push_sum or self.layout.running_sums
         self.use_all_reduce = (
-            plan.is_complete and staleness == 0 and board is None and not plan.push_sum and link_drop == 0
+            plan.is_complete and staleness == 0 and board is None and not self.push_sum and link_drop == 0
         )
         self.transport = transport_name(plan, board, device_group, self.use_all_reduce)
         self.counters = CommCounters()
@@ -109,7 +112,7 @@ class Communicator:
             return CompleteAverage(*args, **links)
         if self.layout.running_sums:
             return AsynchronousPushSum(*args, staleness=self.staleness, host=self._host, **links)
-        if self.staleness > 0:
+        if self.staleness > 0:  # weights that are not column-stochastic: no mass to keep
             return BoundedStalenessDiffusion(*args, staleness=self.staleness, **links)
         if self.push_sum:
             return PushSum(*args, device=buffers, **links)
@@ -190,8 +193,9 @@ class Communicator:
             "publishes_skipped": float(counters.publishes_skipped),
             "mix_wait_s": counters.wait_s,
         }
-        if self.push_sum:
+        if isinstance(self._rule, PushSumRule):
             stats["push_sum_weight"] = self._rule.push_sum_weight
+            stats["publishes_limited"] = float(counters.publishes_limited)
         if counters.staleness_seen:
             stats["staleness_mean"] = sum(counters.staleness_seen) / len(counters.staleness_seen)
             stats["staleness_max"] = max(counters.staleness_seen)
@@ -203,28 +207,31 @@ class Communicator:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """What carries over a resume: the push-sum weight, the counters, and (learner 0 of an
+        """What carries over a resume: the push-sum weight and numerator (`push_sum_mass`: the
+        learner's parameters are its de-biased copy), the counters, and (learner 0 of an
         asynchronous run) the consensus distances measured so far. Asynchronous push-sum's running
         sums start again from zero on every channel, so mass that was in flight is lost."""
         counters = self.counters
         state = {
-            "push_sum_weight": self._rule.push_sum_weight,
+            **self._rule.state_dict(),
             "bytes_sent": counters.bytes_sent,
             "messages_sent": counters.messages_sent,
             "messages_received": int(self.statistics()["messages_received"]),
             "publishes_skipped": counters.publishes_skipped,
+            "publishes_limited": counters.publishes_limited,
             "wait_s": counters.wait_s,
         }
         state.update(self._snapshots.state_dict())
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self._rule.push_sum_weight = float(state["push_sum_weight"])
+        self._rule.load_state_dict(state)
         counters = self.counters
         counters.bytes_sent = int(state["bytes_sent"])
         counters.messages_sent = int(state["messages_sent"])
         counters.messages_received = int(state["messages_received"])
         counters.publishes_skipped = int(state["publishes_skipped"])
+        counters.publishes_limited = int(state.get("publishes_limited", 0))  # older checkpoints lack it
         counters.wait_s = float(state["wait_s"])
         self._snapshots.load_state_dict(state)
 

@@ -14,7 +14,8 @@ class CommCounters:
     bytes_sent: int = 0
     messages_sent: int = 0
     messages_received: int = 0  # background receivers (gloo inboxes) keep their own count
-    publishes_skipped: int = 0
+    publishes_skipped: int = 0  # publishes that sent nothing (a dropped link)
+    publishes_limited: int = 0  # push-sum publishes that gave less than the plan's share (weight floor)
     wait_s: float = 0.0
     staleness_seen: list[float] = field(default_factory=list)  # iterations behind, per message mixed
 

@@ -16,7 +16,7 @@ class MessageLayout:
 
     width: int
     dtype: torch.dtype
-    running_sums: bool  # asynchronous push-sum: channels carry cumulative mass
+    running_sums: bool  # asynchronous mixing of column-stochastic weights: channels carry cumulative mass
 
     def channels(self, plan: MixingPlan, sender: int) -> int:
         return max(1, len(plan.out_peers(sender))) if self.running_sums else 1
@@ -27,7 +27,7 @@ class MessageLayout:
 
 def message_layout(plan: MixingPlan, numel: int, dtype: torch.dtype, staleness: int) -> MessageLayout:
     """The layout of the messages a cell exchanges (the shared-memory board is sized by it)."""
-    if plan.push_sum and staleness > 0:
+    if staleness > 0 and plan.has_edges and plan.column_stochastic:
         return MessageLayout(numel + 1, torch.float64, True)  # cumulative sums need float64
     if plan.push_sum:
         return MessageLayout(numel + 1, torch.float64 if dtype == torch.float64 else torch.float32, False)

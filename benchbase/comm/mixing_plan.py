@@ -8,7 +8,10 @@ third-party — gets the same checks and the same weight rules:
 - `uniform_weights`: 1/(in_deg_i + 1) for self and each in-neighbour (the Diff-DAC original);
   row-stochastic on any graph, doubly stochastic only on regular ones.
 - `metropolis_weights`: c_ij = 1/(1 + max(deg_i, deg_j)) for neighbours, self gets the rest;
-  doubly stochastic on any undirected graph, so diffusion keeps the network average.
+  doubly stochastic on any undirected graph, so synchronous diffusion (K = 0) keeps the network
+  average. With staleness K > 0 a newest-message mix does not (it reuses stale messages and
+  mixes at different times on either end of an edge), so the communicator then mixes
+  column-stochastic weights over push-sum's running-sum channels (`benchbase.comm.rules`).
 - `push_sum_weights`: a_ij = 1/(out_deg_j + 1): each sender splits its parameters evenly over
   itself and its out-neighbours. Column-stochastic on any graph; the learners also mix a scalar
   weight w with the same weights and act with θ/w, which undoes the bias of a directed, irregular
@@ -112,6 +115,12 @@ class MixingPlan:
     @property
     def doubly_stochastic(self) -> bool:
         """Every phase's weights are column-stochastic too (diffusion keeps the average)."""
+        return self.column_stochastic
+
+    @property
+    def column_stochastic(self) -> bool:
+        """Every phase's columns sum to 1: what a learner sends and keeps is all it had, so mixing
+        these weights as mass (push-sum) conserves the network's sum."""
         return all(np.allclose(w.sum(axis=0), 1.0) for w in self.weights)
 
     def _union(self) -> np.ndarray:

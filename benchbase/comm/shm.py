@@ -15,7 +15,8 @@ one more header word says the writer has finished (it will publish nothing more)
 run ahead of a reader by a bounded number of iterations (the number of slots is chosen so that a
 synchronous reader's slot is never overwritten before it was read); an asynchronous reader takes
 the newest consistent slot. A segment has one channel that every out-neighbour reads, except for
-asynchronous push-sum, where each out-neighbour has a channel of its own (`benchbase.comm.rules`).
+asynchronous mixing over running sums (push-sum, and diffusion with column-stochastic weights),
+where each out-neighbour has a channel of its own (`benchbase.comm.rules`).
 """
 
 from __future__ import annotations

@@ -189,7 +189,8 @@ def test_bounded_staleness_with_a_straggler(registry):
     assert sent == received == [degree * (iterations + 1)] * N
     for result in results:
         before = result[bound]["before_close"]
-        assert before["bytes_sent"] == iterations * degree * (numel + 1) * FLOAT_BYTES  # iteration slot
+        # Running sums of the mass (w·θ, w) in float64, and the iteration slot.
+        assert before["bytes_sent"] == iterations * degree * (numel + 2) * 8
         assert before["staleness_max"] <= bound
         # (iteration − sent_at is negative where the in-neighbour is ahead: the straggler's case.)
         assert max(result[bound]["staleness_seen"]) <= bound
