@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from benchbase.api.contracts import TaskVectorEnv, params_of, without_resampling
+from benchbase.api.contracts import FinishedEpisode, TaskVectorEnv, params_of, without_resampling
 from benchbase.checkpoints import checkpoint
 from benchbase.checkpoints.sources import resolve
 from benchbase.errors import UserError, unknown_name
@@ -288,29 +288,42 @@ def _evaluate_cell(
                     finished = run_episodes(env, act, episodes, plan.env_seed, record=record)
                 finally:
                     env.close()
-                for episode_index, episode in enumerate(finished):
-                    row = dict(
-                        checkpoint=str(path),
-                        cell_id=plan.cell_id,
-                        algorithm=cell.algorithm,
-                        learner=rank,
-                        env_step=steps,
-                        trained_env=cell.env,
-                        env=family.name,
-                        env_params=_plain(params),
-                        split=split,
-                        mode=mode,
-                        seed=plan.env_seed,
-                        episode=episode_index,
-                        task_id=episode.task.task_id,
-                        task_params=[(key, float(value)) for key, value in episode.task.parameters.items()],
-                        episode_return=episode.episode_return,
-                        episode_length=episode.episode_length,
-                        success=episode.success,
-                    )
-                    for name, value in row.items():
-                        rows[name].append(value)
+                _append_rows(rows, plan, split, mode, (rank, path, steps), finished)
     finally:
         if learner is not None:
             learner.close()
         model_env.close()
+
+
+def _append_rows(
+    rows: dict[str, list[Any]],
+    plan: _CellPlan,
+    split: str,
+    mode: str,
+    learner: tuple[int, Path, int],
+    finished: list[FinishedEpisode],
+) -> None:
+    """One row per evaluated episode of one learner (rank, checkpoint, env steps) on one split."""
+    rank, path, steps = learner
+    for episode_index, episode in enumerate(finished):
+        row = dict(
+            checkpoint=str(path),
+            cell_id=plan.cell_id,
+            algorithm=plan.cell.algorithm,
+            learner=rank,
+            env_step=steps,
+            trained_env=plan.cell.env,
+            env=plan.family.name,
+            env_params=_plain(plan.params),
+            split=split,
+            mode=mode,
+            seed=plan.env_seed,
+            episode=episode_index,
+            task_id=episode.task.task_id,
+            task_params=[(key, float(value)) for key, value in episode.task.parameters.items()],
+            episode_return=episode.episode_return,
+            episode_length=episode.episode_length,
+            success=episode.success,
+        )
+        for name, value in row.items():
+            rows[name].append(value)
