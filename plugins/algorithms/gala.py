@@ -16,8 +16,8 @@ unless a message is more than `staleness` iterations old. The core does the goss
   other (the original's Pong example does the same); `staleness=0` makes every mix synchronous
   and the run deterministic.
 
-Its defaults differ from Diff-A2C's in the lr, gradient clipping and observation normalisation
-(why: docs/algorithms.md); the lr can decay linearly over the learner's budget.
+Its defaults differ from Diff-A2C's in gradient clipping and observation normalisation (why:
+docs/algorithms.md); the lr can decay linearly over the learner's budget.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class GalaParams(A2CParams, GossipParams):
         "than K iterations old (default: never wait; 0 = synchronous, deterministic)",
         min=0,
     )
-    lr: float = param(1.5e-3, "RMSprop learning rate (GALA used 1.4e-3 on Pong; A2C's 7e-4 learns too slowly)", min=0.0)
+    lr: float = param(7e-4, "RMSprop learning rate (GALA used 1.4e-3 on Pong; see docs/algorithms.md)", min=0.0)
     max_grad_norm: float = param(0.5, "gradient-norm clipping (GALA's 0.5); 0 = none", min=0.0)
     normalise_observations: bool = param(
         False,
