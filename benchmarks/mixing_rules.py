@@ -1,7 +1,9 @@
 """The figures behind docs/mixing.md, in one process (`gossip_sim`): which bounded-staleness rule
 keeps the network average, and what the push-sum weight floor costs in lock-step consensus.
 
-    .venv/bin/python tests/comm/measure_mixing.py
+    .venv/bin/python benchmarks/mixing_rules.py
+
+It reuses the test suite's single-process simulator and star set-ups (tests/comm).
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "comm")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
