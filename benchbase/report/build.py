@@ -8,9 +8,10 @@ Three steps, each usable on its own:
   evaluation or area under the learning curve, normalised per env family, on one split), groups
   cells into entries (`benchbase.report.entries`: cells that differ in anything but the seed are
   never pooled) and computes the statistics of `benchbase.report.stats` over runs (seeds) × tasks
-  (env families);
+  (env families), with learning curves per entry and task from the greedy evaluations and from
+  the binned training episodes (`benchbase.report.training`);
 - `write_report(report, out_dir)` (`benchbase.report.write`) writes `leaderboard.parquet`,
-  `report.md` and `report.html`.
+  `curves.parquet`, `report.md` and `report.html`.
 
 Failed, interrupted, pending and running cells are never scored and never dropped silently: they
 are counted per entry and listed in `Report.problems`. An interval from fewer than
@@ -51,6 +52,7 @@ from benchbase.report.model import (
     LeaderboardRow,
     Profile,
     Report,
+    TrainingCurve,
     runs_warning,
 )
 from benchbase.report.scoring import (
@@ -63,7 +65,8 @@ from benchbase.report.scoring import (
     quiet,
     score_completed_cells,
 )
-from benchbase.report.write import leaderboard_arrow, write_report
+from benchbase.report.training import TrainingBins, bin_training_episodes
+from benchbase.report.write import curves_arrow, leaderboard_arrow, write_report
 
 __all__ = [
     "Runs",
@@ -71,6 +74,7 @@ __all__ = [
     "build_report",
     "write_report",
     "leaderboard_arrow",
+    "curves_arrow",
     "GROUP_FIELDS",
     "METRICS",
     "env_registry",
@@ -120,6 +124,9 @@ def build_report(
         problems.append(warning)
     profiles = _profiles(scored, aggregates, ranked)
     curves = _curves(scored, aggregates, ranked, problems)
+    training_curves = _training_curves(
+        scored, aggregates, ranked, bin_training_episodes(runs.training, cells), problems
+    )
     generalisation = _generalisation(scored, aggregates, ranked)
     score_kinds = _score_kinds(scored, problems)
     return Report(
@@ -130,6 +137,7 @@ def build_report(
         leaderboard=leaderboard,
         generalisation=generalisation,
         curves=curves,
+        training_curves=training_curves,
         profiles=profiles,
         improvements=improvements,
         baseline=baseline_label,
@@ -417,15 +425,69 @@ def _curves(scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey], pr
                 ragged.append(f"{label} on {task}")
             if len(points):
                 mean, low, high = stats.mean_with_interval(curve[:, points], **scored.options)
-                if scored.entries.seeds(scored.entries.members[key][task]) < INTERVAL_RUNS:
+                seeds = scored.entries.seeds(scored.entries.members[key][task])
+                if seeds < INTERVAL_RUNS:
                     low, high = np.full_like(mean, NAN), np.full_like(mean, NAN)
                 with quiet():
                     steps = np.nanmean(scores.steps[rows_of, s][:, points], axis=0)
-                curves.append(Curve(label, task, steps, mean, low, high))
+                curves.append(Curve(label, task, steps, mean, low, high, np.full(len(points), seeds)))
     if ragged:
         problems.append(
             f"learning curves keep only the evaluations that every run has ({'; '.join(ragged[:3])}"
             f"{'; …' if len(ragged) > 3 else ''}): its runs were evaluated a different number of times"
+        )
+    return curves
+
+
+def _training_curves(
+    scored: _Scored, aggregates: _Aggregates, ranked: list[EntryKey], binned: TrainingBins, problems: list[str]
+) -> list[TrainingCurve]:
+    """Per scored entry and task (those with evaluation curves): the mean over runs of each bin's
+    training score, at the bins some run has episodes in; no interval at a bin fewer than
+    `INTERVAL_RUNS` runs (seeds) have a score in."""
+    index_of = {cid: i for i, cid in enumerate(scored.cells.cell_ids)}
+    curves: list[TrainingCurve] = []
+    without: list[str] = []
+    for key in ranked:
+        label = scored.entries.labels[key]
+        for task in aggregates.matrices[key][0]:
+            cell_ids = scored.entries.members[key][task]
+            rows_of = [index_of[cid] for cid in cell_ids]
+            without += [cid for cid, row in zip(cell_ids, rows_of) if not binned.episodes[row].any()]
+            episodes = binned.episodes[rows_of]
+            points = np.flatnonzero(episodes.sum(axis=0) > 0)
+            if not len(points):
+                continue
+            score = binned.score[rows_of][:, points]
+            mean, low, high = stats.mean_with_interval(score, **scored.options)
+            observed = ~np.isnan(score)
+            runs = np.array(
+                [scored.entries.seeds([c for c, seen in zip(cell_ids, column) if seen]) for column in observed.T]
+            )
+            low, high = np.where(runs < INTERVAL_RUNS, NAN, low), np.where(runs < INTERVAL_RUNS, NAN, high)
+            start, end = binned.edges(rows_of)
+            with quiet():
+                returns = np.nanmean(binned.episode_return[rows_of][:, points], axis=0)
+            curves.append(
+                TrainingCurve(
+                    label,
+                    task,
+                    (start[points] + end[points]) / 2,
+                    mean,
+                    low,
+                    high,
+                    runs,
+                    bin_start=start[points],
+                    bin_end=end[points],
+                    episode_return=returns,
+                    episodes=episodes[:, points].sum(axis=0),
+                )
+            )
+    if without:
+        names = {cell["cell_id"]: cell for cell in scored.cells.completed}
+        problems.append(
+            f"{len(without)} scored cell(s) have no training episodes (e.g. {cell_name(names[without[0]])}: an older "
+            "run without episode files, or no episode finished): no training curve from them"
         )
     return curves
 

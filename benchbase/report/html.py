@@ -169,6 +169,7 @@ def _entry_colours(report: Report) -> dict[str, str]:
 
     add(row.entry for row in report.leaderboard)
     add(c.entry for c in report.curves)
+    add(c.entry for c in report.training_curves)
     add(p.entry for p in report.profiles)
     add(cell.entry for cell in report.generalisation)
     for imp in report.improvements:
@@ -301,19 +302,43 @@ def _scores_chart(report: Report, colours: dict[str, str]) -> str:
     return _svg(fig, "scores")
 
 
-def _curves_chart(report: Report, colours: dict[str, str]) -> str:
+def _curve_limits(report: Report) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """Per family: one x range (from 0 env steps) and one y range for its evaluation and training
+    panels, so that they read one above the other."""
+    found: dict[str, tuple[float, float, float]] = {}  # family -> (most steps, lowest, highest)
+    for c in [*report.curves, *report.training_curves]:
+        steps = np.asarray(getattr(c, "bin_end", c.steps), dtype=float)
+        values = np.concatenate([np.asarray(a, dtype=float).ravel() for a in (c.mean, c.low, c.high)])
+        steps, values = steps[np.isfinite(steps)], values[np.isfinite(values)]
+        if len(values) and len(steps):
+            most, low, high = found.get(c.family, (0.0, math.inf, -math.inf))
+            found[c.family] = (
+                max(most, float(steps.max())),
+                min(low, float(values.min())),
+                max(high, float(values.max())),
+            )
+    limits = {}
+    for family, (most, low, high) in found.items():
+        margin = 0.05 * (high - low) if high > low else 0.05 * max(abs(high), 1.0)
+        limits[family] = ((0.0, most if most > 0 else 1.0), (low - margin, high + margin))
+    return limits
+
+
+def _curves_chart(report: Report, colours: dict[str, str], curves: Sequence[Curve], salt: str, title: str) -> str:
     by_family: dict[str, list[Curve]] = {}
-    for c in report.curves:
+    for c in curves:
         by_family.setdefault(c.family, []).append(c)
     families = sorted(by_family)
+    limits = _curve_limits(report)
     ncols = min(3, len(families))
     nrows = math.ceil(len(families) / ncols)
-    entries = [e for e in colours if any(c.entry == e for c in report.curves)]
+    entries = [e for e in colours if any(c.entry == e for c in curves)]
     # One legend column per panel column: long entry labels must fit under the panels.
     legend_columns = max(1, ncols)
     legend_rows = math.ceil(len(entries) / legend_columns)
     width = max(7.5, 4.2 * ncols + 0.6)
-    fig = Figure(figsize=(width, 3.0 * nrows + 0.25 * legend_rows + 0.3), layout="constrained")
+    fig = Figure(figsize=(width, 3.0 * nrows + 0.25 * legend_rows + 0.6), layout="constrained")
+    fig.suptitle(title, fontsize=12)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     steps_fmt = EngFormatter(sep="")
     for ax, family in zip(axes, families):
@@ -327,12 +352,15 @@ def _curves_chart(report: Report, colours: dict[str, str]) -> str:
             ax.plot(steps, mean, color=colour, linewidth=1.8)
         ax.set_title(_label(family), fontsize=11)
         ax.xaxis.set_major_formatter(steps_fmt)
-        ax.set_xlabel("env steps", fontsize=9)
+        if family in limits:
+            ax.set_xlim(*limits[family][0])
+            ax.set_ylim(*limits[family][1])
+        ax.set_xlabel("env steps (all learners)", fontsize=9)
         ax.set_ylabel(_label(report.score_kinds.get(family, "score")), fontsize=9)
     for ax in axes[len(families) :]:
         ax.set_visible(False)
     _legend(fig, entries, colours, ncol_max=legend_columns)
-    return _svg(fig, "curves")
+    return _svg(fig, salt)
 
 
 def _profiles_chart(report: Report, colours: dict[str, str]) -> str:
@@ -650,15 +678,43 @@ def _leaderboard_section(report: Report, colours: dict[str, str], level: str) ->
 
 def _curves_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
     out = ["<h2>Learning curves</h2>"]
-    if not report.curves:
+    if not report.curves and not report.training_curves:
         return out + ['<p class="note" id="curves-empty">No learning curves were recorded.</p>']
-    families = sorted({c.family for c in report.curves})
-    caption = (
-        f"Normalised score against environment steps, one panel per env family "
-        f"({escape(', '.join(families))}); lines are the mean over seeds, shaded bands the "
-        f"{escape(level)} confidence interval."
+    band = (
+        f"lines are the mean over runs (seeds), shaded bands the {escape(level)} confidence interval "
+        f"(none from fewer than {INTERVAL_RUNS} runs)"
     )
-    return out + [_figure("curves-chart", _curves_chart(report, colours), caption)]
+    if report.curves:
+        families = sorted({c.family for c in report.curves})
+        caption = (
+            "<strong>Greedy evaluations</strong>: normalised score of the evaluation episodes (the greedy "
+            f"policy) against the cell's environment steps, one panel per env family ({escape(', '.join(families))}"
+            f"); {band}. A cell run without evaluations is drawn from its training episodes here, as the "
+            "problems say."
+        )
+        out.append(
+            _figure(
+                "curves-chart", _curves_chart(report, colours, report.curves, "curves", "Greedy evaluations"), caption
+            )
+        )
+    else:
+        out.append('<p class="note" id="curves-empty">No evaluation curves were recorded.</p>')
+    if report.training_curves:
+        title = "Training episodes (stochastic policy)"
+        caption = (
+            f"<strong>{title}</strong>: mean normalised score (scaled as the evaluations are) of the training "
+            "episodes that finished in each equal bin of a cell's env-step budget, drawn at the bin's middle; "
+            f"{band}, over the runs with episodes in the bin. The learners explore while they train, so this "
+            "is the exploring policy, not the greedy one. Every point is in <code>curves.parquet</code>."
+        )
+        svg = _curves_chart(report, colours, report.training_curves, "training-curves", title)
+        out.append(_figure("training-curves-chart", svg, caption))
+    else:
+        out.append(
+            '<p class="note" id="training-curves-empty">No training episodes were recorded for the scored cells '
+            "(runs written before episodes were kept, or no episode finished): no training curves.</p>"
+        )
+    return out
 
 
 def _profiles_section(report: Report, colours: dict[str, str], level: str) -> list[str]:

@@ -1,10 +1,12 @@
 """Reading run folders for `bench report`: one or many folders (or globs), merged into `Runs`.
 
 A cell id found in several folders is taken once (the latest completed copy, and the report says
-so). Only what scoring needs is read, columnar: the evaluation rows of the completed cells, their
-final consensus distance, and training episodes only for completed cells without evaluations
-(`--evaluations 0`). An older or newer schema version, an empty folder or a folder without a
-completed cell is a one-line UserError.
+so). Only what the report needs is read, columnar (`EVALUATION_COLUMNS`, `EPISODE_COLUMNS`): the
+evaluation rows of the completed cells, their final consensus distance, and their training
+episodes (for the training curves, and to score completed cells without evaluations,
+`--evaluations 0`). An older or newer schema version, an empty folder, a folder without a
+completed cell, and a truncated or corrupted cells.parquet or learner file are each a one-line
+UserError naming the file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +49,13 @@ EPISODE_COLUMNS = ["cell_id", "learner", "cell_env_step", "task_id", "episode_re
 @dataclass
 class Runs:
     """What `load_runs` read: every cell of the folders (one row per cell id) and the rows needed
-    to score the completed ones."""
+    to score the completed ones and draw their learning curves."""
 
     sources: list[str]
     cells: list[dict[str, Any]]  # cells.parquet rows, `config` parsed ({} if unreadable), plus "source"
     evaluations: pa.Table  # EVALUATION_COLUMNS of the completed cells
     episodes: pa.Table  # EPISODE_COLUMNS, only for completed cells without evaluations
+    training: pa.Table  # EPISODE_COLUMNS of every completed cell: its training episodes
     consensus: dict[str, float]  # cell id -> final consensus distance (mean over learners recording it)
     notes: list[str] = field(default_factory=list)  # what loading found worth saying
 
@@ -60,9 +64,28 @@ def _is_glob(text: str) -> bool:
     return any(char in text for char in "*?[")
 
 
+#: What a broken file's error says before its reason ("Could not open Parquet input source '…': ").
+_ARROW_PREFIX = re.compile(r"^.*?Parquet input source '[^']*':\s*")
+
+
+def _unreadable(path: Path | str, error: BaseException) -> UserError:
+    """The one-line error for a results file that Parquet cannot read."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = _ARROW_PREFIX.sub("", lines[0]).split(". ")[0].rstrip(" :.") if lines else ""
+    reason = reason or type(error).__name__
+    reason = reason if len(reason) <= 120 else reason[:119] + "…"
+    return UserError(
+        f"{path} cannot be read ({reason}): the file is truncated or corrupted; restore it from a copy, "
+        "or re-run its grid into a new --out folder and report that"
+    )
+
+
 def _schema_version(path: Path) -> str:
-    metadata = pq.read_schema(path).metadata or {}
-    return metadata.get(b"benchbase.schema_version", b"none").decode()
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(path, error) from error
+    return metadata.get(b"benchbase.schema_version", b"none").decode(errors="replace")
 
 
 def _check_version(folder: Path, path: Path) -> None:
@@ -129,10 +152,22 @@ def _recency(folder: Path, cell: dict[str, Any]) -> float:
     return (folder / "cells.parquet").stat().st_mtime
 
 
+_CELL_COLUMNS = ("cell_id", "status", "algorithm", "topology", "env", "replay", "seed")
+
+
 def _read_cells(folder: Path) -> list[dict[str, Any]]:
     path = folder / "cells.parquet"
     _check_version(folder, path)
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(path, error) from error
+    missing = [name for name in _CELL_COLUMNS if name not in table.column_names]
+    if missing:
+        raise UserError(
+            f"{path} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}: not a benchbase cells "
+            "table; restore it from a copy, or re-run its grid into a new --out folder"
+        )
     rows = table.drop_columns(["config"]).to_pylist() if "config" in table.column_names else table.to_pylist()
     configs = table.column("config").to_pylist() if "config" in table.column_names else [None] * len(rows)
     for row, config in zip(rows, configs):
@@ -146,10 +181,23 @@ def _read_cells(folder: Path) -> list[dict[str, Any]]:
 
 
 def _read_table(files: list[str], schema: pa.Schema, columns: list[str], filter: Any = None) -> pa.Table:
+    """`columns` of the learner files as one table; a file Parquet cannot read is a UserError."""
     if not files:
         return schema.empty_table().select(columns)
-    dataset = ds.dataset(files, schema=schema, format="parquet")
-    return dataset.to_table(columns=columns, filter=filter)
+    try:
+        return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns, filter=filter)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(_broken_file(files, schema, columns) or Path(files[0]).parents[1], error) from error
+
+
+def _broken_file(files: list[str], schema: pa.Schema, columns: list[str]) -> str | None:
+    """Which of `files` cannot be read (only looked for once reading them all failed)."""
+    for path in files:
+        try:
+            ds.dataset([path], schema=schema, format="parquet").to_table(columns=columns)
+        except (pa.ArrowException, OSError):
+            return path
+    return None
 
 
 def _final_consensus(metrics: pa.Table) -> dict[str, float]:
@@ -173,12 +221,13 @@ def load_runs(paths: Sequence[str]) -> Runs:
     completed = [row for row in cells if row["status"] == "completed"]
     if not completed:
         raise UserError(f"{_names(folders)}: no completed cell ({_status_counts(cells)}): nothing to report")
-    evaluations, episodes, metrics = _read_rows(completed)
+    evaluations, episodes, training, metrics = _read_rows(completed)
     return Runs(
         sources=[str(folder) for folder in folders],
         cells=cells,
         evaluations=evaluations,
         episodes=episodes,
+        training=training,
         consensus=_final_consensus(metrics),
         notes=notes,
     )
@@ -217,33 +266,27 @@ def _read_all_cells(folders: list[Path]) -> tuple[list[dict[str, Any]], list[str
     return cells, notes
 
 
-def _read_rows(completed: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """The completed cells' evaluations, training episodes (of cells without evaluations) and
-    consensus-distance metrics."""
-    evaluation_files: list[str] = []
-    metric_files: list[str] = []
+def _read_rows(completed: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
+    """The completed cells' evaluations, training episodes of the cells without evaluations, all
+    their training episodes, and their consensus-distance metrics."""
+    files: dict[str, list[str]] = {table: [] for table in ("evaluations", "episodes", "metrics")}
     checked: set[tuple[str, str]] = set()
     for row in completed:
         folder = Path(row["source"])
-        for table, files in (("evaluations", evaluation_files), ("metrics", metric_files)):
+        for table, found_files in files.items():
             found = _cell_files(folder, table, row["cell_id"])
             if found and (row["source"], table) not in checked:  # the version is per run: one file each
                 _check_version(folder, Path(found[0]))
                 checked.add((row["source"], table))
-            files += found
-    evaluations = _read_table(evaluation_files, EVALUATIONS_SCHEMA, EVALUATION_COLUMNS)
+            found_files += found
+    evaluations = _read_table(files["evaluations"], EVALUATIONS_SCHEMA, EVALUATION_COLUMNS)
+    training = _read_table(files["episodes"], EPISODES_SCHEMA, EPISODE_COLUMNS)
     # Cells without evaluation rows (--evaluations 0) are scored from their training episodes.
-    present = set(pc.unique(evaluations.column("cell_id")).to_pylist()) if evaluations.num_rows else set()
-    without_evaluations = [row for row in completed if row["cell_id"] not in present]
-    episode_files = [
-        f for row in without_evaluations for f in _cell_files(Path(row["source"]), "episodes", row["cell_id"])
-    ]
-    if episode_files:
-        _check_version(Path(episode_files[0]).parents[2], Path(episode_files[0]))
-    episodes = _read_table(episode_files, EPISODES_SCHEMA, EPISODE_COLUMNS)
+    present = pc.unique(evaluations.column("cell_id")) if evaluations.num_rows else pa.array([], pa.string())
+    episodes = training.filter(pc.invert(pc.is_in(training.column("cell_id"), value_set=present)))
     consensus = pc.field("metric") == "consensus_distance"
-    metrics = _read_table(metric_files, METRICS_SCHEMA, ["cell_id", "iteration", "value"], filter=consensus)
-    return evaluations, episodes, metrics
+    metrics = _read_table(files["metrics"], METRICS_SCHEMA, ["cell_id", "iteration", "value"], filter=consensus)
+    return evaluations, episodes, training, metrics
 
 
 def _names(folders: Sequence[Path]) -> str:

@@ -78,7 +78,8 @@ class GeneralisationCell:
 
 @dataclass(frozen=True)
 class Curve:
-    """Normalised score against the cell's env steps: mean over seeds with a confidence band."""
+    """Normalised score of the greedy evaluations against the cell's env steps (all its learners
+    together): mean over runs with a confidence band (NaN bounds: fewer than `INTERVAL_RUNS` runs)."""
 
     entry: str
     family: str
@@ -86,6 +87,21 @@ class Curve:
     mean: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    #: independent runs (seeds) behind each point; None where not recorded
+    runs: np.ndarray | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingCurve(Curve):
+    """The same, from the training episodes (the stochastic policy): each cell's episodes binned
+    by the cell's env steps into equal bins of its budget, the score per bin the mean over its
+    episodes (normalised like the evaluations), then the mean over the runs with episodes in
+    the bin. `steps` is each bin's middle."""
+
+    bin_start: np.ndarray  # env steps where each bin starts (exclusive) …
+    bin_end: np.ndarray  # … and ends (inclusive)
+    episode_return: np.ndarray  # mean over runs of the bin's mean raw return
+    episodes: np.ndarray  # training episodes in the bin, over all runs
 
 
 @dataclass(frozen=True)
@@ -116,7 +132,8 @@ class Report:
     score_kinds: dict[str, str]  # family -> "success rate" | "normalised return" | "raw return"
     leaderboard: list[LeaderboardRow]  # best first
     generalisation: list[GeneralisationCell] = field(default_factory=list)
-    curves: list[Curve] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)  # from the greedy evaluations
+    training_curves: list[TrainingCurve] = field(default_factory=list)  # from the training episodes
     profiles: list[Profile] = field(default_factory=list)
     improvements: list[Improvement] = field(default_factory=list)
     baseline: str | None = None

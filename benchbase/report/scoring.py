@@ -126,7 +126,9 @@ class CellScores:
 
 
 def _indices(column: pa.ChunkedArray, values: list[str]) -> np.ndarray:
-    return pc.index_in(column, value_set=pa.array(values, pa.string())).to_numpy(zero_copy_only=False)
+    """Each row's position in `values`; -1 where it is not there."""
+    found = pc.index_in(column, value_set=pa.array(values, pa.string()))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray:
@@ -144,8 +146,9 @@ def _success_by_family(runs: Runs, cell_ids: list[str], cell_family: np.ndarray,
     return [bool(count) for count in counts > 0]
 
 
-def _normalised(table: pa.Table, family_of_row: np.ndarray, families: list[Family]) -> np.ndarray:
-    """Each row's score: its success, or its return normalised by its family's (or task's) range."""
+def normalised_scores(table: pa.Table, family_of_row: np.ndarray, families: list[Family]) -> np.ndarray:
+    """Each row's score: its success, or its return normalised by its family's (or task's) range;
+    NaN for a row of a family scored task by task whose task has no range."""
     low = np.array([f.low for f in families])
     scale = np.array([f.high - f.low for f in families])
     success_kind = np.array([f.kind == SUCCESS for f in families])
@@ -160,7 +163,8 @@ def _normalised(table: pa.Table, family_of_row: np.ndarray, families: list[Famil
             ranges = np.array([found.per_task[task] for task in tasks])
             task_low, task_high = ranges[np.maximum(position, 0), 0], ranges[np.maximum(position, 0), 1]
             row_low = np.where(rows, task_low, row_low)
-            row_scale = np.where(rows, task_high - task_low, row_scale)
+            # A task without a range of its own (seen only in training episodes) has no score.
+            row_scale = np.where(rows, task_high - task_low, np.where(family_of_row == index, NAN, row_scale))
     return np.where(success_kind[family_of_row], success, (returns - row_low) / row_scale)
 
 
@@ -177,7 +181,7 @@ def _evaluation_rows(
         "evaluation": evaluations.column("evaluation").to_numpy().astype(np.int64),
         "final": pc.fill_null(evaluations.column("final"), False).to_numpy(zero_copy_only=False),
         "step": evaluations.column("cell_env_step").to_numpy().astype(np.float64),
-        "score": _normalised(evaluations, cell_family[np.where(keep, cells, 0)], families),
+        "score": normalised_scores(evaluations, cell_family[np.where(keep, cells, 0)], families),
     }
     return {key: value[keep] for key, value in part.items()}, encoded.dictionary.to_pylist()
 
@@ -200,7 +204,7 @@ def _episode_rows(
         "final": bins == EPISODE_BINS - 1,
         "step": steps,
         "split": np.full(len(cells), train),
-        "score": _normalised(episodes, cell_family[cells], families),
+        "score": normalised_scores(episodes, cell_family[cells], families),
     }
 
 

@@ -1,11 +1,29 @@
-"""Writing a `Report`: the leaderboard as an Arrow table (`leaderboard.parquet`), and the report
-folder with it, `report.md` and `report.html`.
+"""Writing a `Report`: the leaderboard and the learning curves as Arrow tables
+(`leaderboard.parquet`, `curves.parquet`), and the report folder with them, `report.md` and
+`report.html`.
 
 Leaderboard columns: `rank` is the standard competition ranking ("1, 1, 3") of the IQM point
 estimate, equal scores sharing a rank (null: no score); `runs` the independent seeds behind an
 entry (the fewest on any of its env families); `setting` what sets an entry apart from others
 with the same algorithm, topology, replay and variant (a start from checkpoints, a budget, …). An
 interval from fewer than 2 runs is null (its `_low` and `_high` columns), its point estimate kept.
+
+Curves columns, one row per point of a curve (an entry on a task, i.e. an env family with its
+non-default parameters):
+
+- `source`: `evaluation` (the greedy evaluations) or `training` (the training episodes of the
+  stochastic policy, binned: `benchbase.report.training`);
+- `entry`, `family`: the curve's entry label and task; `point`: 0, 1, … along the curve;
+- `env_step`: the x axis, the cell's env steps with all its learners together: an evaluation's
+  mean `cell_env_step`, a training bin's middle; `bin_start`, `bin_end`: the training bin
+  (start, end] in env steps (null for evaluations);
+- `score`, `score_low`, `score_high`: the mean normalised score over runs (the success rate where
+  the family records success, else the normalised or raw return, as the leaderboard's
+  `score_kinds` metadata says) with its bootstrap interval over runs, null from fewer than 2
+  runs;
+- `runs`: the independent seeds behind the point (a training bin: those with episodes in it);
+- `episode_return`: training only, the mean over runs of the bin's mean raw return;
+  `episodes`: training only, the training episodes in the bin over all runs.
 """
 
 from __future__ import annotations
@@ -20,12 +38,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchbase.errors import UserError
-from benchbase.report.model import Report, ranks
+from benchbase.report.model import Curve, Report, TrainingCurve, ranks
+from benchbase.report.training import TRAINING_BINS
 from benchbase.results import write_atomic
 
-__all__ = ["LEADERBOARD_SCHEMA_VERSION", "leaderboard_arrow", "write_report"]
+__all__ = ["CURVES_SCHEMA", "LEADERBOARD_SCHEMA_VERSION", "curves_arrow", "leaderboard_arrow", "write_report"]
 
 LEADERBOARD_SCHEMA_VERSION = 2  # 2: runs count seeds, rank may be null (ties share), a setting column
+CURVES_SCHEMA_VERSION = 1
+
+CURVES_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string()),
+        pa.field("entry", pa.string()),
+        pa.field("family", pa.string()),
+        pa.field("point", pa.int64()),
+        pa.field("env_step", pa.float64()),
+        pa.field("bin_start", pa.float64()),
+        pa.field("bin_end", pa.float64()),
+        pa.field("score", pa.float64()),
+        pa.field("score_low", pa.float64()),
+        pa.field("score_high", pa.float64()),
+        pa.field("runs", pa.int64()),
+        pa.field("episode_return", pa.float64()),
+        pa.field("episodes", pa.int64()),
+    ]
+)
 
 _TEXT_COLUMNS = ("entry", "algorithm", "topology", "replay", "variant", "setting")
 _ESTIMATE_COLUMNS = ("iqm", "median", "mean", "optimality_gap", "auc", "probability_of_improvement")
@@ -81,6 +119,44 @@ def leaderboard_arrow(report: Report) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=pa.schema(fields, metadata=metadata))
 
 
+def _curve_rows(curve: Curve, source: str, columns: dict[str, list[Any]]) -> None:
+    training = isinstance(curve, TrainingCurve)
+    for point in range(len(curve.steps)):
+        columns["source"].append(source)
+        columns["entry"].append(curve.entry)
+        columns["family"].append(curve.family)
+        columns["point"].append(point)
+        columns["env_step"].append(_optional(curve.steps[point]))
+        columns["score"].append(_optional(curve.mean[point]))
+        columns["score_low"].append(_optional(curve.low[point]))
+        columns["score_high"].append(_optional(curve.high[point]))
+        columns["runs"].append(None if curve.runs is None else int(curve.runs[point]))
+        for name in ("bin_start", "bin_end", "episode_return"):
+            columns[name].append(_optional(getattr(curve, name)[point]) if training else None)
+        columns["episodes"].append(int(curve.episodes[point]) if training else None)
+
+
+def curves_arrow(report: Report) -> pa.Table:
+    """Every learning curve as an Arrow table: one row per point, evaluation curves first (the
+    columns are in the module docstring)."""
+    columns: dict[str, list[Any]] = {name: [] for name in CURVES_SCHEMA.names}
+    for curve in report.curves:
+        _curve_rows(curve, "evaluation", columns)
+    for curve in report.training_curves:
+        _curve_rows(curve, "training", columns)
+    metadata = {
+        "benchbase.table": "curves",
+        "benchbase.schema_version": str(CURVES_SCHEMA_VERSION),
+        "benchbase.split": report.split,
+        "benchbase.score_kinds": json.dumps(report.score_kinds, sort_keys=True),
+        "benchbase.repetitions": str(report.repetitions),
+        "benchbase.confidence": str(report.confidence),
+        "benchbase.training_bins": str(TRAINING_BINS),
+        "benchbase.env_step": "the cell's env steps, all its learners together",
+    }
+    return pa.Table.from_pydict(columns, schema=CURVES_SCHEMA.with_metadata(metadata))
+
+
 def _shared(write: Any) -> Any:
     def write_then_share(temporary: str) -> None:
         write(temporary)
@@ -98,7 +174,8 @@ def _text(content: str) -> Any:
 
 
 def write_report(report: Report, out_dir: Path | str, *, html: bool = True) -> list[Path]:
-    """Write leaderboard.parquet, report.md and (unless html=False) report.html into `out_dir`.
+    """Write leaderboard.parquet, report.md, (unless html=False) report.html and curves.parquet
+    into `out_dir`; the paths in that order.
 
     Everything is rendered before anything is written, and each file is written to a temporary
     name and renamed, so a failure leaves the folder as it was, file by file.
@@ -108,15 +185,21 @@ def write_report(report: Report, out_dir: Path | str, *, html: bool = True) -> l
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the report")
-    table = leaderboard_arrow(report)
+    tables = {"leaderboard.parquet": leaderboard_arrow(report), "curves.parquet": curves_arrow(report)}
     texts = {"report.md": render_markdown(report)}
     if html:
         from benchbase.report.html import render_html
 
         texts["report.html"] = render_html(report)
-    written = [out / "leaderboard.parquet"]
-    write_atomic(written[0], _shared(lambda temporary: pq.write_table(table, temporary)))
-    for name, content in texts.items():
+    # In this order (curves.parquet last: it came later, and callers index the others).
+    contents: list[tuple[str, Any]] = [("leaderboard.parquet", tables["leaderboard.parquet"])]
+    contents += [(name, _text(content)) for name, content in texts.items()]
+    contents.append(("curves.parquet", tables["curves.parquet"]))
+    written = []
+    for name, content in contents:
         written.append(out / name)
-        write_atomic(written[-1], _shared(_text(content)))
+        if isinstance(content, pa.Table):
+            write_atomic(written[-1], _shared(lambda temporary, table=content: pq.write_table(table, temporary)))
+        else:
+            write_atomic(written[-1], _shared(content))
     return written

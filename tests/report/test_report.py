@@ -522,7 +522,7 @@ def test_write_report_writes_parquet_markdown_and_html(tmp_path: Path, registry)
     run = write_run(tmp_path / "run", [Cell("ring", 0), Cell("isolated", 0, status="failed", error="bad")])
     report = report_of([run], registry, baseline="ring")
     written = write_report(report, tmp_path / "out")
-    assert [p.name for p in written] == ["leaderboard.parquet", "report.md", "report.html"]
+    assert [p.name for p in written] == ["leaderboard.parquet", "report.md", "report.html", "curves.parquet"]
     table = pq.read_table(tmp_path / "out" / "leaderboard.parquet")
     assert table.schema.metadata[b"benchbase.table"] == b"leaderboard"
     rows = table.to_pylist()
@@ -539,7 +539,11 @@ def test_write_report_writes_parquet_markdown_and_html(tmp_path: Path, registry)
         assert heading in markdown
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html") and "diff-a2c · ring · none" in html
-    assert write_report(report, tmp_path / "plain", html=False)[-1].name == "report.md"
+    assert [p.name for p in write_report(report, tmp_path / "plain", html=False)] == [
+        "leaderboard.parquet",
+        "report.md",
+        "curves.parquet",
+    ]
     assert not (tmp_path / "plain" / "report.html").exists()
 
 
@@ -551,10 +555,19 @@ def test_cli_report_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Leaderboard" in result.stdout and "diff-a2c · ring · none" in result.stdout and "oops" in result.stdout
-    assert {p.name for p in (tmp_path / "report").iterdir()} == {"leaderboard.parquet", "report.md", "report.html"}
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {
+        "leaderboard.parquet",
+        "curves.parquet",
+        "report.md",
+        "report.html",
+    }
     single = bench("report", str(tmp_path / "runs" / "a"), "--no-html", "--group-by", "algorithm", "--metric", "auc")
     assert single.returncode == 0, single.stderr
-    assert {p.name for p in (tmp_path / "runs" / "a" / "report").iterdir()} == {"leaderboard.parquet", "report.md"}
+    assert {p.name for p in (tmp_path / "runs" / "a" / "report").iterdir()} == {
+        "leaderboard.parquet",
+        "curves.parquet",
+        "report.md",
+    }
 
 
 @pytest.mark.parametrize(
@@ -614,7 +627,16 @@ def test_a_real_tiny_run_ends_with_its_leaderboard_and_reports(tmp_path: Path) -
     assert "warning" not in result.stdout
     report = bench("report", str(out), "--baseline", "isolated", "--repetitions", "500")
     assert report.returncode == 0, report.stderr
-    assert {p.name for p in (out / "report").iterdir()} == {"leaderboard.parquet", "report.md", "report.html"}
+    assert {p.name for p in (out / "report").iterdir()} == {
+        "leaderboard.parquet",
+        "report.md",
+        "report.html",
+        "curves.parquet",
+    }
+    curves = pq.read_table(out / "report" / "curves.parquet").to_pylist()
+    training = [c for c in curves if c["source"] == "training"]
+    assert {c["source"] for c in curves} == {"evaluation", "training"} and sum(c["episodes"] for c in training) > 0
+    assert all(0 < c["env_step"] < 400 and c["bin_start"] < c["env_step"] < c["bin_end"] for c in training)
     rows = pq.read_table(out / "report" / "leaderboard.parquet").to_pylist()
     assert {r["runs"] for r in rows} == {2} and all(r["steps_per_second"] > 0 for r in rows)
     ring = next(r for r in rows if r["topology"] == "ring")

@@ -24,6 +24,7 @@ from benchbase.report.model import (
     LeaderboardRow,
     Profile,
     Report,
+    TrainingCurve,
 )
 
 EVIL = "<script>alert(1)</script>"
@@ -84,6 +85,23 @@ def _report(*, empty: bool = False) -> Report:
         for j, family in enumerate(families):
             mean = (1 - np.exp(-steps / (20_000 * (i + 1 + j)))) * (0.9 - 0.2 * i)
             curves.append(Curve(entry, family, steps, mean, mean - 0.05, mean + 0.05))
+    bins = np.linspace(2_000, 98_000, 25)
+    training = [
+        TrainingCurve(
+            curve.entry,
+            curve.family,
+            bins,
+            np.interp(bins, curve.steps, curve.mean) * 0.8,
+            np.interp(bins, curve.steps, curve.mean) * 0.8 - 0.04,
+            np.interp(bins, curve.steps, curve.mean) * 0.8 + 0.04,
+            np.full(25, 3),
+            bin_start=bins - 2_000,
+            bin_end=bins + 2_000,
+            episode_return=np.interp(bins, curve.steps, curve.mean) * 500,
+            episodes=np.full(25, 40),
+        )
+        for curve in curves
+    ]
     tau = np.linspace(0, 1, 101)
     profiles = [
         Profile(
@@ -110,6 +128,7 @@ def _report(*, empty: bool = False) -> Report:
         leaderboard=leaderboard,
         generalisation=generalisation,
         curves=curves,
+        training_curves=training,
         profiles=profiles,
         improvements=improvements,
         baseline=ENTRIES[0],
@@ -231,10 +250,27 @@ def test_generalisation_and_improvement_tables(html):
 
 def test_charts_are_inline_svg_figures_with_captions(html):
     page = _parse(html)
-    assert page.svgs == 4
-    assert set(page.figures) == {"scores-chart", "curves-chart", "profiles-chart", "improvement-chart"}
+    assert page.svgs == 5
+    assert set(page.figures) == {
+        "scores-chart",
+        "curves-chart",
+        "training-curves-chart",
+        "profiles-chart",
+        "improvement-chart",
+    }
     assert all(caption.strip() for caption in page.figures.values())
     assert "cartpole, random-cartpole" in page.figures["curves-chart"]
+    # the two kinds of curve are told apart, in the captions and the charts' own titles
+    assert "Greedy evaluations" in page.figures["curves-chart"]
+    assert "Training episodes (stochastic policy)" in page.figures["training-curves-chart"]
+    assert (
+        html.index('id="curves-chart"') < html.index('id="training-curves-chart"') < html.index('id="profiles-chart"')
+    )
+    training_svg = html[html.index('id="training-curves-chart"') : html.index('id="profiles-chart"')]
+    assert ">Training episodes (stochastic policy)</text>" in training_svg
+    assert (
+        ">Greedy evaluations</text>" in html[html.index('id="curves-chart"') : html.index('id="training-curves-chart"')]
+    )
     assert len(page.ids) == len(set(page.ids)), "element ids must be unique across the inlined SVGs"
     # text stays text, and the long curves were thinned
     assert "<text" in html and "<path" in html
@@ -266,6 +302,25 @@ def test_empty_report_has_sentences_instead_of_charts():
                     "generalisation-empty"):  # fmt: skip
         assert f'id="{section}"' in html
     assert 'id="problems"' in html and "No problems" in html
+
+
+def test_a_report_without_training_episodes_says_so_under_the_evaluation_curves():
+    report = _report()
+    report.training_curves = []
+    html = render_html(report)
+    page = _parse(html)
+    assert "curves-chart" in page.figures and "training-curves-chart" not in page.figures
+    assert 'id="training-curves-empty"' in html and "no training curves" in html
+
+
+def test_evaluation_and_training_panels_of_a_family_share_their_y_range():
+    from benchbase.report.html import _curve_limits
+
+    limits = _curve_limits(_report())
+    (left, right), (low, high) = limits["cartpole"]
+    highest = max(float(np.nanmax(c.high)) for c in _report().curves if c.family == "cartpole")
+    assert low < 0 < highest < high  # bands start at -0.05 (evaluation) and -0.04 (training)
+    assert (left, right) == (0.0, 100_000.0)  # the last evaluation, and the last training bin's end
 
 
 def test_deterministic_and_leaves_matplotlib_settings_alone(html):
@@ -382,7 +437,7 @@ def test_headless_chromium_lays_out_every_table_and_svg(tmp_path):
     assert probe["tables"]["generalisation"][0] == 2 + 3
     for name, (_, width, height) in probe["tables"].items():
         assert width > 100 and height > 30, (name, width, height)
-    assert len(probe["svgs"]) == 4
+    assert len(probe["svgs"]) == 5
     for width, height in probe["svgs"]:
         assert width > 300 and height > 100
     assert probe["texts"] > 50
