@@ -200,18 +200,17 @@ def run(
 ) -> None:
     """Run a grid of cells. With no axes, runs the small embedded default grid."""
     _check_run_options(transport, device, jobs, checkpoint_every, launcher, nnodes)
-    registry = _registry()
-    from benchbase.run.torchrun import under_torchrun
-
-    settings = _execution_settings(registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay)
-    worker = under_torchrun()
-    if not dry_run and not worker and launcher == "local":
-        from benchbase.run.local import warm_up
-
-        warm_up()  # the forkserver imports torch while the grid is validated
+    _check_launch_options(comm_timeout, launcher, nnodes, rdzv_endpoint, rdzv_timeout, execute)
+    if out is not None:
+        _check_out(out)
     axes_given = any([algorithm, topology, env, replay, grid])
     if cell:
-        return _run_cells_of_folder(cell, out, axes_given, registry, worker, settings, jobs)
+        registry = _registry()
+        from benchbase.run.torchrun import under_torchrun
+
+        settings = _execution_settings(registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay)
+        return _run_cells_of_folder(cell, out, axes_given, registry, under_torchrun(), settings, jobs)
+    # The spec (and its size) is checked before the plugins load: they import torch, which takes seconds.
     spec = _grid_spec(
         grid,
         axes_given,
@@ -229,10 +228,25 @@ def run(
             "eval_episodes": eval_episodes,
         },
     )
+    registry = _registry()
+    from benchbase.run.torchrun import under_torchrun
+
+    settings = _execution_settings(registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay)
+    worker = under_torchrun()
+    if not dry_run and not worker and launcher == "local":
+        from benchbase.run.local import warm_up
+
+        warm_up()  # the forkserver imports torch while the grid is validated
     console = _console()
     cells = _valid_cells(spec, registry, console, init_from)
-    out = out if out is not None else _default_out(cells)
+    if out is None:
+        out = _default_out(cells)
+        _check_out(out)
     _print_replay_memory(console, cells, registry)
+    if not worker and (launcher == "local" or execute):  # the learners run on this machine
+        from benchbase.grid.expand import check_memory
+
+        check_memory(cells, registry, jobs if launcher == "local" else 1)
     if dry_run:
         _print_cells(console, cells, out)
         return
@@ -270,6 +284,49 @@ def _check_run_options(
         raise UserError(f"--launcher {launcher!r}: choose local or torchrun")
     if nnodes < 1:
         raise UserError(f"--nnodes {nnodes}: give at least 1")
+
+
+def _check_launch_options(
+    comm_timeout: float, launcher: str, nnodes: int, rdzv_endpoint: Optional[str], rdzv_timeout: int, execute: bool
+) -> None:
+    """Launch options that are wrong, or would be silently ignored, whatever the grid."""
+    import math
+
+    if not math.isfinite(comm_timeout) or comm_timeout <= 0:
+        raise UserError(f"--comm-timeout {comm_timeout:g}: give a number of seconds > 0")
+    if rdzv_timeout < 1:
+        raise UserError(f"--rdzv-timeout {rdzv_timeout}: give a number of seconds ≥ 1")
+    if launcher != "torchrun":
+        for given, option in ((nnodes > 1, "--nnodes"), (rdzv_endpoint is not None, "--rdzv-endpoint")):
+            if given:
+                raise UserError(f"{option} applies only with --launcher torchrun (this run is local)")
+        if execute:
+            raise UserError("--execute applies only with --launcher torchrun (a local run always runs here)")
+    if nnodes > 1 and rdzv_endpoint is None:
+        raise UserError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (the node that hosts the rendezvous)")
+    if rdzv_endpoint is not None:
+        if nnodes == 1:
+            raise UserError("--rdzv-endpoint applies only with --nnodes > 1 (one node uses torchrun --standalone)")
+        host, colon, port = rdzv_endpoint.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise UserError(f"--rdzv-endpoint {rdzv_endpoint!r}: expected HOST:PORT with a port from 1 to 65535")
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder, or a path where one can be made, on a writable file system."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder (a new one, or a run folder to continue)")
+    existing = out
+    while not existing.exists():
+        if existing.is_symlink():
+            raise UserError(f"--out {out}: {existing} is a broken link: give another folder")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, so no folder can be made under it: give another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not writable (read-only, or no permission): give another folder")
 
 
 def _execution_settings(
@@ -568,12 +625,13 @@ def _torchrun_commands(
     from benchbase.run.torchrun import execute as execute_commands
 
     rendezvous = Rendezvous(nnodes=nnodes, endpoint=rdzv_endpoint, join_timeout_s=rdzv_timeout)
+    selection = [f"--plugins={','.join(_selection['only'])}"] if _selection["only"] else []
+    selection += [f"--block-plugins={','.join(_selection['blocked'])}"] if _selection["blocked"] else []
+    commands(cells, out, rendezvous, selection)  # refuses what the nodes cannot share before OUT is written
     if execute:
         check_endpoint(rendezvous)
     _, rows, _ = prepare_run(spec, cells, out, registry)
     pending = [cell for cell in cells if rows[cell.cell_id]["status"] != "completed"]
-    selection = [f"--plugins={','.join(_selection['only'])}"] if _selection["only"] else []
-    selection += [f"--block-plugins={','.join(_selection['blocked'])}"] if _selection["blocked"] else []
     found = commands(pending, out, rendezvous, selection)
     if not execute:
         where = "on each of the nodes" if nnodes > 1 else "here or on a GPU node"
@@ -654,14 +712,24 @@ def _print_claims() -> None:
 
 
 def main() -> None:
+    # Click's own usage errors (a missing value, `--seeds abc`) become one line like ours, not a
+    # framed box: found through BadParameter's bases, since typer may vendor its own click.
+    usage_error = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except usage_error as error:
+        if type(error).__name__ == "NoArgsIsHelpError" and error.ctx is not None:
+            print(error.ctx.get_help())
+        else:
+            print(f"error: {' '.join(error.format_message().split())}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,11 @@ class Topology(Component):
         """How many learner processes a cell with `requested` learners runs (centralised: 1)."""
         return requested
 
+    def min_learners(self, params: Any) -> int:
+        """The fewest learner processes the topology means anything with: a graph that connects
+        learners needs two (one learner on a ring is an isolated learner mislabelled)."""
+        return 2 if self.requires_connected else 1
+
     def build(self, n_learners: int, params: Any, rng: np.random.Generator) -> np.ndarray | Sequence[np.ndarray]:
         raise NotImplementedError
 
@@ -306,14 +311,30 @@ class Algorithm(Component):
     #: "diffusion" (adapt-then-combine with every neighbour), "gossip" (`GossipParams`: a few
     #: peers per iteration, push-sum) or "none".
     consensus: str = "diffusion"
+    #: Action spaces it can act in: "discrete" (gymnasium Discrete) and "continuous" (a 1-D Box).
     action_spaces: frozenset[str] = frozenset({"discrete", "continuous"})
+    #: Observations it can take: "vector" (a 1-D Box) and "image" (a 3-D Box of frames). Other
+    #: spaces (Discrete, Tuple, Dict, 2-D Box) are refused by the grid unless declared here.
     observation_kinds: frozenset[str] = frozenset({"vector"})
+    #: Parameters that only shape the network for vector observations (e.g. {"hidden"} when image
+    #: observations go through a fixed CNN): setting one for an env with images is refused.
+    vector_only_params: frozenset[str] = frozenset()
     #: True for off-policy algorithms trained from a replay mix; their Params then declare an
     #: integer `batch_size` (segments per update), which the grid splits among the mix's strategies.
     uses_replay: bool = False
 
     def make_learner(self, params: Any, spec: LearnerSpec) -> Learner:
         raise NotImplementedError
+
+    def steps_per_simulator(self, params: Any) -> int | None:
+        """Env steps each simulator takes per iteration (an on-policy rollout's length, an unroll),
+        so a budget smaller than one iteration of a cell is refused before it runs. None: unknown."""
+        return None
+
+    def model_bytes(self, params: Any, observation_space: Any, action_space: Any) -> int | None:
+        """Bytes of one learner's model parameters, so a network too large for the machine is
+        refused before the run. None when unknown."""
+        return None
 
     def segment_bytes(self, params: Any, observation_space: Any, action_space: Any) -> int | None:
         """Off-policy algorithms: bytes of one stored segment, so that the memory a replay buffer

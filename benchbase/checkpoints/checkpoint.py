@@ -144,6 +144,27 @@ def load(path: Path | str, cell_config: dict[str, Any] | None = None) -> Checkpo
     return Checkpoint(path=data_path, env_steps=int(info["env_steps"]), state=state, info=info)
 
 
+#: The parts of every checkpoint `bench run` writes (`benchbase.learner.loop.checkpoint_state`).
+RUN_STATE_PARTS = ("learner", "comm", "loop")
+
+
+def load_run_checkpoint(path: Path | str, cell_config: dict[str, Any] | None = None) -> Checkpoint:
+    """`load`, and a CheckpointError unless the state has the parts `bench run` writes (the learner's
+    with its flat `parameters`): a forged or foreign file whose sidecar matches is refused here, in
+    one line, rather than failing deep inside a learner."""
+    found = load(path, cell_config)
+    state = found.state
+    missing = [part for part in RUN_STATE_PARTS if not isinstance(state, dict) or not isinstance(state.get(part), dict)]
+    if not missing and not isinstance(state["learner"].get("parameters"), torch.Tensor):
+        missing = ["learner parameters"]
+    if missing:
+        raise CheckpointError(
+            f"{found.path} is not a checkpoint bench run wrote (no {', '.join(missing)}), "
+            "though its sidecar matches: delete it and its .json"
+        )
+    return found
+
+
 def latest_good(folder: Path | str, cell_config: dict[str, Any] | None = None) -> tuple[Checkpoint | None, list[str]]:
     """The newest usable checkpoint in `folder` (or None), and why newer ones were skipped."""
     folder = Path(folder)

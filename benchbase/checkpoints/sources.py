@@ -130,6 +130,11 @@ def init_source(text: str) -> dict[str, Any]:
     cell = cells[0]
     if cell.unusable:  # learner r starts from source learner r mod N: every source learner is needed
         raise UserError(f"--init-from {text}: cell {cell.cell_id} has no usable checkpoint for {cell.unusable[0]}")
+    for path in cell.paths:  # verified by digest only so far: a forged file can match its sidecar
+        try:
+            checkpoint.load_run_checkpoint(path)
+        except checkpoint.CheckpointError as error:
+            raise UserError(f"--init-from {text}: {error}") from None
     return {
         "checkpoints": [str(path.resolve()) for path in cell.paths],
         "sha256": [info["sha256"] for info in cell.infos],

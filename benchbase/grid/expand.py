@@ -1,11 +1,15 @@
 """Grid spec → cells: every name resolved, every parameter typed and checked, topology data built,
-algorithm/env/replay compatibility checked, all before anything runs.
+algorithm/env/replay compatibility checked (observation and action spaces against what the
+algorithm declares, parameters that apply only to vector observations), a topology's fewest
+learners, a budget of at least one iteration, and the memory the largest cells would take, all
+before anything runs.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,11 +78,14 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
     """Resolve every cell of the grid, or raise a UserError for the first bad input."""
     _check_set_targets(spec, registry)
     resolved: dict[str, list[tuple[str, Any, Any]]] = {}
+    given: dict[int, frozenset[str]] = {}  # the parameters set explicitly, by id() of the resolved params
     for kind, entries in (("algorithm", spec.algorithms), ("topology", spec.topologies), ("env", spec.envs)):
         resolved[kind] = []
         for entry in entries:
             component = registry.get(kind, entry.name)
-            params = params_of(component, _overrides_for(spec, registry, kind, component, entry))
+            overrides = _overrides_for(spec, registry, kind, component, entry)
+            params = params_of(component, overrides)
+            given[id(params)] = frozenset(overrides)
             resolved[kind].append((component.name, component, params))
     resolved["replay"] = [_resolve_replay(spec, registry, entry) for entry in spec.replay]
 
@@ -91,7 +98,7 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
         r_params,
     ) in itertools.product(resolved["algorithm"], resolved["topology"], resolved["env"], resolved["replay"]):
         combination = f"{a_name} · {t_name} · {e_name} · {r_name}"
-        reason = _incompatibility(algorithm, family, e_params, replay, probes)
+        reason = _incompatibility(algorithm, family, e_params, replay, probes, given[id(a_params)])
         if reason:
             invalid.append((combination, reason))
             continue
@@ -101,6 +108,8 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
                 raise UserError(f"algorithm {a_name} uses replay but its parameters declare no integer batch_size")
             batch_shares(replay_parts(r_name, r_params), batch_size, owner=f"replay {r_name}")
         processes = topology.learner_count(spec.learners, t_params)
+        _check_learners(topology, t_params, processes)
+        _check_budget(algorithm, a_params, spec, processes)
         for seed in spec.seeds:
             # Validates the topology data, and a gossip algorithm's peer count against it.
             num_peers = a_params.num_peers if isinstance(a_params, GossipParams) else None
@@ -157,7 +166,45 @@ def _resolve_replay(
     return label, _Mix(components), (params if len(components) > 1 else params[components[0].name])
 
 
-def _incompatibility(algorithm: Any, family: Any, env_params: Any, replay: Any, probes: dict) -> str | None:
+def _check_learners(topology: Any, params: Any, processes: int) -> None:
+    """A topology that connects learners run with too few of them would be mislabelled."""
+    fewest = topology.min_learners(params)
+    if processes < fewest:
+        raise UserError(
+            f"topology {topology.name} needs at least {fewest} learners and the cell has {processes}: "
+            f"give --learners {fewest} or more, or use isolated (or centralised) for a single learner"
+        )
+
+
+def _check_budget(algorithm: Any, params: Any, spec: GridSpec, processes: int) -> None:
+    """A budget smaller than one iteration of the cell would still run one iteration (and record
+    no episode): refused, with the smallest budget that makes sense."""
+    steps = algorithm.steps_per_simulator(params)
+    if not steps:
+        return
+    simulators = spec.envs_per_learner * spec.learners // processes
+    iteration = processes * simulators * steps
+    if spec.env_steps < iteration:
+        raise UserError(
+            f"env-steps: {spec.env_steps:,} is less than one iteration of {algorithm.name} "
+            f"({processes} learners × {simulators} simulators × {steps} steps = {iteration:,}); "
+            f"give at least {iteration:,}"
+        )
+
+
+def observation_kind(space: Any) -> str:
+    """'vector' (a 1-D Box), 'image' (a 3-D Box) or what else the space is ('discrete', 'tuple', …),
+    so that algorithms are matched against what they declare in `observation_kinds`."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Box):
+        return {1: "vector", 3: "image"}.get(len(space.shape), f"{len(space.shape)}-D box")
+    return type(space).__name__.lower()
+
+
+def _incompatibility(
+    algorithm: Any, family: Any, env_params: Any, replay: Any, probes: dict, given: frozenset[str] = frozenset()
+) -> str | None:
     if replay.stores_segments and not algorithm.uses_replay:
         return f"{algorithm.name} is on-policy and learns from fresh rollouts only: use replay none"
     if algorithm.uses_replay and not replay.stores_segments:
@@ -170,6 +217,13 @@ def _incompatibility(algorithm: Any, family: Any, env_params: Any, replay: Any, 
         return f"{algorithm.name} does not support {action_kind} actions, which {family.name} has"
     if observation_kind not in algorithm.observation_kinds:
         return f"{algorithm.name} does not support {observation_kind} observations, which {family.name} has"
+    ignored = sorted(given & algorithm.vector_only_params) if observation_kind != "vector" else []
+    if ignored:
+        names = ", ".join(f"{algorithm.name}.{key}" for key in ignored)
+        return (
+            f"{names} shapes only the network for vector observations and {family.name} has {observation_kind} "
+            "observations: set it only for vector envs"
+        )
     return None
 
 
@@ -178,35 +232,100 @@ def _probe_spaces(family: Any, env_params: Any) -> tuple[str, str]:
     fixed = without_resampling(env_params)
     env = family.make_env(fixed, family.training_tasks(fixed, 1, 0), 0)
     try:
-        shape = env.observation_space.shape or ()
-        return space_kind(env.action_space), "image" if len(shape) == 3 else "vector"
+        action_kind = space_kind(env.action_space)
+        if action_kind == "continuous" and len(env.action_space.shape) != 1:
+            action_kind = f"{len(env.action_space.shape)}-D box"
+        return action_kind, observation_kind(env.observation_space)
     finally:
         env.close()
+
+
+def _spaces(cell: Cell, registry: Registry, cache: dict[str, tuple[Any, Any]]) -> tuple[Any, Any]:
+    """(observation space, action space) of a cell's env, one simulator built per distinct env."""
+    key = json.dumps([cell.env, cell.env_params], sort_keys=True, default=str)
+    if key not in cache:
+        family = registry.get("env", cell.env)
+        fixed = without_resampling(params_of(family, cell.env_params))
+        env = family.make_env(fixed, family.training_tasks(fixed, 1, 0), 0)
+        cache[key] = (env.observation_space, env.action_space)
+        env.close()
+    return cache[key]
+
+
+def _replay_bytes(cell: Cell, registry: Registry, spaces: tuple[Any, Any]) -> int | None:
+    """At most how much one learner's replay buffers of `cell` hold when full; None: on-policy or unknown."""
+    from benchbase.api.replay import memory_estimate
+
+    algorithm = registry.get("algorithm", cell.algorithm)
+    if not algorithm.uses_replay:
+        return None
+    params = params_of(algorithm, cell.algorithm_params)
+    segment = algorithm.segment_bytes(params, *spaces)
+    if segment is None:
+        return None
+    parts = batch_shares(replay_parts(cell.replay, cell.replay_params), params.batch_size)
+    return memory_estimate(segment, parts)
 
 
 def replay_memory(cells: Sequence[Cell], registry: Registry) -> list[tuple[str, int]]:
     """(label, bytes) per distinct off-policy setting: at most how much one learner's replay
     buffers hold when full, from the algorithm's `segment_bytes` and the strategies' capacities."""
-    from benchbase.api.replay import memory_estimate
-
     found: dict[str, int] = {}
-    spaces: dict[str, tuple[Any, Any]] = {}
+    cache: dict[str, tuple[Any, Any]] = {}
     for cell in cells:
-        algorithm = registry.get("algorithm", cell.algorithm)
-        if not algorithm.uses_replay:
+        if not registry.get("algorithm", cell.algorithm).uses_replay:
             continue
-        label = f"{cell.algorithm} · {cell.replay} · {cell.env}"
-        key = json.dumps([cell.env, cell.env_params], sort_keys=True, default=str)
-        if key not in spaces:
-            family = registry.get("env", cell.env)
-            fixed = without_resampling(params_of(family, cell.env_params))
-            env = family.make_env(fixed, family.training_tasks(fixed, 1, 0), 0)
-            spaces[key] = (env.observation_space, env.action_space)
-            env.close()
-        params = params_of(algorithm, cell.algorithm_params)
-        segment = algorithm.segment_bytes(params, *spaces[key])
-        if segment is None:
-            continue
-        parts = batch_shares(replay_parts(cell.replay, cell.replay_params), params.batch_size)
-        found[label] = max(found.get(label, 0), memory_estimate(segment, parts))
+        size = _replay_bytes(cell, registry, _spaces(cell, registry, cache))
+        if size is not None:
+            label = f"{cell.algorithm} · {cell.replay} · {cell.env}"
+            found[label] = max(found.get(label, 0), size)
     return sorted(found.items())
+
+
+#: A learner's model is counted as this many copies of its parameters: the parameters, their
+#: gradients and an optimiser's two moments (Adam; RMSprop keeps one).
+MODEL_COPIES = 4
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cells: Sequence[Cell], registry: Registry, cells_at_once: int, available: int | None = None) -> None:
+    """Refuse a grid whose largest cells, `cells_at_once` side by side, would need more memory than
+    the machine has: every learner's replay buffers when full plus its model (MODEL_COPIES copies
+    of the parameters the algorithm declares in `model_bytes`). Checked before anything runs."""
+    available = machine_memory() if available is None else available
+    if not available:
+        return
+    cache: dict[str, tuple[Any, Any]] = {}
+    needs: dict[str, tuple[int, Cell, int, int]] = {}  # by setting: the seeds of one setting need the same
+    for cell in cells:
+        key = json.dumps({**cell.config(), "seed": None}, sort_keys=True, default=str)
+        if key in needs:
+            continue
+        algorithm = registry.get("algorithm", cell.algorithm)
+        spaces = _spaces(cell, registry, cache)
+        replay = _replay_bytes(cell, registry, spaces) or 0
+        model = (algorithm.model_bytes(params_of(algorithm, cell.algorithm_params), *spaces) or 0) * MODEL_COPIES
+        needs[key] = (cell.learner_processes * (replay + model), cell, replay, model)
+    largest = sorted(needs.values(), key=lambda need: need[0], reverse=True)
+    total = sum(need[0] for need in largest[: max(cells_at_once, 1)])
+    if total <= available:
+        return
+    size, cell, replay, model = largest[0]
+    side_by_side = f", {min(cells_at_once, len(largest))} cells at once" if cells_at_once > 1 else ""
+    parts = [f"{_gib(part)} {what}" for part, what in ((replay, "replay when full"), (model, "model")) if part]
+    raise UserError(
+        f"memory: {cell.algorithm} · {cell.replay} · {cell.env} needs about {_gib(total)}{side_by_side} "
+        f"({cell.learner_processes} learners × {' + '.join(parts)}), more than this machine's {_gib(available)}: "
+        "lower the replay capacity, the network, the learners or --jobs"
+    )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.1f} MiB"

@@ -70,6 +70,8 @@ def parse_axis_entry(text: str, option: str) -> AxisEntry:
             key, equals, value = part.partition("=")
             if not equals or not key.strip():
                 raise UserError(f"{option} {text!r}: parameter {part!r} is not key=value")
+            if key.strip() in (given for given, _ in overrides):
+                raise UserError(f"{option} {text!r}: parameter {key.strip()!r} is given twice; give it once")
             overrides.append((key.strip(), unquote(value.strip())))
     return AxisEntry(name.strip(), tuple(overrides))
 
@@ -169,6 +171,15 @@ class GridSpec:
 
 
 _SCALARS = {"learners": 1, "envs_per_learner": 1, "env_steps": 1, "evaluations": 0, "eval_episodes": 1}
+
+#: Limits checked before anything is expanded or allocated, so a typo (`--seeds 1000000000`) is
+#: refused at once instead of filling the memory: cells per grid, learners per cell (a mixing plan
+#: holds learners² weights) and simulators per cell (learners × simulators each).
+MAX_CELLS = 10_000
+MAX_LEARNERS = 1_024
+MAX_SIMULATORS = 65_536
+#: A cell's budget: env-step counters are 64-bit integers in the result tables.
+MAX_ENV_STEPS = 10**15
 _AXES = ("algorithms", "topologies", "envs", "replay")
 GRID_KEYS = (*_AXES, "seeds", *_SCALARS, "set")
 
@@ -180,6 +191,12 @@ def load_grid_file(path: Path | str) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"grid file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"grid file {path} is a folder: give a TOML file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"grid file {path} is not text (not UTF-8): give a TOML file") from None
+    except OSError as error:
+        raise UserError(f"grid file {path} cannot be read: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"grid file {path} is not valid TOML: {error}") from None
     for key in data:
@@ -201,6 +218,8 @@ def default_grid() -> dict[str, Any]:
 def _axis_from_file(values: Any, key: str) -> list[AxisEntry]:
     if isinstance(values, (str, dict)):
         values = [values]
+    if not isinstance(values, (list, tuple)):
+        raise UserError(f'grid {key}: {values!r} is neither a list nor "name:key=value" nor {{ name = … }}')
     entries = []
     for value in values:
         if isinstance(value, str) and key == "replay":
@@ -219,6 +238,30 @@ def _axis_from_file(values: Any, key: str) -> list[AxisEntry]:
         else:
             raise UserError(f'grid {key}: {value!r} is neither "name:key=value" nor {{ name = … }}')
     return entries
+
+
+def check_grid_size(axis_lengths: Mapping[str, int], seeds: int) -> None:
+    """Refuse a grid of more than MAX_CELLS cells before it is expanded."""
+    cells = seeds
+    for length in axis_lengths.values():
+        cells *= max(length, 1)
+    if cells > MAX_CELLS:
+        sizes = " × ".join(f"{length:,} {key}" for key, length in axis_lengths.items())
+        raise UserError(
+            f"the grid has {cells:,} cells ({sizes} × {seeds:,} seeds); at most {MAX_CELLS:,} per run: "
+            "split it into several runs or give fewer seeds"
+        )
+
+
+def check_cell_size(learners: int, envs_per_learner: int) -> None:
+    """Refuse cells of more than MAX_LEARNERS learners or MAX_SIMULATORS simulators before any is built."""
+    if learners > MAX_LEARNERS:
+        raise UserError(f"learners: {learners:,} learners per cell; at most {MAX_LEARNERS:,}")
+    if learners * envs_per_learner > MAX_SIMULATORS:
+        raise UserError(
+            f"envs-per-learner: {learners:,} learners × {envs_per_learner:,} simulators = "
+            f"{learners * envs_per_learner:,} simulators per cell; at most {MAX_SIMULATORS:,}"
+        )
 
 
 def make_spec(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> GridSpec:
@@ -242,6 +285,8 @@ def make_spec(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> 
     seeds = merged.get("seeds", 1)
     if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
         raise UserError(f"seeds: expected a count or a list of integers, got {seeds!r}")
+    # A count is checked before range() turns it into a list: 10^9 seeds would fill the memory.
+    check_grid_size({key: len(axes[key]) for key in _AXES}, seeds if isinstance(seeds, int) else len(seeds))
     seed_list = list(range(seeds)) if isinstance(seeds, int) else seeds
     if not seed_list or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list):
         raise UserError(f"seeds: expected a positive count or a list of non-negative integers, got {seeds!r}")
@@ -251,13 +296,25 @@ def make_spec(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> 
             value = merged[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise UserError(f"{key.replace('_', '-')}: expected an integer ≥ {minimum}, got {value!r}")
+            if key == "env_steps" and value > MAX_ENV_STEPS:
+                raise UserError(f"env-steps: {value:,} is more than a cell's limit of {MAX_ENV_STEPS:,}")
             scalars[key] = value
+    check_cell_size(
+        scalars.get("learners", GridSpec.learners), scalars.get("envs_per_learner", GridSpec.envs_per_learner)
+    )
     overrides: dict[str, dict[str, Any]] = {}
-    for plugin, table in (merged.get("set") or {}).items():
+    tables = merged.get("set") or {}
+    if not isinstance(tables, dict):
+        raise UserError(f"set: expected a table of plugins' parameters ([set.diff-a2c] lr = 0.001), got {tables!r}")
+    for plugin, table in tables.items():
         if not isinstance(table, dict):
             raise UserError(f"set.{plugin}: expected a table of parameters, got {table!r}")
         overrides.setdefault(plugin, {}).update(table)
+    given: set[tuple[str, str]] = set()
     for plugin, key, value in cli_values.get("set_items") or []:
+        if (plugin, key) in given:
+            raise UserError(f"--set {plugin}.{key} is given twice: give each parameter once")
+        given.add((plugin, key))
         overrides.setdefault(plugin, {})[key] = value
     return GridSpec(
         algorithms=axes["algorithms"],

@@ -8,6 +8,7 @@ import datetime
 import json
 import math
 import platform
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -39,16 +40,66 @@ def package_versions(registry: Registry) -> dict[str, Any]:
     return versions
 
 
+def read_grid(folder: RunFolder) -> dict[str, Any] | None:
+    """The folder's grid.json (None for a new folder); a UserError naming the file when it is unreadable."""
+    try:
+        grid = folder.read_grid()
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise unreadable(folder.grid_path, error) from None
+    if grid is not None and not isinstance(grid, dict):
+        raise unreadable(folder.grid_path, ValueError("not a JSON object"))
+    cell_ids = grid.get("cell_ids") if grid is not None else []
+    if not isinstance(cell_ids, list) or not all(isinstance(cell_id, str) for cell_id in cell_ids):
+        raise unreadable(folder.grid_path, ValueError("no list of cell ids"))
+    return grid
+
+
+def read_cells(folder: RunFolder) -> dict[str, dict[str, Any]]:
+    """The folder's cells.parquet rows by cell id; a UserError naming the file when it is unreadable."""
+    try:
+        return folder.read_cells()
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - pyarrow raises many kinds for a truncated or garbled file
+        raise unreadable(folder.cells_path, error) from None
+
+
+def unreadable(path: Path, error: BaseException) -> UserError:
+    """One line for a results file that cannot be read back: which file, why, and what to do."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserError(
+        f"{path} is unreadable ({reason[:200]}): move the folder aside and re-run into a new --out "
+        "(or delete the file to start that run over)"
+    )
+
+
+def write_rows(folder: RunFolder, rows: Any) -> None:
+    """cells.parquet rewritten with `rows`; a UserError naming the file when the disk refuses it."""
+    try:
+        folder.write_cells(rows)
+    except OSError as error:
+        raise unwritable(error, folder.root, folder.cells_path) from None
+
+
+def unwritable(error: OSError, out: Path, path: Path | None = None) -> UserError:
+    """One line for a write into the run folder that failed (a full disk, a read-only mount)."""
+    where = error.filename or path or out
+    return UserError(
+        f"cannot write {where} ({error.strerror or error}): free some space or make {out} writable, "
+        "or choose another --out, then re-run"
+    )
+
+
 def check_folder(folder: RunFolder, cells: list[Cell]) -> dict[str, dict[str, Any]]:
     """The folder's earlier rows, or a UserError if it holds a different grid."""
-    existing = folder.read_grid()
+    existing = read_grid(folder)
     if existing is not None and existing.get("cell_ids") != grid_fingerprint(cells):
         ours, theirs = set(grid_fingerprint(cells)), set(existing.get("cell_ids", []))
         raise UserError(
             f"{folder.root} holds a different grid ({len(theirs)} cells, {len(ours & theirs)} in common with "
             f"this one's {len(ours)}): choose another --out"
         )
-    return folder.read_cells()
+    return read_cells(folder)
 
 
 def cell_row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None = None) -> dict[str, Any]:
@@ -104,7 +155,7 @@ def _nanmean(values: list[float]) -> float | None:
 def cells_of_run(out: Path) -> list[Cell]:
     """The cells of the grid already in run folder `out` (`bench run --out OUT --cell ID`)."""
     folder = RunFolder(out)
-    grid = folder.read_grid()
+    grid = read_grid(folder)
     if grid is None:
         raise UserError(
             f"{out} holds no grid (no grid.json): run the grid there first, or bench run --launcher torchrun"
@@ -114,7 +165,10 @@ def cells_of_run(out: Path) -> list[Cell]:
         path = folder.root / "configs" / f"{cell_id}.json"
         if not path.is_file():
             raise UserError(f"{out}: the config of cell {cell_id} is missing ({path})")
-        cells.append(Cell.from_config(json.loads(path.read_text())))
+        try:
+            cells.append(Cell.from_config(json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError) as error:
+            raise unreadable(path, error) from None
     return cells
 
 
@@ -130,6 +184,17 @@ def prepare_run(
     rows = {
         cell.cell_id: previous.get(cell.cell_id) or cell_row(cell, variants[cell.cell_id], "pending") for cell in cells
     }
+    new_folder = not folder.root.exists()
+    try:
+        _write_run(folder, spec, cells, rows, registry)
+    except OSError as error:
+        if new_folder:  # nothing half-written is left behind to be taken for a run
+            shutil.rmtree(folder.root, ignore_errors=True)
+        raise unwritable(error, out) from None
+    return folder, rows, variants
+
+
+def _write_run(folder: RunFolder, spec: GridSpec | None, cells: list[Cell], rows: dict, registry: Registry) -> None:
     if spec is not None:
         write_json(
             folder.grid_path,
@@ -144,4 +209,3 @@ def prepare_run(
         for cell in cells:
             write_json(folder.root / "configs" / f"{cell.cell_id}.json", cell.config())
     folder.write_cells(rows.values())
-    return folder, rows, variants

@@ -33,6 +33,7 @@ from benchbase.run.records import (
     EXIT_OK,
     cell_row,
     prepare_run,
+    write_rows,
 )
 
 
@@ -122,7 +123,7 @@ def run_grid(
         def start(cell: Cell) -> None:
             folder.clear_cell(cell.cell_id)
             rows[cell.cell_id] = cell_row(cell, variants[cell.cell_id], "running")
-            folder.write_cells(rows.values())
+            write_rows(folder, rows.values())
             hook.cell_started(cell=cell, out_dir=str(out))
             grid_console.cell_started(cell.cell_id, cell.label, cell.env_steps, cell.learner_processes)
 
@@ -134,7 +135,7 @@ def run_grid(
                     status = EXIT_FAILED_CELLS
             row = cell_row(cell, variants[cell.cell_id], outcome.status, outcome)
             rows[cell.cell_id] = row
-            folder.write_cells(rows.values())
+            write_rows(folder, rows.values())
             hook.cell_finished(cell=cell, row=row, out_dir=str(out))
             hook.results_written(out_dir=str(out))
             grid_console.cell_finished(

@@ -723,3 +723,51 @@ def test_a_quoted_value_keeps_its_commas_and_loses_its_quotes():
     entry = parse_axis_entry('atari-games:games="Pong,Breakout",max_episode_steps=400', "--env")
     assert entry.overrides == (("games", "Pong,Breakout"), ("max_episode_steps", "400"))
     assert parse_axis_entry("x:name='a,b'", "--env").overrides == (("name", "a,b"),)
+
+
+# -- checks before anything runs: spaces, sizes, memory ------------------------------------------
+
+
+def test_observation_kinds_name_what_algorithms_declare():
+    import numpy as np
+    from gymnasium import spaces
+
+    from benchbase.grid.expand import observation_kind
+
+    found = [
+        observation_kind(space)
+        for space in (
+            spaces.Box(-1, 1, (4,)),
+            spaces.Box(0, 255, (84, 84, 4), np.uint8),
+            spaces.Box(-1, 1, (3, 3)),
+            spaces.Discrete(16),
+            spaces.Tuple((spaces.Discrete(32), spaces.Discrete(11))),
+            spaces.Dict({"x": spaces.Discrete(2)}),
+        )
+    ]
+    assert found == ["vector", "image", "2-D box", "discrete", "tuple", "dict"]
+
+
+def test_memory_is_checked_against_the_machine(registry):
+    from benchbase.grid.expand import check_memory
+
+    cells = plan(registry, a=("vtrace",), r=("uniform:capacity=1000",), seeds=2).cells
+    check_memory(cells, registry, cells_at_once=1, available=2**40)  # a terabyte: fits
+    with pytest.raises(
+        UserError,
+        match=r"needs about [\d.]+ MiB \(2 learners × [\d.]+ MiB replay when full\), more than this machine's 1.0 MiB",
+    ):
+        check_memory(cells, registry, cells_at_once=1, available=2**20)
+
+
+def test_a_connected_topology_needs_two_learners_and_isolated_does_not(registry):
+    with pytest.raises(UserError, match="topology ring needs at least 2 learners and the cell has 1"):
+        plan(registry, learners=1)
+    assert len(plan(registry, t=("isolated",), learners=1).cells) == 1
+
+
+def test_the_grid_size_is_checked_before_seeds_are_listed():
+    with pytest.raises(UserError, match=r"1,000,000,000 cells .* at most 10,000"):
+        make_spec({}, cli(seeds=10**9))
+    with pytest.raises(UserError, match="learners per cell; at most 1,024"):
+        make_spec({}, cli(learners=10**5))
