@@ -173,6 +173,14 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, write)
 
 
+def read_parquet(path: Path) -> pa.Table:
+    """One Parquet file read through one open handle. `pq.read_table(path)` opens the path more than
+    once, so a reader racing an atomic rewrite (cells.parquet during a run) can pair the old file's
+    footer with the new file's pages; a handle keeps the file it opened."""
+    with open(path, "rb") as handle:
+        return pq.ParquetFile(handle).read()
+
+
 class RunFolder:
     """One run's results folder."""
 
@@ -199,7 +207,7 @@ class RunFolder:
         """Rows of cells.parquet by cell id ({} for a new folder)."""
         if not self.cells_path.exists():
             return {}
-        table = pq.read_table(self.cells_path)
+        table = read_parquet(self.cells_path)
         version = (table.schema.metadata or {}).get(b"benchbase.schema_version", b"?").decode()
         if version != str(SCHEMA_VERSION):
             raise UserError(

@@ -14,6 +14,8 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from benchbase.results import read_parquet
+
 TINY = [
     "--seeds",
     "1",
@@ -231,7 +233,7 @@ def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_pat
         deadline = time.time() + 60
         while time.time() < deadline:  # wait until the first cell is running
             path = out / "cells.parquet"
-            if path.exists() and any(r["status"] == "running" for r in pq.read_table(path).to_pylist()):
+            if path.exists() and any(r["status"] == "running" for r in read_parquet(path).to_pylist()):
                 break
             time.sleep(0.05)
         time.sleep(0.3)

@@ -31,6 +31,7 @@ from benchbase.results import (
     EVALUATIONS_SCHEMA,
     METRICS_SCHEMA,
     SCHEMA_VERSION,
+    read_parquet,
 )
 
 EVALUATION_COLUMNS = [
@@ -159,7 +160,7 @@ def _read_cells(folder: Path) -> list[dict[str, Any]]:
     path = folder / "cells.parquet"
     _check_version(folder, path)
     try:
-        table = pq.read_table(path)
+        table = read_parquet(path)
     except (pa.ArrowException, OSError) as error:
         raise _unreadable(path, error) from error
     missing = [name for name in _CELL_COLUMNS if name not in table.column_names]
