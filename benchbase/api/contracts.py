@@ -249,9 +249,15 @@ class Learner:
         raise NotImplementedError
 
     def parameters_buffer(self) -> Any:
-        """One flat tensor that holds every parameter to mix; the model's parameters are views
-        of it, so writing it writes the model."""
+        """One flat tensor that holds every value to mix; the model's parameters are views of it,
+        so writing it writes the model."""
         raise NotImplementedError
+
+    def model_parameters(self) -> Any:
+        """The model's parameters: `parameters_buffer()` or a prefix of it, when values that are
+        mixed but not parameters follow them (e.g. mixed normalisation statistics). Consensus is
+        measured on these. Default: the whole buffer."""
+        return self.parameters_buffer()
 
     def act_greedy(self, observations: np.ndarray) -> np.ndarray:
         """The policy's most likely actions for a batch of raw observations (evaluation)."""

@@ -74,7 +74,10 @@ class Communicator:
         seed: int = 0,
         device_group: Any = None,
         device: Any = "cpu",
+        parameter_numel: int | None = None,
     ) -> None:
+        """`numel` values are mixed; the first `parameter_numel` (default all) are the model's
+        parameters, on which consensus is measured."""
         self.plan, self.rank, self.numel, self.dtype = plan, rank, numel, dtype
         self.staleness, self.timeout_s, self.link_drop, self.seed = staleness, timeout_s, link_drop, seed
         self.board = board  # same-host shared memory instead of gloo messages (benchbase.comm.shm)
@@ -90,7 +93,9 @@ class Communicator:
         self.transport = transport_name(plan, board, device_group, self.use_all_reduce)
         self.counters = CommCounters()
         self._host = HostStaging()
-        self._snapshots = ConsensusSnapshots(plan.n_learners, rank, numel, seed, staleness, timeout_s)
+        self._snapshots = ConsensusSnapshots(
+            plan.n_learners, rank, numel if parameter_numel is None else parameter_numel, seed, staleness, timeout_s
+        )
         self._consensus: dict[int, float] | None = None
         buffers = device if device_group is not None else "cpu"
         self._carrier = self._build_transport(buffers)

@@ -36,11 +36,13 @@ def consensus_distance(params: torch.Tensor, n_learners: int) -> float:
 
 def neighbour_distance(params: torch.Tensor, views: dict[int, torch.Tensor], push_sum: bool) -> float:
     """sqrt(mean_j ‖θ_i − θ_j‖²) / ‖θ_i‖ over the (non-empty) in-peer `views`; push-sum views are
-    mass (w·θ, w)."""
+    mass (w·θ, w). Views may carry mixed values after the parameters: only the first
+    `params.numel()` are compared."""
     own = params.double()
+    n = own.numel()
     total = 0.0
     for view in views.values():
-        theirs = view[:-1] / view[-1] if push_sum else view.double()
+        theirs = view[:n] / view[-1] if push_sum else view[:n].double()
         total += float((own - theirs).pow(2).sum())
     return math.sqrt(total / len(views)) / (float(own.norm()) + 1e-12)
 

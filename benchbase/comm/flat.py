@@ -4,6 +4,8 @@ Mixing reads and writes a learner's parameters as one tensor, so the communicati
 one message per neighbour and combines with a handful of vector operations. The model's
 parameters become views of the buffer, so writing the buffer writes the model; gradients
 accumulate into views of a second buffer, so an optimiser can step the single `flat` parameter.
+`extra` values after the parameters are mixed with them but never trained (for example the
+observation normaliser's sufficient statistics, `normaliser = "mixed"`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from torch import nn
 
 
 class FlatParameters:
-    """Re-seats every parameter of `modules` into one buffer. Build optimisers on `.parameter`."""
+    """Re-seats every parameter of `modules` into one buffer. Build optimisers on `.parameter`;
+    the core mixes `.mixed` (the parameters, then `extra` values)."""
 
-    def __init__(self, *modules: nn.Module) -> None:
+    def __init__(self, *modules: nn.Module, extra: int = 0) -> None:
         params = [p for module in modules for p in module.parameters()]
         if not params:
             raise ValueError("a model without parameters has nothing to mix")
         total = sum(p.numel() for p in params)
         first = params[0]
-        data = torch.empty(total, dtype=first.dtype, device=first.device)
+        mixed = torch.zeros(total + extra, dtype=first.dtype, device=first.device)
+        data = mixed[:total]
         grad = torch.zeros(total, dtype=first.dtype, device=first.device)
         offset = 0
         for p in params:
@@ -33,10 +37,12 @@ class FlatParameters:
         self.parameter = nn.Parameter(data)
         self.parameter.grad = grad
         self._views = params
+        self.mixed = mixed
+        self.extra = mixed[total:]
 
     @property
     def data(self) -> torch.Tensor:
-        """The buffer that holds every parameter (mixing writes it in place)."""
+        """The buffer that holds every parameter (a prefix of `mixed`)."""
         return self.parameter.data
 
     @property

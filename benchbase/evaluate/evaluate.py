@@ -272,7 +272,7 @@ def _evaluate_cell(
         for position, (rank, path, steps) in enumerate(plan.learners):
             if progress is not None:
                 progress(f"{plan.cell_id} learner {rank}: {', '.join(splits)} on {family.name}")
-            learner.load_state_dict(checkpoint.load(path).state["learner"], mode="model")
+            learner.load_state_dict(checkpoint.load_run_checkpoint(path).state["learner"], mode="model")
             own = simulator_tasks(training, cell, rank)
             for index, split in enumerate(splits):
                 tasks = [own[k % len(own)] for k in range(episodes)] if split == "train" else held_out[split]

@@ -30,7 +30,7 @@ def initialise_from(learner: Any, source: dict[str, Any], rank: int) -> None:
     """`bench run --init-from`: this learner starts from source learner (rank mod N)'s model,
     normalisation statistics and optimiser moments, with the new cell's hyperparameters."""
     paths = source["checkpoints"]
-    found = checkpoint.load(paths[rank % len(paths)])
+    found = checkpoint.load_run_checkpoint(paths[rank % len(paths)])
     learner.load_state_dict(found.state["learner"], mode="init")
 
 
@@ -79,7 +79,7 @@ def check_fits(cells: list[Any], source: dict[str, Any], registry: Any) -> None:
     from benchbase.api.contracts import params_of, without_resampling
 
     try:
-        saved = checkpoint.load(Path(source["checkpoints"][0])).state["learner"]["parameters"].numel()
+        saved = checkpoint.load_run_checkpoint(Path(source["checkpoints"][0])).state["learner"]["parameters"].numel()
     except checkpoint.CheckpointError as error:
         raise UserError(f"--init-from: {error}") from None
     seen: set[str] = set()
@@ -95,7 +95,7 @@ def check_fits(cells: list[Any], source: dict[str, Any], registry: Any) -> None:
         env = family.make_env(env_params, family.training_tasks(env_params, 1, cell.seed), 0)
         try:
             learner = build_learner(registry, cell, env)
-            built = learner.parameters_buffer().numel()
+            built = learner.model_parameters().numel()
             learner.close()
         finally:
             env.close()

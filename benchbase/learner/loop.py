@@ -156,10 +156,10 @@ class _Training:
         if self.recent_returns:
             values["recent_return"] = float(np.mean(self.recent_returns))
         if self.context.staleness == 0:
-            values["consensus_distance"] = comm.consensus_distance(learner.parameters_buffer())
+            values["consensus_distance"] = comm.consensus_distance(learner.model_parameters())
         else:
-            comm.snapshot(learner.parameters_buffer(), state.iteration)
-            nearby = comm.neighbour_distance(learner.parameters_buffer())
+            comm.snapshot(learner.model_parameters(), state.iteration)
+            nearby = comm.neighbour_distance(learner.model_parameters())
             if nearby is not None:
                 values["neighbour_distance"] = nearby
         steps = state.local_steps

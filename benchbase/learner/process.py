@@ -173,6 +173,7 @@ def _build(
         seed=cell.seed,
         device_group=device_group,
         device=buffer.device,
+        parameter_numel=learner.model_parameters().numel(),
     )
     # Learners that wait for each other every iteration must resume and stop together.
     lockstep = staleness == 0 and plan.has_edges and world > 1
@@ -244,7 +245,7 @@ def _resume(
         report(Note(cell_id, rank, note))
     if path is None:
         return LoopState()
-    found = checkpoint.load(path, keeper.cell_config)
+    found = checkpoint.load_run_checkpoint(path, keeper.cell_config)
     learner.load_state_dict(found.state["learner"])
     comm.load_state_dict(found.state["comm"])
     loop = LoopState.from_dict(found.state["loop"])

@@ -3,7 +3,8 @@
 Adapt-then-combine: each learner takes one A2C gradient step on its own rollout (adapt), then
 the core replaces its parameters by the weighted average of its closed neighbourhood (combine),
 θ_i ← Σ_j c_ij θ_j. Every parameter is mixed, the Gaussian log-std included (the original
-forgot it); optimiser state and normalisation statistics stay local to the learner.
+forgot it), and so are the observation-normalisation statistics by default (`normaliser`);
+optimiser state and reward statistics stay local to the learner.
 
 The A2C loss (Mnih et al. 2016) on a rollout of T steps from P simulators, with n-step returns
 R (or GAE(λ) targets) and advantages A = R − V(s):
@@ -18,6 +19,7 @@ import torch
 
 from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, param
 from plugins.algorithms.common import distributions
+from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import discounted_returns, gae_advantages
 
@@ -34,7 +36,11 @@ class A2CParams(ConsensusParams):
     max_grad_norm: float = param(0.0, "gradient-norm clipping; 0 = none (Diff-DAC), GALA uses 0.5", min=0.0)
     gae_lambda: float | None = param(None, "GAE(λ) advantages when set (e.g. 0.95); n-step returns otherwise")
     hidden: int = param(64, "units in each of the two hidden layers", min=1)
-    normalise_observations: bool = param(True, "running mean/std observation normalisation (clip ±10)")
+    normaliser: NormaliserMode = param(
+        "mixed",
+        "observation normalisation (clip ±10): mixed = statistics combined with the neighbours' like the "
+        "parameters, count-weighted; local = each learner's own; off = raw observations",
+    )
     normalise_rewards: bool = param(True, "scale rewards by the running std of the discounted return")
 
 
@@ -82,6 +88,10 @@ class DiffA2C(Algorithm):
     Params = A2CParams
     consensus = "diffusion"
     observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
+    vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
+
+    def steps_per_simulator(self, params: A2CParams) -> int:
+        return params.n_steps
 
     def make_learner(self, params: A2CParams, spec: LearnerSpec) -> A2CLearner:
         return A2CLearner(params, spec)

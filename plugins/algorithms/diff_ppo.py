@@ -4,8 +4,8 @@ Valcarcel Macua et al. 2021, with a PPO learner).
 Adapt-then-combine, once per rollout: each learner collects T steps from each of its P
 simulators, runs PPO on them (adapt), and only after its last epoch does the core replace its
 parameters by the weighted average of its closed neighbourhood, θ_i ← Σ_j c_ij θ_j (combine).
-Every parameter is mixed, the Gaussian log-std included; Adam's state and the normalisation
-statistics stay local to the learner.
+Every parameter is mixed, the Gaussian log-std included, and so are the observation-normalisation
+statistics by default (`normaliser`); Adam's state and the reward statistics stay local.
 
 The local PPO update, read top to bottom in `PPOLearner.update`:
 1. once per rollout, before anything moves: the old log-probabilities log π_old(a|s), the old
@@ -28,6 +28,7 @@ import torch
 
 from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, param
 from plugins.algorithms.common import distributions
+from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import gae_advantages
 from plugins.algorithms.common.schedules import anneal, remaining_fraction
@@ -51,7 +52,11 @@ class PPOParams(ConsensusParams):
     value_coef: float = param(0.5, "value loss weight c_v", min=0.0)
     max_grad_norm: float = param(0.5, "gradient-norm clipping; 0 = none", min=0.0)
     hidden: int = param(64, "units in each of the two hidden layers", min=1)
-    normalise_observations: bool = param(True, "running mean/std observation normalisation (clip ±10)")
+    normaliser: NormaliserMode = param(
+        "mixed",
+        "observation normalisation (clip ±10): mixed = statistics combined with the neighbours' like the "
+        "parameters, count-weighted; local = each learner's own; off = raw observations",
+    )
     normalise_rewards: bool = param(True, "scale rewards by the running std of the discounted return")
 
 
@@ -181,6 +186,10 @@ class DiffPPO(Algorithm):
     Params = PPOParams
     consensus = "diffusion"
     observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
+    vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
+
+    def steps_per_simulator(self, params: PPOParams) -> int:
+        return params.n_steps
 
     def make_learner(self, params: PPOParams, spec: LearnerSpec) -> PPOLearner:
         return PPOLearner(params, spec)

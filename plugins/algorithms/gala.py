@@ -16,8 +16,8 @@ unless a message is more than `staleness` iterations old. The core does the goss
   other (the original's Pong example does the same); `staleness=0` makes every mix synchronous
   and the run deterministic.
 
-Its defaults differ from Diff-A2C's in gradient clipping and observation normalisation (why:
-docs/algorithms.md); the lr can decay linearly over the learner's budget.
+Its defaults differ from Diff-A2C's in gradient clipping (why: docs/algorithms.md); the lr can
+decay linearly over the learner's budget.
 """
 
 from __future__ import annotations
@@ -39,11 +39,6 @@ class GalaParams(A2CParams, GossipParams):
     )
     lr: float = param(7e-4, "RMSprop learning rate (GALA used 1.4e-3 on Pong; see docs/algorithms.md)", min=0.0)
     max_grad_norm: float = param(0.5, "gradient-norm clipping (GALA's 0.5); 0 = none", min=0.0)
-    normalise_observations: bool = param(
-        False,
-        "running mean/std observation normalisation (clip ±10); off by default: its statistics are "
-        "local, so learners on different tasks would feed the shared parameters differently scaled inputs",
-    )
     lr_decay: bool = param(False, "decay the learning rate linearly to 0 over the learner's budget")
 
 
@@ -72,6 +67,10 @@ class Gala(Algorithm):
     Params = GalaParams
     consensus = "gossip"
     observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
+    vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
+
+    def steps_per_simulator(self, params: GalaParams) -> int:
+        return params.n_steps
 
     def make_learner(self, params: GalaParams, spec: LearnerSpec) -> GalaLearner:
         return GalaLearner(params, spec)

@@ -29,6 +29,7 @@ import torch
 from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.distributions import kl_divergence
+from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.off_policy import OffPolicyLearner, SampledBatch, segment_bytes
 from plugins.algorithms.common.returns import vtrace_targets
 from plugins.algorithms.common.schedules import anneal, remaining_fraction
@@ -68,7 +69,11 @@ class VTraceParams(ConsensusParams):
     laser_threshold: float = param(0.3, "LASER's KL threshold", min=0.0)
     background_preparation: bool = param(True, "draw the next batch in a background thread while the update runs")
     hidden: int = param(64, "units in each of the two hidden layers", min=1)
-    normalise_observations: bool = param(False, "running mean/std observation normalisation (clip ±10)")
+    normaliser: NormaliserMode = param(
+        "mixed",
+        "observation normalisation (clip ±10): mixed = statistics combined with the neighbours' like the "
+        "parameters, count-weighted; local = each learner's own; off = raw observations",
+    )
     normalise_rewards: bool = param(True, "scale rewards by the running std of the discounted return")
 
 
@@ -224,6 +229,10 @@ class VTrace(Algorithm):
     consensus = "diffusion"
     uses_replay = True
     observation_kinds = frozenset({"vector", "image"})
+    vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
+
+    def steps_per_simulator(self, params: VTraceParams) -> int:
+        return params.unroll_length
 
     def make_learner(self, params: VTraceParams, spec: LearnerSpec) -> VTraceLearner:
         return VTraceLearner(params, spec)

@@ -13,9 +13,11 @@ from typing import Any
 import dist_helpers as dh
 import numpy as np
 import pytest
+import torch
 
 from benchbase.api.contracts import params_of
 from benchbase.api.registry import load_registry
+from benchbase.comm.consensus import neighbour_distance
 from benchbase.comm.mixing_plan import MixingPlan, build_mixing_plan
 
 N = 4
@@ -241,3 +243,14 @@ def test_a_device_group_carries_the_same_exchange(plans):
             np.testing.assert_array_equal(default, grouped, err_msg=f"{name}, learner {rank}")
         assert result["transports"]["ring"] == ["p2p", "nccl"]
         assert result["transports"]["fully-connected"] == ["all-reduce", "nccl-all-reduce"]
+
+
+def test_neighbour_distance_compares_parameters_only_when_messages_carry_more() -> None:
+    # Messages carry the parameters, then mixed values that are not parameters (statistics).
+    own = torch.tensor([1.0, 2.0])
+    views = {1: torch.tensor([1.0, 4.0, 1e6, 1e6]), 2: torch.tensor([3.0, 2.0, -1e6, 0.0])}
+    expected = ((0.0 + 4.0) + (4.0 + 0.0)) / 2
+    assert neighbour_distance(own, views, push_sum=False) == pytest.approx(expected**0.5 / 5**0.5)
+    # Push-sum views are mass (w·θ, extra, w): the weight is the last value.
+    mass = {1: torch.tensor([2.0, 8.0, 1e6, 2.0])}
+    assert neighbour_distance(own, mass, push_sum=True) == pytest.approx(2.0 / 5**0.5)

@@ -1,18 +1,34 @@
-"""Observation normalisation and reward scaling. Their statistics stay local to a learner: they
-are checkpointed with it but never mixed."""
+"""Observation normalisation and reward scaling.
+
+Observation statistics (`normaliser`):
+- "local": each learner keeps its own running mean and variance (the Diff-DAC code's choice).
+  On a multitask family the learners then feed the shared parameters differently scaled inputs.
+- "mixed": the statistics are combined with the neighbours like the parameters, count-weighted
+  (`MixedStatistics`), so the learners converge on one scaling, that of the network's data.
+- "off": raw observations.
+Reward statistics always stay local. Both are checkpointed with the learner.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import numpy as np
+import torch
+
+NormaliserMode = Literal["mixed", "local", "off"]
+INITIAL_COUNT = 1e-4  # statistics start as mean 0, variance 1 with this weight
 
 
 class RunningMeanStd:
     """Running mean and variance over batches (parallel-variance update)."""
 
     def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.shape = shape
         self.mean = np.zeros(shape, dtype=np.float64)
         self.var = np.ones(shape, dtype=np.float64)
-        self.count = 1e-4
+        self.count = INITIAL_COUNT
 
     def update(self, batch: np.ndarray) -> None:
         batch_mean, batch_var, batch_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
@@ -23,6 +39,10 @@ class RunningMeanStd:
         self.var = (self.var * self.count + batch_var * batch_count + correction) / total
         self.count = total
 
+    def read(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, mean, variance)."""
+        return self.count, self.mean, self.var
+
     def state_dict(self) -> dict:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
 
@@ -30,27 +50,110 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
 
 
+class MixedStatistics:
+    """Running mean and variance held as sufficient statistics (n, Σx, Σx²) in `values`, a float
+    tensor the core mixes with the parameters (the tail of the learner's mixed buffer).
+
+    A mix replaces each learner's values by a weighted sum of its neighbours', and a weighted sum
+    of sufficient statistics is the count-weighted combination of their means and variances;
+    diffusion and push-sum alike then drive every learner to the statistics of all the learners'
+    data. Each learner adds its own observations between mixes. The sums are accumulated in
+    float64 per batch and stored in the buffer's float32.
+    """
+
+    def __init__(self, values: torch.Tensor, shape: tuple[int, ...]) -> None:
+        self.values = values
+        self.shape = shape
+        self.dim = math.prod(shape)
+        if values.numel() != self.size(shape):
+            raise ValueError(f"mixed statistics of shape {shape} need {self.size(shape)} values, got {values.numel()}")
+        self._set(INITIAL_COUNT, np.zeros(shape), np.ones(shape))
+
+    @staticmethod
+    def size(shape: tuple[int, ...]) -> int:
+        return 1 + 2 * math.prod(shape)
+
+    def _set(self, count: float, mean: np.ndarray, var: np.ndarray) -> None:
+        mean, var = mean.reshape(-1), var.reshape(-1)
+        sums = np.concatenate([[count], count * mean, count * (var + mean**2)])
+        self.values.copy_(torch.from_numpy(sums))
+
+    def read(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, mean, variance)."""
+        sums = self.values.detach().to("cpu", torch.float64).numpy()
+        count = max(float(sums[0]), INITIAL_COUNT)
+        mean = sums[1 : 1 + self.dim] / count
+        var = np.maximum(sums[1 + self.dim :] / count - mean**2, 0.0)
+        return count, mean.reshape(self.shape), var.reshape(self.shape)
+
+    @property
+    def count(self) -> float:
+        return self.read()[0]
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.read()[1]
+
+    @property
+    def var(self) -> np.ndarray:
+        return self.read()[2]
+
+    def update(self, batch: np.ndarray) -> None:
+        rows = batch.reshape(batch.shape[0], -1).astype(np.float64)
+        increment = np.concatenate([[rows.shape[0]], rows.sum(axis=0), (rows**2).sum(axis=0)])
+        self.values.add_(torch.from_numpy(increment).to(self.values))
+
+    def state_dict(self) -> dict:
+        count, mean, var = self.read()
+        return {"mean": mean, "var": var, "count": count, "sums": self.values.detach().to("cpu", copy=True)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Exactly the saved sums where there are some (a "mixed" checkpoint); otherwise (a "local"
+        one) the saved mean, variance and count as sums."""
+        if "sums" in state and state["sums"].numel() == self.values.numel():
+            self.values.copy_(state["sums"].to(self.values))
+        else:
+            self._set(float(state["count"]), np.asarray(state["mean"]), np.asarray(state["var"]))
+
+
 class ObservationNormaliser:
-    """(obs − mean) / std, clipped to ±clip. Statistics are refreshed once per rollout."""
+    """(obs − mean) / std, clipped to ±clip. Statistics are refreshed once per rollout (and, when
+    mixed, after every mix: `refresh`). `mixed_values`: the mixed buffer's tail, for "mixed"."""
 
-    def __init__(self, shape: tuple[int, ...], enabled: bool, clip: float = 10.0) -> None:
-        self.enabled = enabled
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        mode: NormaliserMode,
+        clip: float = 10.0,
+        mixed_values: torch.Tensor | None = None,
+    ) -> None:
+        self.mode = mode
+        self.enabled = mode != "off"
         self.clip = clip
-        self.stats = RunningMeanStd(shape)
-        self._refresh()
+        if mode == "mixed":
+            if mixed_values is None:
+                raise ValueError('normaliser "mixed" needs the mixed buffer\'s values for its statistics')
+            self.stats: RunningMeanStd | MixedStatistics = MixedStatistics(mixed_values, shape)
+        else:
+            self.stats = RunningMeanStd(shape)
+        self.refresh()
 
-    def _refresh(self) -> None:
-        self._mean = self.stats.mean.astype(np.float32)
-        self._inv_std = (1.0 / np.sqrt(self.stats.var + 1e-8)).astype(np.float32)
+    def refresh(self) -> None:
+        """Read the statistics (mixed ones change under the normaliser at every mix)."""
+        if not self.enabled:
+            return
+        _, mean, var = self.stats.read()
+        self._mean = mean.astype(np.float32)
+        self._inv_std = (1.0 / np.sqrt(var + 1e-8)).astype(np.float32)
 
     def update(self, raw_batch: np.ndarray) -> None:
         if self.enabled:
-            self.stats.update(raw_batch.reshape(-1, *self.stats.mean.shape))
-            self._refresh()
+            self.stats.update(raw_batch.reshape(-1, *self.stats.shape))
+            self.refresh()
 
     def load_state_dict(self, state: dict) -> None:
         self.stats.load_state_dict(state)
-        self._refresh()
+        self.refresh()
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         if not self.enabled:

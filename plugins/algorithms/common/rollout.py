@@ -22,7 +22,12 @@ from gymnasium import spaces
 from benchbase import FinishedEpisode, FlatParameters, Learner, LearnerSpec, TaskVectorEnv
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.networks import build_model, is_image
-from plugins.algorithms.common.normalisation import ObservationNormaliser, RewardScaler
+from plugins.algorithms.common.normalisation import (
+    MixedStatistics,
+    NormaliserMode,
+    ObservationNormaliser,
+    RewardScaler,
+)
 
 Batch = TypeVar("Batch")
 
@@ -32,7 +37,7 @@ class RolloutParams(Protocol):
 
     gamma: float
     hidden: int
-    normalise_observations: bool
+    normaliser: NormaliserMode
     normalise_rewards: bool
 
 
@@ -55,20 +60,22 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
         # Same torch seed on every learner: every learner starts from the same parameters.
         torch.manual_seed(spec.seed)
         self.model = build_model(self.env.observation_space, self.env.action_space, params.hidden).to(self.device)
-        self.flat = FlatParameters(self.model)
+        obs_shape = self.env.observation_space.shape
+        # Images are scaled to [0, 1] by the network; running statistics per pixel would not help.
+        normaliser: NormaliserMode = "off" if is_image(self.env.observation_space) else params.normaliser
+        # "mixed" statistics travel after the parameters in the buffer the core mixes.
+        extra = MixedStatistics.size(obs_shape) if normaliser == "mixed" else 0
+        self.flat = FlatParameters(self.model, extra=extra)
         # From here on each learner samples its own actions.
         torch.manual_seed(spec.seed * 100_003 + spec.rank + 1)
 
         num_envs = self.env.num_envs
-        obs_shape = self.env.observation_space.shape
         action_space = self.env.action_space
         self.continuous = isinstance(action_space, spaces.Box)
         if self.continuous:
             self._action_low = action_space.low.astype(np.float32)
             self._action_high = action_space.high.astype(np.float32)
-        # Images are scaled to [0, 1] by the network; running statistics per pixel would not help.
-        normalise_observations = params.normalise_observations and not is_image(self.env.observation_space)
-        self.obs_normaliser = ObservationNormaliser(obs_shape, normalise_observations)
+        self.obs_normaliser = ObservationNormaliser(obs_shape, normaliser, mixed_values=self.flat.extra)
         self.reward_scaler = RewardScaler(num_envs, params.gamma, params.normalise_rewards)
 
         self._reset_seed = spec.seed * 1_000_003 + spec.rank
@@ -106,15 +113,20 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
     # -- what the core calls ----------------------------------------------------------------
 
     def parameters_buffer(self) -> torch.Tensor:
+        return self.flat.mixed
+
+    def model_parameters(self) -> torch.Tensor:
         return self.flat.data
 
     def act_greedy(self, observations: np.ndarray) -> np.ndarray:
+        self._refresh_mixed_statistics()
         with torch.inference_mode():
             obs = torch.from_numpy(self.obs_normaliser(observations)).to(self.device)
             actions = distributions.greedy(self.model.actor(obs), self.model.action_log_std()).cpu().numpy()
         return self._to_env(actions)
 
     def act_sampled(self, observations: np.ndarray) -> np.ndarray:
+        self._refresh_mixed_statistics()
         with torch.inference_mode():
             obs = torch.from_numpy(self.obs_normaliser(observations)).to(self.device)
             actions = distributions.sample(self.model.actor(obs), self.model.action_log_std()).cpu().numpy()
@@ -181,6 +193,11 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
 
     # -- collection -----------------------------------------------------------------------------
 
+    def _refresh_mixed_statistics(self) -> None:
+        """Mixed observation statistics change under the normaliser at every mix."""
+        if self.obs_normaliser.mode == "mixed":
+            self.obs_normaliser.refresh()
+
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         return np.clip(actions, self._action_low, self._action_high) if self.continuous else actions
 
@@ -189,6 +206,7 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
         normalised last observations (for the bootstrap V(s_T)) and the training rewards (scaled,
         with the time-limit bootstrap γ·V(cut-off state) from `critic_values` folded in)."""
         finished: list[FinishedEpisode] = []
+        self._refresh_mixed_statistics()
         self._truncation_bonus.fill(0.0)
         with torch.inference_mode():
             for t in range(self.n_steps):

@@ -82,7 +82,7 @@ class FakeVectorEnv:
 def make_learner(
     continuous: bool = False, rank: int = 0, seed: int = 3, **overrides
 ) -> tuple[A2CLearner, FakeVectorEnv]:
-    settings = dict(n_steps=5, gamma=0.9, hidden=8, normalise_observations=False, normalise_rewards=False)
+    settings = dict(n_steps=5, gamma=0.9, hidden=8, normaliser="off", normalise_rewards=False)
     settings.update(overrides)
     env = FakeVectorEnv(continuous)
     learner = A2CLearner(A2CParams(**settings), LearnerSpec(env, rank, 4, seed, torch.device("cpu")))
@@ -142,7 +142,7 @@ def test_running_mean_std_matches_numpy_over_the_concatenated_batches():
 
 
 def test_observation_normaliser_normalises_and_clips_to_ten():
-    normaliser = ObservationNormaliser((2,), enabled=True)
+    normaliser = ObservationNormaliser((2,), "local")
     rng = np.random.default_rng(1)
     normaliser.update(rng.normal([0.0, 5.0], [1.0, 0.01], size=(1000, 2)))
     mean, std = normaliser.stats.mean, np.sqrt(normaliser.stats.var + 1e-8)
@@ -150,9 +150,80 @@ def test_observation_normaliser_normalises_and_clips_to_ten():
     np.testing.assert_allclose(normaliser(x), (x - mean) / std, rtol=1e-4)
     clipped = normaliser(np.array([[1e6, -1e6], [-1e6, 1e6]], dtype=np.float32))
     np.testing.assert_array_equal(clipped, [[10, -10], [-10, 10]])
-    disabled = ObservationNormaliser((2,), enabled=False)
+    disabled = ObservationNormaliser((2,), "off")
     disabled.update(np.full((10, 2), 100.0))
     np.testing.assert_array_equal(disabled(np.array([[1e6, 3.0]])), [[1e6, 3.0]])
+
+
+def test_mixed_statistics_match_local_ones_on_one_learner():
+    rng = np.random.default_rng(2)
+    batches = [rng.normal([1.0, -3.0], [0.5, 2.0], size=(n, 2)) for n in (40, 40, 7)]
+    local = ObservationNormaliser((2,), "local")
+    mixed = ObservationNormaliser((2,), "mixed", mixed_values=torch.zeros(5))
+    for batch in batches:
+        local.update(batch)
+        mixed.update(batch)
+    np.testing.assert_allclose(mixed.stats.mean, local.stats.mean, rtol=1e-5)
+    np.testing.assert_allclose(mixed.stats.var, local.stats.var, rtol=1e-4)
+    x = rng.normal(size=(3, 2)).astype(np.float32)
+    np.testing.assert_allclose(mixed(x), local(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_mix_of_mixed_statistics_is_the_count_weighted_combination():
+    # Two learners on tasks with different observation scales; one diffusion mix with weights ½, ½.
+    rng = np.random.default_rng(3)
+    data = [rng.normal(0.0, 1.0, size=(300, 2)), rng.normal(10.0, 3.0, size=(100, 2))]
+    tails = [torch.zeros(5), torch.zeros(5)]
+    normalisers = [ObservationNormaliser((2,), "mixed", mixed_values=tail) for tail in tails]
+    for normaliser, batch in zip(normalisers, data):
+        normaliser.update(batch)
+    mixed = 0.5 * tails[0] + 0.5 * tails[1]
+    for tail, normaliser in zip(tails, normalisers):
+        tail.copy_(mixed)
+        normaliser.refresh()
+    pooled = np.concatenate(data)
+    for normaliser in normalisers:
+        np.testing.assert_allclose(normaliser.stats.mean, pooled.mean(axis=0), rtol=1e-4)
+        np.testing.assert_allclose(normaliser.stats.var, pooled.var(axis=0), rtol=1e-3)
+        # counts are averaged, not summed: each learner carries the network's statistics per learner
+        assert normaliser.stats.count == pytest.approx(200, rel=1e-5)
+
+
+def test_mixed_statistics_travel_in_the_mixed_buffer_after_the_parameters():
+    learner, _ = make_learner(normaliser="mixed")
+    parameters = learner.model_parameters()
+    buffer = learner.parameters_buffer()
+    assert buffer.numel() == parameters.numel() + 1 + 2 * 3  # 3-dimensional observations: n, Σx, Σx²
+    assert parameters.data_ptr() == buffer.data_ptr()
+    learner.iterate()
+    assert buffer[parameters.numel()] == pytest.approx(10 + 1e-4)  # 5 steps x 2 simulators observed
+    # A mix that writes other learners' statistics changes what the learner acts with.
+    before = learner.obs_normaliser(np.ones((1, 3), dtype=np.float32))
+    buffer[parameters.numel() :] *= 4.0  # same mean and variance, four times the count
+    buffer[parameters.numel() + 1 : parameters.numel() + 4] += 40.0  # ... now mean + 1 on every dimension
+    learner.collect()
+    after = learner.obs_normaliser(np.ones((1, 3), dtype=np.float32))
+    assert not np.allclose(before, after)
+    # Checkpoints carry the model's parameters alone; the statistics go with the normaliser.
+    state = learner.state_dict()
+    assert state["parameters"].numel() == parameters.numel()
+    restored, _ = make_learner(normaliser="mixed", seed=9)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.parameters_buffer(), learner.parameters_buffer())
+
+
+def test_a_local_checkpoint_initialises_a_mixed_learner_and_the_other_way_round():
+    local, _ = make_learner(normaliser="local")
+    for _ in range(3):
+        local.iterate()
+    mixed, _ = make_learner(normaliser="mixed", seed=8)
+    mixed.load_state_dict(local.state_dict(), mode="init")
+    np.testing.assert_allclose(mixed.obs_normaliser.stats.mean, local.obs_normaliser.stats.mean, rtol=1e-5)
+    np.testing.assert_allclose(mixed.obs_normaliser.stats.var, local.obs_normaliser.stats.var, rtol=1e-4, atol=1e-6)
+    back, _ = make_learner(normaliser="local", seed=7)
+    back.load_state_dict(mixed.state_dict(), mode="model")
+    np.testing.assert_allclose(back.obs_normaliser.stats.mean, local.obs_normaliser.stats.mean, rtol=1e-5)
+    assert torch.equal(back.model_parameters(), local.model_parameters())
 
 
 def test_reward_scaler_resets_the_discounted_return_at_episode_ends():
@@ -330,7 +401,7 @@ def test_continuous_actions_and_the_log_std_is_mixed():
 def test_same_seed_same_parameters_after_five_iterations():
     results = []
     for _ in range(2):
-        learner, _ = make_learner(normalise_observations=True, normalise_rewards=True, seed=11)
+        learner, _ = make_learner(normaliser="local", normalise_rewards=True, seed=11)
         for _ in range(5):
             learner.iterate()
         results.append(learner.parameters_buffer().clone())

@@ -34,7 +34,7 @@ def make_learner(continuous: bool = False, seed: int = 3, budget: int = 0, **ove
         gamma=0.9,
         gae_lambda=0.8,
         hidden=8,
-        normalise_observations=False,
+        normaliser="off",
         normalise_rewards=False,
     )
     settings.update(overrides)
@@ -167,7 +167,7 @@ def test_one_epoch_one_minibatch_follows_the_policy_gradient():
 
 @pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
 def test_update_moves_every_tower_and_reports_float_metrics(continuous):
-    learner = make_learner(continuous, normalise_observations=True, normalise_rewards=True)
+    learner = make_learner(continuous, normaliser="local", normalise_rewards=True)
     before = learner.parameters_buffer().clone()
     actor_before = [p.detach().clone() for p in actor_parameters(learner.model)]
     critic_before = [p.detach().clone() for p in learner.model.critic.parameters()]
@@ -198,12 +198,12 @@ def test_update_moves_every_tower_and_reports_float_metrics(continuous):
 def test_same_seed_same_parameters_after_two_iterations():
     results = []
     for _ in range(2):
-        learner = make_learner(seed=11, normalise_observations=True, normalise_rewards=True)
+        learner = make_learner(seed=11, normaliser="local", normalise_rewards=True)
         for _ in range(2):
             learner.iterate()
         results.append(learner.parameters_buffer().clone())
     assert torch.equal(results[0], results[1])
-    other = make_learner(seed=12, normalise_observations=True, normalise_rewards=True)
+    other = make_learner(seed=12, normaliser="local", normalise_rewards=True)
     other.iterate()
     other.iterate()
     assert not torch.equal(results[0], other.parameters_buffer())

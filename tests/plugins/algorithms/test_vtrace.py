@@ -115,7 +115,7 @@ SETTINGS = dict(
     batch_size=2,
     gamma=0.9,
     hidden=8,
-    normalise_observations=False,
+    normaliser="off",
     normalise_rewards=False,
     background_preparation=False,
 )
@@ -524,7 +524,7 @@ def run_learner(seed: int, background: bool, continuous: bool = False, iteration
         batch_size=4,
         mix=mix,
         background_preparation=background,
-        normalise_observations=True,
+        normaliser="local",
         normalise_rewards=True,
         laser=True,
         lr=0.01,
