@@ -79,7 +79,7 @@ def test_smoke_single_task_writes_the_comparison_and_the_table(tmp_path: Path) -
 def test_list_names_every_claim_and_says_what_is_not_implemented() -> None:
     result = bench("reproduce", "--list")
     assert result.returncode == 0, result.stderr
-    for name in ("single-task", "packer-2018", "diff-dac-acrobot", "gala-straggler"):
+    for name in ("single-task", "defaults-solve", "packer-2018", "diff-dac-acrobot", "gala-straggler"):
         assert name in result.stdout
     assert "not implemented" in result.stdout
 
@@ -108,13 +108,16 @@ def test_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
 
 def test_packaged_claims_parse_with_the_issue_figures() -> None:
     claims = load_claims()
-    assert set(claims) == {"single-task", "packer-2018", "diff-dac-acrobot", "gala-straggler"}
+    assert set(claims) == {"single-task", "defaults-solve", "packer-2018", "diff-dac-acrobot", "gala-straggler"}
     assert not claims["gala-straggler"].implemented
     published = {
         (name, quantity.name): quantity.published for name, claim in claims.items() for quantity in claim.quantities
     }
     assert published["single-task", "ppo-pendulum-zoo"] == -172.2
     assert published["single-task", "ppo-acrobot-cleanrl"] == -86.4
+    # Gymnasium's registered reward_threshold of each env
+    assert {published["defaults-solve", f"{a}-cartpole"] for a in ("a2c", "ppo", "gala", "vtrace")} == {475.0}
+    assert {published["defaults-solve", f"{a}-acrobot"] for a in ("a2c", "ppo", "gala", "vtrace")} == {-100.0}
     assert [published["packer-2018", f"a2c-{s}"] for s in ("default", "interpolation", "extrapolation")] == [
         78.14,
         76.63,
