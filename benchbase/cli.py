@@ -136,6 +136,12 @@ def run(
         "ceil(100 / learners) per learner).",
     ),
     set_: list[str] = typer.Option([], "--set", help="PLUGIN.KEY=VALUE, e.g. diff-a2c.lr=0.001; repeatable."),
+    straggler: Optional[str] = typer.Option(
+        None,
+        "--straggler",
+        help="RANK:FACTOR: learner RANK of every cell runs FACTOR times slower than it could, busy-waiting "
+        "after each iteration (straggler studies; part of the cell's config). E.g. 0:3.",
+    ),
     grid: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid file (options given here override it)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: results/grid-<id>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells and run nothing."),
@@ -226,6 +232,7 @@ def run(
             "env_steps": env_steps,
             "evaluations": evaluations,
             "eval_episodes": eval_episodes,
+            "straggler": straggler,
         },
     )
     registry = _registry()

@@ -14,6 +14,7 @@ from typing import Any
 from benchbase.api.contracts import params_of
 from benchbase.api.params import to_dict
 from benchbase.api.registry import Registry
+from benchbase.errors import UserError
 
 # -- cells ------------------------------------------------------------------------------------
 
@@ -39,11 +40,14 @@ class Cell:
     eval_episodes: int  # episodes per split and learner at each evaluation
     #: `bench run --init-from`: the checkpoints the learners start from (None: from scratch).
     init_from: dict[str, Any] | None = None
+    #: `--straggler RANK:FACTOR`: learner RANK runs FACTOR times slower than it could (None: nobody).
+    straggler: str | None = None
 
     def config(self) -> dict[str, Any]:
         config = dataclasses.asdict(self)
-        if config["init_from"] is None:
-            del config["init_from"]  # cells started from scratch keep the ids they always had
+        for optional in ("init_from", "straggler"):
+            if config[optional] is None:
+                del config[optional]  # cells without them keep the ids they always had
         return config
 
     @property
@@ -58,6 +62,28 @@ class Cell:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Cell:
         return cls(**config)
+
+
+def parse_straggler(text: str) -> tuple[int, float]:
+    """"RANK:FACTOR" → (learner rank, slowdown factor ≥ 1), or a UserError saying the form."""
+    rank_text, _, factor_text = str(text).partition(":")
+    try:
+        rank, factor = int(rank_text), float(factor_text)
+    except ValueError:
+        rank, factor = -1, 0.0
+    if rank < 0 or not 1.0 <= factor <= 1000.0:
+        raise UserError(
+            f"straggler: {text!r} is not RANK:FACTOR (a learner rank ≥ 0 and a slowdown from 1 to 1000, e.g. 0:3)"
+        )
+    return rank, factor
+
+
+def straggler_factor(cell: Cell, rank: int) -> float:
+    """How many times slower than it could the learner of `rank` runs in `cell` (1: not slowed)."""
+    if cell.straggler is None:
+        return 1.0
+    slow_rank, factor = parse_straggler(cell.straggler)
+    return factor if rank == slow_rank else 1.0
 
 
 def replay_parts(label: str, replay_params: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -26,7 +26,7 @@ from benchbase.api.registry import Registry
 from benchbase.api.replay import batch_shares
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.errors import UserError, close_match
-from benchbase.grid.cell import Cell, replay_parts
+from benchbase.grid.cell import Cell, parse_straggler, replay_parts
 from benchbase.grid.spec import AxisEntry, GridSpec, MixEntry
 
 
@@ -110,6 +110,7 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
         processes = topology.learner_count(spec.learners, t_params)
         _check_learners(topology, t_params, processes)
         _check_budget(algorithm, a_params, spec, processes)
+        _check_straggler(spec, combination, processes)
         for seed in spec.seeds:
             # Validates the topology data, and a gossip algorithm's peer count against it.
             num_peers = a_params.num_peers if isinstance(a_params, GossipParams) else None
@@ -131,6 +132,7 @@ def expand(spec: GridSpec, registry: Registry) -> GridPlan:
                     env_steps=spec.env_steps,
                     evaluations=spec.evaluations,
                     eval_episodes=spec.eval_episodes,
+                    straggler=spec.straggler,
                 )
             )
     ids = [cell.cell_id for cell in cells]
@@ -173,6 +175,13 @@ def _check_learners(topology: Any, params: Any, processes: int) -> None:
         raise UserError(
             f"topology {topology.name} needs at least {fewest} learners and the cell has {processes}: "
             f"give --learners {fewest} or more, or use isolated (or centralised) for a single learner"
+        )
+
+
+def _check_straggler(spec: GridSpec, combination: str, processes: int) -> None:
+    if spec.straggler is not None and parse_straggler(spec.straggler)[0] >= processes:
+        raise UserError(
+            f"straggler {spec.straggler}: {combination} runs {processes} learner(s), ranks 0 to {processes - 1}"
         )
 
 

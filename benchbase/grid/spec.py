@@ -21,6 +21,7 @@ from typing import Any
 import tomllib
 
 from benchbase.errors import UserError, close_match
+from benchbase.grid.cell import parse_straggler
 
 # -- parsing ----------------------------------------------------------------------------------
 
@@ -149,6 +150,8 @@ class GridSpec:
     #: per split and learner at each evaluation; None: default_eval_episodes(learners)
     eval_episodes: int | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: "RANK:FACTOR": that learner of every cell runs FACTOR times slower (straggler studies)
+    straggler: str | None = None
 
     def __post_init__(self) -> None:
         if self.eval_episodes is None:
@@ -167,6 +170,7 @@ class GridSpec:
             "evaluations": self.evaluations,
             "eval_episodes": self.eval_episodes,
             "set": self.overrides,
+            **({"straggler": self.straggler} if self.straggler is not None else {}),
         }
 
 
@@ -181,7 +185,7 @@ MAX_SIMULATORS = 65_536
 #: A cell's budget: env-step counters are 64-bit integers in the result tables.
 MAX_ENV_STEPS = 10**15
 _AXES = ("algorithms", "topologies", "envs", "replay")
-GRID_KEYS = (*_AXES, "seeds", *_SCALARS, "set")
+GRID_KEYS = (*_AXES, "seeds", *_SCALARS, "set", "straggler")
 
 
 def load_grid_file(path: Path | str) -> dict[str, Any]:
@@ -316,7 +320,12 @@ def make_spec(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> 
             raise UserError(f"--set {plugin}.{key} is given twice: give each parameter once")
         given.add((plugin, key))
         overrides.setdefault(plugin, {})[key] = value
+    straggler = merged.get("straggler")
+    if straggler is not None:
+        rank, factor = parse_straggler(straggler)
+        straggler = f"{rank}:{factor:g}"
     return GridSpec(
+        straggler=straggler,
         algorithms=axes["algorithms"],
         topologies=axes["topologies"],
         envs=axes["envs"],

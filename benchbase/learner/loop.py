@@ -18,7 +18,7 @@ import numpy as np
 
 from benchbase.checkpoints.resume import CheckpointKeeper, LoopState, StopSignal
 from benchbase.comm.communicator import Communicator
-from benchbase.grid.cell import Cell
+from benchbase.grid.cell import Cell, straggler_factor
 from benchbase.learner.evaluation import Evaluator, evaluation_due, nominal_env_step, task_parameters
 from benchbase.learner.events import Progress, Report, Started
 from benchbase.learner.settings import LearnerLaunch
@@ -91,6 +91,8 @@ class _Training:
         if state.iterations is not None:
             self._schedule(state.iterations)
         self.loop_start = self.last_report = self.now = self.wall = 0.0
+        self.slowdown = straggler_factor(context.cell, self.rank)
+        self.paced_at: float | None = None  # when the straggler's last pause ended
 
     def _schedule(self, iterations: int) -> None:
         """Metric rows every `metric_every` iterations."""
@@ -109,7 +111,10 @@ class _Training:
     def iterate(self) -> Any:
         """Collect, update and mix once; the learner's iteration output."""
         learner, state = self.context.learner, self.state
+        started = time.perf_counter()
         output = learner.iterate()
+        if self.slowdown > 1.0:
+            output.metrics["straggler_pause_s"] = self._pace(started)
         self.context.comm.mix(learner.parameters_buffer(), state.iteration)
         state.iteration += 1
         state.local_steps += output.env_steps
@@ -119,6 +124,20 @@ class _Training:
         self.now = time.perf_counter()
         self.wall = self.now - self.loop_start
         return output
+
+    def _pace(self, started: float) -> float:
+        """The cell's straggler: pause (slowdown − 1) × its work since its last pause (this
+        iteration, and the previous one's mixing and bookkeeping, which cost as much as the update
+        for small networks), so it runs at 1/slowdown of its own speed. The pause busy-waits: a slower
+        device keeps its core, and on a machine with fewer cores than learners a sleeping straggler
+        would hand its core to the others and speed them up."""
+        now = time.perf_counter()
+        worked = now - (self.paced_at if self.paced_at is not None else started)
+        deadline = now + (self.slowdown - 1.0) * worked
+        while time.perf_counter() < deadline:
+            pass
+        self.paced_at = time.perf_counter()
+        return self.paced_at - now
 
     def record_episodes(self, finished: list[Any]) -> None:
         steps = self.state.local_steps

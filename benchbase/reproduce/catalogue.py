@@ -31,10 +31,12 @@ from benchbase.errors import UserError, unknown_name
 from benchbase.grid.spec import GRID_KEYS
 
 SCALES = ("smoke", "quick", "paper")
-#: Quantity kinds: one measured value per run; Packer's D/R/E summary; P(X > Y) between two arms.
-KINDS = ("value", "packer", "improvement")
+#: Quantity kinds: one measured value per run; Packer's D/R/E summary; P(X > Y) between two arms;
+#: learners' env steps/s in one arm as a percentage of theirs in another (straggler studies).
+KINDS = ("value", "packer", "improvement", "throughput")
 MEASURES = ("return", "success")
-RULES = ("overlap", "at-least")
+RULES = ("overlap", "at-least", "at-most")
+SUBJECTS = ("others", "straggler")
 PACKER_SUMMARIES = ("default", "interpolation", "extrapolation")
 _SCALE_KEYS = {"seeds", "learners", "envs_per_learner", "env_steps", "evaluations", "eval_episodes"}
 
@@ -68,7 +70,10 @@ class Quantity:
     al.'s summary (`summary`) in percent, over the env bases `bases`: Default = success of agents
     trained on D tested on D, Interpolation = R on R, Extrapolation = the geometric mean of D on R,
     D on E and R on E; per run the mean over the bases. Kind ``improvement``: P(X > Y) that a run
-    of `cells` beats a run of `versus` on `split` (the report's Mann–Whitney statistic).
+    of `cells` beats a run of `versus` on `split` (the report's Mann–Whitney statistic). Kind
+    ``throughput``: per run (seed), the env steps/s of the `subject` learners of a `cells` cell (run
+    with a straggler: "others" are the learners that are not it, "straggler" is it) as a percentage
+    of the same learners' in the `versus` cell of that seed, averaged over those learners.
 
     The published band is `published` ± `published_std` (or ± `tolerance` where the source gives
     no spread); it is None where no published figure is available to compare with.
@@ -90,6 +95,7 @@ class Quantity:
     summary: str = ""
     bases: tuple[str, ...] = ()
     versus: Selection | None = None
+    subject: str = "others"
 
     @property
     def band(self) -> tuple[float, float] | None:
@@ -202,7 +208,11 @@ def _quantity(data: dict[str, Any], file: str, grids: dict[str, Any], sources: d
         (not quantity.source or quantity.source in sources, f"source {quantity.source!r} is not a [[claim.source]]"),
         (quantity.kind != "packer" or quantity.summary in PACKER_SUMMARIES, f"summary {quantity.summary!r}"),
         (quantity.kind != "packer" or bool(quantity.bases), "a packer quantity names its bases"),
-        ((quantity.kind == "improvement") == (quantity.versus is not None), "versus goes with kind improvement"),
+        (
+            (quantity.kind in ("improvement", "throughput")) == (quantity.versus is not None),
+            "versus goes with kinds improvement and throughput",
+        ),
+        (quantity.subject in SUBJECTS, f"subject {quantity.subject!r} (choose {', '.join(SUBJECTS)})"),
         (quantity.published is None or math.isfinite(quantity.published), "published is not a number"),
     )
     for good, text in checks:

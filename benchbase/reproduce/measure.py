@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from benchbase.errors import UserError
+from benchbase.grid.cell import parse_straggler
 from benchbase.report import stats
 from benchbase.report.load import load_runs
 from benchbase.report.model import INTERVAL_RUNS
 from benchbase.report.scoring import RAW, SUCCESS, Family, score
 from benchbase.reproduce.catalogue import Quantity, Selection
+from benchbase.results import RunFolder
 
 NAN = float("nan")
 
@@ -74,6 +77,33 @@ class Scorer:
         cell_family = np.array([env_names.index(cell["env"]) for cell in completed], dtype=np.int64)
         scores = score(runs, [cell["cell_id"] for cell in completed], cell_family, families)
         return GridScores(completed, scores.splits, scores.final, scores.final_episodes)
+
+    def learner_speeds(self, selection: Selection) -> tuple[dict[int, tuple[int | None, dict[int, float]]], str]:
+        """Seed -> (the cell's straggler rank or None, learner -> env steps/s over its training loop,
+        the last `steps_per_second` metric row) for the selected completed cells; a problem."""
+        folder = self.folders[selection.grid]
+        try:
+            runs = load_runs([str(folder)])
+        except UserError as error:
+            return {}, str(error)
+        cells = {c["cell_id"]: c for c in runs.cells if c["status"] == "completed" and selection.matches(c)}
+        if not cells:
+            return {}, f"no completed cell of {selection}"
+        table = RunFolder(folder).dataset("metrics").to_table(
+            columns=["cell_id", "learner", "iteration", "value"], filter=pc.field("metric") == "steps_per_second"
+        )
+        last: dict[tuple[str, int], tuple[int, float]] = {}
+        for row in table.to_pylist():
+            key = (row["cell_id"], int(row["learner"]))
+            if row["cell_id"] in cells and row["iteration"] >= last.get(key, (-1, 0.0))[0]:
+                last[key] = (row["iteration"], float(row["value"]))
+        speeds: dict[int, tuple[int | None, dict[int, float]]] = {}
+        for cell_id, cell in cells.items():
+            straggler = (cell.get("config") or {}).get("straggler")
+            rank = parse_straggler(straggler)[0] if straggler else None
+            learners = {learner: value for (found, learner), (_, value) in last.items() if found == cell_id}
+            speeds[int(cell["seed"])] = (rank, learners)
+        return speeds, ""
 
     def per_run(self, selection: Selection, measure: str, split: str) -> tuple[dict[int, list[float]], int, str]:
         """Seed -> the final scores of the selected cells on `split`; evaluation episodes; a problem."""
@@ -155,23 +185,45 @@ def _improvement(quantity: Quantity, scorer: Scorer) -> Measured:
     return Measured(estimate.value, estimate.low, estimate.high, runs)
 
 
+def _throughput(quantity: Quantity, scorer: Scorer) -> Measured:
+    """Per seed: the subject learners' steps/s in the `cells` cell as a percentage of theirs in the
+    `versus` cell, averaged over those learners; then the mean over seeds."""
+    assert quantity.versus is not None
+    slowed, problem_x = scorer.learner_speeds(quantity.cells)
+    base, problem_y = scorer.learner_speeds(quantity.versus)
+    runs = []
+    for seed in sorted(set(slowed) & set(base)):
+        straggler, speeds = slowed[seed]
+        if straggler is None:
+            return Measured(NAN, NAN, NAN, 0, f"the cells of {quantity.cells} run no straggler")
+        ranks = [r for r in speeds if (r == straggler) == (quantity.subject == "straggler") and r in base[seed][1]]
+        if ranks:
+            runs.append(100 * float(np.mean([speeds[r] / base[seed][1][r] for r in ranks])))
+    if not runs:
+        return Measured(NAN, NAN, NAN, 0, problem_x or problem_y or "no seed has both cells")
+    return Measured(*_mean_over_runs(runs), len(runs))
+
+
 def measure(quantity: Quantity, scorer: Scorer) -> Measured:
     """Our figure for `quantity` from the claim's run folders."""
-    return {"value": _value, "packer": _packer, "improvement": _improvement}[quantity.kind](quantity, scorer)
+    kinds = {"value": _value, "packer": _packer, "improvement": _improvement, "throughput": _throughput}
+    return kinds[quantity.kind](quantity, scorer)
 
 
 def agrees(quantity: Quantity, ours: Measured) -> bool | None:
     """Whether ours agrees with the published figure by the quantity's rule; None where that cannot
     be decided (no published figure, no figure of ours, or no interval where the rule needs one).
 
-    overlap: our interval overlaps the published band. at-least: our point estimate ≥ published, from
-    at least INTERVAL_RUNS runs.
+    overlap: our interval overlaps the published band. at-least (at-most): our point estimate ≥ (≤)
+    published, from at least INTERVAL_RUNS runs.
     """
     band = quantity.band
     if band is None or math.isnan(ours.value):
         return None
-    if quantity.rule == "at-least":
-        return ours.value >= quantity.published if ours.runs >= INTERVAL_RUNS else None
+    if quantity.rule in ("at-least", "at-most"):
+        if ours.runs < INTERVAL_RUNS:
+            return None
+        return ours.value >= quantity.published if quantity.rule == "at-least" else ours.value <= quantity.published
     if math.isnan(ours.low) or math.isnan(ours.high):
         return None
     return ours.low <= band[1] and ours.high >= band[0]

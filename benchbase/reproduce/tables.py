@@ -136,6 +136,8 @@ def _number(value: float | None, kind: str) -> str:
 def published_text(row: dict[str, Any], kind: str) -> str:
     if row["published"] is None:
         return "—"
+    if row["rule"] in ("at-least", "at-most"):  # a bound, not a band
+        return ("≥ " if row["rule"] == "at-least" else "≤ ") + _number(row["published"], kind)
     spread = row["published_high"] - row["published"]
     return _number(row["published"], kind) + (f" ± {_number(spread, kind)}" if spread or kind != "improvement" else "")
 
@@ -236,8 +238,9 @@ def reproduction_markdown(
         "bootstrap interval over runs (none from fewer than 2 runs, except one run's success rate: its Wilson "
         "interval over evaluation episodes). Success rates are in percent. The published band is the published "
         "mean ± its spread (standard deviation, or the claim's tolerance where the source gives none). Rules: "
-        "*overlap*: our interval overlaps the published band; *at-least*: our point estimate is at least the "
-        "published figure. A row that cannot be decided says n/a and why; a row that disagrees says so and why.",
+        "*overlap*: our interval overlaps the published band; *at-least* (*at-most*): our point estimate is at "
+        "least (at most) the published figure. A row that cannot be decided says n/a and why; a row that "
+        "disagrees says so and why.",
         "",
     ]
     for result in results:

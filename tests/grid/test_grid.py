@@ -16,7 +16,7 @@ import pytest
 from benchbase.api.params import coerce, describe, param, resolve
 from benchbase.api.registry import BUILTIN_PLUGINS, load_registry
 from benchbase.errors import UserError
-from benchbase.grid.cell import Cell, variant
+from benchbase.grid.cell import Cell, straggler_factor, variant
 from benchbase.grid.expand import expand
 from benchbase.grid.spec import (
     AxisEntry,
@@ -771,3 +771,19 @@ def test_the_grid_size_is_checked_before_seeds_are_listed():
         make_spec({}, cli(seeds=10**9))
     with pytest.raises(UserError, match="learners per cell; at most 1,024"):
         make_spec({}, cli(learners=10**5))
+
+
+def test_a_straggler_is_part_of_the_cell_and_of_its_id_only_when_set(registry):
+    def cells(**values: Any) -> list[Cell]:
+        base = {"algorithms": ["gala-a2c"], "topologies": ["directed-ring"], "envs": ["CartPole-v1"], "learners": 3}
+        return expand(make_spec({**base, **values}, {}), registry).cells
+
+    (plain,) = cells()
+    (slowed,) = cells(straggler="2:3.0")
+    assert "straggler" not in plain.config()  # cells without one keep the ids they always had
+    assert slowed.straggler == "2:3" and slowed.config()["straggler"] == "2:3"
+    assert slowed.cell_id != plain.cell_id
+    assert (straggler_factor(slowed, 2), straggler_factor(slowed, 0), straggler_factor(plain, 2)) == (3.0, 1.0, 1.0)
+    for bad in ("3:2", "x", "0:0.5", "-1:2"):  # rank 3 of 3 learners; no form; a speed-up; a negative rank
+        with pytest.raises(UserError, match="straggler"):
+            cells(straggler=bad)
