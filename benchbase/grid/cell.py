@@ -65,7 +65,7 @@ class Cell:
 
 
 def parse_straggler(text: str) -> tuple[int, float]:
-    """"RANK:FACTOR" → (learner rank, slowdown factor ≥ 1), or a UserError saying the form."""
+    """Parse RANK:FACTOR into (learner rank, slowdown factor ≥ 1), or a UserError saying the form."""
     rank_text, _, factor_text = str(text).partition(":")
     try:
         rank, factor = int(rank_text), float(factor_text)

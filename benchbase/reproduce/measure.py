@@ -89,8 +89,12 @@ class Scorer:
         cells = {c["cell_id"]: c for c in runs.cells if c["status"] == "completed" and selection.matches(c)}
         if not cells:
             return {}, f"no completed cell of {selection}"
-        table = RunFolder(folder).dataset("metrics").to_table(
-            columns=["cell_id", "learner", "iteration", "value"], filter=pc.field("metric") == "steps_per_second"
+        table = (
+            RunFolder(folder)
+            .dataset("metrics")
+            .to_table(
+                columns=["cell_id", "learner", "iteration", "value"], filter=pc.field("metric") == "steps_per_second"
+            )
         )
         last: dict[tuple[str, int], tuple[int, float]] = {}
         for row in table.to_pylist():
