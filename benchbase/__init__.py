@@ -62,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     "BatchPreparer": "benchbase.api.replay",
     # a model's parameters as one flat buffer (what the core mixes)
     "FlatParameters": "benchbase.comm.flat",
+    # a policy `bench export` wrote, as a callable observations -> actions
+    "load_policy": "benchbase.evaluate.policy",
     # errors
     "UserError": "benchbase.errors",
     "unknown_name": "benchbase.errors",
@@ -113,3 +115,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from benchbase.api.replay import BatchPreparer, ReplayMix, ReplayParams, Scorer, Segment, SegmentBuffer
     from benchbase.comm.flat import FlatParameters
     from benchbase.errors import UserError, close_match, unknown_name
+    from benchbase.evaluate.policy import load_policy

@@ -457,8 +457,14 @@ def report(
     confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     no_html: bool = typer.Option(False, "--no-html", help="Skip report.html."),
+    export: list[str] = typer.Option(
+        [],
+        "--export",
+        help="Also write the per-run scores for rliable (.npz score matrices) or marl-eval (JSON), "
+        "into <report>/rliable and <report>/marl-eval; repeatable or comma-separated.",
+    ),
 ) -> None:
-    """Leaderboard of one or many run folders: console, Markdown, HTML and leaderboard.parquet."""
+    """Leaderboard of one or many run folders: console, Markdown, HTML, leaderboard.parquet and curves.parquet."""
     from benchbase.report.build import (
         GROUP_FIELDS,
         build_report,
@@ -466,8 +472,10 @@ def report(
         load_runs,
         write_report,
     )
+    from benchbase.report.export import check_export_formats, export_report
     from benchbase.report.text import leaderboard_table
 
+    formats = check_export_formats(export)
     fields = _split(group_by) if group_by is not None else GROUP_FIELDS
     if not fields:
         raise UserError(f"--group-by is empty: name some of {', '.join(GROUP_FIELDS)}")
@@ -488,11 +496,15 @@ def report(
     if out is None:
         out = Path(runs.sources[0]) / "report" if len(runs.sources) == 1 else Path("report")
     written = write_report(result, out, html=not no_html)
+    exported = export_report(runs, out, formats, group_by=fields, registry=registry) if formats else []
     console = _console()
     console.print(leaderboard_table(result))
     for problem in result.problems:
         console.print(Text("problem: ", style="yellow") + Text(problem), highlight=False)
     console.print("report: " + ", ".join(str(path) for path in written), highlight=False)
+    if exported:
+        folders = dict.fromkeys(str(path.parent) for path in exported)
+        console.print(f"exports: {', '.join(folders)} ({len(exported)} files)", highlight=False)
 
 
 @app.command("eval")
@@ -671,6 +683,41 @@ def _print_cells(console: Console, cells: list, out: Path) -> None:
             f"{cell.env_steps:,}",
         )
     console.print(table)
+
+
+@app.command("export")
+def export_(
+    path: str = typer.Argument(
+        ...,
+        metavar="PATH",
+        help="A run folder, a cell's checkpoint folder (checkpoints/<cell>), a learner's folder (…/learner-<r>) "
+        "or a step-….pt file; the learner's newest good checkpoint is used.",
+    ),
+    cell: Optional[str] = typer.Option(None, "--cell", help="The cell's id (needed when PATH holds several)."),
+    learner: int = typer.Option(0, "--learner", help="The learner whose policy to export."),
+    format_: str = typer.Option(
+        "torchscript",
+        "--format",
+        help="torchscript (torch.jit.load), onnx (onnxruntime; pip install 'benchbase[onnx]') or state-dict.",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="The file to write (default ./policy-<cell>-learner-<r>.pt, or .onnx)."
+    ),
+) -> None:
+    """A learner's greedy policy as one file that runs without benchbase (observation normalisation included)."""
+    # Mistakes that need no model are caught before torch is imported.
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such file or folder")
+    if learner < 0:
+        raise UserError(f"--learner {learner}: give a learner number ≥ 0")
+    import torch
+
+    from benchbase.evaluate.policy import ExportRequest, check_format, export_policy, summary_line
+
+    check_format(format_)
+    torch.set_num_threads(1)  # small models: one thread is fastest and leaves the cores to others
+    outcome = export_policy(ExportRequest(path, out, cell, learner, format_), _registry())
+    _console().print(summary_line(outcome), highlight=False)
 
 
 @app.command()
