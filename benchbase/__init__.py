@@ -13,7 +13,8 @@
         register(Star())
 
 The names load on first use, so importing benchbase stays cheap (the command line imports it
-before it parses anything; torch loads only when a replay or parameter helper is touched).
+before it parses anything; torch loads only when a parameter helper is touched or a learner runs:
+plugins name it through `lazy_import`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ _EXPORTS: dict[str, str] = {
     "FlatParameters": "benchbase.comm.flat",
     # a policy `bench export` wrote, as a callable observations -> actions
     "load_policy": "benchbase.evaluate.policy",
+    # a module imported on first use (torch, kept out of plugin registration)
+    "lazy_import": "benchbase.api.lazy",
     # errors
     "UserError": "benchbase.errors",
     "unknown_name": "benchbase.errors",
@@ -111,6 +114,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         without_resampling,
     )
     from benchbase.api.hookspecs import Register, hookimpl
+    from benchbase.api.lazy import lazy_import
     from benchbase.api.params import NoParams, param
     from benchbase.api.replay import BatchPreparer, ReplayMix, ReplayParams, Scorer, Segment, SegmentBuffer
     from benchbase.comm.flat import FlatParameters

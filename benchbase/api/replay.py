@@ -20,12 +20,16 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-
+from benchbase.api.lazy import lazy_import
 from benchbase.api.params import param
 from benchbase.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: the replay plugins register without it
 
 
 @dataclass

@@ -14,14 +14,18 @@ R (or GAE(λ) targets) and advantages A = R − V(s):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, param
+from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import discounted_returns, gae_advantages
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
-from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, param
+from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import gae_advantages
 from plugins.algorithms.common.schedules import anneal, remaining_fraction
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,20 @@ Why these choices and defaults: docs/algorithms.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-import torch
-
-from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, param
+from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.distributions import kl_divergence
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.off_policy import OffPolicyLearner, SampledBatch, segment_bytes
 from plugins.algorithms.common.returns import vtrace_targets
 from plugins.algorithms.common.schedules import anneal, remaining_fraction
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,11 @@ sample call falls back to uniform sampling and is counted (`fallbacks`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 
-from benchbase import Register, ReplayStrategy, Scorer, hookimpl, param
+from benchbase import Register, ReplayStrategy, Scorer, hookimpl, lazy_import, param
 from plugins.replay.similarity import (
     P_HELP,
     CandidateBuffer,
@@ -26,6 +25,11 @@ from plugins.replay.similarity import (
     distance,
     stacked_observations,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 
 @dataclass(frozen=True)

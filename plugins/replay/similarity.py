@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
-from benchbase import ReplayParams, Scorer, Segment, UserError, param
+from benchbase import ReplayParams, Scorer, Segment, UserError, lazy_import, param
 from plugins.replay.uniform import MIN_FILL_HELP, RingBuffer, check_min_fill
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 #: Keeps cosine similarity finite for all-zero feature vectors.
 COSINE_EPS = 1e-8

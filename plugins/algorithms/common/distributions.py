@@ -9,8 +9,14 @@ per leading index; `log_std` broadcasts against the outputs.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+from benchbase import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 LOG_2PI = math.log(2 * math.pi)
 

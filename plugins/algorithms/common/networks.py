@@ -21,10 +21,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-
-def is_image(observation_space: spaces.Space) -> bool:
-    """Stacked frames (C, H, W); everything else is treated as a flat vector."""
-    return len(observation_space.shape or ()) == 3
+from plugins.algorithms.common.observations import is_image
 
 
 def _linear(in_features: int, out_features: int, gain: float) -> nn.Linear:

@@ -12,10 +12,16 @@ Reward statistics always stay local. Both are checkpointed with the learner.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+from benchbase import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 NormaliserMode = Literal["mixed", "local", "off"]
 INITIAL_COUNT = 1e-4  # statistics start as mean 0, variance 1 with this weight

@@ -29,16 +29,22 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
-import torch
 from gymnasium import spaces
 
-from benchbase import BatchPreparer, FinishedEpisode, FlatParameters, IterationOutput, LearnerSpec, ReplayMix, Segment
+from benchbase import BatchPreparer, FinishedEpisode, IterationOutput, LearnerSpec, ReplayMix, Segment, lazy_import
 from plugins.algorithms.common import distributions
-from plugins.algorithms.common.networks import ActorCritic, is_image
+from plugins.algorithms.common.observations import is_image
 from plugins.algorithms.common.rollout import RolloutLearner, RolloutParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from plugins.algorithms.common.networks import ActorCritic
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 
 class SampledBatch(NamedTuple):
@@ -55,12 +61,11 @@ class TrunkScorer:
         self.model = model
         self.recent_observation = recent_observation
 
-    @torch.no_grad()
     def features(self, observations: torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return self.model.features(observations.to(device)).to(observations.device)
+        with torch.no_grad():
+            return self.model.features(observations.to(device)).to(observations.device)
 
-    @torch.no_grad()
     def recent_feature(self) -> torch.Tensor:
         if self.recent_observation is None:
             raise RuntimeError("no state seen yet")
@@ -91,6 +96,8 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
         self.updates = 0
 
         # μ: a copy of π outside the mixed buffer, refreshed every `behaviour_refresh` updates.
+        from benchbase import FlatParameters  # imports torch: here, not with the plugin
+
         self.behaviour = copy.deepcopy(self.model)
         self.behaviour_flat = FlatParameters(self.behaviour)
         self.behaviour_flat.parameter.requires_grad_(False)

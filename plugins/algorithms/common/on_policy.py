@@ -4,12 +4,17 @@ from it; an algorithm writes `update(rollout)`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from benchbase import FinishedEpisode, IterationOutput
+from benchbase import FinishedEpisode, IterationOutput, lazy_import
 from plugins.algorithms.common.rollout import RolloutLearner
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 
 @dataclass

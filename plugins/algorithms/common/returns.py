@@ -19,10 +19,16 @@ there, so no earlier target looks through it. No gradients flow through any targ
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
+
+from benchbase import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 
 def discounted_returns(rewards: np.ndarray, not_done: np.ndarray, bootstrap: np.ndarray, gamma: float) -> np.ndarray:
@@ -58,7 +64,6 @@ class VTraceTargets(NamedTuple):
     clipped_c_fraction: float  # share of steps where ratio > c̄
 
 
-@torch.no_grad()
 def vtrace_targets(
     log_ratios: torch.Tensor,
     discounts: torch.Tensor,
@@ -72,28 +77,29 @@ def vtrace_targets(
     relevant: torch.Tensor | None = None,
 ) -> VTraceTargets:
     """V-trace targets for segments [T, B]; `relevant` (bool [T, B]) is LASER's mask, None = all."""
-    ratios = log_ratios.exp()
-    rhos = ratios.clamp(max=rho_bar)
-    cs = ratios.clamp(max=c_bar)
-    pg_rhos = ratios.clamp(max=pg_rho_bar)
-    if relevant is not None:
-        keep = relevant.to(ratios.dtype)
-        rhos, cs, pg_rhos = rhos * keep, cs * keep, pg_rhos * keep
+    with torch.no_grad():
+        ratios = log_ratios.exp()
+        rhos = ratios.clamp(max=rho_bar)
+        cs = ratios.clamp(max=c_bar)
+        pg_rhos = ratios.clamp(max=pg_rho_bar)
+        if relevant is not None:
+            keep = relevant.to(ratios.dtype)
+            rhos, cs, pg_rhos = rhos * keep, cs * keep, pg_rhos * keep
 
-    next_values = torch.cat([values[1:], bootstrap_value.unsqueeze(0)])
-    deltas = rhos * (rewards + discounts * next_values - values)
-    corrections = torch.empty_like(values)
-    running = torch.zeros_like(bootstrap_value)
-    for t in range(values.shape[0] - 1, -1, -1):  # T is short (tens of steps); B is vectorised
-        running = deltas[t] + discounts[t] * cs[t] * running
-        corrections[t] = running
-    targets = values + corrections
+        next_values = torch.cat([values[1:], bootstrap_value.unsqueeze(0)])
+        deltas = rhos * (rewards + discounts * next_values - values)
+        corrections = torch.empty_like(values)
+        running = torch.zeros_like(bootstrap_value)
+        for t in range(values.shape[0] - 1, -1, -1):  # T is short (tens of steps); B is vectorised
+            running = deltas[t] + discounts[t] * cs[t] * running
+            corrections[t] = running
+        targets = values + corrections
 
-    next_targets = torch.cat([targets[1:], bootstrap_value.unsqueeze(0)])
-    pg_advantages = pg_rhos * (rewards + discounts * next_targets - values)
-    return VTraceTargets(
-        values=targets,
-        pg_advantages=pg_advantages,
-        clipped_rho_fraction=float((ratios > rho_bar).float().mean()),
-        clipped_c_fraction=float((ratios > c_bar).float().mean()),
-    )
+        next_targets = torch.cat([targets[1:], bootstrap_value.unsqueeze(0)])
+        pg_advantages = pg_rhos * (rewards + discounts * next_targets - values)
+        return VTraceTargets(
+            values=targets,
+            pg_advantages=pg_advantages,
+            clipped_rho_fraction=float((ratios > rho_bar).float().mean()),
+            clipped_c_fraction=float((ratios > c_bar).float().mean()),
+        )

@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
-import torch
 from gymnasium import spaces
 
-from benchbase import FinishedEpisode, FlatParameters, Learner, LearnerSpec, TaskVectorEnv
+from benchbase import FinishedEpisode, Learner, LearnerSpec, TaskVectorEnv, lazy_import
 from plugins.algorithms.common import distributions
-from plugins.algorithms.common.networks import build_model, is_image
 from plugins.algorithms.common.normalisation import (
     MixedStatistics,
     NormaliserMode,
     ObservationNormaliser,
     RewardScaler,
 )
+from plugins.algorithms.common.observations import is_image
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 Batch = TypeVar("Batch")
 
@@ -52,6 +56,10 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
     optimizer: torch.optim.Optimizer
 
     def __init__(self, params: RolloutParams, spec: LearnerSpec, *, n_steps: int) -> None:
+        # Imported here, not with the plugin: both import torch (networks defines nn.Module subclasses).
+        from benchbase import FlatParameters
+        from plugins.algorithms.common.networks import build_model
+
         self.params = params
         self.env: TaskVectorEnv = spec.env
         self.device = torch.device(spec.device)

@@ -31,14 +31,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 from gymnasium import spaces
 
-from benchbase import FinishedEpisode, StepResult, Task
+from benchbase import FinishedEpisode, StepResult, Task, lazy_import
 from plugins.envs.atari.games import FULL_ACTION_COUNT, game_info, quiet_ale
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_import("cv2")  # OpenCV loads with the first frame: registering the family does not need it
 
 FRAME_SIZE = 84
 STACK = 4
