@@ -8,6 +8,7 @@ A run folder::
     episodes/<cell_id>/learner-<r>.parquet
     evaluations/<cell_id>/learner-<r>.parquet
     metrics/<cell_id>/learner-<r>.parquet
+    .run-holder.json                  the bench run writing the folder, while it runs (benchbase.run.ownership)
 
 Each of episodes/, evaluations/, metrics/ reads as one dataset (`pyarrow.dataset.dataset(path)`,
 DuckDB `read_parquet('run/episodes/**/*.parquet')`). Every file is written to a temporary name
@@ -64,6 +65,9 @@ CELLS_SCHEMA = _schema(
         pa.field("transport", pa.string()),  # shm | p2p | all-reduce | nccl | nccl-all-reduce | none
         pa.field("resumed_from_env_step", pa.int64()),  # cell env steps restored from checkpoints; null: from scratch
         pa.field("config", pa.string()),  # JSON of the resolved cell config
+        # JSON {host, pid, boot_id, pid_started, started_at}: the process that ran (or runs) the cell.
+        # Null in folders written before it existed; nullable, so the schema version stays.
+        pa.field("runner", pa.string()),
     ],
 )
 

@@ -5,7 +5,8 @@ The launcher hosts the rendezvous store itself on a port the OS picks (port 0), 
 is ever used and no other program can take the port between choosing and binding it. Learners
 start from a forkserver that has already imported torch and the built-in plugins, so a cell
 starts in well under a second after the first. A learner that raises or dies fails the cell at
-once (the others are stopped, not left waiting on a collective); Ctrl-C stops every learner.
+once (the others are stopped, not left waiting on a collective); Ctrl-C stops every learner; a
+launcher that is killed takes its learners with it (`benchbase.run.lifeline`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from benchbase.grid.cell import Cell
 from benchbase.learner.events import CellEvent, Done, Failed, LearnerEvent, Resumed, Started, Stopping
 from benchbase.learner.process import run_learner
 from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
+from benchbase.run.lifeline import die_with
 from benchbase.run.outcome import CellOutcome
 from benchbase.run.placement import Placement, device_for
 from benchbase.run.schedule import Allocator, visible_gpus
@@ -45,7 +47,9 @@ def _forkserver() -> Any:
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
         # torch._dynamo: torch.optim imports it lazily on first use, ~1 s per learner otherwise.
-        _context.set_forkserver_preload(["torch._dynamo", "benchbase.learner.process", *BUILTIN_PLUGINS])
+        # benchbase.run.forkserver_lifeline: the forkserver dies with this process, killed or not.
+        preload = ["benchbase.run.forkserver_lifeline", "torch._dynamo", "benchbase.learner.process"]
+        _context.set_forkserver_preload([*preload, *BUILTIN_PLUGINS])
     return _context
 
 
@@ -69,7 +73,8 @@ def _pin_to_core(rank: int, world: int, allotted: tuple[int, ...] = ()) -> None:
         os.sched_setaffinity(0, set(cores))
 
 
-def _learner_process(launch: LearnerLaunch, events: Any) -> None:
+def _learner_process(launch: LearnerLaunch, events: Any, launcher_pid: int) -> None:
+    die_with(launcher_pid)  # the forkserver is our parent: watch the launcher itself (benchbase.run.lifeline)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when learners stop
     _pin_to_core(launch.rank, launch.world_size, launch.cores)
     cell_id = Cell.from_config(launch.cell_config).cell_id
@@ -172,7 +177,7 @@ def _spawn_learners(
             shm_prefix=shm_prefix,
             cores=placement.cores,
         )
-        process = context.Process(target=_learner_process, args=(launch, events), name=f"learner-{rank}")
+        process = context.Process(target=_learner_process, args=(launch, events, os.getpid()), name=f"learner-{rank}")
         process.start()
         processes.append(process)
     return processes

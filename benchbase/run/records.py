@@ -10,6 +10,7 @@ import math
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,10 @@ def check_folder(folder: RunFolder, cells: list[Cell]) -> dict[str, dict[str, An
     return read_cells(folder)
 
 
-def cell_row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None = None) -> dict[str, Any]:
+def cell_row(
+    cell: Cell, variant_text: str, status: str, outcome: CellOutcome | None = None, runner: str | None = None
+) -> dict[str, Any]:
+    """A cells.parquet row; `runner` is the JSON of the process running the cell (`benchbase.run.ownership.Runner`)."""
     row: dict[str, Any] = {
         "cell_id": cell.cell_id,
         "algorithm": cell.algorithm,
@@ -124,6 +128,7 @@ def cell_row(cell: Cell, variant_text: str, status: str, outcome: CellOutcome | 
         "transport": None,
         "resumed_from_env_step": None,
         "config": json.dumps(cell.config(), sort_keys=True),
+        "runner": runner,
     }
     if outcome is not None:
         row.update(
@@ -173,13 +178,19 @@ def cells_of_run(out: Path) -> list[Cell]:
 
 
 def prepare_run(
-    spec: GridSpec | None, cells: list[Cell], out: Path, registry: Registry
+    spec: GridSpec | None,
+    cells: list[Cell],
+    out: Path,
+    registry: Registry,
+    before_writing: Callable[[dict[str, dict[str, Any]]], None] = lambda rows: None,
 ) -> tuple[RunFolder, dict, dict]:
     """Check or create the run folder: grid.json (unless `spec` is None: a cell of a grid already
-    there), every cell's config, and a row per cell (earlier rows kept). Returns the folder, the
-    rows by cell id and the variants by cell id."""
+    there), every cell's config, and a row per cell (earlier rows kept). `before_writing` sees the
+    earlier rows first (it may refuse the run). Returns the folder, the rows by cell id and the
+    variants by cell id."""
     folder = RunFolder(out)
     previous = check_folder(folder, cells)
+    before_writing(previous)
     variants = {cell.cell_id: variant(cell, registry) for cell in cells}
     rows = {
         cell.cell_id: previous.get(cell.cell_id) or cell_row(cell, variants[cell.cell_id], "pending") for cell in cells

@@ -10,6 +10,7 @@ bookkeeping.
 from __future__ import annotations
 
 import functools
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 from rich.text import Text
 
 from benchbase.api.registry import Registry
+from benchbase.errors import UserError
 from benchbase.grid.cell import Cell
 from benchbase.grid.spec import GridSpec
 from benchbase.learner.events import CellEvent, Note, Progress, Resumed, Stopping
@@ -26,6 +28,7 @@ from benchbase.learner.settings import ExecutionSettings
 from benchbase.run.console import GridConsole, print_summary
 from benchbase.run.local import LocalCells, warm_up
 from benchbase.run.outcome import CellOutcome
+from benchbase.run.ownership import FolderLock, Runner, check_running_cells
 from benchbase.run.placement import Placement
 from benchbase.run.records import (
     EXIT_FAILED_CELLS,
@@ -107,22 +110,55 @@ def run_grid(
     only: set[str] | None = None,
 ) -> int:
     """Run every cell not already completed in `out` (or only those in `only`) on this machine,
-    up to `jobs` at once; returns the exit code."""
+    up to `jobs` at once; returns the exit code. The run holds `out` (`FolderLock`) throughout: a
+    second run on it stops before writing anything."""
+    lock = FolderLock(out).acquire()
+    try:
+        return _run_grid_holding(lock, spec, cells, out, registry, console, settings, jobs, only)
+    finally:
+        lock.release()
+
+
+def _run_grid_holding(
+    lock: FolderLock,
+    spec: GridSpec | None,
+    cells: list[Cell],
+    out: Path,
+    registry: Registry,
+    console: Any,
+    settings: ExecutionSettings,
+    jobs: int,
+    only: set[str] | None,
+) -> int:
     warm_up()
-    folder, rows, variants = prepare_run(spec, cells, out, registry)
     selected = [cell for cell in cells if only is None or cell.cell_id in only]
+    notes = [lock.warning] if lock.warning else []
+
+    def check_running(previous: dict[str, dict[str, Any]]) -> None:
+        notes.extend(check_running_cells(previous, [cell.cell_id for cell in selected]))
+
+    try:
+        folder, rows, variants = prepare_run(spec, cells, out, registry, check_running)
+    except UserError:
+        if lock.created:  # nothing half-written is left behind to be taken for a run
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    lock.announce()
     to_run = [cell for cell in selected if rows[cell.cell_id]["status"] != "completed"]
 
     hook = registry.manager.hook
     total_steps = sum(cell.env_steps for cell in to_run)
     status = EXIT_OK
     with GridConsole(len(selected), total_steps, console=console) as grid_console:
+        for note in notes:
+            grid_console.message(note)
         if len(to_run) < len(selected):
             grid_console.skipped(len(selected) - len(to_run))
 
         def start(cell: Cell) -> None:
             folder.clear_cell(cell.cell_id)
-            rows[cell.cell_id] = cell_row(cell, variants[cell.cell_id], "running")
+            runner = Runner.this_process().to_json()  # a later run tells a live cell from a dead one by it
+            rows[cell.cell_id] = cell_row(cell, variants[cell.cell_id], "running", runner=runner)
             write_rows(folder, rows.values())
             hook.cell_started(cell=cell, out_dir=str(out))
             grid_console.cell_started(cell.cell_id, cell.label, cell.env_steps, cell.learner_processes)
@@ -133,7 +169,7 @@ def run_grid(
                 folder.clear_cell(cell.cell_id)  # checkpoints stay: a re-run resumes from them
                 if outcome.status == "failed" and status == EXIT_OK:
                     status = EXIT_FAILED_CELLS
-            row = cell_row(cell, variants[cell.cell_id], outcome.status, outcome)
+            row = cell_row(cell, variants[cell.cell_id], outcome.status, outcome, rows[cell.cell_id]["runner"])
             rows[cell.cell_id] = row
             write_rows(folder, rows.values())
             hook.cell_finished(cell=cell, row=row, out_dir=str(out))

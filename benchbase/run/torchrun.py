@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +39,9 @@ from benchbase.grid.cell import Cell
 from benchbase.learner.events import LearnerEvent, Note, Progress, Report, Resumed
 from benchbase.learner.process import run_learner
 from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
+from benchbase.run.lifeline import die_with, parent_death_signal
 from benchbase.run.outcome import CellOutcome
+from benchbase.run.ownership import FolderLock, Runner, check_running_cells
 from benchbase.run.placement import Placement, device_for
 from benchbase.run.records import EXIT_INTERRUPTED, EXIT_OK, cell_row, prepare_run
 from benchbase.run.runner import run_cells
@@ -82,6 +85,7 @@ def run_as_worker(
     """Run `cells` one after another as learner RANK (the grid runner's loop, `run_cells`); rank 0
     records each cell's row."""
     worker = Worker.from_environment()
+    die_with(os.getppid())  # torchrun's agent: a worker never outlives it
     check_sizes(cells, worker.world)
     if settings.device == "cuda":
         import torch
@@ -89,6 +93,7 @@ def run_as_worker(
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available on this node (use cpu or auto)")
     dist.init_process_group("gloo", timeout=timedelta(seconds=settings.comm_timeout_s))
+    book = None
     try:
         if worker.rank == 0:
             book = _LeaderBook(spec, cells, out, registry, console, worker.world)
@@ -101,27 +106,43 @@ def run_as_worker(
         interrupted = run_cells(pending, WorkerCells(worker, str(out), settings, console), start, finish)
         return EXIT_INTERRUPTED if interrupted else EXIT_OK
     finally:
+        if book is not None:
+            book.lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 class _LeaderBook:
     """Rank 0's bookkeeping of a torchrun grid: the cells left to run and their rows in cells.parquet
-    (updated under a file lock: several jobs may fill one folder)."""
+    (updated under a file lock: several jobs may fill one folder). It holds the folder shared
+    (`FolderLock`): beside other torchrun jobs, never beside a local run."""
 
     def __init__(self, spec: Any, cells: list[Cell], out: Path, registry: Any, console: Any, world: int) -> None:
-        self.folder, rows, self.variants = prepare_run(spec, cells, out, registry)
+        self.lock = FolderLock(out, shared=True).acquire()
+        ids = [cell.cell_id for cell in cells]
+        notes = [self.lock.warning] if self.lock.warning else []
+        try:
+            self.folder, rows, self.variants = prepare_run(
+                spec, cells, out, registry, lambda previous: notes.extend(check_running_cells(previous, ids))
+            )
+        except BaseException:
+            self.lock.release()
+            raise
+        for note in notes:
+            console.print(note)
         self.to_run = [cell.cell_id for cell in cells if rows[cell.cell_id]["status"] != "completed"]
         self.console, self.world = console, world
+        self.runners: dict[str, str] = {}
 
     def start(self, cell: Cell) -> None:
         self.folder.clear_cell(cell.cell_id)
-        self.folder.update_cells({cell.cell_id: cell_row(cell, self.variants[cell.cell_id], "running")})
+        runner = self.runners[cell.cell_id] = Runner.this_process().to_json()
+        self.folder.update_cells({cell.cell_id: cell_row(cell, self.variants[cell.cell_id], "running", runner=runner)})
         self.console.print(f"▶ {cell.label} (learner 0 of {self.world}, torchrun)")
 
     def finish(self, cell: Cell, outcome: CellOutcome) -> None:
         stopped = outcome.status == "interrupted"
-        row = cell_row(cell, self.variants[cell.cell_id], outcome.status, outcome)
+        row = cell_row(cell, self.variants[cell.cell_id], outcome.status, outcome, self.runners.get(cell.cell_id))
         if stopped:
             self.folder.clear_cell(cell.cell_id)
         self.folder.update_cells({cell.cell_id: row})
@@ -317,7 +338,11 @@ def execute(found: list[list[str]], console: Any) -> int:
     list); the first failure stops the grid."""
     for command in found:
         console.print("$ " + shlex.join(command), highlight=False)
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", *command[1:]])
+        # torchrun stops its workers when it gets SIGTERM, sent to it if this process is killed.
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", *command[1:]],
+            preexec_fn=parent_death_signal(signal.SIGTERM),
+        )
         if result.returncode != 0:
             code = 130 if result.returncode in (130, -2) else 1
             console.print(f"torchrun exited with {result.returncode}: stopping here (re-run to continue)")
