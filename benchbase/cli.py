@@ -1,4 +1,10 @@
-"""The `bench` command: thin — it parses, then calls the core."""
+"""The `bench` command: thin — it parses, then calls the core.
+
+Conventions of every command: `-h`/`--help`, `bench --version` (`-V`), shell completion
+(`bench --install-completion`), plain flags shown without a type, and the defaults of the grid's
+settings shown in `bench run --help`. Nothing here imports torch before it is needed: `bench -h`,
+`bench --version` and a refused option answer at once.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,95 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from benchbase.errors import UserError
 
+
+def _without_flag_types(params: list) -> list:
+    """typer's rich help shows a plain flag's type (`--dry-run <bool>`) though a flag takes no value;
+    an empty metavar leaves its type column empty (the plain-text help already omits it)."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list:
+        return _without_flag_types(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list:
+        return _without_flag_types(super().get_params(ctx))
+
+
 app = typer.Typer(
-    add_completion=False,
+    cls=_Group,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Benchmark decentralised, multitask deep RL: algorithms × topologies × env families × replay.",
 )
-
 _selection: dict[str, tuple[str, ...] | None] = {"only": None, "blocked": ()}
+
+#: The grid settings a run gets when neither the options nor a --grid file give them: GridSpec's defaults
+#: (benchbase/grid/spec.py), and the embedded default grid's (benchbase/grid/default_grid.toml, what runs when
+#: no axis is given). Written out because importing the grid module costs numpy at start-up;
+#: tests/test_cli_conventions.py checks that they agree with both.
+SPEC_DEFAULTS: dict[str, int] = {
+    "seeds": 1,
+    "learners": 4,
+    "envs_per_learner": 8,
+    "env_steps": 100_000,
+    "evaluations": 10,
+}
+DEFAULT_GRID_VALUES: dict[str, int] = {
+    "seeds": 2,
+    "learners": 4,
+    "envs_per_learner": 8,
+    "env_steps": 200_000,
+    "evaluations": 10,
+}
+
+
+def _shown_default(key: str) -> str:
+    """The default `bench run --help` shows for a grid setting whose option default is None (not given)."""
+    given, of_default_grid = SPEC_DEFAULTS[key], DEFAULT_GRID_VALUES[key]
+    if given == of_default_grid:
+        return f"{given:,}"
+    return f"{given:,}; {of_default_grid:,} in the default grid"
+
+
+def version_line() -> str:
+    """'benchbase 0.1.0 (torch 2.5.1, Python 3.11.9)', read from the installed metadata: torch is not imported."""
+    from importlib import metadata
+
+    import benchbase
+
+    def installed(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    own = installed("benchbase") or benchbase.__version__  # a source tree that is not installed
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    return f"benchbase {own} (torch {installed('torch') or 'not installed'}, Python {python})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -37,14 +115,24 @@ def _global_options(
     block_plugins: Optional[str] = typer.Option(
         None, "--block-plugins", envvar="BENCHBASE_BLOCK_PLUGINS", help="Do not load these plugins (comma-separated)."
     ),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        is_eager=True,
+        expose_value=False,
+        callback=_print_version,
+        help="Print the versions of benchbase, torch and Python, and exit.",
+    ),
 ) -> None:
     _selection["only"] = _split(plugins)
     _selection["blocked"] = _split(block_plugins) or ()
 
 
-def _console() -> Console:
+def _console(stderr: bool = False) -> Console:
     """Rich console; when not a terminal (CI, pipes) wide enough that tables are not truncated."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 160)
 
 
 def _registry():
@@ -56,10 +144,20 @@ def _registry():
     return registry
 
 
-@app.command()
-def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")) -> None:
-    """List every registered algorithm, topology, env family and replay strategy."""
+@app.command(cls=_Command)
+def plugins(
+    name: Optional[str] = typer.Argument(
+        None,
+        metavar="NAME",
+        help="Show this one in full: kind, provider, description and every parameter with its type, default and "
+        "help. A name or alias, a Gymnasium id, or KIND:NAME when several kinds use the name.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a list; with NAME, one object) instead of text."),
+) -> None:
+    """List every registered algorithm, topology, env family and replay strategy, or show one."""
     registry = _registry()
+    if name is not None:
+        return _show_plugin(registry, name, as_json)
     rows = registry.listing()
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
@@ -88,7 +186,92 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
         console.print(f"[yellow]warning:[/yellow] {error}", markup=True, highlight=False)
 
 
-@app.command()
+#: How a `bench run` sets a component's parameters, by kind.
+_AXIS_OPTION = {"algorithm": "-a", "topology": "-t", "env": "-e", "replay": "-r"}
+
+
+def _plugin_rows(registry, text: str) -> list[dict[str, Any]]:
+    """The listing rows `bench plugins NAME` shows: the component of each kind called NAME (or an
+    alias), an env id a plugin resolves on demand, or KIND:NAME; a UserError with a close match."""
+    from benchbase.errors import close_match, unknown_name
+
+    kind, colon, name = text.partition(":")
+    kinds = list(registry.components)
+    if not colon:
+        kind, name = "", text
+    elif kind not in kinds:
+        raise UserError(f'plugin "{text}": expected NAME or KIND:NAME, KIND one of {", ".join(kinds)}')
+    rows = [
+        row
+        for row in registry.listing()
+        if (not kind or row["kind"] == kind) and (row["name"] == name or name in row["aliases"])
+    ]
+    if not rows and kind in ("", "env"):
+        rows = _resolved_env_row(registry, name)
+    if rows:
+        return rows
+    choices = {
+        label
+        for table_kind, table in registry.components.items()
+        if not kind or table_kind == kind
+        for label in [*table, *registry.aliases[table_kind]]
+    }
+    if kind:
+        raise unknown_name(kind, name, choices)
+    suggestion = close_match(name, choices)  # the names of all kinds are too many for one line
+    hint = f'; did you mean "{suggestion}"?' if suggestion else ""
+    raise UserError(f'unknown plugin "{name}"{hint} (`bench plugins` lists all {len(choices)} names)')
+
+
+def _resolved_env_row(registry, name: str) -> list[dict[str, Any]]:
+    """A one-row listing of an env id that a plugin resolves on demand (CartPole-v1, ALE/Pong-v5), or []."""
+    from benchbase.api.params import describe
+
+    for hook in reversed(registry.manager.hook.resolve_env_family.get_hookimpls()):  # pluggy's calling order
+        family = hook.function(name=name)
+        if family is None:
+            continue
+        provider = dict(registry.loaded).get(hook.plugin_name, "")
+        parameters = [
+            {"name": p.name, "type": p.type, "default": p.default, "help": p.help} for p in describe(family.Params)
+        ]
+        row = {"kind": "env", "name": name, "aliases": list(family.aliases), "provider": provider}
+        return [{**row, "plugin": hook.plugin_name, "description": family.description, "parameters": parameters}]
+    return []
+
+
+def _show_plugin(registry, text: str, as_json: bool) -> None:
+    """`bench plugins NAME`: one component in full, as text or JSON."""
+    rows = _plugin_rows(registry, text)
+    if as_json:
+        if len(rows) > 1:
+            kinds = " or ".join(f"{row['kind']}:{row['name']}" for row in rows)
+            raise UserError(f'"{text}" names {len(rows)} plugins of different kinds: give one of {kinds}')
+        typer.echo(json.dumps(rows[0], indent=2, default=str))
+        return
+    console = _console()
+    for row in rows:
+        aliases = f" (alias {', '.join(row['aliases'])})" if row["aliases"] else ""
+        heading = Text(row["name"], style="bold") + Text(f"{aliases}: {row['kind']}")
+        console.print(heading + Text(f", from {row['provider']} (plugin {row['plugin']})"), highlight=False)
+        console.print(row["description"], highlight=False)
+        if not row["parameters"]:
+            console.print("no parameters", highlight=False)
+            continue
+        option = _AXIS_OPTION[row["kind"]]
+        table = Table(
+            title=f"parameters: {option} {row['name']}:KEY=VALUE,… or --set {row['name']}.KEY=VALUE",
+            title_justify="left",
+        )
+        for column in ("parameter", "type", "default", "help"):
+            table.add_column(column, overflow="fold")
+        for parameter in row["parameters"]:
+            default = "none" if parameter["default"] is None else str(parameter["default"])
+            table.add_row(parameter["name"], parameter["type"], default, parameter["help"])
+        console.print(table)
+
+
+@app.command(cls=_Command)
 def run(
     algorithm: list[str] = typer.Option(
         [],
@@ -115,25 +298,34 @@ def run(
         help="Replay axis entry (none for on-policy algorithms), or a mix by ratio: "
         "queue:capacity=4,ratio=0.5+uniform:ratio=0.5; repeatable.",
     ),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (0..N-1)."),
-    learners: Optional[int] = typer.Option(None, "--learners", help="Learners per cell (tasks per cell)."),
-    envs_per_learner: Optional[int] = typer.Option(None, "--envs-per-learner", help="Simulators per learner."),
+    # None means "not given" (a --grid file's value, or the default, applies): the defaults are only shown.
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", help="Number of seeds (0..N-1).", show_default=_shown_default("seeds")
+    ),
+    learners: Optional[int] = typer.Option(
+        None, "--learners", help="Learners per cell (tasks per cell).", show_default=_shown_default("learners")
+    ),
+    envs_per_learner: Optional[int] = typer.Option(
+        None, "--envs-per-learner", help="Simulators per learner.", show_default=_shown_default("envs_per_learner")
+    ),
     env_steps: Optional[int] = typer.Option(
         None,
         "--env-steps",
         help="Budget: total env steps across a cell's learners.",
+        show_default=_shown_default("env_steps"),
     ),
     evaluations: Optional[int] = typer.Option(
         None,
         "--evaluations",
-        help="Evaluations per cell (default 10), evaluation k at the first iteration at or past cell env step "
+        help="Evaluations per cell, evaluation k at the first iteration at or past cell env step "
         "k·budget/evaluations, the last at the end (0: none).",
+        show_default=_shown_default("evaluations"),
     ),
     eval_episodes: Optional[int] = typer.Option(
         None,
         "--eval-episodes",
-        help="Evaluation episodes per split and learner at each evaluation (default: 100 per split and cell, "
-        "ceil(100 / learners) per learner).",
+        help="Evaluation episodes per split and learner at each evaluation.",
+        show_default="ceil(100 / learners): 100 per split and cell",
     ),
     set_: list[str] = typer.Option([], "--set", help="PLUGIN.KEY=VALUE, e.g. diff-a2c.lr=0.001; repeatable."),
     straggler: Optional[str] = typer.Option(
@@ -144,7 +336,12 @@ def run(
     ),
     grid: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid file (options given here override it)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: results/grid-<id>)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells and run nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the cells, with their non-default parameters, and run nothing."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="With --dry-run: print every cell's full resolved config as JSON instead of a table."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (CUDA round-robin when present)."),
     comm_timeout: float = typer.Option(120.0, "--comm-timeout", help="Seconds before a stuck exchange fails its cell."),
     transport: str = typer.Option(
@@ -189,7 +386,8 @@ def run(
     checkpoint_every: Optional[int] = typer.Option(
         None,
         "--checkpoint-every",
-        help="Cell env steps between checkpoints (default: every 10% of the budget; 0: only the final one).",
+        help="Cell env steps between checkpoints (0: only the final one).",
+        show_default="every 10% of the budget",
     ),
     checkpoint_replay: bool = typer.Option(
         False,
@@ -207,15 +405,18 @@ def run(
     """Run a grid of cells. With no axes, runs the small embedded default grid."""
     _check_run_options(transport, device, jobs, checkpoint_every, launcher, nnodes)
     _check_launch_options(comm_timeout, launcher, nnodes, rdzv_endpoint, rdzv_timeout, execute)
+    if as_json and not dry_run:
+        raise UserError("--json applies only with --dry-run (it prints the cells' configs instead of running them)")
     if out is not None:
         _check_out(out)
     axes_given = any([algorithm, topology, env, replay, grid])
     if cell:
         registry = _registry()
-        from benchbase.run.torchrun import under_torchrun
+        from benchbase.run.environment import under_torchrun
 
         settings = _execution_settings(registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay)
-        return _run_cells_of_folder(cell, out, axes_given, registry, under_torchrun(), settings, jobs)
+        listing = (dry_run, as_json)
+        return _run_cells_of_folder(cell, out, axes_given, registry, under_torchrun(), settings, jobs, listing)
     # The spec (and its size) is checked before the plugins load: they import torch, which takes seconds.
     spec = _grid_spec(
         grid,
@@ -236,7 +437,7 @@ def run(
         },
     )
     registry = _registry()
-    from benchbase.run.torchrun import under_torchrun
+    from benchbase.run.environment import under_torchrun
 
     settings = _execution_settings(registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay)
     worker = under_torchrun()
@@ -244,7 +445,7 @@ def run(
         from benchbase.run.local import warm_up
 
         warm_up()  # the forkserver imports torch while the grid is validated
-    console = _console()
+    console = _console(stderr=as_json)  # with --json, stdout holds only the JSON
     cells = _valid_cells(spec, registry, console, init_from)
     if out is None:
         out = _default_out(cells)
@@ -255,7 +456,7 @@ def run(
 
         check_memory(cells, registry, jobs if launcher == "local" else 1)
     if dry_run:
-        _print_cells(console, cells, out)
+        _print_cells(console, cells, out, registry, as_json)
         return
     if worker:
         from benchbase.run.torchrun import run_as_worker
@@ -431,7 +632,7 @@ def _run_here(spec, cells: list, out: Path, registry, console: Console, settings
     return code
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     paths: list[str] = typer.Argument(
         ..., metavar="PATH", help="Run folders, or globs of them (quote them: 'results/*')."
@@ -451,7 +652,10 @@ def report(
         help="What tells entries apart (comma-separated): algorithm,variant,topology,replay (default: all four).",
     ),
     baseline: Optional[str] = typer.Option(
-        None, "--baseline", help="Entry to compare against (its name or an unambiguous part)."
+        None,
+        "--baseline",
+        help="Entry to compare against: its label, with any separators (diff-a2c · ring · none, "
+        "'diff-a2c - ring - none', 'diff-a2c ring none'), or words naming one entry (isolated).",
     ),
     repetitions: int = typer.Option(2000, "--repetitions", help="Bootstrap repetitions behind every interval."),
     confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the intervals."),
@@ -498,7 +702,7 @@ def report(
     written = write_report(result, out, html=not no_html)
     exported = export_report(runs, out, formats, group_by=fields, registry=registry) if formats else []
     console = _console()
-    console.print(leaderboard_table(result))
+    console.print(leaderboard_table(result, width=console.width))  # an 80-column terminal gets fewer columns
     for problem in result.problems:
         console.print(Text("problem: ", style="yellow") + Text(problem), highlight=False)
     console.print("report: " + ", ".join(str(path) for path in written), highlight=False)
@@ -507,7 +711,7 @@ def report(
         console.print(f"exports: {', '.join(folders)} ({len(exported)} files)", highlight=False)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_(
     path: str = typer.Argument(
         ...,
@@ -600,9 +804,17 @@ def eval_(
 
 
 def _run_cells_of_folder(
-    cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, worker: bool, settings, jobs: int
+    cell_ids: list[str],
+    out: Optional[Path],
+    axes_given: bool,
+    registry,
+    worker: bool,
+    settings,
+    jobs: int,
+    listing: tuple[bool, bool] = (False, False),
 ) -> None:
-    """`bench run --out OUT --cell ID…`: cells of the grid already in OUT, locally or as torchrun workers."""
+    """`bench run --out OUT --cell ID…`: cells of the grid already in OUT, locally or as torchrun workers;
+    `listing` = (--dry-run, --json): only print them."""
     from benchbase.errors import unknown_name
     from benchbase.run.records import cells_of_run
     from benchbase.run.runner import run_grid
@@ -616,7 +828,10 @@ def _run_cells_of_folder(
     for cell_id in cell_ids:
         if cell_id not in known:
             raise unknown_name(f"cell of {out}", cell_id, sorted(known))
-    console = _console()
+    dry_run, as_json = listing
+    console = _console(stderr=as_json)
+    if dry_run:
+        return _print_cells(console, [cell for cell in cells if cell.cell_id in set(cell_ids)], out, registry, as_json)
     if worker:
         from benchbase.run.torchrun import run_as_worker
 
@@ -665,11 +880,23 @@ def _torchrun_commands(
     return execute_commands(found, console)
 
 
-def _print_cells(console: Console, cells: list, out: Path) -> None:
+def _print_cells(console: Console, cells: list, out: Path, registry, as_json: bool = False) -> None:
+    """`bench run --dry-run`: the cells, told apart by their parameters that differ from the plugins'
+    defaults (their variant); with --json, every cell's full resolved config."""
+    from benchbase.grid.cell import variant
+
+    variants = {cell.cell_id: variant(cell, registry) for cell in cells}
+    if as_json:
+        rows = [{"cell_id": c.cell_id, "variant": variants[c.cell_id], "config": c.config()} for c in cells]
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        console.print(f"dry run: nothing runs and nothing is written (results would go to {out})")
+        return
     console.print(f"dry run: nothing runs and nothing is written (results would go to {out})")
     table = Table(title=f"{len(cells)} cells")
-    for column in ("cell", "algorithm", "topology", "env", "replay", "seed", "learners", "sims/learner", "env steps"):
-        table.add_column(column)
+    columns = ["cell", "algorithm", "topology", "env", "replay", "seed", "learners", "sims/learner", "env steps"]
+    shown_variant = any(variants.values())  # a column of blanks would only take room
+    for column in columns + (["non-default parameters"] if shown_variant else []):
+        table.add_column(column, overflow="fold")
     for cell in cells:
         table.add_row(
             cell.cell_id,
@@ -681,11 +908,14 @@ def _print_cells(console: Console, cells: list, out: Path) -> None:
             str(cell.learner_processes),
             str(cell.envs_per_learner),
             f"{cell.env_steps:,}",
+            *([variants[cell.cell_id] or "(defaults)"] if shown_variant else []),
         )
     console.print(table)
+    if not shown_variant:
+        console.print("every cell uses its plugins' default parameters (--json prints the full configs)")
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 def export_(
     path: str = typer.Argument(
         ...,
@@ -720,7 +950,7 @@ def export_(
     _console().print(summary_line(outcome), highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def reproduce(
     claims: Optional[list[str]] = typer.Argument(
         None, metavar="CLAIM", help="Claims to reproduce (bench reproduce --list shows them), or all."
@@ -770,13 +1000,15 @@ def main() -> None:
     # framed box: found through BadParameter's bases, since typer may vendor its own click.
     usage_error = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="bench")  # not `python -m benchbase`
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except usage_error as error:
-        if type(error).__name__ == "NoArgsIsHelpError" and error.ctx is not None:
-            print(error.ctx.get_help())
+        if type(error).__name__ == "NoArgsIsHelpError":
+            # The error holds the help text; typer's rich formatter has already printed it (and holds "").
+            if error.format_message().strip():
+                print(error.format_message())
         else:
             print(f"error: {' '.join(error.format_message().split())}", file=sys.stderr)
         sys.exit(error.exit_code)

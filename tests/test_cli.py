@@ -282,3 +282,23 @@ def test_shared_memory_and_gloo_transports_give_the_same_results(tmp_path: Path)
         )
         returns[transport] = table.column("episode_return").to_pylist()
     assert returns["shm"] == returns["p2p"] and len(returns["shm"]) > 5
+
+
+def test_version_and_short_help_through_python_m() -> None:
+    version = bench("-V")
+    assert version.returncode == 0 and version.stdout.startswith("benchbase ") and "torch " in version.stdout
+    help_text = bench("run", "-h", env={"COLUMNS": "200"})
+    assert help_text.returncode == 0 and "Usage: bench run" in help_text.stdout  # the name users type
+    assert "--dry-run" in help_text.stdout and "<bool>" not in help_text.stdout
+
+
+def test_dry_run_shows_each_cells_non_default_parameters(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = bench(
+        "run", "-a", "diff-a2c:lr=0.1", "-a", "diff-a2c", "-t", "ring", "-e", "random-cartpole", *TINY,
+        "--out", str(out), "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 2 and "diff-a2c.lr=0.1" in rows[0] + rows[1] and "(defaults)" in rows[0] + rows[1]
+    assert not out.exists()

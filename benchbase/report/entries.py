@@ -254,19 +254,49 @@ def excluded_line(cell: dict[str, Any]) -> str:
 # The baseline
 
 
+#: What may stand between the parts of an entry's label when a user names it: the label's own "·",
+#: "/" or a comma, "-", "." or "|" between spaces ("diff-a2c - ring": inside a name they stay), or plain
+#: spaces. Labels are split the same way, so a looser split can only make a name ambiguous (an error), never
+#: pick the wrong entry.
+_TYPED_SEPARATOR = re.compile(r"\s*[·/,]\s*|\s+[-.|]\s+|\s+")
+
+
+def _words(text: str) -> list[str]:
+    """A label or a typed name as its words, lower case: "diff-a2c · ring (diff-a2c.lr=0.1)" →
+    ["diff-a2c", "ring", "diff-a2c.lr=0.1"]; the "-" and "." inside names stay."""
+    return [word for word in _TYPED_SEPARATOR.split(text.lower().replace("(", " ").replace(")", " ")) if word]
+
+
 def resolve_baseline(baseline: str, labels: list[str]) -> str:
-    """The entry label `baseline` names: exactly, or as the only label containing it."""
+    """The entry label `baseline` names, however its parts are separated ("diff-a2c · ring · none",
+    "diff-a2c - ring - none", "diff-a2c ring none"): the first rule that picks exactly one label wins, and
+    one that picks several is an error naming them. The rules, from strict to loose: the label itself; the
+    same words in the same order; labels having every typed word as a whole word ("isolated"); labels
+    containing the typed words as one run of text ("a2c · ri"); labels with every typed word inside one of
+    theirs ("gala ring")."""
     if baseline in labels:
         return baseline
-    lowered = baseline.lower()
-    matches = [label for label in labels if lowered in label.lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        shown = "; ".join(f'"{m}"' for m in matches[:5]) + ("; …" if len(matches) > 5 else "")
-        raise UserError(f'baseline "{baseline}" matches {len(matches)} entries ({shown}): name one exactly')
-    suggestion = close_match(baseline, _baseline_candidates(labels))
-    hint = f'; did you mean "{suggestion}"?' if suggestion else ""
+    typed = _words(baseline)
+    if not typed:
+        raise UserError(f'baseline "{baseline}" names no entry: give an entry\'s label or a part of it')
+    words = {label: _words(label) for label in labels}
+    rules = (
+        lambda label: words[label] == typed,
+        lambda label: set(typed) <= set(words[label]),
+        lambda label: " ".join(typed) in " ".join(words[label]),
+        lambda label: all(any(part in word for word in words[label]) for part in typed),
+    )
+    for rule in rules:
+        matches = [label for label in labels if rule(label)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            shown = "; ".join(f'"{m}"' for m in matches[:5]) + ("; …" if len(matches) > 5 else "")
+            raise UserError(f'baseline "{baseline}" matches {len(matches)} entries ({shown}): name one exactly')
+    candidates = _baseline_candidates(labels)
+    by_words = {" ".join(_words(candidate)): candidate for candidate in candidates}
+    suggestion = close_match(" ".join(typed), by_words)
+    hint = f'; did you mean "{by_words[suggestion]}"?' if suggestion else ""
     shown = ", ".join(f'"{label}"' for label in labels[:8]) + (", …" if len(labels) > 8 else "")
     raise UserError(f'unknown baseline entry "{baseline}"{hint} (entries: {shown})')
 

@@ -76,16 +76,52 @@ def _show_auc(report: Report) -> bool:
 # --------------------------------------------------------------------------- console
 
 
-def leaderboard_table(report: Report) -> Table:
+#: The layouts `leaderboard_table` tries, widest first, until one fits the width it is given: every
+#: column; without the cost columns; without median and mean too; with each interval under its value.
+_COST_COLUMNS = ("Steps/s", "Wall/cell", "Sent/lrn", "Consensus")
+_LAYOUTS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    ((), False),
+    (_COST_COLUMNS, False),
+    ((*_COST_COLUMNS, "Median", "Mean"), False),
+    ((*_COST_COLUMNS, "Median", "Mean"), True),
+)
+_ENTRY_MIN_WIDTH = 16
+_ENTRY_WIDTH = 30
+
+
+def leaderboard_table(report: Report, width: int | None = None) -> Table:
     """The leaderboard as a rich table: IQM and P(entry > baseline) with their intervals, median,
     mean, optimality gap and AUC, and the cost columns (the Markdown and HTML reports give every
-    interval)."""
+    interval). Given a `width` (a terminal's columns), the first layout of `_LAYOUTS` whose columns fit
+    it, so that no number is cut short; the caption names the columns left out."""
+    if width is None:
+        return _leaderboard_table(report, (), False)
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    measuring = Console(width=10_000)
+    for left_out, stacked in _LAYOUTS:
+        # Measured with the entry's label wrapped at _ENTRY_WIDTH columns (rich measures text by its
+        # longest word, so a number's width counts only with the table's widest, unwrapped layout).
+        narrow = _leaderboard_table(report, left_out, stacked, entry_width=_ENTRY_WIDTH)
+        if Measurement.get(measuring, measuring.options, narrow).maximum <= width:
+            break
+    return _leaderboard_table(report, left_out, stacked)
+
+
+def _leaderboard_table(
+    report: Report, left_out: tuple[str, ...], stacked: bool, entry_width: int | None = None
+) -> Table:
+    """The leaderboard without the columns `left_out`; `stacked`: each interval on a line under its value;
+    `entry_width`: the most columns the entry's label takes."""
     caption = Text(
         f"[low, high]: {report.confidence * 100:g}% CI, stratified bootstrap, {report.repetitions:,} repetitions; "
         f"{NO_INTERVAL}: fewer than {INTERVAL_RUNS} runs; #: equal scores share a rank"
         + (f"; {len(report.problems)} problem(s): see below" if report.problems else ""),
         style="dim",
     )
+    if left_out:
+        caption.append(f"\nnot shown, to fit: {', '.join(left_out)} (in report.md and report.html)", style="dim")
     fewest = fewest_runs(report.leaderboard)
     if runs_warning(report.leaderboard) and fewest is not None:
         caption.append(f"\nintervals from {fewest} run{'' if fewest == 1 else 's'} are unreliable", style="yellow")
@@ -99,58 +135,63 @@ def leaderboard_table(report: Report) -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
-    table.add_column("#", justify="right")
-    table.add_column("Entry", min_width=16)
-    table.add_column("Runs", justify="right")
-    table.add_column("IQM", justify="right")
-    table.add_column("Median", justify="right")
-    table.add_column("Mean", justify="right")
-    table.add_column("Opt. gap", justify="right")
+    columns: list[tuple[str, list[Text | str]]] = []  # (header, its cells): filtered by `left_out` below
+
+    def column(header: str, values: list[Text | str]) -> None:
+        if header not in left_out:
+            columns.append((header, values))
+
+    rows = report.leaderboard
+    column("#", [_rank(rank) for rank in ranks(rows)])
+    column("Entry", [Text(row.entry, style="bold" if rank == 1 else "") for rank, row in zip(ranks(rows), rows)])
+    column("Runs", [_runs_text(row.runs, row.excluded) for row in rows])
+    column("IQM", [_estimate_text(row.iqm, stacked) for row in rows])
+    column("Median", [number(row.median.value) for row in rows])
+    column("Mean", [number(row.mean.value) for row in rows])
+    column("Opt. gap", [number(row.optimality_gap.value) for row in rows])
     if _show_auc(report):
-        table.add_column("AUC", justify="right")
+        column("AUC", [number(row.auc.value) for row in rows])
     if report.baseline is not None:
-        table.add_column("P(>base)", justify="right")
-    table.add_column("Steps/s", justify="right")
-    table.add_column("Wall/cell", justify="right")
-    table.add_column("Sent/lrn", justify="right")
-    table.add_column("Consensus", justify="right")
-    for rank, row in zip(ranks(report.leaderboard), report.leaderboard):
-        runs = Text(str(row.runs))
-        if row.excluded:
-            runs.append(f" +{row.excluded} excl.", style="red")
-        cells: list[Text | str] = [_rank(rank), Text(row.entry, style="bold" if rank == 1 else ""), runs]
-        cells += [
-            _estimate_text(row.iqm),
-            number(row.median.value),
-            number(row.mean.value),
-            number(row.optimality_gap.value),
-        ]
-        if _show_auc(report):
-            cells.append(number(row.auc.value))
-        if report.baseline is not None:
-            cells.append(
+        column(
+            "P(>base)",
+            [
                 Text("baseline", style="dim")
                 if row.entry == report.baseline
-                else _estimate_text(row.probability_of_improvement)
-            )
-        cells += [
-            count(row.steps_per_second),
-            duration(row.wall_time_s),
-            size(row.bytes_sent_per_learner),
-            _consensus(row.consensus_distance),
-        ]
+                else _estimate_text(row.probability_of_improvement, stacked)
+                for row in rows
+            ],
+        )
+    column("Steps/s", [count(row.steps_per_second) for row in rows])
+    column("Wall/cell", [duration(row.wall_time_s) for row in rows])
+    column("Sent/lrn", [size(row.bytes_sent_per_learner) for row in rows])
+    column("Consensus", [_consensus(row.consensus_distance) for row in rows])
+    for header, _ in columns:
+        # Numbers are never cut short ("0.…"): the entry's label wraps instead.
+        if header == "Entry":
+            table.add_column(header, min_width=_ENTRY_MIN_WIDTH, max_width=entry_width)
+        else:
+            table.add_column(header, justify="right", no_wrap=not stacked, overflow="fold")
+    for cells in zip(*(values for _, values in columns)):
         table.add_row(*cells)
     return table
 
 
-def _estimate_text(value: Estimate | None) -> Text:
+def _runs_text(runs: int, excluded: int) -> Text:
+    text = Text(str(runs))
+    if excluded:
+        text.append(f" +{excluded} excl.", style="red")
+    return text
+
+
+def _estimate_text(value: Estimate | None, stacked: bool = False) -> Text:
     if value is None or not finite(value.value):
         return Text(DASH, style="dim")
     text = Text(number(value.value))
+    separator = "\n" if stacked else " "
     if finite(value.low) and finite(value.high):
-        text.append(f" [{number(value.low)}, {number(value.high)}]", style="dim")
+        text.append(f"{separator}[{number(value.low)}, {number(value.high)}]", style="dim")
     else:
-        text.append(f" [{NO_INTERVAL}]", style="dim")
+        text.append(f"{separator}[{NO_INTERVAL}]", style="dim")
     return text
 
 

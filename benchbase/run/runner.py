@@ -161,7 +161,9 @@ def _run_grid_holding(
             rows[cell.cell_id] = cell_row(cell, variants[cell.cell_id], "running", runner=runner)
             write_rows(folder, rows.values())
             hook.cell_started(cell=cell, out_dir=str(out))
-            grid_console.cell_started(cell.cell_id, cell.label, cell.env_steps, cell.learner_processes)
+            # the variant keeps two cells of one algorithm with different parameters apart on the console
+            label = cell.label + (f" ({variants[cell.cell_id]})" if variants[cell.cell_id] else "")
+            grid_console.cell_started(cell.cell_id, label, cell.env_steps, cell.learner_processes)
 
         def finish(cell: Cell, outcome: CellOutcome) -> None:
             nonlocal status
@@ -220,7 +222,7 @@ def print_leaderboard(console: Any, out: Path, registry: Registry, repetitions: 
         from benchbase.report.text import leaderboard_table
 
         report = build_report(load_runs([str(out)]), repetitions=repetitions, registry=registry)
-        console.print(leaderboard_table(report))
+        console.print(leaderboard_table(report, width=console.width))
         if report.problems:
             problems = f"{len(report.problems)} problem(s) behind this leaderboard: bench report {out} lists them"
             console.print(Text(problems))

@@ -47,11 +47,6 @@ from benchbase.run.records import EXIT_INTERRUPTED, EXIT_OK, cell_row, prepare_r
 from benchbase.run.runner import run_cells
 
 
-def under_torchrun() -> bool:
-    """Whether this process was started by torchrun (it sets these for every worker)."""
-    return all(name in os.environ for name in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK"))
-
-
 @dataclass(frozen=True)
 class Worker:
     rank: int

@@ -10,8 +10,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 # Records the stack of the first import of each heavy module (or of one of its submodules), so a
 # failure names the module that pulled it in.
 _WATCH = """
@@ -142,12 +140,6 @@ def test_lazy_import_loads_on_first_attribute_and_only_then() -> None:
     assert result.stdout.split() == ["ok"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="benchbase.cli imports benchbase.run.torchrun (torch.distributed at module level) for under_torchrun() "
-    "before the grid is checked; once that import moves after the checks (or under_torchrun moves to a torch-free "
-    "module), this passes: remove the mark",
-)
 def test_bench_run_reports_a_misspelt_name_without_torch(tmp_path) -> None:
     result = _run(
         f"""
