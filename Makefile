@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup benchmark clean
+.PHONY: run test lint docs setup benchmark clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+# The documentation site (mkdocs.yml) into site/; --strict fails on a missing page or anchor. The docs
+# extra is installed into the environment the first time.
+$(BIN)/mkdocs: | $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e ".[docs]"
+
+docs: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/learner_throughput.py
