@@ -5,7 +5,8 @@ Each learner keeps its own checkpoints in ``<run>/checkpoints/<cell_id>/learner-
 normalisers, RNG, simulators where the env can save them), the communicator's (push-sum weight,
 counters) and the training loop's, including every result row produced so far: a resumed cell
 re-produces the rows after its checkpoint and none before it, so rows are neither lost nor
-duplicated.
+duplicated. A synchronous cell (off-policy ones with `--checkpoint-replay`) resumes exactly: the same
+parameters and rows as run straight through, timings' values aside (tests/checkpoints/test_exact_resume.py).
 
 Where a cell resumes: learners of a synchronous cell with edges must restart from the same
 iteration (a neighbour's message of that iteration is what each waits for), so they agree on the
@@ -53,10 +54,23 @@ class LoopState:
     eval_time_s: float = 0.0
     wall_s: float = 0.0  # training wall time before this process started (a resumed cell)
     final_train: list[tuple[float, Any]] = field(default_factory=list)  # (return, success) of the last evaluation
+    # Periodic checkpoints so far and the time the learner spent copying its state for them (what
+    # its neighbours may wait for; the checkpoint_copy_s metric). A stop's checkpoint is left out:
+    # a resumed learner reports them exactly where the uninterrupted one does.
+    checkpoints_saved: int = 0
+    checkpoint_copy_s: float = 0.0
     rows: dict[str, dict[str, list]] = field(default_factory=dict)  # table -> columns
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """A copy for a checkpoint, written on a thread while the loop goes on: the containers the loop
+        changes in place (the running metric sums) are copied, `rows` is replaced, never changed."""
+        values = dict(self.__dict__)
+        values.update(
+            metric_sums=dict(self.metric_sums),
+            recent_returns=list(self.recent_returns),
+            final_train=list(self.final_train),
+        )
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LoopState:
@@ -94,7 +108,6 @@ class CheckpointKeeper:
         self.every_steps = every_steps
         self.enabled = enabled
         self.writer = checkpoint.BackgroundWriter()
-        self.copy_s = 0.0  # time the learner spent copying its state (what its neighbours may wait for)
         self.saved = 0
         self._every_iterations: int | None = None
 

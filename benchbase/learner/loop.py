@@ -170,8 +170,8 @@ class _Training:
         values.update(comm.statistics())
         comm.reset_staleness()
         values["steps_per_second"] = state.local_steps / max(self.wall - state.eval_time_s, 1e-9)
-        if self.context.keeper.saved:
-            values["checkpoint_copy_s"] = self.context.keeper.copy_s
+        if state.checkpoints_saved:
+            values["checkpoint_copy_s"] = state.checkpoint_copy_s
         if self.recent_returns:
             values["recent_return"] = float(np.mean(self.recent_returns))
         if self.context.staleness == 0:
@@ -257,13 +257,19 @@ class _Training:
             self.stop_at = context.stop.stop_iteration(state.iteration, self.world, context.store, context.lockstep)
         iterations = state.iterations
         stopping = self.stop_at is not None and self.stop_at <= state.iteration < iterations
-        if stopping or keeper.due(state.iteration, iterations, steps_per_iteration):
+        due = keeper.due(state.iteration, iterations, steps_per_iteration)
+        if stopping or due:
             started = time.perf_counter()
             state.recent_returns = list(self.recent_returns)
             state.wall_s = time.perf_counter() - self.loop_start
             state.rows = {name: buffer.copy_columns() for name, buffer in self.tables.items()}
             snapshot = checkpoint_state(context.learner, context.comm, state, context.checkpoint_replay)
-            keeper.copy_s += time.perf_counter() - started
+            if due:  # counted in the snapshot too: the learner resumed from it goes on from these
+                state.checkpoints_saved += 1
+                state.checkpoint_copy_s += time.perf_counter() - started
+                snapshot["loop"].update(
+                    checkpoints_saved=state.checkpoints_saved, checkpoint_copy_s=state.checkpoint_copy_s
+                )
             keeper.save(snapshot, state.local_steps, wait=stopping)  # written on a thread unless stopping
         return stopping
 

@@ -23,6 +23,9 @@ Each iteration:
   snapshot of the network as it was before iteration i's update as the scorer. The on-policy
   stream therefore lags by one update. Without it the batch is drawn and trained on at once with
   the live network as scorer.
+- Checkpoints with the replay buffers resume exactly: the state is taken as of the last consumed
+  batch plus the one drawn for the next iteration (the checkpoint waits for it), so neither the
+  buffers' contents and RNGs nor that batch depend on how far the preparer had got.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
         self.lock = threading.Lock()
         self.preparer: BatchPreparer | None = None
         self._pending = False  # a batch requested from the preparer and not yet taken
+        self._prepared: SampledBatch | None = None  # a batch taken from the preparer, trained on next
         if background_preparation:
             self.preparer = BatchPreparer(self.replay, self.lock)
             # The preparer's scorer: a snapshot of π's trunk, copied in before each request.
@@ -152,9 +156,8 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
             if self.replay.can_sample():
                 batch = SampledBatch(*self.replay.sample(self.scorer()))
             return batch, self.replay.statistics()
-        if self._pending:  # drawn after the previous iteration's segments were added
-            batch = SampledBatch(*self.preparer.take())
-            self._pending = False
+        self._take_prepared()  # drawn after the previous iteration's segments were added
+        batch, self._prepared = self._prepared, None
         with self.lock:  # nothing is being sampled now: the statistics cover the batch just taken
             statistics = self.replay.statistics()
             for segment in segments:
@@ -165,13 +168,28 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
             self._pending = True
         return batch, statistics
 
+    def _take_prepared(self) -> None:
+        """Wait for the batch being drawn in the background, if any, and keep it in `_prepared`."""
+        if self._pending:
+            self._prepared = SampledBatch(*self.preparer.take())
+            self._pending = False
+
     def state_dict(self, replay: bool = False) -> dict[str, Any]:
         """The base's state and μ; the replay buffers' contents only when asked (they can be large:
-        without them a resumed learner refills its buffers)."""
+        without them a resumed learner refills its buffers), with the batch drawn for the next
+        iteration: waiting for it first makes the state the same however far the preparer had got
+        (buffers, their RNGs and counters as after that draw)."""
         state = {**super().state_dict(), "behaviour": self.behaviour_flat.data.detach().to("cpu", copy=True)}
         if replay:
-            with self.lock:  # not while the preparer draws a batch
+            self._take_prepared()
+            with self.lock:
                 state["replay"] = self.replay.state_dict()
+            prepared = self._prepared
+            state["prepared_batch"] = (
+                None
+                if prepared is None
+                else {"segments": [segment.to_dict() for segment in prepared.segments], "taken": dict(prepared.taken)}
+            )
         return state
 
     def load_state_dict(self, state: dict[str, Any], *, mode: Literal["resume", "init", "model"] = "resume") -> None:
@@ -179,6 +197,10 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
         self.behaviour_flat.data.copy_(state["behaviour"] if mode == "resume" else self.flat.data)
         if mode == "resume" and "replay" in state:
             self.replay.load_state_dict(state["replay"])
+            prepared = state.get("prepared_batch")
+            if prepared is not None and self.preparer is not None:
+                segments = [Segment.from_dict(values) for values in prepared["segments"]]
+                self._prepared = SampledBatch(segments, dict(prepared["taken"]))
 
     def close(self) -> None:
         if self.preparer is not None:
