@@ -395,6 +395,13 @@ def run(
         help="Off-policy algorithms: checkpoints also hold the replay buffers' contents (each as large as the "
         "'replay memory' printed before the run), so a resumed learner does not start with empty buffers.",
     ),
+    logger: list[str] = typer.Option(
+        [],
+        "--logger",
+        help="Watch cells while they run: each learner gives this logger its metric rows, at most every "
+        "every_s seconds. NAME[:key=value,…]: jsonl or csv (OUT/live/), tensorboard, wandb (`bench plugins` lists "
+        "them and their parameters); repeatable. Not part of any cell.",
+    ),
     init_from: Optional[str] = typer.Option(
         None,
         "--init-from",
@@ -411,10 +418,13 @@ def run(
         _check_out(out)
     axes_given = any([algorithm, topology, env, replay, grid])
     if cell:
+        loggers = _chosen_loggers(None, logger)
         registry = _registry()
         from benchbase.run.environment import under_torchrun
 
-        settings = _execution_settings(registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay)
+        settings = _execution_settings(
+            registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay, loggers
+        )
         listing = (dry_run, as_json)
         return _run_cells_of_folder(cell, out, axes_given, registry, under_torchrun(), settings, jobs, listing)
     # The spec (and its size) is checked before the plugins load: they import torch, which takes seconds.
@@ -436,10 +446,13 @@ def run(
             "straggler": straggler,
         },
     )
+    loggers = _chosen_loggers(grid, logger)
     registry = _registry()
     from benchbase.run.environment import under_torchrun
 
-    settings = _execution_settings(registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay)
+    settings = _execution_settings(
+        registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay, loggers
+    )
     worker = under_torchrun()
     if not dry_run and not worker and launcher == "local":
         from benchbase.run.local import warm_up
@@ -464,7 +477,9 @@ def run(
         raise typer.Exit(run_as_worker(spec, cells, out, registry, console, settings))
     if launcher == "torchrun":
         raise typer.Exit(
-            _torchrun_commands(spec, cells, out, registry, console, nnodes, rdzv_endpoint, rdzv_timeout, execute)
+            _torchrun_commands(
+                spec, cells, out, registry, console, nnodes, rdzv_endpoint, rdzv_timeout, execute, settings.loggers
+            )
         )
     raise typer.Exit(_run_here(spec, cells, out, registry, console, settings, jobs))
 
@@ -537,13 +552,32 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out {out}: {existing} is not writable (read-only, or no permission): give another folder")
 
 
+def _chosen_loggers(grid: Optional[Path], given: list[str]) -> list:
+    """The run's loggers: --logger entries, else the --grid file's `loggers` (checked by name later)."""
+    from benchbase.grid import spec as grid_module
+
+    file_values = grid_module.load_grid_file(grid) if grid is not None and not given else {}
+    return grid_module.chosen_loggers(file_values, given)
+
+
 def _execution_settings(
-    registry, device: str, comm_timeout: float, transport: str, checkpoint_every: Optional[int], checkpoint_replay: bool
+    registry,
+    device: str,
+    comm_timeout: float,
+    transport: str,
+    checkpoint_every: Optional[int],
+    checkpoint_replay: bool,
+    loggers: Optional[list] = None,
 ):
-    """How the cells run (the same for the grid, torchrun and --cell paths); never part of a cell's identity."""
+    """How the cells run (the same for the grid, torchrun and --cell paths); never part of a cell's identity.
+    Each logger is looked up, its parameters checked and its package found here, before anything runs."""
+    from benchbase.learner.live import resolve_logger
     from benchbase.learner.settings import ExecutionSettings
 
+    for entry in loggers or []:
+        resolve_logger(registry, entry.name, entry.overrides)
     return ExecutionSettings(
+        loggers=tuple((entry.name, tuple(entry.overrides)) for entry in loggers or []),
         device=device,
         comm_timeout_s=comm_timeout,
         transport=transport,
@@ -852,8 +886,10 @@ def _torchrun_commands(
     rdzv_endpoint: Optional[str],
     rdzv_timeout: int,
     execute: bool,
+    loggers: tuple = (),
 ) -> int:
-    """`bench run --launcher torchrun`: prepare OUT and print (or run) one torchrun command per cell."""
+    """`bench run --launcher torchrun`: prepare OUT and print (or run) one torchrun command per cell (each
+    with the run's --logger options)."""
     from benchbase.run.records import prepare_run
     from benchbase.run.torchrun import Rendezvous, check_endpoint, commands
     from benchbase.run.torchrun import execute as execute_commands
@@ -867,6 +903,10 @@ def _torchrun_commands(
     _, rows, _ = prepare_run(spec, cells, out, registry)
     pending = [cell for cell in cells if rows[cell.cell_id]["status"] != "completed"]
     found = commands(pending, out, rendezvous, selection)
+    from benchbase.grid.spec import AxisEntry
+
+    logger_options = [part for name, values in loggers for part in ("--logger", str(AxisEntry(name, values)))]
+    found = [command + logger_options for command in found]
     if not execute:
         where = "on each of the nodes" if nnodes > 1 else "here or on a GPU node"
         console.print(

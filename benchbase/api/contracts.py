@@ -386,3 +386,73 @@ def space_kind(space: Any) -> str:
     if isinstance(space, spaces.Box):
         return "continuous"
     return type(space).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Loggers (live metrics of a running cell; not part of a cell's config, so not one of KINDS)
+
+
+@dataclass(frozen=True)
+class LoggerParams:
+    """Base of every logger's parameters: how often it is given a row."""
+
+    every_s: float = param(
+        1.0,
+        "at least this many seconds between the metric rows this logger is given (0: every metric row, "
+        "about 100 per learner and cell); a learner's last row is always given",
+        min=0,
+    )
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """Which learner a logger's output belongs to."""
+
+    out_dir: str  # the run folder
+    grid: str  # the run folder's name (results/grid-<id> by default): what groups a grid's cells
+    cell_id: str
+    learner: int  # the learner's rank in the cell
+    learners: int  # learners in the cell
+    config: Mapping[str, Any]  # the cell's resolved config
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One metric row of a learner: what its rows of the metrics table hold at one iteration."""
+
+    iteration: int
+    env_step: int  # this learner's env steps
+    cell_env_step: int  # env_step × learners: the x axis the report uses
+    wall_time_s: float
+    values: Mapping[str, float]  # metric → value, as in the metrics table's `metric` and `value` columns
+
+
+class LogWriter(Protocol):
+    """What `Logger.open` returns. It is called from a thread of the learner process of its own, so it
+    may be slow; an exception disables it (the learner reports it once and trains on)."""
+
+    def write(self, row: MetricRow) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Logger(Component):
+    """Sees a running cell: each learner process opens the chosen loggers and gives them its metric rows,
+    at most every `every_s` seconds (`--logger NAME[:key=value]`, or `loggers` in a grid file)."""
+
+    Params: type = LoggerParams
+    #: Modules the logger imports (checked before a run starts) and the pip requirement that provides them.
+    requires: tuple[str, ...] = ()
+    install: str = ""
+
+    def missing(self) -> str | None:
+        """One line naming what to install when a required module is absent; None when all are there."""
+        from importlib.util import find_spec
+
+        absent = [module for module in self.requires if find_spec(module) is None]
+        if not absent:
+            return None
+        return f"logger {self.name} needs the {', '.join(absent)} package: pip install '{self.install or absent[0]}'"
+
+    def open(self, params: Any, run: LiveRun) -> LogWriter:
+        raise NotImplementedError

@@ -16,7 +16,9 @@ Registration hooks receive a ``register`` callback and call it with component in
     def register_topologies(register):
         register(StarTopology())
 
-Observer hooks are called in the process that runs the grid (never inside learner processes).
+Observer hooks are called in the process that runs the grid (never inside learner processes), once
+per cell. To watch a cell while it runs, register a `benchbase.api.contracts.Logger` instead: each
+learner process opens the loggers a run chose and gives them its metric rows as they are made.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ def register_env_families(register: Register) -> None:
 @hookspec
 def register_replay_strategies(register: Register) -> None:
     """Register `benchbase.api.contracts.ReplayStrategy` instances."""
+
+
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register `benchbase.api.contracts.Logger` instances (chosen per run with `bench run --logger`)."""
 
 
 @hookspec(firstresult=True)

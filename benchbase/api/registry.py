@@ -28,7 +28,7 @@ import pluggy
 
 from benchbase import __version__
 from benchbase.api import hookspecs
-from benchbase.api.contracts import KINDS, Component, EnvFamily, ResolvedNames
+from benchbase.api.contracts import KINDS, Component, EnvFamily, Logger, ResolvedNames
 from benchbase.api.params import describe
 from benchbase.errors import UserError, unknown_name
 
@@ -49,15 +49,21 @@ BUILTIN_KINDS: dict[str, str] = {
     "plugins.replay.uniform": "replay",
     "plugins.replay.attentive": "replay",
     "plugins.replay.elite": "replay",
+    "benchbase.loggers.files": "logger",
+    "benchbase.loggers.tensorboard": "logger",
+    "benchbase.loggers.wandb": "logger",
 }
 BUILTIN_PLUGINS: tuple[str, ...] = tuple(BUILTIN_KINDS)
 
 ENTRY_POINT_GROUP = "benchbase"
+#: Every kind the registry holds: a cell's components (`KINDS`) and the loggers a run may choose.
+COMPONENT_KINDS: dict[str, type[Component]] = {**KINDS, "logger": Logger}
 _HOOK_OF_KIND = {
     "algorithm": "register_algorithms",
     "topology": "register_topologies",
     "env": "register_env_families",
     "replay": "register_replay_strategies",
+    "logger": "register_loggers",
 }
 
 
@@ -78,8 +84,8 @@ class Registry:
     """Every registered component, by kind and name."""
 
     manager: pluggy.PluginManager
-    components: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in KINDS})
-    aliases: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    components: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in COMPONENT_KINDS})
+    aliases: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in COMPONENT_KINDS})
     errors: list[str] = field(default_factory=list)  # one line per plugin that failed to load or register
     tracebacks: list[str] = field(default_factory=list)  # the same failures in full
     clashes: list[str] = field(default_factory=list)
@@ -138,7 +144,7 @@ class Registry:
     # -- registration ------------------------------------------------------------------------
 
     def _register(self, kind: str, plugin: str, provider: str, component: Any) -> None:
-        expected = KINDS[kind]
+        expected = COMPONENT_KINDS[kind]
         if not isinstance(component, expected):
             raise TypeError(f"register() of {kind}s got {component!r}, not a {expected.__name__}")
         entry = Registered(kind, component, plugin, provider)

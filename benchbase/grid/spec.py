@@ -3,7 +3,8 @@
 A grid is the cross-product algorithm × topology × env family × replay × seed, plus settings
 shared by every cell. Axis entries may carry parameters: ``random:p=0.3`` or, in TOML,
 ``{ name = "random", p = 0.3 }``. ``--set PLUGIN.KEY=VALUE`` sets a parameter of a plugin
-wherever it appears; an entry's own parameters win over ``--set``.
+wherever it appears; an entry's own parameters win over ``--set``. A grid file's ``loggers`` (like
+``--logger``) choose how the run is watched; they are part of no cell.
 
 Everything is resolved and checked before anything runs: names, parameter types, topology data,
 and algorithm/env/replay compatibility. A cell's id is a hash of its resolved config, so the
@@ -185,7 +186,8 @@ MAX_SIMULATORS = 65_536
 #: A cell's budget: env-step counters are 64-bit integers in the result tables.
 MAX_ENV_STEPS = 10**15
 _AXES = ("algorithms", "topologies", "envs", "replay")
-GRID_KEYS = (*_AXES, "seeds", *_SCALARS, "set", "straggler")
+#: `loggers` chooses how the run is watched (like `bench run --logger`): no cell's config holds it.
+GRID_KEYS = (*_AXES, "seeds", *_SCALARS, "set", "straggler", "loggers")
 
 
 def load_grid_file(path: Path | str) -> dict[str, Any]:
@@ -241,6 +243,20 @@ def _axis_from_file(values: Any, key: str) -> list[AxisEntry]:
             entries.append(AxisEntry(value["name"], rest))
         else:
             raise UserError(f'grid {key}: {value!r} is neither "name:key=value" nor {{ name = … }}')
+    return entries
+
+
+def chosen_loggers(file_values: Mapping[str, Any], cli_entries: list[str]) -> list[AxisEntry]:
+    """The loggers of a run: the --logger entries, else the grid file's ``loggers`` (names, "name:key=value"
+    or ``{ name = "jsonl", every_s = 0 }``). They are not part of any cell: they change no cell id."""
+    if cli_entries:
+        entries = [parse_axis_entry(text, "--logger") for text in cli_entries]
+    else:
+        entries = _axis_from_file(file_values.get("loggers", []), "loggers")
+    names = [entry.name for entry in entries]
+    for name in names:
+        if names.count(name) > 1:
+            raise UserError(f'logger "{name}" is given twice: give each logger once (with all its parameters)')
     return entries
 
 

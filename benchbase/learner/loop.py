@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from benchbase.api.contracts import MetricRow
 from benchbase.checkpoints.resume import CheckpointKeeper, LoopState, StopSignal
 from benchbase.comm.communicator import Communicator
 from benchbase.grid.cell import Cell, straggler_factor
 from benchbase.learner.evaluation import Evaluator, evaluation_due, nominal_env_step, task_parameters
 from benchbase.learner.events import Progress, Report, Started
+from benchbase.learner.live import LiveLog
 from benchbase.learner.settings import LearnerLaunch
 from benchbase.results import (
     EPISODES_SCHEMA,
@@ -93,6 +95,7 @@ class _Training:
         self.loop_start = self.last_report = self.now = self.wall = 0.0
         self.slowdown = straggler_factor(context.cell, self.rank)
         self.paced_at: float | None = None  # when the straggler's last pause ended
+        self.live = LiveLog.open(context.launch, self.cell_id, context.report)  # the run's loggers (None: none)
 
     def _schedule(self, iterations: int) -> None:
         """Metric rows every `metric_every` iterations."""
@@ -194,6 +197,12 @@ class _Training:
                 value=float(value),
             )
         state.metric_sums, state.metric_count = {}, 0
+        if self.live is not None:  # throttled per logger and handed to their threads: never waits on them
+            logged = {name: float(value) for name, value in values.items()}
+            row = MetricRow(state.iteration, steps, steps * self.world, self.wall, logged)
+            self.live.offer(row, last=self.last_iteration())
+            if self.last_iteration():
+                self.live.close()
 
     def evaluate(self, steps_per_iteration: int) -> None:
         """At an evaluation's iteration: greedy episodes on every split, one row each, placed at the
@@ -274,9 +283,11 @@ class _Training:
         return stopping
 
     def finish(self, stopped: bool) -> dict[str, Any]:
-        """Close the checkpoint writer and sum the learner up."""
+        """Close the checkpoint writer (and the loggers, when the cell stops early) and sum the learner up."""
         state = self.state
         self.context.keeper.close()
+        if self.live is not None:
+            self.live.close()
         state.recent_returns = list(self.recent_returns)
         state.wall_s = time.perf_counter() - self.loop_start
         train_time = time.perf_counter() - self.loop_start - state.eval_time_s

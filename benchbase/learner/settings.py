@@ -24,6 +24,9 @@ class ExecutionSettings:
     checkpoint_every: int | None = None
     #: Off-policy learners: also checkpoint the replay buffers' contents (as large as the buffers).
     checkpoint_replay: bool = False
+    #: The loggers every learner opens (`bench run --logger`): (name, ((key, value), …)) as given, checked by
+    #: `bench run` and resolved again in each learner (`benchbase.learner.live`).
+    loggers: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
 
 @dataclass(frozen=True)

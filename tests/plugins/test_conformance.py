@@ -33,7 +33,7 @@ from benchbase.api.contracts import (
     space_kind,
 )
 from benchbase.api.params import describe, to_dict
-from benchbase.api.registry import load_registry
+from benchbase.api.registry import COMPONENT_KINDS, load_registry
 from benchbase.api.replay import ReplayMix, batch_shares
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.errors import UserError
@@ -43,8 +43,8 @@ REGISTRY = load_registry()
 #: A Gymnasium id no plugin registers: resolved on demand as a one-task family.
 RESOLVED_ENV_IDS = ("MountainCarContinuous-v0",)
 
-COMPONENTS = [(kind, name) for kind in KINDS for name in REGISTRY.names(kind)]
-ALIASES = [(kind, alias, name) for kind in KINDS for alias, name in sorted(REGISTRY.aliases[kind].items())]
+COMPONENTS = [(kind, name) for kind in COMPONENT_KINDS for name in REGISTRY.names(kind)]
+ALIASES = [(kind, alias, name) for kind in COMPONENT_KINDS for alias, name in sorted(REGISTRY.aliases[kind].items())]
 TOPOLOGIES = REGISTRY.names("topology")
 ENVS = REGISTRY.names("env") + list(RESOLVED_ENV_IDS)
 ALGORITHMS = REGISTRY.names("algorithm")
@@ -76,7 +76,7 @@ def test_something_of_every_kind_is_registered():
 @pytest.mark.parametrize(("kind", "name"), COMPONENTS, ids=[f"{k}:{n}" for k, n in COMPONENTS])
 def test_component_basics(kind: str, name: str):
     comp = component(kind, name)
-    assert isinstance(comp, KINDS[kind])
+    assert isinstance(comp, COMPONENT_KINDS[kind])
     assert comp.name == name and name.strip() == name and name
     assert isinstance(comp.description, str) and comp.description.strip(), f"{name} has no description"
     assert "\n" not in comp.description.strip(), "the description is one line"
