@@ -2,18 +2,21 @@
 
 Point ``BENCHBASE_FAULT`` at a JSON file ``{"rank": 1, "at_step": 4000, "how": "kill"}``: learner
 `rank` kills itself with SIGKILL ("kill") or raises ("raise") once it has taken `at_step` env
-steps. The file is removed when the fault fires, so the next cell and a re-run go through.
+steps, or from then on finds the disk full ("enospc": its next checkpoint write fails with ENOSPC,
+as on a full disk). The file is removed when the fault fires, so the next cell and a re-run go through.
 Loaded with ``BENCHBASE_EXTRA_PLUGINS=fault_plugin`` and ``tests/`` on PYTHONPATH.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 from pathlib import Path
 
 from benchbase.api.hookspecs import hookimpl
+from benchbase.checkpoints import checkpoint
 from plugins.algorithms.diff_a2c import A2CLearner, DiffA2C
 
 
@@ -33,8 +36,15 @@ class FaultyLearner(A2CLearner):
                 Path(fault).unlink()
                 if plan["how"] == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                if plan["how"] == "enospc":
+                    checkpoint.save = _disk_full  # the checkpoint writer thread calls it by name
+                    return output
                 raise RuntimeError("injected fault")
         return output
+
+
+def _disk_full(folder, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
 
 
 class FaultyA2C(DiffA2C):

@@ -281,6 +281,13 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
         self._thread.start()
 
+    def raise_failed(self) -> None:
+        """Re-raise the error of a write that has already failed (without waiting for one in flight):
+        a learner whose disk filled stops at once, not one checkpoint interval later, when its
+        neighbours may have replaced the checkpoints they share with it."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
     def wait(self) -> None:
         """Block until the pending write is on disk; re-raise its error in the caller."""
         if self._thread is not None:

@@ -125,6 +125,10 @@ class CheckpointKeeper:
         if wait:
             self.writer.wait()
 
+    def raise_failed(self) -> None:
+        """Re-raise the error of a checkpoint write that has already failed (a full disk)."""
+        self.writer.raise_failed()
+
     def close(self) -> None:
         self.writer.wait()
 

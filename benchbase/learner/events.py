@@ -8,6 +8,8 @@ rank, not a process's, so that a process hosting several learners can report eac
 
 from __future__ import annotations
 
+import errno
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +78,22 @@ class Done:
     #: The loop's summary: env_steps, train_time_s, bytes_sent, final_return, final_success,
     #: stopped, transport.
     summary: dict[str, Any]
+
+
+#: errno values of a disk that refuses writes: a fault of the machine, not of the code, so the
+#: learner reports one line (the file, and what to do) rather than a traceback.
+DISK_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def failure_text(error: BaseException) -> str:
+    """What a learner that raised `error` reports in `Failed.traceback`."""
+    if isinstance(error, OSError) and error.errno in DISK_FAULTS:
+        where = error.filename or "a checkpoint or results file"
+        return (
+            f"cannot write {where} ({error.strerror}): free some space (or make it writable), then re-run: "
+            "the cell resumes from its last checkpoint"
+        )
+    return "".join(traceback.format_exception(error))
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,7 @@ class _Training:
     def checkpoint_or_stop(self, steps_per_iteration: int) -> bool:
         """Checkpoint when due, or when asked to stop (then wait for the file); returns whether to stop."""
         context, state, keeper = self.context, self.state, self.context.keeper
+        keeper.raise_failed()  # a write that failed (a full disk) fails the learner now
         if context.stop.requested and self.stop_at is None:
             # Learners in lockstep agree on the iteration at which they all stop.
             self.stop_at = context.stop.stop_iteration(state.iteration, self.world, context.store, context.lockstep)

@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import torch.distributed as dist
 from benchbase.api.registry import BUILTIN_PLUGINS
 from benchbase.comm.shm import segment_name, unlink_segment
 from benchbase.grid.cell import Cell
-from benchbase.learner.events import CellEvent, Done, Failed, LearnerEvent, Resumed, Started, Stopping
+from benchbase.learner.events import CellEvent, Done, Failed, LearnerEvent, Resumed, Started, Stopping, failure_text
 from benchbase.learner.process import run_learner
 from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
 from benchbase.run.lifeline import die_with
@@ -81,8 +80,8 @@ def _learner_process(launch: LearnerLaunch, events: Any, launcher_pid: int) -> N
     try:
         summary = run_learner(launch, events.put)
         events.put(Done(cell_id, launch.rank, summary))
-    except BaseException:
-        events.put(Failed(cell_id, launch.rank, traceback=traceback.format_exc(), at=time.time()))
+    except BaseException as error:
+        events.put(Failed(cell_id, launch.rank, traceback=failure_text(error), at=time.time()))
         events.close()
         events.join_thread()
         sys.exit(1)
@@ -273,7 +272,8 @@ def _root_cause(errors: list[tuple[float, int, str]]) -> str:
     """The error raised first is the cause; the others (a neighbour's broken connection…) follow."""
     errors.sort()
     _, rank, text = errors[0]
-    message = f"learner {rank} failed:\n{text}"
+    lines = text.strip().splitlines()
+    message = f"learner {rank}: {lines[0]}" if len(lines) == 1 else f"learner {rank} failed:\n{text}"
     for _, other, other_text in errors[1:]:
         message += f"\n(then learner {other}: {other_text.strip().splitlines()[-1]})"
     return message

@@ -248,3 +248,62 @@ def test_init_from_starts_every_learner_from_the_checkpoint(tmp_path: Path):
     assert result.stderr.count("\n") == 1 and "the architecture or the env differs" in result.stderr
     result = bench(*base, "--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "no such file or folder" in result.stderr
+
+
+DISK_GRID = [
+    "run",
+    "-a",
+    "faulty-a2c",
+    "-t",
+    "ring",
+    "-e",
+    "random-cartpole",
+    "--learners",
+    "2",
+    "--envs-per-learner",
+    "4",
+    "--env-steps",
+    "24000",
+    "--seeds",
+    "1",
+    "--checkpoint-every",
+    "4000",
+    "--evaluations",
+    "2",
+    "--eval-episodes",
+    "2",
+    "--comm-timeout",
+    "60",
+]
+
+
+def test_a_disk_that_fills_mid_run_fails_the_cell_in_one_line_and_a_rerun_completes_it_exactly(tmp_path: Path):
+    straight = tmp_path / "straight"
+    result = bench(*DISK_GRID, "--out", str(straight), env=FAULTY)
+    assert result.returncode == 0, result.stderr
+
+    out = tmp_path / "full"
+    fault = tmp_path / "fault.json"
+    # From learner step 5,000 on, learner 0's disk is full: its checkpoint at step 6,000 cannot be written.
+    fault.write_text(json.dumps({"rank": 0, "at_step": 5000, "how": "enospc"}))
+    result = bench(*DISK_GRID, "--out", str(out), env={**FAULTY, "BENCHBASE_FAULT": str(fault)})
+    assert result.returncode == 1, result.stderr
+    (cell,) = cell_rows(out).values()
+    assert cell["status"] == "failed"
+    # One line that names the file and what to do (a neighbour's broken connection may follow it).
+    first = cell["error"].splitlines()[0]
+    assert first.startswith("learner 0: cannot write ") and "learner-0 (No space left on device)" in first, first
+    assert "free some space" in first and "Traceback" not in cell["error"], cell["error"]
+    cell_id = cell["cell_id"]
+    assert not (out / "episodes" / cell_id).exists()  # nothing that looks complete
+    assert newest_steps(out, cell_id)[0] == 4000  # the checkpoints before the disk filled are intact
+
+    # Space freed: the re-run resumes from the newest checkpoint both learners have and ends as if uninterrupted.
+    result = bench(*DISK_GRID, "--out", str(out), env=FAULTY)
+    assert result.returncode == 0, result.stderr
+    (cell,) = cell_rows(out).values()
+    assert cell["status"] == "completed" and cell["resumed_from_env_step"] == 8000, result.stdout
+    for resumed, reference in zip(final_parameters(out, cell_id, 2), final_parameters(straight, cell_id, 2)):
+        assert torch.equal(resumed, reference)
+    for table in ("episodes", "evaluations"):
+        assert rows(out, table, cell_id) == rows(straight, table, cell_id)
