@@ -84,6 +84,7 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
             self._action_low = action_space.low.astype(np.float32)
             self._action_high = action_space.high.astype(np.float32)
         self.obs_normaliser = ObservationNormaliser(obs_shape, normaliser, mixed_values=self.flat.extra)
+        self._mix_since_refresh = False  # whether the core may have mixed the statistics since they were read
         self.reward_scaler = RewardScaler(num_envs, params.gamma, params.normalise_rewards)
 
         self._reset_seed = spec.seed * 1_000_003 + spec.rank
@@ -202,9 +203,12 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
     # -- collection -----------------------------------------------------------------------------
 
     def _refresh_mixed_statistics(self) -> None:
-        """Mixed observation statistics change under the normaliser at every mix."""
-        if self.obs_normaliser.mode == "mixed":
+        """Mixed observation statistics change under the normaliser when the core mixes, which it
+        does after each iteration: re-read them once before acting after one, not at every step
+        (evaluation acts thousands of times between two mixes)."""
+        if self._mix_since_refresh:
             self.obs_normaliser.refresh()
+            self._mix_since_refresh = False
 
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         return np.clip(actions, self._action_low, self._action_high) if self.continuous else actions
@@ -239,6 +243,7 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
         self._raw_observations[self.n_steps] = self._raw_obs
         last = self.obs_normaliser(self._raw_obs)
         self.obs_normaliser.update(self._raw_observations[1:])
+        self._mix_since_refresh = self.obs_normaliser.mode == "mixed"  # the core mixes after this iteration
         rewards = self.reward_scaler.scale(self._rewards, self._ended) + self._truncation_bonus
         return finished, last, rewards
 
