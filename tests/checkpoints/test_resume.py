@@ -51,31 +51,17 @@ def newest_steps(out: Path, cell_id: str) -> list[int]:
     return [max(checkpoint.steps_of(path) for path in folder.glob("step-*.pt")) for folder in folders]
 
 
-KILL_GRID = [
-    "run",
-    "-a",
-    "faulty-a2c",
-    "-t",
-    "ring",
-    "-e",
-    "random-cartpole",
-    "--learners",
-    "4",
-    "--envs-per-learner",
-    "8",
-    "--env-steps",
-    "40000",
-    "--seeds",
-    "2",
-    "--checkpoint-every",
-    "8000",
-    "--evaluations",
-    "2",
-    "--eval-episodes",
-    "2",
-    "--comm-timeout",
-    "60",
-]
+def faulty_grid(learners: int, envs_per_learner: int, env_steps: int, seeds: int, checkpoint_every: int) -> list[str]:
+    """`bench run` arguments for a ring of `faulty-a2c` learners on random-cartpole (fault_plugin)."""
+    return [
+        *("run", "-a", "faulty-a2c", "-t", "ring", "-e", "random-cartpole"),
+        *("--learners", str(learners), "--envs-per-learner", str(envs_per_learner)),
+        *("--env-steps", str(env_steps), "--seeds", str(seeds), "--checkpoint-every", str(checkpoint_every)),
+        *("--evaluations", "2", "--eval-episodes", "2", "--comm-timeout", "60"),
+    ]
+
+
+KILL_GRID = faulty_grid(learners=4, envs_per_learner=8, env_steps=40000, seeds=2, checkpoint_every=8000)
 
 
 def test_a_killed_learner_fails_its_cell_the_grid_goes_on_and_a_rerun_resumes_it_exactly(tmp_path: Path):
@@ -250,31 +236,7 @@ def test_init_from_starts_every_learner_from_the_checkpoint(tmp_path: Path):
     assert result.returncode == 2 and "no such file or folder" in result.stderr
 
 
-DISK_GRID = [
-    "run",
-    "-a",
-    "faulty-a2c",
-    "-t",
-    "ring",
-    "-e",
-    "random-cartpole",
-    "--learners",
-    "2",
-    "--envs-per-learner",
-    "4",
-    "--env-steps",
-    "24000",
-    "--seeds",
-    "1",
-    "--checkpoint-every",
-    "4000",
-    "--evaluations",
-    "2",
-    "--eval-episodes",
-    "2",
-    "--comm-timeout",
-    "60",
-]
+DISK_GRID = faulty_grid(learners=2, envs_per_learner=4, env_steps=24000, seeds=1, checkpoint_every=4000)
 
 
 def test_a_disk_that_fills_mid_run_fails_the_cell_in_one_line_and_a_rerun_completes_it_exactly(tmp_path: Path):
