@@ -7,8 +7,11 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import platform
+import shlex
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -39,6 +42,27 @@ def package_versions(registry: Registry) -> dict[str, Any]:
             pass
     versions["plugins"] = {name: provider for name, provider in registry.loaded}
     return versions
+
+
+def machine_description() -> dict[str, Any]:
+    """Where the run ran, for the report's header: host, CPU model and count, GPUs when torch sees any."""
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        cpu_model = names[0] if names else cpu_model
+    except OSError:
+        pass
+    machine: dict[str, Any] = {"host": socket.gethostname(), "cpus": os.cpu_count(), "cpu_model": cpu_model}
+    torch = sys.modules.get("torch")  # only when loaded already: start-up stays free of torch
+    if torch is not None and torch.cuda.is_available():
+        machine["gpus"] = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+    return machine
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it ("bench run -a diff-a2c ...")."""
+    return shlex.join(["bench", *sys.argv[1:]])
 
 
 def read_grid(folder: RunFolder) -> dict[str, Any] | None:
@@ -214,6 +238,8 @@ def _write_run(folder: RunFolder, spec: GridSpec | None, cells: list[Cell], rows
                 "spec": spec.to_dict(),
                 "cell_ids": grid_fingerprint(cells),
                 "versions": package_versions(registry),
+                "command": command_line(),
+                "machine": machine_description(),
                 "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             },
         )
