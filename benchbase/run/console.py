@@ -258,7 +258,7 @@ class GridConsole:
     def _plain_progress_line(self, cell: _RunningCell) -> Text:
         return Text(
             f"  … {cell.label}: {cell.fraction():.0%} "
-            f"({count(cell.total_steps())}/{count(cell.budget)} steps), "
+            f"({count(min(cell.total_steps(), cell.budget))}/{count(cell.budget)} steps), "
             f"{count(cell.total_rate())} steps/s, "
             f"return {_fmt_return(cell.mean_return())}"
         )
@@ -290,7 +290,7 @@ class GridConsole:
             ProgressBar(total=total, completed=accounted, width=30),
             Text(
                 f"{done_cells}/{self.total_cells} cells · "
-                f"{count(steps_taken)}/{count(self.total_env_steps)} env steps · "
+                f"{count(min(steps_taken, self.total_env_steps))}/{count(self.total_env_steps)} env steps · "
                 f"{duration(elapsed)} elapsed · ETA {duration(eta)}"
             ),
         )
@@ -309,7 +309,7 @@ class GridConsole:
                 Text(f"  {label}"),
                 ProgressBar(total=max(budget, 1), completed=min(steps, budget), width=20),
                 f"{fraction:.0%}",
-                f"{count(steps)}/{count(budget)}",
+                f"{count(min(steps, budget))}/{count(budget)}",
                 f"{count(cell_rate)} steps/s",
                 f"return {_fmt_return(ret)}",
             )

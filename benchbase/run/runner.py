@@ -215,13 +215,14 @@ def show_event(grid_console: GridConsole, event: CellEvent) -> None:
             grid_console.message(f"{event.cell_id}: stopping: every learner checkpoints, then exits")
 
 
-def print_leaderboard(console: Any, out: Path, registry: Registry, repetitions: int = 1000) -> None:
-    """The run's own leaderboard after its summary; a failure here never fails the run."""
+def print_leaderboard(console: Any, out: Path, registry: Registry, **options: Any) -> None:
+    """The run's own leaderboard after its summary, with `bench report`'s defaults (the same bootstrap
+    repetitions, so the same intervals); a failure here never fails the run."""
     try:
         from benchbase.report.build import build_report, load_runs
         from benchbase.report.text import leaderboard_table
 
-        report = build_report(load_runs([str(out)]), repetitions=repetitions, registry=registry)
+        report = build_report(load_runs([str(out)]), registry=registry, **options)
         console.print(leaderboard_table(report, width=console.width))
         if report.problems:
             problems = f"{len(report.problems)} problem(s) behind this leaderboard: bench report {out} lists them"

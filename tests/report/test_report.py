@@ -660,6 +660,26 @@ def test_the_run_leaderboard_never_fails_the_run(tmp_path: Path, registry) -> No
     assert "Leaderboard" in text and "2 problem(s) behind this leaderboard" in text
 
 
+def test_the_run_leaderboard_has_the_intervals_of_bench_report(tmp_path: Path, registry) -> None:
+    """The end-of-run leaderboard and `bench report` use the same bootstrap (repetitions, seed), so
+    the same folder gives the same intervals in both."""
+    from rich.console import Console
+
+    from benchbase.report.build import build_report, load_runs
+    from benchbase.report.text import leaderboard_table
+    from benchbase.run.runner import print_leaderboard
+
+    finals = {("ring", 0): 0.5, ("ring", 1): 0.8, ("isolated", 0): 0.3, ("isolated", 1): 0.6}
+    run = write_run(tmp_path / "run", [Cell(t, s, curve=(0.1, final)) for (t, s), final in finals.items()])
+    at_end = Console(record=True, width=200)
+    print_leaderboard(at_end, run, registry)
+    by_report = Console(record=True, width=200)
+    by_report.print(leaderboard_table(build_report(load_runs([str(run)]), registry=registry), width=200))
+    table = by_report.export_text()
+    assert at_end.export_text().startswith(table) and "[0.50, 0.80]" in table
+    assert build_report(load_runs([str(run)]), registry=registry).repetitions == 2000
+
+
 def test_a_family_of_games_is_normalised_game_by_game(tmp_path: Path, registry) -> None:
     """atari-games declares each game's (random, human) scores: a learner 30% of the way from
     random to human on Pong and one 50% of the way on Breakout score 0.3 and 0.5."""

@@ -178,6 +178,28 @@ def test_live_render_shows_grid_bar_and_running_cells(clock: FakeClock) -> None:
     assert LABEL not in output(view)  # finished cells leave the live area
 
 
+def test_progress_never_shows_more_steps_than_the_budget(clock: FakeClock) -> None:
+    """A learner's last iteration may end past the cell's budget (484k of 480k); progress stops at
+    the budget, and the end-of-run summary reports the steps actually taken."""
+    grid = GridConsole(1, 480_000, console=make_console(True))
+    grid._started_at = clock.now
+    grid.cell_started("c1", LABEL, 480_000, 2)
+    grid.progress("c1", 0, 242_000, 100.0, 2.0)
+    grid.progress("c1", 1, 242_000, 100.0, 2.0)
+    clock.now += 10.0
+    view = make_console(True)
+    view.print(grid._render())
+    text = output(view)
+    assert "480k/480k" in text and "484k" not in text and "100%" in text
+
+    con = make_console(False)
+    with GridConsole(1, 480_000, console=con, log_interval_s=0.0) as plain:
+        plain.cell_started("c1", LABEL, 480_000, 2)
+        plain.progress("c1", 0, 242_000, 100.0, 2.0)
+        plain.progress("c1", 1, 242_000, 100.0, 2.0)
+    assert "484k" not in output(con) and "(480k/480k steps)" in output(con)
+
+
 def test_live_eta_counts_a_failed_cells_whole_budget_as_used(clock: FakeClock) -> None:
     grid = GridConsole(2, 2000, console=make_console(True))
     grid._started_at = clock.now
