@@ -9,7 +9,8 @@ Three steps, each usable on its own:
   cells into entries (`benchbase.report.entries`: cells that differ in anything but the seed are
   never pooled) and computes the statistics of `benchbase.report.stats` over runs (seeds) × tasks
   (env families), with learning curves per entry and task from the greedy evaluations and from
-  the binned training episodes (`benchbase.report.training`);
+  the binned training episodes (`benchbase.report.training`), and a header per run folder
+  from its grid.json (`benchbase.report.header`: version, date, command, budget, seeds, machine);
 - `write_report(report, out_dir)` (`benchbase.report.write`) writes `leaderboard.parquet`,
   `curves.parquet`, `report.md` and `report.html`.
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from benchbase import __version__
 from benchbase.errors import UserError, close_match
 from benchbase.report import stats
 from benchbase.report.entries import (
@@ -42,6 +44,7 @@ from benchbase.report.entries import (
     resolve_baseline,
     score_matrix,
 )
+from benchbase.report.header import read_run_headers
 from benchbase.report.load import Runs, load_runs
 from benchbase.report.model import (
     INTERVAL_RUNS,
@@ -145,6 +148,8 @@ def build_report(
         repetitions=options["repetitions"],
         confidence=confidence,
         score_ranges=_score_ranges(scored, score_kinds),
+        run_headers=read_run_headers(runs.sources),
+        benchbase_version=__version__,
     )
 
 

@@ -1,10 +1,15 @@
 """The HTML report: one self-contained file (inline CSS, charts as inline SVG, no scripts and no
 external requests) drawn from a `benchbase.report.model.Report`.
 
-Charts are drawn with matplotlib's object API (`matplotlib.figure.Figure` and the SVG canvas),
-never pyplot, so rendering touches no global figure state and needs no display. Text in the SVGs
-stays text (``svg.fonttype = 'none'``), long curves are thinned, and every entry keeps one colour
-across all charts and the leaderboard's swatches.
+It opens with a header per run folder read (`benchbase.report.header`: versions, date, command,
+budget, seeds, grid and machine). Charts are drawn with matplotlib's object API
+(`matplotlib.figure.Figure` and the SVG canvas), never pyplot, so rendering touches no global figure
+state and needs no display. Text in the SVGs stays text (``svg.fonttype = 'none'``), long curves
+are thinned, and entry names are never shortened: beside the score bars they wrap, and the
+legends are HTML lists under the charts (the browser wraps them; none is drawn over the curves).
+Every entry keeps one colour, dash pattern and marker across all charts, the legends and the
+tables' swatches, so curves that coincide stay apart. P(X > Y) is a matrix (an HTML table: row X,
+column Y) on a diverging colour scale.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from html import escape
 
 import matplotlib
@@ -23,6 +30,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from benchbase.formatting import DASH, count, duration, finite, size
+from benchbase.report.header import (
+    NOT_RECORDED,
+    budget_text,
+    grid_text,
+    machine_text,
+    seeds_text,
+    versions_text,
+    written_text,
+)
 from benchbase.report.model import (
     INTERVAL_RUNS,
     RELIABLE_RUNS,
@@ -30,6 +46,7 @@ from benchbase.report.model import (
     Estimate,
     GeneralisationCell,
     Report,
+    coincident_profiles,
     fewest_runs,
     ranks,
 )
@@ -90,8 +107,29 @@ figure { margin: 1rem 0 1.6rem; }
 figure svg { max-width: 100%; height: auto; display: block; }
 figure svg * { stroke-linejoin: round; stroke-linecap: butt; }
 figcaption { font-size: .92em; margin-top: .3rem; max-width: 70rem; }
-code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .92em; }
+code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .92em; overflow-wrap: anywhere; }
 ul.sources { margin: .2rem 0; padding-left: 1.3rem; }
+#runs { margin: .4rem 0 1rem; }
+#runs p { margin: .2rem 0 .4rem; }
+table.run-header { font-size: 13px; margin: .3rem 0 .7rem; max-width: 100%; }
+table.run-header th { width: 7rem; }
+table.run-header td { white-space: normal; overflow-wrap: anywhere; }
+ul.legend { list-style: none; display: flex; flex-wrap: wrap; gap: .2rem 1.4rem; margin: .4rem 0 .2rem;
+            padding: 0; font-size: .92em; }
+ul.legend li { display: flex; align-items: center; gap: .45rem; min-width: 0; max-width: 100%; }
+ul.legend .label { overflow-wrap: anywhere; }
+svg.key { flex: none; }
+table.matrix { font-size: 12.5px; }
+table.matrix th.entry { white-space: normal; font-weight: 400; text-align: left; min-width: 9rem; }
+table.matrix th.col { text-align: center; min-width: 3.2rem; }
+table.matrix .num { font-weight: 700; margin-right: .2em; }
+td.pcell { text-align: center; white-space: normal; min-width: 6rem; }
+table.matrix.many td.pcell { min-width: 3.8rem; }
+table.matrix.many th.entry { min-width: 7rem; }
+td.pcell .ci { display: block; white-space: normal; }
+td.pcell.dark { color: #fff; }
+td.pcell.dark .ci { color: #fff; opacity: .85; }
+td.pcell.diag, td.pcell.none { background: #f6f8fa; color: #8c959f; }
 """
 
 
@@ -138,15 +176,31 @@ def _few_runs(report: Report) -> int | None:
     return fewest if fewest is not None and fewest < RELIABLE_RUNS else None
 
 
-def _label(text: str, limit: int = 48) -> str:
-    """An entry name as chart text: no mathtext (``$`` escaped), long names shortened."""
+def _chart_text(text: str, width: int | None = None) -> str:
+    """An entry or family name as chart text: never shortened, wrapped onto lines of at most ``width``
+    characters when given, and without mathtext (``$`` escaped)."""
     text = str(text)
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
+    if width is not None and len(text) > width:
+        text = "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
     return text.replace("$", r"\$")
 
 
-# --------------------------------------------------------------------------- colours
+# --------------------------------------------------------------------------- colours and line styles
+
+
+@dataclass(frozen=True)
+class _Style:
+    """How an entry is drawn in every chart: colour, dash pattern and marker, so that curves lying
+    on top of each other stay apart (a dashed line over a solid one, markers at other points)."""
+
+    colour: str
+    dash: tuple[float, ...]  # on/off lengths in line widths; () is a solid line
+    marker: str  # a matplotlib marker, drawn alike in the HTML legend's key
+
+
+# Five dash patterns and six markers: the first 30 entries all differ in the pair.
+_DASHES: tuple[tuple[float, ...], ...] = ((), (4.0, 1.6), (1.0, 1.4), (5.0, 1.5, 1.0, 1.5), (2.2, 1.4))
+_MARKERS = ("o", "s", "^", "D", "v", "p")
 
 
 def _colour(i: int) -> str:
@@ -156,8 +210,8 @@ def _colour(i: int) -> str:
     return to_hex(hsv_to_rgb((hue, 0.65, 0.8)))
 
 
-def _entry_colours(report: Report) -> dict[str, str]:
-    """One colour per entry, in leaderboard order, then entries seen only in other parts."""
+def _entry_styles(report: Report) -> dict[str, _Style]:
+    """One style per entry, in leaderboard order, then entries seen only in other parts."""
     names: list[str] = []
     seen: set[str] = set()
 
@@ -174,7 +228,55 @@ def _entry_colours(report: Report) -> dict[str, str]:
     add(cell.entry for cell in report.generalisation)
     for imp in report.improvements:
         add((imp.better, imp.worse))
-    return {name: _colour(i) for i, name in enumerate(names)}
+    return {
+        name: _Style(_colour(i), _DASHES[i % len(_DASHES)], _MARKERS[i % len(_MARKERS)]) for i, name in enumerate(names)
+    }
+
+
+def _line_kwargs(style: _Style, index: int, entries: int, points: int) -> dict:
+    """matplotlib keywords for an entry's line: its colour and dashes, and markers at every point
+    of a short line, else at about 8 points, shifted per entry so that coinciding lines put
+    their markers at different places."""
+    kwargs: dict = dict(color=style.colour, linewidth=1.8, marker=style.marker, markersize=4.5)
+    kwargs["linestyle"] = (0, style.dash) if style.dash else "-"
+    if points > 12:
+        step = max(1, points // 8)
+        kwargs["markevery"] = ((index * step) // max(1, entries) % step, step)
+    return kwargs
+
+
+# --------------------------------------------------------------------------- HTML legends
+
+
+def _key_svg(style: _Style) -> str:
+    """A small picture of an entry's line (colour, dashes, marker) for an HTML legend."""
+    dash = ""
+    if style.dash:
+        dash = f' stroke-dasharray="{",".join(f"{2 * d:g}" for d in style.dash)}"'
+    shapes = {
+        "o": '<circle cx="17" cy="7" r="3.4"/>',
+        "s": '<rect x="13.8" y="3.8" width="6.4" height="6.4"/>',
+        "^": '<polygon points="17,3 21,10.5 13,10.5"/>',
+        "D": '<polygon points="17,2.6 21.2,7 17,11.4 12.8,7"/>',
+        "v": '<polygon points="13,3.5 21,3.5 17,11"/>',
+        "p": '<polygon points="17,3 21,6 19.5,10.8 14.5,10.8 13,6"/>',
+    }
+    return (
+        f'<svg class="key" width="34" height="14" viewBox="0 0 34 14" aria-hidden="true">'
+        f'<line x1="1" y1="7" x2="33" y2="7" stroke="{style.colour}" stroke-width="2"{dash}/>'
+        f'<g fill="{style.colour}">{shapes.get(style.marker, shapes["o"])}</g></svg>'
+    )
+
+
+def _legend_html(entries: Sequence[str], styles: dict[str, _Style], notes: dict[str, str] | None = None) -> str:
+    """The legend as an HTML list under the chart: every entry's full name, wrapped by the browser
+    (never shortened, never drawn over the curves), after a key of its line."""
+    items = []
+    for entry in entries:
+        note = (notes or {}).get(entry)
+        extra = f' <span class="muted">({escape(note)})</span>' if note else ""
+        items.append(f'<li>{_key_svg(styles[entry])}<span class="label">{escape(entry)}{extra}</span></li>')
+    return f'<ul class="legend">{"".join(items)}</ul>'
 
 
 # --------------------------------------------------------------------------- SVG
@@ -232,23 +334,9 @@ def _style_axes(ax) -> None:
     ax.set_axisbelow(True)
 
 
-def _figure(figure_id: str, svg: str, caption: str) -> str:
-    return f'<figure id="{escape(figure_id)}">\n{svg}\n<figcaption>{caption}</figcaption>\n</figure>'
-
-
-def _legend(fig: Figure, entries: Sequence[str], colours: dict[str, str], ncol_max: int = 3) -> None:
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=colours[e], linewidth=2.5) for e in entries]
-    ncol = max(1, min(ncol_max, len(entries)))
-    fig.legend(
-        handles,
-        [_label(e, 60) for e in entries],
-        loc="outside lower center",
-        ncol=ncol,
-        fontsize=9,
-        frameon=False,
-    )
+def _figure(figure_id: str, body: str, caption: str, legend: str = "") -> str:
+    """A chart (an inline SVG or a table) with its HTML legend under it, then its caption."""
+    return f'<figure id="{escape(figure_id)}">\n{body}\n{legend}<figcaption>{caption}</figcaption>\n</figure>'
 
 
 # --------------------------------------------------------------------------- charts
@@ -261,11 +349,16 @@ _SCORE_PANELS = (
     ("optimality_gap", "Optimality gap"),
 )
 
+_LABEL_WIDTH = 30  # characters per line of an entry's name beside the score bars
 
-def _scores_chart(report: Report, colours: dict[str, str]) -> str:
+
+def _scores_chart(report: Report, styles: dict[str, _Style]) -> str:
     rows = report.leaderboard
     n = len(rows)
-    fig = Figure(figsize=(11, 1.2 + 0.38 * n), layout="constrained")
+    labels = [_chart_text(r.entry, _LABEL_WIDTH) for r in rows]
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    row_height = max(0.38, 0.17 * lines + 0.12)  # a wrapped name needs the room of its lines
+    fig = Figure(figsize=(11, 1.2 + row_height * n), layout="constrained")
     axes = fig.subplots(1, len(_SCORE_PANELS), sharey=True)
     y = np.arange(n)[::-1]  # best first = top
     for k, (ax, (attr, title)) in enumerate(zip(axes, _SCORE_PANELS)):
@@ -273,7 +366,7 @@ def _scores_chart(report: Report, colours: dict[str, str]) -> str:
         ax.grid(False, axis="y")
         for yi, row in zip(y, rows):
             est: Estimate = getattr(row, attr)
-            colour = colours[row.entry]
+            colour = styles[row.entry].colour
             if not finite(est.value):
                 ax.text(
                     0.02, yi, DASH, va="center", ha="left", fontsize=9, color="#888", transform=ax.get_yaxis_transform()
@@ -296,7 +389,7 @@ def _scores_chart(report: Report, colours: dict[str, str]) -> str:
         ax.set_title(title, fontsize=11)
         ax.set_yticks(y)
         if k == 0:
-            ax.set_yticklabels([_label(r.entry) for r in rows], fontsize=9)
+            ax.set_yticklabels(labels, fontsize=9)
         ax.set_ylim(-0.6, n - 0.4)
         ax.set_xlabel("normalised score", fontsize=9)
     return _svg(fig, "scores")
@@ -324,7 +417,10 @@ def _curve_limits(report: Report) -> dict[str, tuple[tuple[float, float], tuple[
     return limits
 
 
-def _curves_chart(report: Report, colours: dict[str, str], curves: Sequence[Curve], salt: str, title: str) -> str:
+def _curves_chart(
+    report: Report, styles: dict[str, _Style], curves: Sequence[Curve], salt: str, title: str
+) -> tuple[str, list[str]]:
+    """The curves, one panel per family, and the entries drawn (for the legend under the chart)."""
     by_family: dict[str, list[Curve]] = {}
     for c in curves:
         by_family.setdefault(c.family, []).append(c)
@@ -332,88 +428,103 @@ def _curves_chart(report: Report, colours: dict[str, str], curves: Sequence[Curv
     limits = _curve_limits(report)
     ncols = min(3, len(families))
     nrows = math.ceil(len(families) / ncols)
-    entries = [e for e in colours if any(c.entry == e for c in curves)]
-    # One legend column per panel column: long entry labels must fit under the panels.
-    legend_columns = max(1, ncols)
-    legend_rows = math.ceil(len(entries) / legend_columns)
+    entries = [e for e in styles if any(c.entry == e for c in curves)]
     width = max(7.5, 4.2 * ncols + 0.6)
-    fig = Figure(figsize=(width, 3.0 * nrows + 0.25 * legend_rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(width, 3.0 * nrows + 0.5), layout="constrained")
     fig.suptitle(title, fontsize=12)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     steps_fmt = EngFormatter(sep="")
     for ax, family in zip(axes, families):
         _style_axes(ax)
         for c in by_family[family]:
-            colour = colours[c.entry]
+            style = styles[c.entry]
             steps, mean, low, high = _thin(c.steps, c.mean, c.low, c.high)
             if len(steps) == 0:
                 continue
-            ax.fill_between(steps, low, high, color=colour, alpha=0.18, linewidth=0)
-            ax.plot(steps, mean, color=colour, linewidth=1.8)
-        ax.set_title(_label(family), fontsize=11)
+            ax.fill_between(steps, low, high, color=style.colour, alpha=0.12, linewidth=0)
+            ax.plot(steps, mean, **_line_kwargs(style, entries.index(c.entry), len(entries), len(steps)))
+        ax.set_title(_chart_text(family, 40), fontsize=11)
         ax.xaxis.set_major_formatter(steps_fmt)
         if family in limits:
             ax.set_xlim(*limits[family][0])
             ax.set_ylim(*limits[family][1])
         ax.set_xlabel("env steps (all learners)", fontsize=9)
-        ax.set_ylabel(_label(report.score_kinds.get(family, "score")), fontsize=9)
+        ax.set_ylabel(_chart_text(report.score_kinds.get(family, "score"), 30), fontsize=9)
     for ax in axes[len(families) :]:
         ax.set_visible(False)
-    _legend(fig, entries, colours, ncol_max=legend_columns)
-    return _svg(fig, salt)
+    return _svg(fig, salt), entries
 
 
-def _profiles_chart(report: Report, colours: dict[str, str]) -> str:
+def _profiles_chart(report: Report, styles: dict[str, _Style]) -> str:
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.subplots()
     _style_axes(ax)
-    for p in report.profiles:
-        colour = colours[p.entry]
+    entries = [p.entry for p in report.profiles]
+    for index, p in enumerate(report.profiles):
+        style = styles[p.entry]
         tau, frac, low, high = _thin(p.thresholds, p.fraction, p.low, p.high)
         if len(tau) == 0:
             continue
-        ax.fill_between(tau, low, high, color=colour, alpha=0.18, linewidth=0)
-        ax.plot(tau, frac, color=colour, linewidth=1.8, label=_label(p.entry, 60))
+        ax.fill_between(tau, low, high, color=style.colour, alpha=0.1, linewidth=0)
+        # Later entries are drawn over earlier ones: a coinciding profile shows as dashes over a line.
+        ax.plot(tau, frac, **_line_kwargs(style, index, len(entries), len(tau)))
     ax.set_xlabel("normalised score τ", fontsize=10)
     ax.set_ylabel("fraction of runs with score > τ", fontsize=10)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=9, frameon=False, loc="best")
     return _svg(fig, "profiles")
 
 
-def _improvement_chart(report: Report, colours: dict[str, str]) -> str:
-    imps = report.improvements
-    n = len(imps)
-    fig = Figure(figsize=(8.5, 0.9 + 0.36 * n), layout="constrained")
-    ax = fig.subplots()
-    _style_axes(ax)
-    ax.grid(False, axis="y")
-    y = np.arange(n)[::-1]
-    for yi, imp in zip(y, imps):
-        est = imp.probability
-        colour = colours.get(imp.better, "#555555")
-        if not finite(est.value):
-            ax.text(0.02, yi, f"{DASH} no data", ha="left", va="center", color="#888", fontsize=9)
-            continue
-        if finite(est.low) and finite(est.high):
-            ax.barh(
-                yi,
-                est.high - est.low,
-                left=est.low,
-                height=0.55,
-                color=colour,
-                alpha=0.3,
-                edgecolor=colour,
-                linewidth=1,
-            )
-        ax.plot([est.value, est.value], [yi - 0.27, yi + 0.27], color=colour, linewidth=2.2)
-    ax.axvline(0.5, color="#555", linestyle="--", linewidth=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.6, n - 0.4)
-    ax.set_yticks(y)
-    ax.set_yticklabels([f"{_label(i.better, 36)}  >  {_label(i.worse, 36)}" for i in imps], fontsize=9)
-    ax.set_xlabel("P(X > Y)", fontsize=10)
-    return _svg(fig, "improvement")
+def _improvement_colour(probability: float) -> tuple[str, bool]:
+    """A diverging background for P(X > Y): blue where X tends to win, red where it tends to lose,
+    white at 0.5; and whether the colour is dark enough to want light text."""
+    shade = matplotlib.colormaps["RdBu"](0.5 + (min(max(probability, 0.0), 1.0) - 0.5) * 0.85)
+    return to_hex(shade), abs(probability - 0.5) > 0.3
+
+
+def _improvement_matrix(report: Report, colours: dict[str, str]) -> str:
+    """P(X > Y) as a matrix: a row per X, a column per Y (numbered as the rows, which name them),
+    each cell the estimate with its interval on a diverging colour; every pair when there were few
+    entries, else each entry against the one reference."""
+    pairs = {(imp.better, imp.worse): imp.probability for imp in report.improvements}
+    order = list(dict.fromkeys([*(row.entry for row in report.leaderboard), *(e for pair in pairs for e in pair)]))
+    rows = [e for e in order if any(x == e for x, _ in pairs)]
+    columns = [e for e in order if any(y == e for _, y in pairs)]
+    if set(columns) <= set(rows) or set(rows) <= set(columns):  # every pair: one square matrix
+        rows = columns = [e for e in order if e in set(rows) | set(columns)]
+    number = {entry: i + 1 for i, entry in enumerate(rows)}
+    head = ['<th class="text corner">X \\ Y</th>']
+    for entry in columns:
+        if entry in number:
+            head.append(f'<th class="col" title="{escape(entry)}">{number[entry]}</th>')
+        else:  # the reference entry, not a row: named in full
+            head.append(f'<th class="col text">{_swatch(entry, colours)}{escape(entry)}</th>')
+    body = []
+    for x in rows:
+        cells = [f'<th class="text entry"><span class="num">{number[x]}</span> {_swatch(x, colours)}{escape(x)}</th>']
+        for y in columns:
+            estimate = pairs.get((x, y))
+            if x == y:
+                cells.append(f'<td class="pcell diag">{DASH}</td>')
+            elif estimate is None or not finite(estimate.value):
+                cells.append(f'<td class="pcell none">{DASH}</td>')
+            else:
+                background, dark = _improvement_colour(estimate.value)
+                interval = (
+                    f"[{_num(estimate.low)}, {_num(estimate.high)}]"
+                    if finite(estimate.low) and finite(estimate.high)
+                    else "[n/a]"
+                )
+                cells.append(
+                    f'<td class="pcell{" dark" if dark else ""}" style="background:{background}">'
+                    f'{escape(_num(estimate.value))} <span class="ci">{escape(interval)}</span></td>'
+                )
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    # Up to 5 columns an interval keeps to one line; more must wrap to fit a narrow window.
+    table_class = "matrix many" if len(columns) > 5 else "matrix"
+    return (
+        f'<div class="table-wrap"><table id="improvement" class="{table_class}"><thead><tr>{"".join(head)}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 # --------------------------------------------------------------------------- HTML sections
@@ -593,36 +704,18 @@ def _generalisation_table(report: Report, colours: dict[str, str]) -> str:
     )
 
 
-def _improvement_table(report: Report, colours: dict[str, str]) -> str:
-    level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "CI"
-    body = []
-    for imp in report.improvements:
-        body.append(
-            "<tr>"
-            f'<td class="text entry">{_swatch(imp.better, colours)}{escape(imp.better)}</td>'
-            f'<td class="text entry">{_swatch(imp.worse, colours)}{escape(imp.worse)}</td>'
-            f'<td class="est">{_estimate_html(imp.probability)}</td>'
-            "</tr>"
-        )
-    return (
-        '<div class="table-wrap"><table id="improvement"><thead><tr>'
-        '<th class="text">X</th><th class="text">Y</th>'
-        f"<th>P(X &gt; Y) [{escape(level)} CI]</th></tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
-
-
 # --------------------------------------------------------------------------- page
 
 
 def render_html(report: Report) -> str:
     """The whole report as one self-contained HTML document."""
-    colours = _entry_colours(report)
+    styles = _entry_styles(report)
+    colours = {name: style.colour for name, style in styles.items()}
     level = f"{report.confidence * 100:g}%" if finite(report.confidence) else "confidence"
     out = _head(report, colours, level)
-    out += _leaderboard_section(report, colours, level)
-    out += _curves_section(report, colours, level)
-    out += _profiles_section(report, colours, level)
+    out += _leaderboard_section(report, styles, level)
+    out += _curves_section(report, styles, level)
+    out += _profiles_section(report, styles, level)
     out += _improvement_section(report, colours, level)
     out += _generalisation_section(report, colours)
     out += ["</body>", "</html>", ""]
@@ -630,7 +723,8 @@ def render_html(report: Report) -> str:
 
 
 def _head(report: Report, colours: dict[str, str], level: str) -> list[str]:
-    """From the doctype to the settings: title, what was ranked, the problems and the settings."""
+    """From the doctype to the settings: title, how the runs were made, what was ranked, the problems
+    and the settings."""
     reps = f"{report.repetitions:,} bootstrap repetitions" if report.repetitions else "bootstrap"
     title = "benchbase report"
     return [
@@ -644,6 +738,7 @@ def _head(report: Report, colours: dict[str, str], level: str) -> list[str]:
         "</head>",
         "<body>",
         f"<h1>{escape(title)}</h1>",
+        _runs_header(report),
         '<p class="muted">'
         f"{len(report.leaderboard)} entries ranked by {escape(str(report.metric))} score on the "
         f"<strong>{escape(str(report.split))}</strong> split; intervals are {escape(level)} "
@@ -655,7 +750,45 @@ def _head(report: Report, colours: dict[str, str], level: str) -> list[str]:
     ]
 
 
-def _leaderboard_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
+def _runs_header(report: Report) -> str:
+    """How each run folder read was made: versions, date, command, budget, seeds, grid and machine."""
+    written_by = f"Written by benchbase {escape(report.benchbase_version)}" if report.benchbase_version else ""
+    folders = len(report.run_headers)
+    intro = f"{written_by}{' from ' if written_by else 'From '}{folders} run folder{'' if folders == 1 else 's'}:"
+    if not report.run_headers:
+        intro = f"{written_by}." if written_by else ""
+    tables = []
+    for i, header in enumerate(report.run_headers):
+        rows = [("Run folder", f"<code>{escape(header.folder)}</code>")]
+        if header.note:
+            rows.append(("Recorded", f'<span class="muted">{escape(header.note)}: {NOT_RECORDED}</span>'))
+        else:
+            command = (
+                f'<code class="command">{escape(header.command)}</code>'
+                if header.command
+                else f'<span class="muted">{NOT_RECORDED}</span>'
+            )
+            for name, text in (("Versions", versions_text(header)), ("Written", written_text(header))):
+                rows.append((name, _recorded(text)))
+            rows.append(("Command", command))
+            for name, text in (
+                ("Budget", budget_text(header)),
+                ("Seeds", seeds_text(header)),
+                ("Grid", grid_text(header)),
+                ("Machine", machine_text(header)),
+            ):
+                rows.append((name, _recorded(text)))
+        body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+        tables.append(f'<table class="settings run-header" id="run-header-{i + 1}">{body}</table>')
+    return f'<section id="runs">{f"<p class=muted>{intro}</p>" if intro else ""}{"".join(tables)}</section>'
+
+
+def _recorded(text: str) -> str:
+    return f'<span class="muted">{escape(text)}</span>' if text == NOT_RECORDED else escape(text)
+
+
+def _leaderboard_section(report: Report, styles: dict[str, _Style], level: str) -> list[str]:
+    colours = {name: style.colour for name, style in styles.items()}
     out = ["<h2>Leaderboard</h2>"]
     if not report.leaderboard:
         return out + ['<p class="note" id="leaderboard-empty">No entries were scored.</p>']
@@ -672,31 +805,28 @@ def _leaderboard_section(report: Report, colours: dict[str, str], level: str) ->
         "(whiskers): interquartile mean, median, mean and optimality gap (lower is better). "
         "An em dash marks an estimate without data."
     )
-    out.append(_figure("scores-chart", _scores_chart(report, colours), caption))
+    out.append(_figure("scores-chart", _scores_chart(report, styles), caption))
     return out
 
 
-def _curves_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
+def _curves_section(report: Report, styles: dict[str, _Style], level: str) -> list[str]:
     out = ["<h2>Learning curves</h2>"]
     if not report.curves and not report.training_curves:
         return out + ['<p class="note" id="curves-empty">No learning curves were recorded.</p>']
     band = (
         f"lines are the mean over runs (seeds), shaded bands the {escape(level)} confidence interval "
-        f"(none from fewer than {INTERVAL_RUNS} runs)"
+        f"(none from fewer than {INTERVAL_RUNS} runs); each entry keeps its colour, dashes and marker in every chart"
     )
     if report.curves:
         families = sorted({c.family for c in report.curves})
         caption = (
             "<strong>Greedy evaluations</strong>: normalised score of the evaluation episodes (the greedy "
             f"policy) against the cell's environment steps, one panel per env family ({escape(', '.join(families))}"
-            f"); {band}. A cell run without evaluations is drawn from its training episodes here, as the "
-            "problems say."
+            f"), a marker at each evaluation; {band}. A cell run without evaluations is drawn from its training "
+            "episodes here, as the problems say."
         )
-        out.append(
-            _figure(
-                "curves-chart", _curves_chart(report, colours, report.curves, "curves", "Greedy evaluations"), caption
-            )
-        )
+        svg, entries = _curves_chart(report, styles, report.curves, "curves", "Greedy evaluations")
+        out.append(_figure("curves-chart", svg, caption, _legend_html(entries, styles)))
     else:
         out.append('<p class="note" id="curves-empty">No evaluation curves were recorded.</p>')
     if report.training_curves:
@@ -707,8 +837,8 @@ def _curves_section(report: Report, colours: dict[str, str], level: str) -> list
             f"{band}, over the runs with episodes in the bin. The learners explore while they train, so this "
             "is the exploring policy, not the greedy one. Every point is in <code>curves.parquet</code>."
         )
-        svg = _curves_chart(report, colours, report.training_curves, "training-curves", title)
-        out.append(_figure("training-curves-chart", svg, caption))
+        svg, entries = _curves_chart(report, styles, report.training_curves, "training-curves", title)
+        out.append(_figure("training-curves-chart", svg, caption, _legend_html(entries, styles)))
     else:
         out.append(
             '<p class="note" id="training-curves-empty">No training episodes were recorded for the scored cells '
@@ -717,7 +847,7 @@ def _curves_section(report: Report, colours: dict[str, str], level: str) -> list
     return out
 
 
-def _profiles_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
+def _profiles_section(report: Report, styles: dict[str, _Style], level: str) -> list[str]:
     out = ["<h2>Performance profiles</h2>"]
     if not report.profiles:
         return out + ['<p class="note" id="profiles-empty">No performance profiles were computed.</p>']
@@ -727,11 +857,20 @@ def _profiles_section(report: Report, colours: dict[str, str], level: str) -> li
         if few is None
         else f"With as few as {few} runs per entry the bands are unreliable: do not read dominance into them."
     )
+    same_as = coincident_profiles(report.profiles)
+    notes = {entry: f"same profile as {other}" for entry, other in same_as.items()}
+    coinciding = (
+        f" {len(same_as)} profile{' equals' if len(same_as) == 1 else 's equal'} an earlier one (the legend says "
+        "which): drawn over it, told apart by dashes and markers at other thresholds."
+        if same_as
+        else ""
+    )
     caption = (
         "Performance profiles: the fraction of runs whose normalised score exceeds each "
-        f"threshold τ, with {escape(level)} confidence bands. {escape(reading)}"
+        f"threshold τ, with {escape(level)} confidence bands. {escape(reading)}{escape(coinciding)}"
     )
-    return out + [_figure("profiles-chart", _profiles_chart(report, colours), caption)]
+    legend = _legend_html([p.entry for p in report.profiles], styles, notes)
+    return out + [_figure("profiles-chart", _profiles_chart(report, styles), caption, legend)]
 
 
 def _improvement_section(report: Report, colours: dict[str, str], level: str) -> list[str]:
@@ -749,12 +888,12 @@ def _improvement_section(report: Report, colours: dict[str, str], level: str) ->
         '<p class="note">P(X &gt; Y) is the probability that a random run of X scores above a '
         f"random run of Y; 0.5 means no difference. {escape(reading)}</p>"
     )
-    out.append(_improvement_table(report, colours))
     caption = (
-        f"P(X &gt; Y) per pair: the vertical tick is the estimate, the box its {escape(level)} "
-        "confidence interval; the dashed line marks 0.5."
+        f"P(X &gt; Y) with its {escape(level)} confidence interval: row X against column Y (columns are "
+        "numbered as the rows). Blue: X tends to score above Y, red: below, white: 0.5 (no difference); "
+        "an em dash: the entry itself, or no comparison."
     )
-    return out + [_figure("improvement-chart", _improvement_chart(report, colours), caption)]
+    return out + [_figure("improvement-matrix", _improvement_matrix(report, colours), caption)]
 
 
 def _generalisation_section(report: Report, colours: dict[str, str]) -> list[str]:

@@ -124,6 +124,33 @@ class Improvement:
     probability: Estimate
 
 
+@dataclass(frozen=True)
+class RunHeader:
+    """What one run folder says about how it was made (its ``grid.json``), for the report's header.
+
+    None: not recorded (folders written before the command and the machine were kept, or without a
+    readable grid.json; `note` says which)."""
+
+    folder: str
+    benchbase_version: str | None = None
+    python_version: str | None = None
+    torch_version: str | None = None
+    written_at: str | None = None  # ISO 8601, as grid.json has it
+    command: str | None = None  # "bench run -a diff-a2c ..."
+    env_steps: int | None = None  # budget per cell, all its learners together
+    learners: int | None = None
+    envs_per_learner: int | None = None  # simulators per learner
+    evaluations: int | None = None
+    eval_episodes: int | None = None
+    seeds: tuple[int, ...] | None = None
+    grid: tuple[tuple[str, tuple[str, ...]], ...] = ()  # ("algorithms", ("diff-a2c", …)), …
+    host: str | None = None
+    cpus: int | None = None
+    cpu_model: str | None = None
+    gpus: tuple[str, ...] | None = None  # () when the machine was recorded without a GPU
+    note: str = ""  # why nothing was read ("no grid.json", "grid.json is not JSON")
+
+
 @dataclass
 class Report:
     sources: list[str]  # the run folders read
@@ -142,6 +169,28 @@ class Report:
     confidence: float = 0.95
     #: family -> (random, reference) behind its "normalised return" scores
     score_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: how each run folder read was made (its grid.json), in the order of `sources`
+    run_headers: list[RunHeader] = field(default_factory=list)
+    benchbase_version: str = ""  # the benchbase that wrote this report
+
+
+def coincident_profiles(profiles: Sequence[Profile]) -> dict[str, str]:
+    """Entry -> the earlier entry whose performance profile it equals point for point (same
+    thresholds, fractions within 1e-12), so that a chart can say which curves lie on top of another."""
+    same_as: dict[str, str] = {}
+    for i, profile in enumerate(profiles):
+        for earlier in profiles[:i]:
+            if earlier.entry in same_as or earlier.entry == profile.entry:
+                continue
+            if _same_curve(profile.thresholds, earlier.thresholds) and _same_curve(profile.fraction, earlier.fraction):
+                same_as[profile.entry] = earlier.entry
+                break
+    return same_as
+
+
+def _same_curve(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0.0, atol=1e-12, equal_nan=True))
 
 
 def ranks(rows: Sequence[LeaderboardRow]) -> list[int | None]:

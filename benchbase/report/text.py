@@ -9,7 +9,17 @@ from rich.table import Table
 from rich.text import Text
 
 from benchbase.formatting import DASH, count, duration, finite, size
-from benchbase.report.model import INTERVAL_RUNS, RELIABLE_RUNS, Estimate, Report, fewest_runs, ranks, runs_warning
+from benchbase.report.header import NOT_RECORDED, budget_text, machine_text, seeds_text, versions_text, written_text
+from benchbase.report.model import (
+    INTERVAL_RUNS,
+    RELIABLE_RUNS,
+    Estimate,
+    Report,
+    RunHeader,
+    fewest_runs,
+    ranks,
+    runs_warning,
+)
 
 __all__ = ["leaderboard_table", "render_markdown", "describe_ranking"]
 
@@ -274,6 +284,17 @@ def _split_name(split: str) -> str:
     return names.get(split, split)
 
 
+def _run_line(header: RunHeader) -> str:
+    """One run folder's header as one Markdown line: versions, date, command, budget, seeds, machine."""
+    if header.note:
+        return f"`{header.folder}`: {header.note}: {NOT_RECORDED}"
+    command = f"`{header.command}`" if header.command else NOT_RECORDED
+    return _cell(
+        f"`{header.folder}`: {versions_text(header)}, written {written_text(header)}; command {command}; "
+        f"budget {budget_text(header)}; seeds {seeds_text(header)}; machine {machine_text(header)}"
+    )
+
+
 def _improvements_markdown(report: Report) -> list[str]:
     if not report.improvements:
         return ["Fewer than two scored entries: nothing to compare."]
@@ -340,6 +361,8 @@ def render_markdown(report: Report) -> str:
     lines = ["# benchbase report", ""]
     lines.append("Sources: " + ", ".join(f"`{source}`" for source in report.sources))
     lines.append("")
+    if report.run_headers:
+        lines += [f"- {_run_line(header)}" for header in report.run_headers] + [""]
     lines.append(describe_ranking(report) + (f" Baseline: **{report.baseline}**." if report.baseline else ""))
     lines += ["", "## Leaderboard", ""]
     lines += _leaderboard_markdown(report)
