@@ -1,0 +1,176 @@
+"""Steps/s of many small learners against one centralised learner, each cell a `bench run` of its own.
+
+    python benchmarks/learner_blocks.py                             # 200,000 env steps per cell
+    python benchmarks/learner_blocks.py --quick --no-64             # 50,000, without the 64-learner ring
+    python benchmarks/learner_blocks.py --learners-per-process auto # learner blocks, once `bench run` has them
+    python benchmarks/learner_blocks.py --extra "--transport p2p"   # more `bench run` options, for every cell
+
+Diff-A2C on random-cartpole, one seed, no evaluations, the same total env-step budget (and so the
+same data) in every cell, 16 simulators in all except the 64-learner ring:
+
+    centralised   1 learner × 16 simulators (topology isolated): the reference
+    isolated      4 × 4     ring 4 × 4     ring 16 × 1     isolated 16 × 1     ring 64 × 1
+
+Each cell runs as its own `python -m benchbase run` into a temporary folder, one after another, so
+each pays its own start-up; the table comes from each folder's cells.parquet (steps_per_second is
+the cell's env steps over its slowest learner's training time; start-up is separate). Issue 15's
+targets, as ratios to the centralised cell's steps/s: ring 4 × 4 ≥ 0.8×, ring 16 × 1 ≥ 0.7×, and
+ring 64 × 1 completes its budget. `--learners-per-process` is passed to `bench run` only when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Cell:
+    label: str
+    topology: str
+    learners: int
+    simulators_per_learner: int
+    target_ratio: float | None = None  # steps/s ≥ this × the centralised cell's
+    must_complete: bool = False
+
+
+CENTRALISED = Cell("centralised", "isolated", 1, 16)
+CELLS = (
+    CENTRALISED,
+    Cell("isolated 4×4", "isolated", 4, 4),
+    Cell("ring 4×4", "ring", 4, 4, target_ratio=0.8),
+    Cell("ring 16×1", "ring", 16, 1, target_ratio=0.7),
+    Cell("isolated 16×1", "isolated", 16, 1),
+    Cell("ring 64×1", "ring", 64, 1, must_complete=True),
+)
+
+
+def learners_per_process(value: str) -> str:
+    if value == "auto" or (value.isdigit() and int(value) > 0):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer or auto")
+
+
+def bench_command(cell: Cell, env_steps: int, out: Path, blocks: str | None, extra: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "benchbase", "run", "-a", "diff-a2c", "-t", cell.topology, "-e", "random-cartpole"]
+    command += ["--learners", str(cell.learners), "--envs-per-learner", str(cell.simulators_per_learner)]
+    command += ["--env-steps", str(env_steps), "--seeds", "1", "--evaluations", "0", "--out", str(out)]
+    if blocks is not None:
+        command += ["--learners-per-process", blocks]
+    return command + extra
+
+
+def run_cell(cell: Cell, env_steps: int, out: Path, blocks: str | None, extra: list[str]) -> dict:
+    """Run one cell through the CLI; its cells.parquet row, with the process's exit status, total
+    time and last line of output (the error, when it failed before writing the row)."""
+    command = bench_command(cell, env_steps, out, blocks, extra)
+    start = time.perf_counter()
+    # From the repository root, which `python -m` puts first on the path: this checkout's benchbase.
+    finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    outcome = {"returncode": finished.returncode, "process_s": time.perf_counter() - start, "command": command}
+    lines = (finished.stderr.strip() or finished.stdout.strip()).splitlines()
+    outcome["last_line"] = lines[-1] if lines else ""
+    cells_file = out / "cells.parquet"
+    if cells_file.exists():
+        rows = pq.read_table(cells_file).to_pylist()
+        if rows:
+            outcome.update(rows[0])
+    return outcome
+
+
+def verdict(cell: Cell, outcome: dict, env_steps: int, ratio: float | None) -> tuple[str, str]:
+    """(the target in words, whether it is met) for cells that have one."""
+    if cell.target_ratio is not None:
+        met = ratio is not None and ratio >= cell.target_ratio
+        return f"≥ {cell.target_ratio:.1f}×", "yes" if met else "no"
+    if cell.must_complete:
+        met = outcome.get("status") == "completed" and (outcome.get("env_steps") or 0) >= env_steps
+        return "completes", "yes" if met else "no"
+    return "", ""
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def number(value: float | None, pattern: str) -> str:
+    return "—" if value is None else format(value, pattern)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env-steps", type=int, help="env steps per cell, all learners together (default 200,000)")
+    parser.add_argument("--quick", action="store_true", help="50,000 env steps per cell unless --env-steps is given")
+    parser.add_argument("--no-64", action="store_true", help="skip the 64-learner ring")
+    parser.add_argument(
+        "--learners-per-process",
+        type=learners_per_process,
+        metavar="K|auto",
+        help="passed to `bench run` as --learners-per-process (not passed when absent)",
+    )
+    parser.add_argument("--extra", default="", metavar="ARGS", help='more `bench run` options, e.g. "--transport p2p"')
+    parser.add_argument("--keep", type=Path, help="keep each cell's results folder under this new folder")
+    args = parser.parse_args()
+    env_steps = args.env_steps if args.env_steps is not None else (50_000 if args.quick else 200_000)
+    if env_steps < 64 * 5:
+        parser.error("--env-steps must be at least 320 (one rollout of every learner of the 64-learner ring)")
+    try:
+        extra = shlex.split(args.extra)
+    except ValueError as error:
+        parser.error(f"--extra: {error}")
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        # `bench run` into a used folder resumes its cells: the figures would be the old run's.
+        parser.error(f"--keep: {args.keep} is not empty; give a new or empty folder")
+    cells = [cell for cell in CELLS if not (args.no_64 and cell.learners == 64)]
+
+    print(f"load average (1, 5, 15 min) before: {load_average()}   cores: {os.cpu_count()}")
+    blocks = f", --learners-per-process {args.learners_per_process}" if args.learners_per_process else ""
+    print(f"diff-a2c on random-cartpole, {env_steps:,} env steps per cell, 1 seed, no evaluations{blocks}")
+    with tempfile.TemporaryDirectory(prefix="learner-blocks-") as temporary:
+        root = args.keep or Path(temporary)
+        outcomes = []
+        for cell in cells:
+            out = root / cell.label.replace(" ", "-").replace("×", "x")
+            outcome = run_cell(cell, env_steps, out, args.learners_per_process, extra)
+            if "status" not in outcome:
+                exited = f"`bench run` exited {outcome['returncode']} without a result"
+                print(f"{cell.label}: {exited}: {outcome['last_line']}")
+                if args.learners_per_process and "learners-per-process" in outcome["last_line"]:
+                    print("`bench run` does not accept --learners-per-process yet; rerun without it.")
+                print("command:", shlex.join(outcome["command"]))
+                raise SystemExit(1)
+            status = outcome["status"]
+            print(f"{cell.label}: {status} in {outcome['process_s']:.1f} s (the whole `bench run` process)")
+            if status != "completed":
+                print(f"  {outcome.get('error') or outcome['last_line']}")
+            outcomes.append((cell, outcome))
+
+    reference = outcomes[0][1].get("steps_per_second") if outcomes[0][1].get("status") == "completed" else None
+    header = f"{'cell':<14} {'status':<10} {'steps/s':>9} {'ratio':>6} {'wall s':>7} {'start-up s':>10}  target     met"
+    print(header)
+    print("-" * len(header))
+    for cell, outcome in outcomes:
+        rate = outcome.get("steps_per_second") if outcome.get("status") == "completed" else None
+        ratio = rate / reference if rate is not None and reference else None
+        target, met = verdict(cell, outcome, env_steps, ratio)
+        print(
+            f"{cell.label:<14} {outcome['status']:<10} {number(rate, ',.0f'):>9} {number(ratio, '.2f'):>6} "
+            f"{number(outcome.get('wall_time_s'), '.1f'):>7} {number(outcome.get('startup_s'), '.1f'):>10}  "
+            f"{target:<10} {met}"
+        )
+    print(f"load average (1, 5, 15 min) after:  {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
