@@ -364,8 +364,21 @@ def run(
     launcher: str = typer.Option(
         "local",
         "--launcher",
-        help="local (this machine runs the learners) or torchrun "
-        "(prepare --out and print a torchrun command per cell).",
+        help="local (this machine runs the learners), torchrun (prepare --out and print a torchrun command per "
+        "cell) or slurm (prepare --out and submit a Slurm job array, a task per cell left to run, through submitit).",
+    ),
+    slurm: list[str] = typer.Option(
+        [],
+        "--slurm",
+        help="With --launcher slurm: KEY=VALUE, repeatable. Keys: partition, time (MINUTES or H:MM:SS; default 60), "
+        "account, qos, nodes (per cell; >1 runs torchrun across them), gpus_per_node, cpus_per_task, mem_gb, "
+        "array_parallelism, extra=NAME=VALUE (any sbatch option), cluster=local (tasks as local processes: testing).",
+    ),
+    wait: bool = typer.Option(
+        False,
+        "--wait",
+        help="With --launcher slurm: wait for the jobs, then print the summary and leaderboard "
+        "(Ctrl-C stops waiting, not the jobs).",
     ),
     execute: bool = typer.Option(
         False,
@@ -412,6 +425,7 @@ def run(
     """Run a grid of cells. With no axes, runs the small embedded default grid."""
     _check_run_options(transport, device, jobs, checkpoint_every, launcher, nnodes)
     _check_launch_options(comm_timeout, launcher, nnodes, rdzv_endpoint, rdzv_timeout, execute)
+    slurm_options = _slurm_options(launcher, slurm, wait, jobs)
     if as_json and not dry_run:
         raise UserError("--json applies only with --dry-run (it prints the cells' configs instead of running them)")
     if out is not None:
@@ -423,9 +437,17 @@ def run(
         from benchbase.run.environment import under_torchrun
 
         settings = _execution_settings(
-            registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay, loggers
+            registry,
+            device,
+            comm_timeout,
+            transport,
+            checkpoint_every,
+            checkpoint_replay,
+            loggers,
         )
         listing = (dry_run, as_json)
+        if slurm_options is not None and not dry_run:
+            return _submit_cells_of_folder(cell, out, axes_given, registry, settings, slurm_options, wait)
         return _run_cells_of_folder(cell, out, axes_given, registry, under_torchrun(), settings, jobs, listing)
     # The spec (and its size) is checked before the plugins load: they import torch, which takes seconds.
     spec = _grid_spec(
@@ -475,6 +497,11 @@ def run(
         from benchbase.run.torchrun import run_as_worker
 
         raise typer.Exit(run_as_worker(spec, cells, out, registry, console, settings))
+    if slurm_options is not None:
+        from benchbase.run.slurm import submit_grid
+
+        console.print(f"benchbase: {len(cells)} cells → {out}")
+        raise typer.Exit(submit_grid(spec, cells, out, registry, console, settings, slurm_options, wait=wait))
     if launcher == "torchrun":
         raise typer.Exit(
             _torchrun_commands(
@@ -498,13 +525,13 @@ def _check_run_options(
         raise UserError(
             f"--checkpoint-every {checkpoint_every}: give a number of env steps ≥ 0 (0: only the final checkpoint)"
         )
-    if device == "cuda":
+    if launcher not in ("local", "torchrun", "slurm"):
+        raise UserError(f"--launcher {launcher!r}: choose local, torchrun or slurm")
+    if device == "cuda" and launcher != "slurm":  # a Slurm job's node checks its own GPUs
         import torch
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available here (use cpu or auto)")
-    if launcher not in ("local", "torchrun"):
-        raise UserError(f"--launcher {launcher!r}: choose local or torchrun")
     if nnodes < 1:
         raise UserError(f"--nnodes {nnodes}: give at least 1")
 
@@ -522,9 +549,9 @@ def _check_launch_options(
     if launcher != "torchrun":
         for given, option in ((nnodes > 1, "--nnodes"), (rdzv_endpoint is not None, "--rdzv-endpoint")):
             if given:
-                raise UserError(f"{option} applies only with --launcher torchrun (this run is local)")
+                raise UserError(f"{option} applies only with --launcher torchrun (this run's launcher is {launcher})")
         if execute:
-            raise UserError("--execute applies only with --launcher torchrun (a local run always runs here)")
+            raise UserError(f"--execute applies only with --launcher torchrun (this run's launcher is {launcher})")
     if nnodes > 1 and rdzv_endpoint is None:
         raise UserError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (the node that hosts the rendezvous)")
     if rdzv_endpoint is not None:
@@ -533,6 +560,26 @@ def _check_launch_options(
         host, colon, port = rdzv_endpoint.rpartition(":")
         if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise UserError(f"--rdzv-endpoint {rdzv_endpoint!r}: expected HOST:PORT with a port from 1 to 65535")
+
+
+def _slurm_options(launcher: str, items: list[str], wait: bool, jobs: int):
+    """--slurm's options (None unless --launcher slurm), checked before anything loads; submitit must be there."""
+    if launcher != "slurm":
+        for given, option in ((items, "--slurm"), (wait, "--wait")):
+            if given:
+                raise UserError(f"{option} applies only with --launcher slurm (this run's launcher is {launcher})")
+        return None
+    from benchbase.run.slurm import check_cluster, parse_slurm_options, require_submitit
+
+    options = parse_slurm_options(items)
+    if jobs != 1:
+        raise UserError(
+            f"--jobs {jobs}: with --launcher slurm every cell is a job of its own "
+            "(--slurm array_parallelism=K limits how many run at once)"
+        )
+    require_submitit()
+    check_cluster(options)
+    return options
 
 
 def _check_out(out: Path) -> None:
@@ -874,6 +921,29 @@ def _run_cells_of_folder(
     code = run_grid(None, cells, out, registry, console=console, settings=settings, jobs=jobs, only=set(cell_ids))
     console.print(f"results: {out}")
     raise typer.Exit(code)
+
+
+def _submit_cells_of_folder(
+    cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, settings, slurm_options, wait: bool
+) -> None:
+    """`bench run --out OUT --cell ID… --launcher slurm`: submit those cells of the grid already in OUT."""
+    from benchbase.errors import unknown_name
+    from benchbase.run.records import cells_of_run
+    from benchbase.run.slurm import submit_grid
+
+    if axes_given:
+        raise UserError("--cell runs cells of the grid already in --out: give no axes or --grid with it")
+    if out is None:
+        raise UserError("--cell needs --out: the run folder that holds the grid")
+    cells = cells_of_run(out)
+    known = {cell.cell_id for cell in cells}
+    for cell_id in cell_ids:
+        if cell_id not in known:
+            raise unknown_name(f"cell of {out}", cell_id, sorted(known))
+    console = _console()
+    raise typer.Exit(
+        submit_grid(None, cells, out, registry, console, settings, slurm_options, wait=wait, only=set(cell_ids))
+    )
 
 
 def _torchrun_commands(

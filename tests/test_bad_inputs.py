@@ -138,7 +138,7 @@ CASES: list[tuple[str, list, str]] = [
     ("jobs-0", ["--jobs", "0"], "--jobs 0"),
     ("transport", ["--transport", "mpi"], "choose auto, shm or p2p"),
     ("device", ["--device", "tpu"], "choose cpu, cuda or auto"),
-    ("launcher", ["--launcher", "slurm"], "choose local or torchrun"),
+    ("launcher", ["--launcher", "slurn"], "choose local, torchrun or slurm"),
     ("checkpoint-every", ["--checkpoint-every", "-1"], "--checkpoint-every -1"),
     ("comm-timeout-negative", ["--comm-timeout", "-5"], "--comm-timeout -5: give a number of seconds > 0"),
     ("comm-timeout-0", ["--comm-timeout", "0"], "--comm-timeout 0"),

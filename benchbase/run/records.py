@@ -220,8 +220,11 @@ def prepare_run(
         cell.cell_id: previous.get(cell.cell_id) or cell_row(cell, variants[cell.cell_id], "pending") for cell in cells
     }
     new_folder = not folder.root.exists()
+    # Only the rows new to the folder are written, under cells.parquet's lock: another job (torchrun,
+    # Slurm) may be updating its cell's row meanwhile, and rewriting the rows read above would undo that.
+    added = {cell_id: row for cell_id, row in rows.items() if cell_id not in previous}
     try:
-        _write_run(folder, spec, cells, rows, registry)
+        _write_run(folder, spec, cells, added, registry)
     except OSError as error:
         if new_folder:  # nothing half-written is left behind to be taken for a run
             shutil.rmtree(folder.root, ignore_errors=True)
@@ -229,7 +232,7 @@ def prepare_run(
     return folder, rows, variants
 
 
-def _write_run(folder: RunFolder, spec: GridSpec | None, cells: list[Cell], rows: dict, registry: Registry) -> None:
+def _write_run(folder: RunFolder, spec: GridSpec | None, cells: list[Cell], added: dict, registry: Registry) -> None:
     if spec is not None:
         write_json(
             folder.grid_path,
@@ -245,4 +248,4 @@ def _write_run(folder: RunFolder, spec: GridSpec | None, cells: list[Cell], rows
         )
         for cell in cells:
             write_json(folder.root / "configs" / f"{cell.cell_id}.json", cell.config())
-    folder.write_cells(rows.values())
+    folder.update_cells(added)
