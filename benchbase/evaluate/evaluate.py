@@ -7,8 +7,9 @@ N episodes per split, greedily or sampling from its policy, on its own env famil
 with the same observation and action spaces. Tasks and seeds are made as the run's `Evaluator`
 makes them, so by default the final checkpoint reproduces the run's final evaluation.
 
-Rows go to `<out>/evaluations.parquet` (`EVALS_SCHEMA`) and `<out>/eval.json` (what was asked,
-which checkpoints), both written atomically once everything has run.
+Rows go to `<out>/evaluations.parquet` (`EVALS_SCHEMA`: the training evaluations' schema, its
+training-only columns null) and `<out>/eval.json` (what was asked, which checkpoints), both
+written atomically once everything has run.
 """
 
 from __future__ import annotations
@@ -34,29 +35,12 @@ from benchbase.grid.spec import parse_axis_entry
 from benchbase.learner.build import build_learner, simulator_tasks
 from benchbase.learner.episodes import run_episodes
 from benchbase.learner.evaluation import episodes_per_process
-from benchbase.results import SCHEMA_VERSION, write_json, write_table
+from benchbase.results import EVALUATIONS_SCHEMA, SCHEMA_VERSION, RowBuffer, write_json, write_table
 
-EVALS_SCHEMA = pa.schema(
-    [
-        pa.field("checkpoint", pa.string()),  # the .pt file evaluated
-        pa.field("cell_id", pa.string()),
-        pa.field("algorithm", pa.string()),
-        pa.field("learner", pa.int32()),
-        pa.field("env_step", pa.int64()),  # the learner's own env steps at that checkpoint
-        pa.field("trained_env", pa.string()),  # the cell's env family
-        pa.field("env", pa.string()),  # the env family evaluated on
-        pa.field("env_params", pa.string()),  # its parameters, JSON
-        pa.field("split", pa.string()),  # train (the learner's own tasks) or a split of `env`
-        pa.field("mode", pa.string()),  # greedy | stochastic
-        pa.field("seed", pa.int64()),  # the evaluation envs' seed
-        pa.field("episode", pa.int32()),  # 0..N-1 within (learner, split)
-        pa.field("task_id", pa.string()),
-        pa.field("task_params", pa.map_(pa.string(), pa.float64())),
-        pa.field("episode_return", pa.float64()),
-        pa.field("episode_length", pa.int64()),
-        pa.field("success", pa.bool_()),
-    ],
-    metadata={"benchbase.table": "evals", "benchbase.schema_version": str(SCHEMA_VERSION)},
+#: The run's evaluation schema (`EVALUATIONS_SCHEMA`: one for evaluations/ and evals/), filled in
+#: its `bench eval` columns; `benchbase.table` says which wrote a file.
+EVALS_SCHEMA = EVALUATIONS_SCHEMA.with_metadata(
+    {"benchbase.table": "evals", "benchbase.schema_version": str(SCHEMA_VERSION)}
 )
 
 
@@ -210,7 +194,7 @@ def evaluate(request: EvalRequest, registry: Any, progress: Callable[[str], None
     cells = resolve(request.source)
     plans = [_plan(found, request, registry) for found in cells]
     mode = "stochastic" if request.stochastic else "greedy"
-    rows: dict[str, list[Any]] = {name: [] for name in EVALS_SCHEMA.names}
+    rows = RowBuffer(EVALS_SCHEMA)
     writer = video.VideoWriter(request.video) if request.video is not None else None
     try:
         for number, plan in enumerate(plans):
@@ -220,7 +204,7 @@ def evaluate(request: EvalRequest, registry: Any, progress: Callable[[str], None
         if writer is not None:
             writer.abort()
         raise
-    table = pa.Table.from_pydict(rows, schema=EVALS_SCHEMA)
+    table = rows.to_table()
     out = request.out if request.out is not None else _default_out(request.source)
     write_table(out / "evaluations.parquet", table)
     write_json(
@@ -247,7 +231,7 @@ def _evaluate_cell(
     plan: _CellPlan,
     request: EvalRequest,
     registry: Any,
-    rows: dict[str, list[Any]],
+    rows: RowBuffer,
     mode: str,
     writer: video.VideoWriter | None,
     progress: Callable[[str], None] | None,
@@ -296,7 +280,7 @@ def _evaluate_cell(
 
 
 def _append_rows(
-    rows: dict[str, list[Any]],
+    rows: RowBuffer,
     plan: _CellPlan,
     split: str,
     mode: str,
@@ -306,7 +290,7 @@ def _append_rows(
     """One row per evaluated episode of one learner (rank, checkpoint, env steps) on one split."""
     rank, path, steps = learner
     for episode_index, episode in enumerate(finished):
-        row = dict(
+        rows.append(
             checkpoint=str(path),
             cell_id=plan.cell_id,
             algorithm=plan.cell.algorithm,
@@ -325,5 +309,3 @@ def _append_rows(
             episode_length=episode.episode_length,
             success=episode.success,
         )
-        for name, value in row.items():
-            rows[name].append(value)

@@ -30,6 +30,7 @@ from benchbase.results import (
     EPISODES_SCHEMA,
     EVALUATIONS_SCHEMA,
     METRICS_SCHEMA,
+    PARAM_COLUMNS,
     SCHEMA_VERSION,
     read_parquet,
 )
@@ -169,7 +170,8 @@ def _read_cells(folder: Path) -> list[dict[str, Any]]:
             f"{path} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}: not a benchbase cells "
             "table; restore it from a copy, or re-run its grid into a new --out folder"
         )
-    rows = table.drop_columns(["config"]).to_pylist() if "config" in table.column_names else table.to_pylist()
+    # The typed parameter columns repeat `config`, which the report reads parsed.
+    rows = table.drop_columns([name for name in ("config", *PARAM_COLUMNS) if name in table.column_names]).to_pylist()
     configs = table.column("config").to_pylist() if "config" in table.column_names else [None] * len(rows)
     for row, config in zip(rows, configs):
         row["source"] = str(folder)

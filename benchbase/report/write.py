@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +156,6 @@ def curves_arrow(report: Report) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=CURVES_SCHEMA.with_metadata(metadata))
 
 
-def _shared(write: Any) -> Any:
-    def write_then_share(temporary: str) -> None:
-        write(temporary)
-        os.chmod(temporary, 0o644)  # the temporary file is private (mkstemp); a report is for sharing
-
-    return write_then_share
-
-
 def _text(content: str) -> Any:
     def write(temporary: str) -> None:
         with open(temporary, "w", encoding="utf-8") as handle:
@@ -199,7 +190,7 @@ def write_report(report: Report, out_dir: Path | str, *, html: bool = True) -> l
     for name, content in contents:
         written.append(out / name)
         if isinstance(content, pa.Table):
-            write_atomic(written[-1], _shared(lambda temporary, table=content: pq.write_table(table, temporary)))
+            write_atomic(written[-1], lambda temporary, table=content: pq.write_table(table, temporary))
         else:
-            write_atomic(written[-1], _shared(content))
+            write_atomic(written[-1], content)  # with the umask's mode, like every results file
     return written

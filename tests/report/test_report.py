@@ -133,7 +133,7 @@ def _evaluations(cell: Cell, learner: int) -> pa.Table:
                     "wall_time_s": 1.0,
                 }
                 for name, column in columns.items():
-                    column.append(row[name])
+                    column.append(row.get(name))  # bench eval's columns are null in training's rows
     return pa.Table.from_pydict(columns, schema=EVALUATIONS_SCHEMA)
 
 
