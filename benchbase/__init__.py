@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "Renderable": "benchbase.api.contracts",
     "ResolvedNames": "benchbase.api.contracts",
     "Learner": "benchbase.api.contracts",
+    "LearnerBlock": "benchbase.api.contracts",
     # live loggers (`bench run --logger`)
     "Logger": "benchbase.api.contracts",
     "LoggerParams": "benchbase.api.contracts",
@@ -105,6 +106,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         GossipParams,
         IterationOutput,
         Learner,
+        LearnerBlock,
         LearnerSpec,
         LiveRun,
         Logger,

@@ -421,9 +421,17 @@ def run(
         help="Start every cell's learners from these checkpoints: a cell's checkpoint folder (learner r from its "
         "learner r mod N), one learner's folder or a step-….pt file. Recorded in each cell's config.",
     ),
+    learners_per_process: Optional[int] = typer.Option(
+        None,
+        "--learners-per-process",
+        help="K learners per process: 1 runs one process per learner; N (the cell's learners) one block whose "
+        "learners act and update with batched math. Not part of any cell.",
+        show_default="a block where the cell allows one, else 1 (docs/scaling.md)",
+    ),
 ) -> None:
     """Run a grid of cells. With no axes, runs the small embedded default grid."""
     _check_run_options(transport, device, jobs, checkpoint_every, launcher, nnodes)
+    _check_learners_per_process(learners_per_process, launcher)
     _check_launch_options(comm_timeout, launcher, nnodes, rdzv_endpoint, rdzv_timeout, execute)
     slurm_options = _slurm_options(launcher, slurm, wait, jobs)
     if as_json and not dry_run:
@@ -444,6 +452,7 @@ def run(
             checkpoint_every,
             checkpoint_replay,
             loggers,
+            learners_per_process,
         )
         listing = (dry_run, as_json)
         if slurm_options is not None and not dry_run:
@@ -473,7 +482,7 @@ def run(
     from benchbase.run.environment import under_torchrun
 
     settings = _execution_settings(
-        registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay, loggers
+        registry, device, comm_timeout, transport, checkpoint_every, checkpoint_replay, loggers, learners_per_process
     )
     worker = under_torchrun()
     if not dry_run and not worker and launcher == "local":
@@ -482,6 +491,10 @@ def run(
         warm_up()  # the forkserver imports torch while the grid is validated
     console = _console(stderr=as_json)  # with --json, stdout holds only the JSON
     cells = _valid_cells(spec, registry, console, init_from)
+    if not worker:
+        from benchbase.run.blocks import check_learners_per_process
+
+        check_learners_per_process(cells, registry, settings)
     if out is None:
         out = _default_out(cells)
         _check_out(out)
@@ -534,6 +547,18 @@ def _check_run_options(
             raise UserError("--device cuda: no CUDA device is available here (use cpu or auto)")
     if nnodes < 1:
         raise UserError(f"--nnodes {nnodes}: give at least 1")
+
+
+def _check_learners_per_process(learners_per_process: Optional[int], launcher: str) -> None:
+    if learners_per_process is None:
+        return
+    if learners_per_process < 1:
+        raise UserError(f"--learners-per-process {learners_per_process}: give at least 1 (1: one learner per process)")
+    if learners_per_process > 1 and launcher == "torchrun":
+        raise UserError(
+            f"--learners-per-process {learners_per_process}: torchrun starts one process per learner; "
+            "blocks run with --launcher local or slurm"
+        )
 
 
 def _check_launch_options(
@@ -615,6 +640,7 @@ def _execution_settings(
     checkpoint_every: Optional[int],
     checkpoint_replay: bool,
     loggers: Optional[list] = None,
+    learners_per_process: Optional[int] = None,
 ):
     """How the cells run (the same for the grid, torchrun and --cell paths); never part of a cell's identity.
     Each logger is looked up, its parameters checked and its package found here, before anything runs."""
@@ -633,6 +659,7 @@ def _execution_settings(
         plugins_extra=registry.extra,
         checkpoint_every=checkpoint_every,
         checkpoint_replay=checkpoint_replay,
+        learners_per_process=learners_per_process,
     )
 
 
@@ -913,6 +940,10 @@ def _run_cells_of_folder(
     console = _console(stderr=as_json)
     if dry_run:
         return _print_cells(console, [cell for cell in cells if cell.cell_id in set(cell_ids)], out, registry, as_json)
+    if not worker:
+        from benchbase.run.blocks import check_learners_per_process
+
+        check_learners_per_process([cell for cell in cells if cell.cell_id in set(cell_ids)], registry, settings)
     if worker:
         from benchbase.run.torchrun import run_as_worker
 

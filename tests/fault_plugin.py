@@ -1,4 +1,5 @@
-"""A test plugin: `faulty-a2c` is Diff-A2C whose learner fails on cue, for the fault tests.
+"""A test plugin: `faulty-a2c` is Diff-A2C whose learner fails on cue, for the fault tests
+(`faulty-block-a2c`: the same inside a learner block).
 
 Point ``BENCHBASE_FAULT`` at a JSON file ``{"rank": 1, "at_step": 4000, "how": "kill"}``: learner
 `rank` kills itself with SIGKILL ("kill") or raises ("raise") once it has taken `at_step` env
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from benchbase.api.hookspecs import hookimpl
 from benchbase.checkpoints import checkpoint
-from plugins.algorithms.diff_a2c import A2CLearner, DiffA2C
+from plugins.algorithms.diff_a2c import A2CBlock, A2CLearner, DiffA2C
 
 
 class FaultyLearner(A2CLearner):
@@ -58,3 +59,35 @@ class FaultyA2C(DiffA2C):
 @hookimpl
 def register_algorithms(register) -> None:
     register(FaultyA2C())
+    register(FaultyBlockA2C())
+
+
+class FaultyBlock(A2CBlock):
+    """A Diff-A2C block in which learner `rank` fails on cue, as `FaultyLearner` does alone."""
+
+    def __init__(self, params, learners) -> None:
+        super().__init__(params, learners)
+        self.ranks = [learner.learner.spec_rank for learner in self.learners]
+        self.steps_taken = 0
+
+    def iterate(self):
+        outputs = super().iterate()
+        self.steps_taken += outputs[0].env_steps
+        fault = os.environ.get("BENCHBASE_FAULT")
+        if fault and Path(fault).exists():
+            plan = json.loads(Path(fault).read_text())
+            if plan["rank"] in self.ranks and self.steps_taken >= plan["at_step"]:
+                Path(fault).unlink()
+                raise RuntimeError(f"injected fault in learner {plan['rank']} of a block")
+        return outputs
+
+
+class FaultyBlockA2C(DiffA2C):
+    name = "faulty-block-a2c"
+    description = "Diff-A2C whose learner block fails on cue (tests)"
+
+    def make_learner_block(self, params, specs):
+        learners = [A2CLearner(params, spec) for spec in specs]
+        for learner, spec in zip(learners, specs):
+            learner.spec_rank = spec.rank
+        return FaultyBlock(params, learners)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pytest
 
 from benchbase.results import read_parquet
 
@@ -58,8 +59,8 @@ def test_tiny_grid_writes_every_table(tmp_path: Path) -> None:
     assert ring["env_steps"] >= 400 and ring["steps_per_second"] > 0 and ring["startup_s"] >= 0
     # Two learners on a ring each send to one neighbour (the other learner) per mix.
     assert ring["bytes_sent_per_learner"] > 0 and rows["isolated/0"]["bytes_sent_per_learner"] == 0
-    # --transport auto: shared memory where /dev/shm has room, else gloo messages.
-    assert ring["transport"] in ("shm", "p2p") and rows["isolated/0"]["transport"] == "none"
+    # Learners of a ring cell share one process as a block by default (docs/scaling.md).
+    assert ring["transport"] == "block" and rows["isolated/0"]["transport"] == "block"
     episodes = ds.dataset(out / "episodes").to_table()
     assert episodes.num_rows > 0
     assert set(episodes.column("cell_id").to_pylist()) == {row["cell_id"] for row in rows.values()}
@@ -199,7 +200,14 @@ def test_out_folder_with_a_different_grid_is_refused(tmp_path: Path) -> None:
     assert (out / "cells.parquet").read_bytes() == before
 
 
-def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "layout",
+    [["--learners-per-process", "1", "--env-steps", "60000"], ["--env-steps", "240000"]],
+    ids=["processes", "block"],
+)
+def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_path: Path, layout: list[str]) -> None:
+    """Ctrl-C reaches learners in processes of their own and a block's process alike (a block runs
+    a cell faster: a larger budget keeps the first cell running when the signal comes)."""
     out = tmp_path / "run"
     args = [
         "run",
@@ -213,12 +221,11 @@ def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_pat
         "2",
         "--learners",
         "2",
-        "--env-steps",
-        "60000",
         "--evaluations",
         "0",
         "--out",
         str(out),
+        *layout,
     ]
     # A shell's background jobs inherit SIGINT as ignored (and Python then installs no handler):
     # give the child the default disposition, as a terminal's Ctrl-C would find it.
@@ -271,6 +278,8 @@ def test_shared_memory_and_gloo_transports_give_the_same_results(tmp_path: Path)
             *TINY[4:],
             "--transport",
             transport,
+            "--learners-per-process",
+            "1",
             "--out",
             str(out),
         )

@@ -282,6 +282,31 @@ class Learner:
         """Release what the learner holds besides its env (threads, buffers). Default: nothing."""
 
 
+class LearnerBlock:
+    """Several learners of one cell in one process, their parameters stacked along a leading
+    learner dimension so that they act and update with batched math (DESIGN §6).
+
+    `learners[k]` is learner k of the block as a `Learner` (its rows of the stacked buffers:
+    acting for evaluation, checkpoints, its model), and `parameters()` the [K, numel] buffer whose
+    row k is `learners[k].parameters_buffer()`: the core mixes it in place after each `iterate`.
+    Each learner keeps its own optimiser state, normalisers, simulators and result rows.
+    """
+
+    learners: list[Learner]
+
+    def iterate(self) -> list[IterationOutput]:
+        """One collect-and-update iteration of every learner of the block, in block order."""
+        raise NotImplementedError
+
+    def parameters(self) -> Any:
+        """The [K, numel] stacked buffer of every value to mix (row k: learner k's)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for learner in self.learners:
+            learner.close()
+
+
 @dataclass(frozen=True)
 class ConsensusParams:
     """Base of the parameters of every algorithm that communicates; read by the core's mixing."""
@@ -331,6 +356,14 @@ class Algorithm(Component):
 
     def make_learner(self, params: Any, spec: LearnerSpec) -> Learner:
         raise NotImplementedError
+
+    #: Observation kinds for which `make_learner_block` builds a block (empty: no block form).
+    block_observation_kinds: frozenset[str] = frozenset()
+
+    def make_learner_block(self, params: Any, specs: list[LearnerSpec]) -> LearnerBlock | None:
+        """Learners `specs` (consecutive ranks of one cell) as one block in this process; None when
+        the algorithm has no block form for them (the core then runs one learner per process)."""
+        return None
 
     def steps_per_simulator(self, params: Any) -> int | None:
         """Env steps each simulator takes per iteration (an on-policy rollout's length, an unroll),

@@ -158,3 +158,19 @@ def resume_point(
             )
         chosen = agreed
     return (good[chosen] if chosen is not None else None), notes
+
+
+def common_resume_points(folders: list[Path], cell_config: dict[str, Any]) -> tuple[list[Path | None], list[str]]:
+    """The checkpoints the learners of one block resume from: the newest step every one of them
+    has intact (None: from scratch), one path per folder, and notes on what was skipped."""
+    found = [checkpoint.good_checkpoints(folder, cell_config) for folder in folders]
+    notes = [note for _, learner_notes in found for note in learner_notes]
+    common = set(found[0][0]).intersection(*(set(good) for good, _ in found[1:]))
+    agreed = max(common) if common else None
+    newest = max((max(good) for good, _ in found if good), default=None)
+    if newest is not None and agreed != newest:
+        notes.append(
+            f"step {newest:,} is not intact on every learner: the cell resumes from "
+            f"{'the start' if agreed is None else f'step {agreed:,}'}"
+        )
+    return [good[agreed] if agreed is not None else None for good, _ in found], notes

@@ -40,6 +40,27 @@ class FlatParameters:
         self.mixed = mixed
         self.extra = mixed[total:]
 
+    def reseat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:
+        """Move the buffers into `mixed` and `grad` (a learner block's rows of its stacked
+        buffers), values kept: the model's parameters and gradients become views of them."""
+        total = self.parameter.numel()
+        if mixed.shape != self.mixed.shape or grad.shape != (total,):
+            raise ValueError(
+                f"reseat: buffers of {tuple(mixed.shape)} and {tuple(grad.shape)} for {self.mixed.numel()}"
+            )
+        mixed.copy_(self.mixed)
+        grad.copy_(self.parameter.grad)
+        data, offset = mixed[:total], 0
+        for p in self._views:
+            size = p.numel()
+            p.data = data[offset : offset + size].view_as(p)
+            p.grad = grad[offset : offset + size].view_as(p)
+            offset += size
+        self.parameter = nn.Parameter(data)
+        self.parameter.grad = grad
+        self.mixed = mixed
+        self.extra = mixed[total:]
+
     @property
     def data(self) -> torch.Tensor:
         """The buffer that holds every parameter (a prefix of `mixed`)."""

@@ -220,7 +220,7 @@ def _incompatibility(
         return f"{algorithm.name} trains from replay: choose a replay strategy other than none"
     key = json.dumps([family.name, to_dict(env_params)], sort_keys=True, default=str)
     if key not in probes:
-        probes[key] = _probe_spaces(family, env_params)
+        probes[key] = probe_spaces(family, env_params)
     action_kind, observation_kind = probes[key]
     if action_kind not in algorithm.action_spaces:
         return f"{algorithm.name} does not support {action_kind} actions, which {family.name} has"
@@ -236,7 +236,7 @@ def _incompatibility(
     return None
 
 
-def _probe_spaces(family: Any, env_params: Any) -> tuple[str, str]:
+def probe_spaces(family: Any, env_params: Any) -> tuple[str, str]:
     """Build one simulator of the family to read its action and observation spaces."""
     fixed = without_resampling(env_params)
     env = family.make_env(fixed, family.training_tasks(fixed, 1, 0), 0)

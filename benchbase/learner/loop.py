@@ -113,12 +113,18 @@ class _Training:
 
     def iterate(self) -> Any:
         """Collect, update and mix once; the learner's iteration output."""
-        learner, state = self.context.learner, self.state
+        learner = self.context.learner
         started = time.perf_counter()
         output = learner.iterate()
         if self.slowdown > 1.0:
             output.metrics["straggler_pause_s"] = self._pace(started)
-        self.context.comm.mix(learner.parameters_buffer(), state.iteration)
+        self.context.comm.mix(learner.parameters_buffer(), self.state.iteration)
+        return self.advance(output)
+
+    def advance(self, output: Any) -> Any:
+        """Count an iteration done (collected, updated and mixed); returns its output. A learner
+        block calls it for each of its learners after the block's iteration."""
+        state = self.state
         state.iteration += 1
         state.local_steps += output.env_steps
         if state.iterations is None:  # the first iteration tells the steps per iteration
@@ -258,11 +264,13 @@ class _Training:
         recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
         self.context.report(Progress(self.cell_id, self.rank, state.local_steps, rate, recent))
 
-    def checkpoint_or_stop(self, steps_per_iteration: int) -> bool:
-        """Checkpoint when due, or when asked to stop (then wait for the file); returns whether to stop."""
+    def checkpoint_or_stop(self, steps_per_iteration: int, stop_requested: bool | None = None) -> bool:
+        """Checkpoint when due, or when asked to stop (then wait for the file); returns whether to
+        stop. `stop_requested`: the stop signal as read once for every learner of a block."""
         context, state, keeper = self.context, self.state, self.context.keeper
         keeper.raise_failed()  # a write that failed (a full disk) fails the learner now
-        if context.stop.requested and self.stop_at is None:
+        requested = context.stop.requested if stop_requested is None else stop_requested
+        if requested and self.stop_at is None:
             # Learners in lockstep agree on the iteration at which they all stop.
             self.stop_at = context.stop.stop_iteration(state.iteration, self.world, context.store, context.lockstep)
         iterations = state.iterations

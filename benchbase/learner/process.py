@@ -53,7 +53,7 @@ from benchbase.results import RowBuffer, RunFolder, write_table
 
 
 @dataclass(frozen=True)
-class _CellPlugins:
+class CellPlugins:
     """A cell's plugins and their parameters, resolved in this process."""
 
     algorithm: Any
@@ -67,7 +67,7 @@ class _CellPlugins:
     num_peers: int | None
 
     @classmethod
-    def resolve(cls, registry: Registry, cell: Cell) -> _CellPlugins:
+    def resolve(cls, registry: Registry, cell: Cell) -> CellPlugins:
         algorithm = registry.get("algorithm", cell.algorithm)
         topology = registry.get("topology", cell.topology)
         family = registry.get("env", cell.env)
@@ -91,7 +91,7 @@ def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:
     torch.set_num_threads(1)  # N learners share the cores without thrashing
     registry = _load_registry(launch.settings)
     cell = Cell.from_config(launch.cell_config)
-    plugins = _CellPlugins.resolve(registry, cell)
+    plugins = CellPlugins.resolve(registry, cell)
     owns_group = not dist.is_initialized()  # False: a torchrun worker, started on its own
     stop, store = _join_group(launch, cell, owns_group)
     try:
@@ -139,7 +139,7 @@ def _build(
     launch: LearnerLaunch,
     cell: Cell,
     registry: Registry,
-    plugins: _CellPlugins,
+    plugins: CellPlugins,
     report: Report,
     stop: StopSignal,
     store: Any,

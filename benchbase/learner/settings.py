@@ -27,6 +27,9 @@ class ExecutionSettings:
     #: The loggers every learner opens (`bench run --logger`): (name, ((key, value), …)) as given, checked by
     #: `bench run` and resolved again in each learner (`benchbase.learner.live`).
     loggers: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    #: Learners per process (`bench run --learners-per-process`): None = chosen per cell (a block of
+    #: every learner where the cell allows one, `benchbase.run.blocks`), 1 = one process per learner.
+    learners_per_process: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,5 @@ class LearnerLaunch:
     settings: ExecutionSettings
     shm_prefix: str = ""
     cores: tuple[int, ...] = ()  # the cores the launcher gave this cell (empty: all)
+    #: Learners this process hosts: 1, or every learner of the cell as a block (`benchbase.learner.block`).
+    learners: int = 1

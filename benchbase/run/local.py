@@ -33,6 +33,7 @@ from benchbase.grid.cell import Cell
 from benchbase.learner.events import CellEvent, Done, Failed, LearnerEvent, Resumed, Started, Stopping, failure_text
 from benchbase.learner.process import run_learner
 from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
+from benchbase.run.blocks import learners_per_process
 from benchbase.run.lifeline import die_with
 from benchbase.run.outcome import CellOutcome
 from benchbase.run.placement import Placement, device_for
@@ -78,8 +79,13 @@ def _learner_process(launch: LearnerLaunch, events: Any, launcher_pid: int) -> N
     _pin_to_core(launch.rank, launch.world_size, launch.cores)
     cell_id = Cell.from_config(launch.cell_config).cell_id
     try:
-        summary = run_learner(launch, events.put)
-        events.put(Done(cell_id, launch.rank, summary))
+        if launch.learners > 1:
+            from benchbase.learner.block import run_block
+
+            for rank, summary in run_block(launch, events.put).items():
+                events.put(Done(cell_id, rank, summary))
+        else:
+            events.put(Done(cell_id, launch.rank, run_learner(launch, events.put)))
     except BaseException as error:
         events.put(Failed(cell_id, launch.rank, traceback=failure_text(error), at=time.time()))
         events.close()
@@ -106,17 +112,19 @@ def run_cell(
     context = _forkserver()
     world = cell.learner_processes
     started_at = time.time()
-    store = _start_store(world, settings)
+    block = learners_per_process(cell, _registry(settings), settings)
+    store = _start_store(world // block, settings)
     port = store.port if store is not None else 0
     events = context.Queue()
     shm_prefix = f"benchbase-{secrets.token_hex(4)}"  # every learner on this host: shared memory may be used
-    processes = _spawn_learners(context, cell, out_dir, settings, placement, events, port, started_at, shm_prefix)
+    processes = _spawn_learners(
+        context, cell, out_dir, settings, placement, events, port, started_at, shm_prefix, block
+    )
     heard = _Heard(world)
     error: str | None = None
     try:
-        _watch(
-            cell, settings, processes, events, heard, on_event, stop or threading.Event(), stop_now or threading.Event()
-        )
+        stop, stop_now = stop or threading.Event(), stop_now or threading.Event()
+        _watch(cell, settings, processes, events, heard, on_event, stop, stop_now, block)
         if heard.errors:
             error = _root_cause(heard.errors)
     except KeyboardInterrupt:
@@ -133,6 +141,21 @@ def run_cell(
         for rank in range(world):  # a learner that crashed could not remove its segment
             unlink_segment(segment_name(shm_prefix, rank))
     return heard.outcome(time.time() - started_at, started_at, error)
+
+
+def _registry(settings: ExecutionSettings) -> Any:
+    """The plugins as the learners load them (cached: the grid runner loaded them already)."""
+    from benchbase.api.registry import load_registry
+
+    key = (settings.plugins_only, settings.plugins_blocked, settings.plugins_extra)
+    if key not in _registries:
+        _registries[key] = load_registry(
+            only=set(key[0]) if key[0] is not None else None, blocked=set(key[1]), extra=key[2]
+        )
+    return _registries[key]
+
+
+_registries: dict[tuple, Any] = {}
 
 
 def _start_store(world: int, settings: ExecutionSettings) -> Any:
@@ -159,15 +182,18 @@ def _spawn_learners(
     port: int,
     started_at: float,
     shm_prefix: str,
+    block: int = 1,
 ) -> list[Any]:
-    """One process per learner of the cell, started from the forkserver."""
+    """One process per learner of the cell, or one for a block of all of them (`block` = N),
+    started from the forkserver."""
     processes = []
-    for rank in range(cell.learner_processes):
+    world = cell.learner_processes // block
+    for rank in range(world):
         launch = LearnerLaunch(
             cell_config=cell.config(),
             out_dir=out_dir,
             rank=rank,
-            world_size=cell.learner_processes,
+            world_size=world,
             store_host="127.0.0.1",
             store_port=port,
             device=device_for(rank, settings.device, placement.gpus),
@@ -175,6 +201,7 @@ def _spawn_learners(
             settings=settings,
             shm_prefix=shm_prefix,
             cores=placement.cores,
+            learners=block,
         )
         process = context.Process(target=_learner_process, args=(launch, events, os.getpid()), name=f"learner-{rank}")
         process.start()
@@ -237,9 +264,11 @@ def _watch(
     on_event: Callable[[CellEvent], None],
     stop: threading.Event,
     stop_now: threading.Event,
+    block: int = 1,
 ) -> None:
     """Take the learners' events until each has finished or failed (or the grace after a first
-    failure or a stop request ends); notice learners that die without a word."""
+    failure or a stop request ends); notice learners that die without a word (`block`: the
+    learners each process hosts)."""
     while heard.waiting():
         if heard.grace_until is not None and time.time() > heard.grace_until:
             break
@@ -253,9 +282,8 @@ def _watch(
         try:
             event = events.get(timeout=0.1)
         except queue.Empty:
-            dead = _dead_learner(processes, heard.summaries, {rank for _, rank, _ in heard.errors})
-            if dead is not None:
-                heard.failed(time.time(), *dead)
+            for rank, text in _dead_learners(processes, heard.summaries, {rank for _, rank, _ in heard.errors}, block):
+                heard.failed(time.time(), rank, text)
             continue
         except KeyboardInterrupt:
             if heard.interrupted:  # a second Ctrl-C: stop now, without waiting for checkpoints
@@ -279,14 +307,27 @@ def _root_cause(errors: list[tuple[float, int, str]]) -> str:
     return message
 
 
-def _dead_learner(processes: list[Any], summaries: dict[int, Any], reported: set[int]) -> tuple[int, str] | None:
-    """A learner that died without reporting (killed, out of memory): (rank, description)."""
-    for rank, process in enumerate(processes):
-        if process.exitcode is not None and process.exitcode != 0 and rank not in summaries and rank not in reported:
-            code = process.exitcode
+def _dead_learners(
+    processes: list[Any], summaries: dict[int, Any], reported: set[int], block: int = 1
+) -> list[tuple[int, str]]:
+    """The learners of the first process that died without reporting (killed, out of memory):
+    (rank, description) for each of its learners not heard from (a block's process hosts several)."""
+    for index, process in enumerate(processes):
+        code = process.exitcode
+        ranks = [rank for rank in range(index * block, (index + 1) * block) if rank not in summaries]
+        silent = [rank for rank in ranks if rank not in reported]
+        if code is not None and code != 0 and silent:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            return rank, f"learner {rank} {how} without reporting an error"
-    return None
+            first = ranks[0]
+            what = (
+                f"learner {first} {how} without reporting an error"
+                if block == 1
+                else (f"the process of learners {index * block}-{(index + 1) * block - 1} {how}")
+            )
+            return [
+                (rank, what if rank == first else f"learner {rank} shares learner {first}'s process") for rank in silent
+            ]
+    return []
 
 
 def _request_checkpoint_and_stop(processes: list[Any], finished: dict[int, Any]) -> None:
@@ -334,7 +375,9 @@ class LocalCells:
         if running >= self.jobs:
             return None
         # One cell at a time keeps the machine to itself, as before `--jobs` existed.
-        return self.allocator.take(cell.learner_processes) if self.jobs > 1 else Placement()
+        # A block of learners is one process: it takes one core.
+        processes = cell.learner_processes // learners_per_process(cell, _registry(self.settings), self.settings)
+        return self.allocator.take(processes) if self.jobs > 1 else Placement()
 
     def submit(
         self, cell: Cell, placement: Placement, stop: threading.Event, stop_now: threading.Event

@@ -14,10 +14,13 @@ R (or GAE(λ) targets) and advantages A = R − V(s):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
 
 from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
+from plugins.algorithms.common.block import OnPolicyBlock, blockable
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import discounted_returns, gae_advantages
@@ -48,6 +51,56 @@ class A2CParams(ConsensusParams):
     normalise_rewards: bool = param(True, "scale rewards by the running std of the discounted return")
 
 
+class A2CLosses(NamedTuple):
+    """The A2C loss and its parts, each a mean over the last dimension (one learner's samples)."""
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor
+
+    def metrics(self, grad_norm: float) -> dict[str, float]:
+        return {
+            "loss": self.loss.item(),
+            "policy_loss": self.policy_loss.item(),
+            "value_loss": self.value_loss.item(),
+            "entropy": self.entropy.item(),
+            "grad_norm": grad_norm,
+        }
+
+
+def a2c_targets(p: A2CParams, rollout: Rollout, values: np.ndarray, bootstrap: np.ndarray) -> np.ndarray:
+    """The critic's targets [T·P] for a rollout: n-step returns, or GAE(λ) advantages + V(s)
+    (`values` [T·P] and `bootstrap` [P]: the critic's current estimates)."""
+    steps, envs = rollout.rewards.shape
+    if p.gae_lambda is None:
+        returns = discounted_returns(rollout.rewards, rollout.not_done, bootstrap, p.gamma)
+    else:
+        old_values = values.reshape(steps, envs)
+        advantages = gae_advantages(rollout.rewards, old_values, rollout.not_done, bootstrap, p.gamma, p.gae_lambda)
+        returns = advantages + old_values
+    return returns.reshape(-1)
+
+
+def a2c_losses(
+    p: A2CParams,
+    actor_out: torch.Tensor,
+    log_std: torch.Tensor | None,
+    actions: torch.Tensor,
+    values: torch.Tensor,
+    targets: torch.Tensor,
+) -> A2CLosses:
+    """L = c_v·E[A²] − E[A·log π(a|s)] − c_e·E[H], the means over the last dimension: one
+    learner's [N] samples, or a block's [K, N]."""
+    advantages = targets - values
+    log_prob, entropy = distributions.log_prob_entropy(actor_out, log_std, actions)
+    value_loss = advantages.pow(2).mean(-1)
+    policy_loss = -(advantages.detach() * log_prob).mean(-1)
+    entropy_mean = entropy.mean(-1)
+    loss = p.value_coef * value_loss + policy_loss - p.entropy_coef * entropy_mean
+    return A2CLosses(loss, policy_loss, value_loss, entropy_mean)
+
+
 class A2CLearner(OnPolicyLearner):
     def __init__(self, params: A2CParams, spec: LearnerSpec) -> None:
         super().__init__(params, spec, n_steps=params.n_steps)
@@ -57,33 +110,46 @@ class A2CLearner(OnPolicyLearner):
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         p = self.params
-        steps, envs = rollout.rewards.shape
         observations, actions, last = rollout.tensors(self.device)
-
         # One pass over the rollout's states and the bootstrap states s_T.
         actor_out, values_all = self.model.rollout_outputs(observations, last)
-        values, bootstrap = values_all[: steps * envs], values_all[steps * envs :].detach().cpu().numpy()
-        if p.gae_lambda is None:
-            returns = discounted_returns(rollout.rewards, rollout.not_done, bootstrap, p.gamma)
-        else:
-            old_values = values.detach().cpu().numpy().reshape(steps, envs)
-            advantages = gae_advantages(rollout.rewards, old_values, rollout.not_done, bootstrap, p.gamma, p.gae_lambda)
-            returns = advantages + old_values
-        advantages = torch.from_numpy(returns.reshape(-1)).to(self.device) - values
-        log_prob, entropy = distributions.log_prob_entropy(actor_out, self.model.action_log_std(), actions)
+        size = rollout.rewards.size
+        values = values_all[:size]
+        estimates = values_all.detach().cpu().numpy()
+        targets = a2c_targets(p, rollout, estimates[:size], estimates[size:])
+        losses = a2c_losses(
+            p, actor_out, self.model.action_log_std(), actions, values, torch.from_numpy(targets).to(self.device)
+        )
+        return losses.metrics(self.optimizer_step(losses.loss, p.max_grad_norm))
 
-        value_loss = advantages.pow(2).mean()
-        policy_loss = -(advantages.detach() * log_prob).mean()
-        entropy_mean = entropy.mean()
-        loss = p.value_coef * value_loss + policy_loss - p.entropy_coef * entropy_mean
-        grad_norm = self.optimizer_step(loss, p.max_grad_norm)
-        return {
-            "loss": loss.item(),
-            "policy_loss": policy_loss.item(),
-            "value_loss": value_loss.item(),
-            "entropy": entropy_mean.item(),
-            "grad_norm": grad_norm,
-        }
+
+class A2CBlock(OnPolicyBlock):
+    """K Diff-A2C learners in one process: the same update with a leading learner dimension."""
+
+    def __init__(self, params: A2CParams, learners: list[A2CLearner]) -> None:
+        super().__init__(learners)
+        self.params = params
+        self.optimizer = torch.optim.RMSprop(
+            [self.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
+        )
+
+    def update(self, rollouts: list[Rollout]) -> list[dict[str, float]]:
+        p = self.params
+        observations, actions, last = self.stacked_rollouts(rollouts)
+        actor_out, values_all = self.network.rollout_outputs(self.parameter, observations, last)
+        size = rollouts[0].rewards.size
+        estimates = values_all.detach().cpu().numpy()
+        targets = np.stack([a2c_targets(p, r, e[:size], e[size:]) for r, e in zip(rollouts, estimates)])
+        log_std = self.network.action_log_std(self.parameter)
+        losses = a2c_losses(
+            p, actor_out, log_std, actions, values_all[:, :size], torch.from_numpy(targets).to(self.device)
+        )
+        norms = self.optimizer_step(losses.loss.sum(), p.max_grad_norm)
+        parts = torch.stack(list(losses)).detach().cpu().tolist()
+        names = A2CLosses._fields
+        return [
+            {**{name: parts[i][k] for i, name in enumerate(names)}, "grad_norm": norms[k]} for k in range(len(rollouts))
+        ]
 
 
 class DiffA2C(Algorithm):
@@ -93,12 +159,21 @@ class DiffA2C(Algorithm):
     consensus = "diffusion"
     observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
     vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
+    block_observation_kinds = frozenset({"vector"})  # the MLP has a stacked form (common/stacked.py)
 
     def steps_per_simulator(self, params: A2CParams) -> int:
         return params.n_steps
 
     def make_learner(self, params: A2CParams, spec: LearnerSpec) -> A2CLearner:
         return A2CLearner(params, spec)
+
+    def make_learner_block(self, params: A2CParams, specs: list[LearnerSpec]) -> A2CBlock | None:
+        learners = [A2CLearner(params, spec) for spec in specs]
+        if not blockable(learners[0]):  # the Nature CNN has no stacked form yet
+            for learner in learners:
+                learner.close()
+            return None
+        return A2CBlock(params, learners)
 
 
 @hookimpl

@@ -37,6 +37,8 @@ GRID = [
     "2",
     "--evaluations",
     "0",
+    "--learners-per-process",  # the learners are processes of their own: what could be orphaned
+    "1",
 ]
 
 

@@ -151,7 +151,8 @@ SYNC_CELL = [
 
 def test_a_cell_on_two_torchrun_nodes_gives_the_local_results(tmp_path: Path):
     local, spread = tmp_path / "local", tmp_path / "spread"
-    assert bench("run", *SYNC_CELL, "--out", str(local)).returncode == 0
+    # One process per learner here too: torchrun's row-for-row equal (a block samples in another order).
+    assert bench("run", *SYNC_CELL, "--learners-per-process", "1", "--out", str(local)).returncode == 0
     printed = bench(
         "run",
         *SYNC_CELL,

@@ -46,11 +46,14 @@ class OnPolicyLearner(RolloutLearner[Rollout]):
 
     def collect(self) -> tuple[Rollout, list[FinishedEpisode]]:
         finished, last, rewards = self.roll_out()
-        rollout = Rollout(
+        return self.rollout(last, rewards), finished
+
+    def rollout(self, last: np.ndarray, rewards: np.ndarray) -> Rollout:
+        """The rollout just collected (`roll_out`, or a learner block's collection)."""
+        return Rollout(
             observations=self._observations,
             actions=self._actions,
             rewards=rewards,
             not_done=(~self._ended).astype(np.float32),
             last_observations=last,
         )
-        return rollout, finished

@@ -216,36 +216,53 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
     def roll_out(self) -> tuple[list[FinishedEpisode], np.ndarray, np.ndarray]:
         """T steps from every simulator, acting with `act`. Returns the finished episodes, the
         normalised last observations (for the bootstrap V(s_T)) and the training rewards (scaled,
-        with the time-limit bootstrap γ·V(cut-off state) from `critic_values` folded in)."""
+        with the time-limit bootstrap γ·V(cut-off state) from `critic_values` folded in).
+        A learner block runs the same steps for its learners, acting for all of them at once."""
         finished: list[FinishedEpisode] = []
-        self._refresh_mixed_statistics()
-        self._truncation_bonus.fill(0.0)
+        self.begin_rollout()
         with torch.inference_mode():
             for t in range(self.n_steps):
-                self._raw_observations[t] = self._raw_obs
-                obs = self.obs_normaliser(self._raw_obs)
-                self._observations[t] = obs
-                actions = self.act(t, torch.from_numpy(obs).to(self.device))
-                self._actions[t] = actions
-                result = self.env.step(self._to_env(actions))
-                self._rewards[t] = result.rewards
-                ended = result.terminated | result.truncated
-                self._ended[t] = ended
-                if result.truncated.any():
-                    # A time limit is not a terminal state: bootstrap from the state it cut off.
-                    cut = result.truncated & ~result.terminated
-                    if cut.any():
-                        final = torch.from_numpy(self.obs_normaliser(result.final_observations[cut])).to(self.device)
-                        self._truncation_bonus[t, cut] = self.gamma * self.critic_values(final)
-                if result.finished:
-                    finished.extend(result.finished)
-                self._raw_obs = result.observations
+                obs = self.observe(t)
+                finished.extend(self.take(t, self.act(t, torch.from_numpy(obs).to(self.device))))
+        last, rewards = self.end_rollout()
+        return finished, last, rewards
+
+    def begin_rollout(self) -> None:
+        self._refresh_mixed_statistics()
+        self._truncation_bonus.fill(0.0)
+
+    def observe(self, t: int) -> np.ndarray:
+        """The normalised observations the policy acts on at step t (recorded for the update)."""
+        self._raw_observations[t] = self._raw_obs
+        obs = self.obs_normaliser(self._raw_obs)
+        self._observations[t] = obs
+        return obs
+
+    def take(self, t: int, actions: np.ndarray) -> list[FinishedEpisode]:
+        """Step every simulator with step t's actions (inside `torch.inference_mode`); the episodes
+        that ended."""
+        self._actions[t] = actions
+        result = self.env.step(self._to_env(actions))
+        self._rewards[t] = result.rewards
+        ended = result.terminated | result.truncated
+        self._ended[t] = ended
+        if result.truncated.any():
+            # A time limit is not a terminal state: bootstrap from the state it cut off.
+            cut = result.truncated & ~result.terminated
+            if cut.any():
+                final = torch.from_numpy(self.obs_normaliser(result.final_observations[cut])).to(self.device)
+                self._truncation_bonus[t, cut] = self.gamma * self.critic_values(final)
+        self._raw_obs = result.observations
+        return result.finished or []
+
+    def end_rollout(self) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised last observations and the training rewards; the statistics updated."""
         self._raw_observations[self.n_steps] = self._raw_obs
         last = self.obs_normaliser(self._raw_obs)
         self.obs_normaliser.update(self._raw_observations[1:])
         self._mix_since_refresh = self.obs_normaliser.mode == "mixed"  # the core mixes after this iteration
         rewards = self.reward_scaler.scale(self._rewards, self._ended) + self._truncation_bonus
-        return finished, last, rewards
+        return last, rewards
 
     def act(self, t: int, observations: torch.Tensor) -> np.ndarray:
         """Actions for step t of the rollout (normalised observations); π samples them here."""

@@ -1,0 +1,142 @@
+"""Mixing inside a learner block: every learner of the cell in one process, their buffers the rows
+of one [N, numel] tensor, combined by one product with the mixing matrix, X ← W X.
+
+Synchronous diffusion only (staleness 0, no dropped links, a plan without push-sum): that is
+the rule `benchbase.comm.rules.Diffusion` applies message by message between processes, so a
+block mixes what the processes would (the product sums in another order, so the figures differ
+in rounding). Each learner keeps the counters the core records as if its messages had travelled
+(bytes and messages sent to its out-neighbours, received from its in-neighbours), so
+`bytes_sent_per_learner` compares across layouts; `mix_wait_s` is the learner's share of the
+product's time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from benchbase.comm.counters import CommCounters
+from benchbase.comm.mixing_plan import MixingPlan
+
+BLOCK_TRANSPORT = "block"
+
+
+def block_mixing_refusal(plan: MixingPlan, staleness: int, link_drop: float) -> str | None:
+    """Why a cell with this plan cannot mix inside a block; None when it can."""
+    if staleness > 0:
+        return "asynchronous mixing (staleness > 0) runs one learner per process"
+    if link_drop > 0:
+        return "dropped links (link_drop > 0) run one learner per process"
+    if plan.push_sum:
+        return "push-sum mixing runs one learner per process"
+    return None
+
+
+class BlockMixer:
+    """The mixing of a whole cell hosted by one process: X ← W(iteration) X, in place."""
+
+    def __init__(self, plan: MixingPlan, buffers: torch.Tensor, parameter_numel: int) -> None:
+        if buffers.shape[0] != plan.n_learners:
+            raise ValueError(f"a block of {buffers.shape[0]} learners for a plan of {plan.n_learners}")
+        self.plan, self.buffers, self.parameter_numel = plan, buffers, parameter_numel
+        self.weights = [torch.tensor(w, dtype=buffers.dtype, device=buffers.device) for w in plan.weights]
+        self.counters = [CommCounters() for _ in range(plan.n_learners)]
+        self._message_bytes = buffers.shape[1] * buffers.element_size()
+        self._consensus: float | None = None
+
+    def mix(self, iteration: int) -> None:
+        if not self.plan.has_edges:
+            return
+        started = time.perf_counter()
+        phase = self.plan.phase(iteration)
+        self.buffers.copy_(self.weights[phase] @ self.buffers)
+        share = (time.perf_counter() - started) / self.plan.n_learners
+        for rank, counters in enumerate(self.counters):
+            sent = len(self.plan.out_neighbours(rank, phase))
+            counters.bytes_sent += sent * self._message_bytes
+            counters.messages_sent += sent
+            counters.messages_received += len(self.plan.in_neighbours(rank, phase))
+            counters.wait_s += share
+        self._consensus = None
+
+    def consensus_distance(self) -> float:
+        """sqrt(mean_i ‖θ_i − θ̄‖²) / ‖θ̄‖ over the model parameters, as
+        `benchbase.comm.consensus.consensus_distance` measures it between processes."""
+        if self._consensus is None:
+            n = self.plan.n_learners
+            params = self.buffers[:, : self.parameter_numel]
+            mean = params.sum(0) / n
+            spread = float((params - mean).pow(2).sum(1).double().sum())
+            self._consensus = 0.0 if n == 1 else math.sqrt(spread / n) / (float(mean.norm()) + 1e-12)
+        return self._consensus
+
+    def member(self, rank: int) -> BlockMemberComm:
+        return BlockMemberComm(self, rank)
+
+
+class BlockMemberComm:
+    """One learner's side of a block's mixing, with the methods the learner loop calls on a
+    `benchbase.comm.Communicator` (the block mixes once for all of them: `mix` does nothing)."""
+
+    transport = BLOCK_TRANSPORT
+
+    def __init__(self, mixer: BlockMixer, rank: int) -> None:
+        self.mixer, self.rank = mixer, rank
+        self.counters = mixer.counters[rank]
+
+    def mix(self, params: torch.Tensor, iteration: int) -> None:
+        """Nothing: the block mixes every learner at once (`BlockMixer.mix`)."""
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.counters.bytes_sent
+
+    def consensus_distance(self, params: torch.Tensor) -> float:
+        return self.mixer.consensus_distance()
+
+    def neighbour_distance(self, params: torch.Tensor) -> float | None:
+        return None
+
+    def snapshot(self, params: torch.Tensor, iteration: int) -> None:
+        """Nothing: a block is synchronous, its consensus is measured directly."""
+
+    def consensus_snapshots(self) -> dict[int, float]:
+        return {}
+
+    def statistics(self) -> dict[str, float]:
+        counters = self.counters
+        return {
+            "bytes_sent": float(counters.bytes_sent),
+            "messages_sent": float(counters.messages_sent),
+            "messages_received": float(counters.messages_received),
+            "publishes_skipped": 0.0,
+            "mix_wait_s": counters.wait_s,
+        }
+
+    def reset_staleness(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        counters = self.counters
+        return {
+            "push_sum_weight": 1.0,  # what a process's diffusion rule saves: either layout resumes the other's
+            "bytes_sent": counters.bytes_sent,
+            "messages_sent": counters.messages_sent,
+            "messages_received": counters.messages_received,
+            "publishes_skipped": 0,
+            "publishes_limited": 0,
+            "wait_s": counters.wait_s,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        counters = self.counters
+        counters.bytes_sent = int(state["bytes_sent"])
+        counters.messages_sent = int(state["messages_sent"])
+        counters.messages_received = int(state["messages_received"])
+        counters.wait_s = float(state["wait_s"])
+
+    def close(self, params: torch.Tensor | None = None) -> None:
+        pass

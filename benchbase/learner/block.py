@@ -1,0 +1,146 @@
+"""A learner block: one process hosts every learner of a cell, their parameters stacked, acting,
+updating and mixing with batched math (DESIGN §6, docs/scaling.md).
+
+Each learner keeps what it has in a process of its own: its simulators and tasks, its seeds,
+its loop state and result rows, its evaluator, its checkpoints (`checkpoints/<cell>/learner-<r>`)
+and its events. One iteration of the block is the algorithm's batched `iterate` for all of them,
+one product with the mixing matrix (`benchbase.comm.block`), then each learner's bookkeeping as
+`benchbase.learner.loop` does it for a learner alone. Learners of a block run in lockstep: they
+resume from the same checkpoint and stop at the same iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from typing import Any
+
+import torch
+
+from benchbase.api.contracts import LearnerSpec, params_of
+from benchbase.checkpoints import checkpoint
+from benchbase.checkpoints.resume import (
+    CheckpointKeeper,
+    LoopState,
+    StopSignal,
+    checkpoint_folder,
+    common_resume_points,
+    default_every,
+)
+from benchbase.comm.block import BlockMixer
+from benchbase.comm.mixing_plan import build_mixing_plan
+from benchbase.grid.cell import Cell
+from benchbase.learner.build import initialise_from, simulator_tasks
+from benchbase.learner.evaluation import Evaluator
+from benchbase.learner.events import Note, Report, Resumed, Started
+from benchbase.learner.loop import LoopContext, _Training
+from benchbase.learner.process import CellPlugins, _finish, _load_registry
+from benchbase.learner.settings import LearnerLaunch
+
+
+class BlockUnavailable(RuntimeError):
+    """The algorithm built no block for these learners (the launcher should not have asked)."""
+
+
+def run_block(launch: LearnerLaunch, report: Report) -> dict[int, dict[str, Any]]:
+    """Run every learner of the cell in this process to the end of the budget; each learner's
+    summary by rank."""
+    stop = StopSignal((signal.SIGUSR1,))  # first: the launcher may ask to stop while the block is being built
+    torch.set_num_threads(1)
+    registry = _load_registry(launch.settings)
+    cell = Cell.from_config(launch.cell_config)
+    plugins = CellPlugins.resolve(registry, cell)
+    world = cell.learner_processes
+    plan = build_mixing_plan(plugins.topology, plugins.topology_params, world, cell.seed, plugins.num_peers)
+    tasks = plugins.family.training_tasks(plugins.env_params, cell.learners, cell.seed)
+    envs = []
+    for rank in range(world):
+        own_tasks = simulator_tasks(tasks, cell, rank)
+        envs.append(plugins.family.make_env(plugins.env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank))
+    budget = math.ceil(cell.env_steps / world)
+    device = torch.device(launch.device)
+    specs = [LearnerSpec(env, rank, world, cell.seed, device, env_steps_budget=budget) for rank, env in enumerate(envs)]
+    block = plugins.algorithm.make_learner_block(params_of(plugins.algorithm, cell.algorithm_params), specs)
+    if block is None:
+        raise BlockUnavailable(f"{cell.algorithm} built no learner block for this cell")
+    members = block.learners
+    if cell.init_from is not None:
+        for rank, member in enumerate(members):
+            initialise_from(member, cell.init_from, rank)
+    mixer = BlockMixer(plan, block.parameters(), members[0].model_parameters().numel())
+    every = default_every(cell.env_steps, world, launch.settings.checkpoint_every)
+    keepers = [
+        CheckpointKeeper(checkpoint_folder(launch.out_dir, cell.cell_id, rank), launch.cell_config, every, True)
+        for rank in range(world)
+    ]
+    paths, notes = common_resume_points([keeper.folder for keeper in keepers], launch.cell_config)
+    for note in notes:
+        report(Note(cell.cell_id, 0, note))
+    trainings = []
+    for rank, (member, keeper, path) in enumerate(zip(members, keepers, paths)):
+        own = dataclasses.replace(launch, rank=rank, world_size=world)
+        comm = mixer.member(rank)
+        state = _restore(member, comm, path, launch.cell_config, report, cell.cell_id, rank)
+        evaluator = (
+            Evaluator(plugins.family, plugins.env_params, simulator_tasks(tasks, cell, rank), cell, rank)
+            if cell.evaluations > 0
+            else None
+        )
+        context = LoopContext(cell, own, member, comm, evaluator, 0, report, keeper, stop, None, True, False)
+        trainings.append(_Training(context, state))
+    _check_lockstep(trainings)
+    summaries = _train_block(block, mixer, trainings, report, stop)
+    if not any(summary["stopped"] for summary in summaries.values()):
+        for training in trainings:
+            summary = summaries[training.rank]
+            summary["transport"] = training.context.comm.transport
+            _finish(training.context, training.state, summary, training.tables)
+    for env in envs:
+        env.close()
+    return summaries
+
+
+def _restore(
+    member: Any, comm: Any, path: Any, cell_config: dict[str, Any], report: Report, cell_id: str, rank: int
+) -> LoopState:
+    """A learner's loop state, its learner and communicator restored from `path` (None: fresh)."""
+    if path is None:
+        return LoopState()
+    found = checkpoint.load_run_checkpoint(path, cell_config)
+    member.load_state_dict(found.state["learner"])
+    comm.load_state_dict(found.state["comm"])
+    state = LoopState.from_dict(found.state["loop"])
+    report(Resumed(cell_id, rank, state.local_steps))
+    return state
+
+
+def _check_lockstep(trainings: list[_Training]) -> None:
+    iterations = {training.state.iteration for training in trainings}
+    if len(iterations) > 1:  # resume_point(lockstep=True) picks a checkpoint every learner has
+        raise RuntimeError(f"the learners of a block resumed at different iterations: {sorted(iterations)}")
+
+
+def _train_block(
+    block: Any, mixer: BlockMixer, trainings: list[_Training], report: Report, stop: StopSignal
+) -> dict[int, dict[str, Any]]:
+    for training in trainings:
+        report(Started(training.cell_id, training.rank, time.time()))
+        training.start_clock()
+    stopped = False
+    while trainings[0].running():
+        outputs = block.iterate()
+        mixer.mix(trainings[0].state.iteration)
+        for training, output in zip(trainings, outputs):
+            training.advance(output)
+            training.record_episodes(output.finished)
+            training.record_metrics(output.metrics)
+            training.evaluate(output.env_steps)
+            training.report_progress()
+        requested = stop.requested  # read once: every learner stops at the same iteration
+        stops = [training.checkpoint_or_stop(out.env_steps, requested) for training, out in zip(trainings, outputs)]
+        if any(stops):
+            stopped = True
+            break
+    return {training.rank: training.finish(stopped) for training in trainings}

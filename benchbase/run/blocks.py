@@ -1,0 +1,96 @@
+"""How many learners each process of a cell hosts: every learner as one block (`benchbase.learner.
+block`) where the cell allows it, else one learner per process.
+
+A cell runs as a block when its algorithm has a block form for its observations, it mixes by
+synchronous diffusion or not at all, no learner is paced as a straggler, and it runs on the CPU.
+`--learners-per-process` chooses: unset, each cell takes a block where it can; 1, one learner
+per process as before; N, a block, refused in one line for a cell that cannot run as one. This
+version has no blocks smaller than a cell: a block is one process, so K is 1 or the cell's N.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from benchbase.api.contracts import Algorithm, params_of
+from benchbase.comm.block import block_mixing_refusal
+from benchbase.comm.mixing_plan import build_mixing_plan
+from benchbase.errors import UserError
+from benchbase.grid.cell import Cell
+from benchbase.learner.process import CellPlugins
+from benchbase.learner.settings import ExecutionSettings
+
+_observation_kinds: dict[str, str] = {}
+
+
+def block_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str | None:
+    """Why `cell` cannot run as one block of learners; None when it can."""
+    if cell.learner_processes < 2:
+        return "it has one learner"
+    plugins = CellPlugins.resolve(registry, cell)
+    algorithm = plugins.algorithm
+    if plugins.num_peers is not None:  # GALA: its point is asynchrony, which a block's lockstep would remove
+        return f"{cell.algorithm} gossips asynchronously between processes"
+    if type(algorithm).make_learner_block is Algorithm.make_learner_block or not algorithm.block_observation_kinds:
+        return f"{cell.algorithm} has no block form yet"
+    if not issubclass(_defined_by(algorithm, "make_learner_block"), _defined_by(algorithm, "make_learner")):
+        # a subclass with a learner of its own, whose block (inherited) would not run that learner
+        return f"{cell.algorithm} overrides make_learner but not make_learner_block"
+    if cell.straggler is not None:
+        return "--straggler paces one learner's process"
+    if settings.transport != "auto":
+        return f"--transport {settings.transport} chooses how learner processes exchange"
+    if settings.device != "cpu":
+        return f"blocks run on the CPU in this version (--device {settings.device})"
+    plan = build_mixing_plan(plugins.topology, plugins.topology_params, cell.learner_processes, cell.seed, None)
+    reason = block_mixing_refusal(plan, plugins.staleness, plugins.link_drop)
+    if reason is not None:
+        return reason
+    kind = _observation_kind(plugins.family, cell)
+    if kind not in algorithm.block_observation_kinds:
+        return f"{cell.algorithm} has no block form for {kind} observations"
+    return None
+
+
+def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings) -> int:
+    """The learners each process of `cell` hosts (checked beforehand by `check_learners_per_process`)."""
+    if settings.learners_per_process == 1 or cell.learner_processes == 1:
+        return 1
+    return cell.learner_processes if block_refusal(cell, registry, settings) is None else 1
+
+
+def check_learners_per_process(cells: list[Cell], registry: Any, settings: ExecutionSettings) -> None:
+    """A UserError naming the first cell that cannot host `--learners-per-process` learners per process."""
+    asked = settings.learners_per_process
+    if asked is None or asked == 1:
+        return
+    if asked < 1:
+        raise UserError(f"--learners-per-process {asked}: give at least 1 (1: one learner per process)")
+    for cell in cells:
+        n = cell.learner_processes
+        label = f"cell {cell.cell_id[:8]} ({cell.algorithm} · {cell.topology}, {n} learner{'s' * (n != 1)})"
+        if asked > n:
+            raise UserError(f"--learners-per-process {asked}: more than the {n} learners of {label}")
+        if asked != n:
+            raise UserError(
+                f"--learners-per-process {asked}: {label} runs either all its learners in one block ({n}) "
+                "or one per process (1); smaller blocks are not supported yet"
+            )
+        reason = block_refusal(cell, registry, settings)
+        if reason is not None:
+            raise UserError(f"--learners-per-process {asked}: {label} cannot run as a block: {reason}")
+
+
+def _defined_by(algorithm: Any, method: str) -> type:
+    """The class of `algorithm`'s MRO that defines `method`."""
+    return next(klass for klass in type(algorithm).__mro__ if method in vars(klass))
+
+
+def _observation_kind(family: Any, cell: Cell) -> str:
+    from benchbase.grid.expand import probe_spaces
+
+    key = json.dumps([cell.env, cell.env_params], sort_keys=True, default=str)
+    if key not in _observation_kinds:
+        _observation_kinds[key] = probe_spaces(family, params_of(family, cell.env_params))[1]
+    return _observation_kinds[key]

@@ -1,0 +1,81 @@
+"""Mixing inside a learner block (one product with the mixing matrix) against the diffusion rule
+the processes apply message by message, on ring, exponential and random graphs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchbase.api.contracts import params_of
+from benchbase.api.registry import load_registry
+from benchbase.comm.block import BlockMixer, block_mixing_refusal
+from benchbase.comm.mixing_plan import build_mixing_plan
+from benchbase.comm.rules import diffuse, phase_weights
+
+NUMEL, PARAMETERS = 40, 32  # 8 mixed values after the parameters (e.g. normaliser statistics)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(only={"plugins.topologies.builtin"}, blocked=set())
+
+
+def plan_for(registry, name: str, n: int, seed: int = 0, **overrides):
+    topology = registry.get("topology", name)
+    params = params_of(topology, overrides)
+    return build_mixing_plan(topology, params, topology.learner_count(n, params), seed)
+
+
+@pytest.mark.parametrize(
+    "name,n,overrides",
+    [("ring", 5, {}), ("exponential", 8, {}), ("random", 7, {"p": 0.4}), ("fully-connected", 4, {})],
+)
+def test_a_block_mixes_as_every_learner_diffusing_its_neighbours(registry, name, n, overrides):
+    plan = plan_for(registry, name, n, seed=3, **overrides)
+    buffers = torch.randn(n, NUMEL)
+    mixer = BlockMixer(plan, buffers, PARAMETERS)
+    expected = buffers.clone()
+    weights = [phase_weights(plan, rank) for rank in range(n)]
+    for iteration in range(2 * plan.period + 1):
+        before = expected.clone()
+        for rank in range(n):  # what each learner's Diffusion rule does with this iteration's messages
+            phase = weights[rank][plan.phase(iteration)]
+            diffuse(expected[rank], phase.own, [(before[j], w) for j, w in phase.incoming])
+        mixer.mix(iteration)
+        torch.testing.assert_close(buffers, expected, rtol=1e-5, atol=1e-6)
+    sent = [sum(len(plan.out_neighbours(rank, plan.phase(i))) for i in range(2 * plan.period + 1)) for rank in range(n)]
+    assert [counters.bytes_sent for counters in mixer.counters] == [count * NUMEL * 4 for count in sent]
+    assert [mixer.member(rank).statistics()["messages_sent"] for rank in range(n)] == sent
+
+
+def test_consensus_is_measured_on_the_parameters_as_between_processes(registry):
+    plan = plan_for(registry, "ring", 4)
+    buffers = torch.randn(4, NUMEL)
+    mixer = BlockMixer(plan, buffers, PARAMETERS)
+    params = buffers[:, :PARAMETERS].double()
+    mean = params.mean(0)
+    expected = math.sqrt(float((params - mean).pow(2).sum()) / 4) / float(mean.norm())
+    assert mixer.member(2).consensus_distance(buffers[2]) == pytest.approx(expected, rel=1e-5)
+    mixer.mix(0)
+    assert mixer.consensus_distance() < expected  # mixing brings them closer
+
+
+def test_isolated_learners_do_not_mix(registry):
+    plan = plan_for(registry, "isolated", 3)
+    buffers = torch.randn(3, NUMEL)
+    before = buffers.clone()
+    mixer = BlockMixer(plan, buffers, PARAMETERS)
+    mixer.mix(0)
+    assert torch.equal(buffers, before) and mixer.member(0).bytes_sent == 0
+
+
+def test_what_a_block_cannot_mix_is_refused_with_the_reason(registry):
+    ring = plan_for(registry, "ring", 4)
+    assert block_mixing_refusal(ring, 0, 0.0) is None
+    assert "staleness" in block_mixing_refusal(ring, 2, 0.0)
+    assert "link_drop" in block_mixing_refusal(ring, 0, 0.1)
+    directed = plan_for(registry, "directed-ring", 4)
+    if directed.push_sum:
+        assert "push-sum" in block_mixing_refusal(directed, 0, 0.0)

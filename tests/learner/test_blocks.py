@@ -1,0 +1,245 @@
+"""Learner blocks end to end: a block's cell against the same cell with one process per learner,
+a block interrupted and resumed against one that was not, a learner failing inside a block, and
+the one-line refusals of `--learners-per-process`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from benchbase.api.registry import load_registry
+from benchbase.checkpoints import checkpoint
+from benchbase.grid.cell import Cell
+from benchbase.grid.expand import expand
+from benchbase.grid.spec import make_spec
+from benchbase.learner import loop
+from benchbase.learner.block import run_block
+from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
+from benchbase.run.blocks import learners_per_process
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def cell_of(topology: str = "ring", learners: int = 3, env_steps: int = 1920, **values: Any) -> Cell:
+    spec = {
+        "algorithms": ["diff-a2c"],
+        "topologies": [topology],
+        "envs": ["random-cartpole"],
+        "replay": ["none"],
+        "seeds": 1,
+        "learners": learners,
+        "envs_per_learner": 2,
+        "env_steps": env_steps,
+        "evaluations": 3,
+        "eval_episodes": 1,
+        "set": {"diff-a2c": {"hidden": 16, "n_steps": 8}},
+        **values,
+    }
+    plan = expand(make_spec(spec, {}), load_registry())
+    assert not plan.invalid, plan.invalid
+    (cell,) = plan.cells
+    return cell
+
+
+def bench(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchbase", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# -- which cells run as blocks --------------------------------------------------------------------
+
+
+def test_cells_that_allow_a_block_take_one_and_the_others_keep_a_process_per_learner():
+    registry = load_registry()
+    auto = ExecutionSettings()
+    assert learners_per_process(cell_of(), registry, auto) == 3
+    assert learners_per_process(cell_of(), registry, ExecutionSettings(learners_per_process=1)) == 1
+    assert learners_per_process(cell_of("isolated"), registry, auto) == 3
+    assert learners_per_process(cell_of("isolated", learners=1), registry, auto) == 1
+    assert learners_per_process(cell_of("centralised", learners=4), registry, auto) == 1  # one process already
+    # Asynchronous mixing, a straggler and GALA's gossip keep one learner per process.
+    stale = cell_of(set={"diff-a2c": {"hidden": 16, "n_steps": 8, "staleness": 2}})
+    assert learners_per_process(stale, registry, auto) == 1
+    assert learners_per_process(cell_of(straggler="1:2"), registry, auto) == 1
+    gala = cell_of(algorithms=["gala-a2c"], set={})
+    assert learners_per_process(gala, registry, auto) == 1
+
+
+def test_a_subclass_with_a_learner_of_its_own_is_not_run_as_an_inherited_block(monkeypatch):
+    """A plugin that derives Diff-A2C and overrides only make_learner would lose its learner in
+    Diff-A2C's block: its cells keep one learner per process."""
+    from benchbase.run.blocks import block_refusal
+    from plugins.algorithms.diff_a2c import DiffA2C
+
+    class OwnLearner(DiffA2C):
+        def make_learner(self, params, spec):
+            return super().make_learner(params, spec)
+
+    registry = load_registry()
+    get = registry.get
+    monkeypatch.setattr(registry, "get", lambda kind, name: OwnLearner() if kind == "algorithm" else get(kind, name))
+    assert block_refusal(cell_of(), registry, ExecutionSettings()) == (
+        "diff-a2c overrides make_learner but not make_learner_block"
+    )
+
+
+# -- a block's run against one process per learner ---------------------------------------------------
+
+
+def run(cell: Cell, out: Path, settings: ExecutionSettings) -> dict[int, dict[str, Any]]:
+    launch = LearnerLaunch(cell.config(), str(out), 0, 1, "", 0, "cpu", time.time(), settings, learners=cell.learners)
+    return run_block(launch, lambda event: None)
+
+
+def learner_rows(out: Path, table: str, cell: Cell, rank: int) -> list[dict]:
+    return pq.read_table(out / table / cell.cell_id / f"learner-{rank}.parquet").drop(["wall_time_s"]).to_pylist()
+
+
+def timing(metric: str) -> bool:
+    return metric.endswith("_s") or metric == "steps_per_second"
+
+
+def final_parameters(out: Path, cell: Cell, rank: int) -> torch.Tensor:
+    found, _ = checkpoint.latest_good(out / "checkpoints" / cell.cell_id / f"learner-{rank}")
+    return found.state["learner"]["parameters"]
+
+
+def stopping_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
+    """The next run is asked to stop in block iteration `iteration`, as SIGUSR1 would ask it."""
+    advance = loop._Training.advance
+
+    def interrupted(training: Any, output: Any) -> Any:
+        result = advance(training, output)
+        if training.state.iteration == iteration:
+            training.context.stop.requested = True
+        return result
+
+    monkeypatch.setattr(loop._Training, "advance", interrupted)
+
+
+STOP_AT = 13  # of 1920 / 3 / 16 = 40 iterations; a periodic checkpoint every 192 cell steps (4 iterations)
+
+
+def test_a_stopped_and_resumed_block_equals_an_uninterrupted_one_row_for_row(tmp_path: Path, monkeypatch):
+    cell = cell_of()
+    settings = ExecutionSettings(checkpoint_every=192)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    summaries = run(cell, straight, settings)
+    assert sorted(summaries) == [0, 1, 2] and not any(summary["stopped"] for summary in summaries.values())
+    assert {summary["transport"] for summary in summaries.values()} == {"block"}
+
+    with monkeypatch.context() as patch:
+        stopping_at(patch, STOP_AT)
+        assert all(summary["stopped"] for summary in run(cell, resumed, settings).values())
+    for rank in range(3):  # every learner stopped at the same iteration, with its own checkpoint
+        folder = resumed / "checkpoints" / cell.cell_id / f"learner-{rank}"
+        assert checkpoint.latest_good(folder)[0].env_steps == STOP_AT * 16
+    assert not (resumed / "episodes").exists()  # an unfinished cell writes no result files
+    assert not any(summary["stopped"] for summary in run(cell, resumed, settings).values())
+
+    for rank in range(3):
+        assert torch.equal(final_parameters(resumed, cell, rank), final_parameters(straight, cell, rank))
+        for table in ("episodes", "evaluations"):
+            expected = learner_rows(straight, table, cell, rank)
+            assert expected and learner_rows(resumed, table, cell, rank) == expected, (table, rank)
+        untimed = lambda rows: [row for row in rows if not timing(row["metric"])]  # noqa: E731
+        expected = untimed(learner_rows(straight, "metrics", cell, rank))
+        assert untimed(learner_rows(resumed, "metrics", cell, rank)) == expected
+        assert {"consensus_distance", "bytes_sent", "loss"} <= {row["metric"] for row in expected}
+
+
+def test_a_block_and_a_process_per_learner_run_the_same_cell_alike(tmp_path: Path):
+    """The same ring cell both ways: the same rows of the same shape, the same bytes counted,
+    consensus measured alike, and both learn. The runs differ in rounding and in the random
+    stream that samples actions, so their curves agree within noise, not bit for bit."""
+    cell = cell_of(learners=4, env_steps=24_000, evaluations=2)
+    from benchbase.run.local import run_cell
+
+    outcomes = {}
+    for name, per_process in (("block", None), ("processes", 1)):
+        settings = ExecutionSettings(learners_per_process=per_process, comm_timeout_s=60)
+        outcomes[name] = run_cell(cell, str(tmp_path / name), lambda event: None, settings)
+    for name, outcome in outcomes.items():
+        assert outcome.status == "completed", (name, outcome.error)
+    block, processes = outcomes["block"], outcomes["processes"]
+    assert [s["transport"] for s in block.summaries] == ["block"] * 4
+    assert {s["transport"] for s in processes.summaries} <= {"shm", "p2p"}
+    assert [s["env_steps"] for s in block.summaries] == [s["env_steps"] for s in processes.summaries]
+    assert [s["bytes_sent"] for s in block.summaries] == [s["bytes_sent"] for s in processes.summaries]
+
+    late, early = {}, {}
+    for name in outcomes:
+        episodes = ds.dataset(tmp_path / name / "episodes" / cell.cell_id).to_table().to_pylist()
+        returns = [row["episode_return"] for row in sorted(episodes, key=lambda row: row["cell_env_step"])]
+        early[name], late[name] = np.mean(returns[: len(returns) // 4]), np.mean(returns[-len(returns) // 4 :])
+        metrics = ds.dataset(tmp_path / name / "metrics" / cell.cell_id).to_table().to_pylist()
+        # recent_return appears once an episode has ended, which depends on the sampled actions
+        counts = Counter(
+            row["metric"] for row in metrics if not timing(row["metric"]) and row["metric"] != "recent_return"
+        )
+        evaluations = ds.dataset(tmp_path / name / "evaluations" / cell.cell_id).to_table().num_rows
+        outcomes[name] = (counts, evaluations)
+    assert outcomes["block"] == outcomes["processes"]  # the same metrics, as often; the same evaluations
+    for name in late:  # both learn: CartPole episodes grow from about 20 steps
+        assert late[name] > 2 * early[name], (name, early[name], late[name])
+    assert abs(np.log(late["block"] / late["processes"])) < np.log(3), late
+
+
+def test_a_learner_that_raises_inside_a_block_fails_its_cell_with_its_traceback(tmp_path: Path):
+    fault = tmp_path / "fault.json"
+    fault.write_text(json.dumps({"rank": 1, "at_step": 400, "how": "raise"}))
+    env = {"PYTHONPATH": str(TESTS), "BENCHBASE_EXTRA_PLUGINS": "fault_plugin", "BENCHBASE_FAULT": str(fault)}
+    grid = [
+        *("run", "-a", "faulty-block-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "3"),
+        *("--envs-per-learner", "2", "--env-steps", "6000", "--seeds", "2", "--evaluations", "1"),
+        *("--eval-episodes", "1", "--out", str(tmp_path / "run")),
+    ]
+    result = bench(*grid, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {row["seed"]: row for row in pq.read_table(tmp_path / "run" / "cells.parquet").to_pylist()}
+    assert rows[0]["status"] == "failed" and rows[1]["status"] == "completed"  # the grid went on
+    error = rows[0]["error"]
+    assert "injected fault in learner 1 of a block" in error and "Traceback" in error and "iterate" in error
+    assert not (tmp_path / "run" / "episodes" / rows[0]["cell_id"]).exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--learners-per-process", "0"], "--learners-per-process 0: give at least 1"),
+        (["--learners-per-process", "5"], "--learners-per-process 5: more than the 4 learners of cell"),
+        (["--learners-per-process", "2"], "smaller blocks are not supported yet"),
+        (["-a", "gala-a2c", "--learners-per-process", "4"], "gala-a2c gossips asynchronously between processes"),
+        (["--straggler", "1:2", "--learners-per-process", "4"], "--straggler paces one learner's process"),
+        (["--launcher", "torchrun", "--learners-per-process", "4"], "torchrun starts one process per learner"),
+    ],
+)
+def test_learners_per_process_that_no_cell_can_take_is_one_line_and_exit_2(tmp_path: Path, args, message):
+    algorithm = [] if "-a" in args else ["-a", "diff-a2c"]
+    result = bench(
+        *("run", *algorithm, "-t", "ring", "-e", "random-cartpole", "--learners", "4", "--env-steps", "4000"),
+        *args,
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before anything ran

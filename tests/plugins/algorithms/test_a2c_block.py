@@ -1,0 +1,127 @@
+"""Diff-A2C's learner block against the same learners each on its own: the stacked network's
+outputs, the update given the same rollouts, the optimiser state in checkpoints, and acting."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from test_algorithms import FakeVectorEnv
+
+from benchbase import LearnerSpec
+from plugins.algorithms.common.stacked import StackedMLP
+from plugins.algorithms.diff_a2c import A2CLearner, A2CParams, DiffA2C
+
+K = 3
+SETTINGS = dict(n_steps=5, gamma=0.9, hidden=8, normaliser="local", entropy_coef=0.05)
+
+
+def specs(continuous: bool, seed: int = 3) -> list[LearnerSpec]:
+    return [LearnerSpec(FakeVectorEnv(continuous), rank, K, seed, torch.device("cpu")) for rank in range(K)]
+
+
+def learners_and_block(continuous: bool, **overrides):
+    params = A2CParams(**{**SETTINGS, **overrides})
+    alone = [A2CLearner(params, spec) for spec in specs(continuous)]
+    block = DiffA2C().make_learner_block(params, specs(continuous))
+    assert block is not None
+    return params, alone, block
+
+
+def copied(rollout):
+    return copy.deepcopy(rollout)  # a learner's rollout is a view of buffers it reuses
+
+
+def test_learners_of_a_block_start_from_the_same_parameters_as_learners_alone():
+    _, alone, block = learners_and_block(False)
+    for k, learner in enumerate(alone):
+        assert torch.equal(block.parameters()[k], learner.parameters_buffer())
+        assert torch.equal(block.learners[k].parameters_buffer(), learner.parameters_buffer())
+    # Row k is learner k's buffer: writing the stacked tensor writes the member's model.
+    block.parameters()[1].fill_(0.5)
+    member = block.learners[1].learner
+    assert all(torch.all(p == 0.5) for p in member.model.parameters())
+
+
+@pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
+def test_the_stacked_network_computes_each_learners_own_outputs(continuous):
+    _, _, block = learners_and_block(continuous)
+    stacked = block.parameters()
+    stacked.add_(torch.randn_like(stacked) * 0.1)  # learners that differ
+    observations = torch.randn(K, 7, 3)
+    network = StackedMLP(block.learners[0].learner.model)
+    actor, value = network.actor(stacked, observations), network.value(stacked, observations)
+    for k, member in enumerate(block.learners):
+        model = member.learner.model
+        torch.testing.assert_close(actor[k], model.actor(observations[k]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(value[k], model.value(observations[k]), rtol=0, atol=1e-6)
+        if continuous:
+            torch.testing.assert_close(network.action_log_std(stacked)[k, 0], model.action_log_std())
+
+
+@pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
+@pytest.mark.parametrize("overrides", [{}, {"gae_lambda": 0.5, "max_grad_norm": 0.05}], ids=["n-step", "gae-clipped"])
+def test_a_block_update_is_each_learners_own_update(continuous, overrides):
+    """Given the same rollouts, three updates of the block move every row as the learner's own
+    three updates move it (RMSprop acts element by element; gradients clipped per learner)."""
+    _, alone, block = learners_and_block(continuous, **overrides)
+    for _ in range(3):
+        rollouts = [copied(learner.collect()[0]) for learner in alone]
+        expected = [learner.update(rollout) for learner, rollout in zip(alone, rollouts)]
+        got = block.update(rollouts)
+        for k, learner in enumerate(alone):
+            torch.testing.assert_close(block.parameters()[k], learner.parameters_buffer(), rtol=1e-5, atol=1e-6)
+            assert got[k].keys() == expected[k].keys()
+            for name, value in expected[k].items():
+                assert got[k][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    if overrides:  # the clipping bit: some gradient was larger than 0.05
+        assert any(metrics["grad_norm"] > 0.05 for metrics in got)
+
+
+def test_a_block_learners_checkpoint_is_a_learner_checkpoint_and_back():
+    _, alone, block = learners_and_block(False)
+    rollouts = [copied(learner.collect()[0]) for learner in alone]
+    for learner, rollout in zip(alone, rollouts):
+        learner.update(rollout)
+    block.update(rollouts)
+    state = block.learners[2].state_dict()
+    saved, own = state["optimizer"]["state"][0], alone[2].optimizer.state_dict()["state"][0]
+    assert saved.keys() == own.keys() and saved["square_avg"].shape == own["square_avg"].shape
+    torch.testing.assert_close(saved["square_avg"], own["square_avg"], rtol=1e-5, atol=1e-9)
+
+    fresh = A2CLearner(A2CParams(**SETTINGS), specs(False)[2])
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.parameters_buffer(), block.learners[2].parameters_buffer(), rtol=0, atol=0)
+    torch.testing.assert_close(fresh.optimizer.state_dict()["state"][0]["square_avg"], saved["square_avg"])
+    observations = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    assert np.array_equal(fresh.act_greedy(observations), block.learners[2].act_greedy(observations))
+
+    # And a learner's checkpoint into a block: its row of the optimiser state and of the parameters.
+    _, _, other = learners_and_block(False)
+    other.learners[0].load_state_dict(alone[1].state_dict())
+    torch.testing.assert_close(other.parameters()[0], alone[1].parameters_buffer(), rtol=0, atol=0)
+    row = other.optimizer.state[other.parameter]["square_avg"][0]
+    torch.testing.assert_close(row, alone[1].optimizer.state_dict()["state"][0]["square_avg"])
+
+
+def test_a_block_iterates_every_learner_with_its_own_simulators():
+    _, _, block = learners_and_block(True)
+    before = block.parameters().clone()
+    outputs = block.iterate()
+    assert [output.env_steps for output in outputs] == [5 * 2] * K
+    for member in block.learners:
+        env = member.learner.env
+        assert len(env.received_actions) == 5 and all(np.all(np.abs(a) <= 1.0) for a in env.received_actions)
+    assert all(np.isfinite(output.metrics["loss"]) for output in outputs)
+    assert not torch.equal(block.parameters(), before)
+
+
+def test_the_nature_cnn_has_no_block_yet():
+    from gymnasium import spaces
+
+    env = FakeVectorEnv()
+    env.observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    params = A2CParams(**SETTINGS)
+    assert DiffA2C().make_learner_block(params, [LearnerSpec(env, 0, 2, 0, torch.device("cpu"))]) is None
