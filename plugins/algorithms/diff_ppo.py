@@ -15,6 +15,10 @@ The local PPO update, read top to bottom in `PPOLearner.update`:
    ρ = π(a|s)/π_old(a|s), with A normalised per minibatch and the gradient norm clipped.
 The lr and ε are annealed linearly to 0 over the learner's env-step budget (nothing is annealed
 without one). How the defaults were chosen: docs/algorithms.md.
+
+`PPOBlock` runs the same update for the K learners of a learner block at once (MLP models on
+vector observations): every tensor gains a leading learner dimension, each learner keeps its own
+shuffles, advantage normalisation and rows of Adam's state (common/block.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
+from plugins.algorithms.common.block import OnPolicyBlock, blockable
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import gae_advantages
@@ -65,6 +70,8 @@ class PPOParams(ConsensusParams):
 
 
 class PPOLosses(NamedTuple):
+    """PPO's loss and its parts, each a mean over the last dimension (one learner's minibatch)."""
+
     loss: torch.Tensor
     policy_loss: torch.Tensor
     value_loss: torch.Tensor
@@ -87,25 +94,41 @@ def ppo_losses(
     value_coef: float,
     entropy_coef: float,
 ) -> PPOLosses:
-    """PPO's loss on one minibatch (advantages already normalised if wanted); all inputs [B]."""
+    """PPO's loss on one minibatch (advantages already normalised if wanted), the means over the
+    last dimension: one learner's inputs [B] give scalars, a block's [K, B] give [K]."""
     log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()
     # Pessimistic bound: the clipped term removes the incentive to move ρ beyond [1−ε, 1+ε].
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_range, 1 + clip_range) * advantages)
-    policy_loss = -surrogate.mean()
+    policy_loss = -surrogate.mean(-1)
 
     value_error = (values - returns).pow(2)
     if clip_value_loss:
         clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
         value_error = torch.max(value_error, (clipped_values - returns).pow(2))
-    value_loss = value_error.mean()
+    value_loss = value_error.mean(-1)
 
-    entropy_mean = entropy.mean()
+    entropy_mean = entropy.mean(-1)
     loss = policy_loss + value_coef * value_loss - entropy_coef * entropy_mean
     with torch.no_grad():
-        approx_kl = ((ratio - 1) - log_ratio).mean()  # KL(π_old‖π) estimator, ≥ 0, low variance
-        clip_fraction = ((ratio - 1).abs() > clip_range).float().mean()
+        approx_kl = ((ratio - 1) - log_ratio).mean(-1)  # KL(π_old‖π) estimator, ≥ 0, low variance
+        clip_fraction = ((ratio - 1).abs() > clip_range).float().mean(-1)
     return PPOLosses(loss, policy_loss, value_loss, entropy_mean, approx_kl, clip_fraction)
+
+
+def annealed(p: PPOParams, updates_done: int, total_updates: int) -> tuple[float, float]:
+    """The lr and clip range ε of the next update: linear to 0 over the budget's updates when annealed."""
+    remaining = remaining_fraction(updates_done, total_updates)  # 1 at the first update
+    lr = anneal(p.lr, remaining) if p.anneal_lr else p.lr
+    clip_range = anneal(p.clip_range, remaining) if p.anneal_clip_range else p.clip_range
+    return lr, clip_range
+
+
+def explained_variance(returns: np.ndarray, old_values: np.ndarray) -> float:
+    """1 − Var[R − V_old] / Var[R]: how much of the targets the old values explained (0 if Var[R] = 0)."""
+    returns_var = float(np.var(returns))
+    unexplained = float(np.var(returns - old_values))
+    return 1.0 - unexplained / returns_var if returns_var > 0 else 0.0
 
 
 class PPOLearner(OnPolicyLearner):
@@ -121,9 +144,7 @@ class PPOLearner(OnPolicyLearner):
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         p = self.params
-        remaining = remaining_fraction(self.updates_done, self.total_updates)  # 1 at the first update
-        lr = anneal(p.lr, remaining) if p.anneal_lr else p.lr
-        clip_range = anneal(p.clip_range, remaining) if p.anneal_clip_range else p.clip_range
+        lr, clip_range = annealed(p, self.updates_done, self.total_updates)
         self.set_lr(lr)
 
         steps, envs = rollout.rewards.shape
@@ -176,11 +197,101 @@ class PPOLearner(OnPolicyLearner):
         # Means over every minibatch step of every epoch; explained variance of the old values.
         count = p.n_epochs * math.ceil(size / minibatch_size)
         metrics = {name: total / count for name, total in sums.items()}
-        returns_var = float(np.var(returns_np))
-        unexplained = float(np.var(returns_np - old_values_np))
-        metrics["explained_variance"] = 1.0 - unexplained / returns_var if returns_var > 0 else 0.0
+        metrics["explained_variance"] = explained_variance(returns_np, old_values_np)
         metrics["lr"] = lr
         metrics["clip_range"] = clip_range
+        return metrics
+
+
+class PPOBlock(OnPolicyBlock):
+    """K Diff-PPO learners in one process: `PPOLearner.update` with a leading learner dimension.
+
+    Each learner draws its own permutation per epoch (in learner order), normalises its own
+    minibatch's advantages and keeps its rows of Adam's state; one Adam step on the sum of the
+    K losses moves every row as that learner's own step would (learners share no parameter).
+    The learners of a cell share a budget, so one lr and ε schedule (learner 0's) serves all."""
+
+    def __init__(self, params: PPOParams, learners: list[PPOLearner]) -> None:
+        super().__init__(learners)
+        self.params = params
+        self.ppo_learners = learners
+        self.optimizer = torch.optim.Adam([self.parameter], lr=params.lr, eps=params.adam_eps)
+
+    def update(self, rollouts: list[Rollout]) -> list[dict[str, float]]:
+        p = self.params
+        first = self.ppo_learners[0]
+        lr, clip_range = annealed(p, first.updates_done, first.total_updates)
+        self.set_lr(lr)
+
+        learners = len(rollouts)
+        steps, envs = rollouts[0].rewards.shape
+        size = steps * envs
+        observations, actions, last = self.stacked_rollouts(rollouts)  # [K, T·P, …], [K, P, obs]
+
+        # Every learner's rollout policy and values, fixed before the first epoch moves the parameters.
+        with torch.no_grad():
+            old_actor_out, all_values = self.network.rollout_outputs(self.parameter, observations, last)
+            old_log_std = self.network.action_log_std(self.parameter)
+            old_log_prob, _ = distributions.log_prob_entropy(old_actor_out, old_log_std, actions)
+        old_values = all_values[:, :size]
+        estimates = all_values.cpu().numpy()
+        old_values_np = estimates[:, :size].reshape(learners, steps, envs)
+        advantages_np = np.stack(
+            [
+                gae_advantages(rollout.rewards, values, rollout.not_done, estimate[size:], p.gamma, p.gae_lambda)
+                for rollout, values, estimate in zip(rollouts, old_values_np, estimates)
+            ]
+        )
+        returns_np = advantages_np + old_values_np
+        advantages = torch.from_numpy(advantages_np.reshape(learners, size)).to(self.device)
+        returns = torch.from_numpy(returns_np.reshape(learners, size)).to(self.device)
+
+        # Row k of a minibatch index picks learner k's samples: tensor[rows, batch] is [K, B, …].
+        rows = torch.arange(learners, device=self.device).unsqueeze(1)
+        loss_sums = torch.zeros(len(PPOLosses._fields), learners, dtype=torch.float64)
+        norm_sums = [0.0] * learners
+        minibatch_size = min(p.minibatch_size, size)
+        for _ in range(p.n_epochs):
+            permutations = torch.stack([torch.randperm(size, device=self.device) for _ in range(learners)])
+            for batch in permutations.split(minibatch_size, dim=1):
+                actor_out, values = self.network.actor_and_value(self.parameter, observations[rows, batch])
+                log_std = self.network.action_log_std(self.parameter)  # a fresh view of the moved rows
+                log_prob, entropy = distributions.log_prob_entropy(actor_out, log_std, actions[rows, batch])
+                batch_advantages = advantages[rows, batch]
+                if p.normalise_advantages and batch.shape[1] > 1:
+                    mean = batch_advantages.mean(-1, keepdim=True)
+                    batch_advantages = (batch_advantages - mean) / (batch_advantages.std(-1, keepdim=True) + 1e-8)
+                losses = ppo_losses(
+                    log_prob,
+                    old_log_prob[rows, batch],
+                    batch_advantages,
+                    values,
+                    old_values[rows, batch],
+                    returns[rows, batch],
+                    entropy,
+                    clip_range=clip_range,
+                    clip_value_loss=p.clip_value_loss,
+                    value_coef=p.value_coef,
+                    entropy_coef=p.entropy_coef,
+                )
+                norms = self.optimizer_step(losses.loss.sum(), p.max_grad_norm)
+                # Summed in double like the learner's Python floats.
+                loss_sums += torch.stack([part.detach() for part in losses]).cpu().double()
+                norm_sums = [total + norm for total, norm in zip(norm_sums, norms)]
+        for learner in self.ppo_learners:
+            learner.updates_done += 1  # a checkpoint attribute: each member's checkpoint carries it
+
+        # Each learner's means over every minibatch step of every epoch, as PPOLearner reports them.
+        count = p.n_epochs * math.ceil(size / minibatch_size)
+        sums = loss_sums.tolist()
+        metrics = []
+        for k in range(learners):
+            own = {name: sums[i][k] / count for i, name in enumerate(PPOLosses._fields)}
+            own["grad_norm"] = norm_sums[k] / count
+            own["explained_variance"] = explained_variance(returns_np[k], old_values_np[k])
+            own["lr"] = lr
+            own["clip_range"] = clip_range
+            metrics.append(own)
         return metrics
 
 
@@ -191,12 +302,21 @@ class DiffPPO(Algorithm):
     consensus = "diffusion"
     observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
     vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
+    block_observation_kinds = frozenset({"vector"})  # the MLP has a stacked form (common/stacked.py)
 
     def steps_per_simulator(self, params: PPOParams) -> int:
         return params.n_steps
 
     def make_learner(self, params: PPOParams, spec: LearnerSpec) -> PPOLearner:
         return PPOLearner(params, spec)
+
+    def make_learner_block(self, params: PPOParams, specs: list[LearnerSpec]) -> PPOBlock | None:
+        learners = [PPOLearner(params, spec) for spec in specs]
+        if not blockable(learners[0]):  # the Nature CNN has no stacked form yet
+            for learner in learners:
+                learner.close()
+            return None
+        return PPOBlock(params, learners)
 
 
 @hookimpl
