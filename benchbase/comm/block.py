@@ -46,6 +46,14 @@ class BlockMixer:
         self.counters = [CommCounters() for _ in range(plan.n_learners)]
         self._message_bytes = buffers.shape[1] * buffers.element_size()
         self._consensus: float | None = None
+        # Per phase, each learner's (out-degree, in-degree): the messages it would send and receive.
+        self._degrees = [
+            [
+                (len(plan.out_neighbours(rank, phase)), len(plan.in_neighbours(rank, phase)))
+                for rank in range(len(buffers))
+            ]
+            for phase in range(plan.period)
+        ]
 
     def mix(self, iteration: int) -> None:
         if not self.plan.has_edges:
@@ -54,11 +62,10 @@ class BlockMixer:
         phase = self.plan.phase(iteration)
         self.buffers.copy_(self.weights[phase] @ self.buffers)
         share = (time.perf_counter() - started) / self.plan.n_learners
-        for rank, counters in enumerate(self.counters):
-            sent = len(self.plan.out_neighbours(rank, phase))
+        for counters, (sent, received) in zip(self.counters, self._degrees[phase]):
             counters.bytes_sent += sent * self._message_bytes
             counters.messages_sent += sent
-            counters.messages_received += len(self.plan.in_neighbours(rank, phase))
+            counters.messages_received += received
             counters.wait_s += share
         self._consensus = None
 

@@ -33,26 +33,35 @@ class StackedMLP:
 
         if not isinstance(template, MLPActorCritic):
             raise TypeError(f"StackedMLP runs MLPActorCritic, not {type(template).__name__}")
-        offsets: dict[str, tuple[int, tuple[int, ...]]] = {}
-        offset = 0
-        for name, parameter in template.named_parameters():
-            offsets[name] = (offset, tuple(parameter.shape))
-            offset += parameter.numel()
-        self._offsets = offsets
+        self._names = [name for name, _ in template.named_parameters()]
+        self._shapes = [tuple(parameter.shape) for _, parameter in template.named_parameters()]
+        self._sizes = [parameter.numel() for _, parameter in template.named_parameters()]
         self.continuous = template.continuous
         self._actor = ["actor_trunk.0", "actor_trunk.2", "actor_head"]
         self._critic = ["critic.0", "critic.2", "critic.4"]
+        self._cached: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
 
-    def _view(self, stacked: torch.Tensor, name: str) -> torch.Tensor:
-        offset, shape = self._offsets[name]
-        size = 1
-        for dim in shape:
-            size *= dim
-        return stacked[:, offset : offset + size].view(stacked.shape[0], *shape)
+    def _views(self, stacked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every parameter of every learner, [K, *shape], as views of `stacked` (one split: its
+        backward is one concatenation of the gradients). Views of a buffer that takes no gradient
+        stay valid while it is written in place (mixing), so they are kept for the next call."""
+        key = (stacked.data_ptr(), stacked.shape[1])
+        if not stacked.requires_grad and self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        total = sum(self._sizes)
+        sizes = self._sizes + ([stacked.shape[1] - total] if stacked.shape[1] > total else [])
+        parts = stacked.split(sizes, dim=1)
+        views = {
+            name: part.view(stacked.shape[0], *shape) for name, part, shape in zip(self._names, parts, self._shapes)
+        }
+        if not stacked.requires_grad:
+            self._cached = (key, views)
+        return views
 
     def _tower(self, stacked: torch.Tensor, layers: list[str], x: torch.Tensor) -> torch.Tensor:
+        views = self._views(stacked)
         for index, layer in enumerate(layers):
-            weight, bias = self._view(stacked, f"{layer}.weight"), self._view(stacked, f"{layer}.bias")
+            weight, bias = views[f"{layer}.weight"], views[f"{layer}.bias"]
             x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
             if index < len(layers) - 1:
                 x = torch.tanh(x)
@@ -79,4 +88,4 @@ class StackedMLP:
 
     def action_log_std(self, stacked: torch.Tensor) -> torch.Tensor | None:
         """Each learner's Gaussian log-std [K, 1, A] (broadcasts over a batch); None for categorical."""
-        return self._view(stacked, "log_std").unsqueeze(1) if self.continuous else None
+        return self._views(stacked)["log_std"].unsqueeze(1) if self.continuous else None
