@@ -923,19 +923,9 @@ def _run_cells_of_folder(
 ) -> None:
     """`bench run --out OUT --cell ID…`: cells of the grid already in OUT, locally or as torchrun workers;
     `listing` = (--dry-run, --json): only print them."""
-    from benchbase.errors import unknown_name
-    from benchbase.run.records import cells_of_run
     from benchbase.run.runner import run_grid
 
-    if axes_given:
-        raise UserError("--cell runs cells of the grid already in --out: give no axes or --grid with it")
-    if out is None:
-        raise UserError("--cell needs --out: the run folder that holds the grid")
-    cells = cells_of_run(out)
-    known = {cell.cell_id for cell in cells}
-    for cell_id in cell_ids:
-        if cell_id not in known:
-            raise unknown_name(f"cell of {out}", cell_id, sorted(known))
+    cells = _cells_of_folder(cell_ids, out, axes_given)
     dry_run, as_json = listing
     console = _console(stderr=as_json)
     if dry_run:
@@ -954,13 +944,10 @@ def _run_cells_of_folder(
     raise typer.Exit(code)
 
 
-def _submit_cells_of_folder(
-    cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, settings, slurm_options, wait: bool
-) -> None:
-    """`bench run --out OUT --cell ID… --launcher slurm`: submit those cells of the grid already in OUT."""
+def _cells_of_folder(cell_ids: list[str], out: Optional[Path], axes_given: bool) -> list:
+    """Every cell of the grid already in --out, once each of `cell_ids` is found among them."""
     from benchbase.errors import unknown_name
     from benchbase.run.records import cells_of_run
-    from benchbase.run.slurm import submit_grid
 
     if axes_given:
         raise UserError("--cell runs cells of the grid already in --out: give no axes or --grid with it")
@@ -971,6 +958,16 @@ def _submit_cells_of_folder(
     for cell_id in cell_ids:
         if cell_id not in known:
             raise unknown_name(f"cell of {out}", cell_id, sorted(known))
+    return cells
+
+
+def _submit_cells_of_folder(
+    cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, settings, slurm_options, wait: bool
+) -> None:
+    """`bench run --out OUT --cell ID… --launcher slurm`: submit those cells of the grid already in OUT."""
+    from benchbase.run.slurm import submit_grid
+
+    cells = _cells_of_folder(cell_ids, out, axes_given)
     console = _console()
     raise typer.Exit(
         submit_grid(None, cells, out, registry, console, settings, slurm_options, wait=wait, only=set(cell_ids))

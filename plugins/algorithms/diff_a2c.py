@@ -20,7 +20,7 @@ import numpy as np
 
 from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
-from plugins.algorithms.common.block import OnPolicyBlock, blockable
+from plugins.algorithms.common.block import OnPolicyBlock, block_of
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import discounted_returns, gae_advantages
@@ -168,12 +168,7 @@ class DiffA2C(Algorithm):
         return A2CLearner(params, spec)
 
     def make_learner_block(self, params: A2CParams, specs: list[LearnerSpec]) -> A2CBlock | None:
-        learners = [A2CLearner(params, spec) for spec in specs]
-        if not blockable(learners[0]):  # the Nature CNN has no stacked form yet
-            for learner in learners:
-                learner.close()
-            return None
-        return A2CBlock(params, learners)
+        return block_of(A2CBlock, A2CLearner, params, specs)
 
 
 @hookimpl

@@ -31,7 +31,7 @@ import numpy as np
 
 from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
-from plugins.algorithms.common.block import OnPolicyBlock, blockable
+from plugins.algorithms.common.block import OnPolicyBlock, block_of
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import gae_advantages
@@ -311,12 +311,7 @@ class DiffPPO(Algorithm):
         return PPOLearner(params, spec)
 
     def make_learner_block(self, params: PPOParams, specs: list[LearnerSpec]) -> PPOBlock | None:
-        learners = [PPOLearner(params, spec) for spec in specs]
-        if not blockable(learners[0]):  # the Nature CNN has no stacked form yet
-            for learner in learners:
-                learner.close()
-            return None
-        return PPOBlock(params, learners)
+        return block_of(PPOBlock, PPOLearner, params, specs)
 
 
 @hookimpl

@@ -45,6 +45,17 @@ def blockable(learner: OnPolicyLearner) -> bool:
     return isinstance(learner.model, MLPActorCritic)
 
 
+def block_of(block: type[OnPolicyBlock], learner: type[OnPolicyLearner], params: Any, specs: list) -> Any:
+    """An algorithm's `make_learner_block`: its learners for `specs` as one `block`, or None when
+    their network has no stacked form (the Nature CNN, for now)."""
+    learners = [learner(params, spec) for spec in specs]
+    if not blockable(learners[0]):
+        for built in learners:
+            built.close()
+        return None
+    return block(params, learners)
+
+
 class BlockMember(Learner):
     """Learner k of a block as the core sees a learner: its model (views of its rows) for acting
     and evaluation, and checkpoints in the format of a learner of its own process."""
