@@ -73,7 +73,7 @@ CELLS_SCHEMA = _schema(
         pa.field("final_return", pa.float64()),
         pa.field("final_success", pa.float64()),
         pa.field("bytes_sent_per_learner", pa.float64()),
-        pa.field("transport", pa.string()),  # shm | p2p | all-reduce | nccl | nccl-all-reduce | none
+        pa.field("transport", pa.string()),  # shm | p2p | all-reduce | nccl | nccl-all-reduce | block | none
         pa.field("resumed_from_env_step", pa.int64()),  # cell env steps restored from checkpoints; null: from scratch
         pa.field("config", pa.string()),  # JSON of the resolved cell config
         # JSON {host, pid, boot_id, pid_started, started_at}: the process that ran (or runs) the cell.

@@ -60,7 +60,7 @@ def test_tiny_grid_writes_every_table(tmp_path: Path) -> None:
     # Two learners on a ring each send to one neighbour (the other learner) per mix.
     assert ring["bytes_sent_per_learner"] > 0 and rows["isolated/0"]["bytes_sent_per_learner"] == 0
     # Learners of a ring cell share one process as a block by default (docs/scaling.md).
-    assert ring["transport"] == "block" and rows["isolated/0"]["transport"] == "block"
+    assert ring["transport"] == "block" and rows["isolated/0"]["transport"] == "none"
     episodes = ds.dataset(out / "episodes").to_table()
     assert episodes.num_rows > 0
     assert set(episodes.column("cell_id").to_pylist()) == {row["cell_id"] for row in rows.values()}

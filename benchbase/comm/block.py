@@ -88,11 +88,11 @@ class BlockMemberComm:
     """One learner's side of a block's mixing, with the methods the learner loop calls on a
     `benchbase.comm.Communicator` (the block mixes once for all of them: `mix` does nothing)."""
 
-    transport = BLOCK_TRANSPORT
-
     def __init__(self, mixer: BlockMixer, rank: int) -> None:
         self.mixer, self.rank = mixer, rank
         self.counters = mixer.counters[rank]
+        # What carried the parameters, as the cells table records it: nothing, without edges.
+        self.transport = BLOCK_TRANSPORT if mixer.plan.has_edges else "none"
 
     def mix(self, params: torch.Tensor, iteration: int) -> None:
         """Nothing: the block mixes every learner at once (`BlockMixer.mix`)."""
