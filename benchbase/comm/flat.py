@@ -25,31 +25,27 @@ class FlatParameters:
         total = sum(p.numel() for p in params)
         first = params[0]
         mixed = torch.zeros(total + extra, dtype=first.dtype, device=first.device)
-        data = mixed[:total]
-        grad = torch.zeros(total, dtype=first.dtype, device=first.device)
         offset = 0
         for p in params:
-            size = p.numel()
-            data[offset : offset + size].copy_(p.detach().reshape(-1))
-            p.data = data[offset : offset + size].view_as(p)
-            p.grad = grad[offset : offset + size].view_as(p)
-            offset += size
-        self.parameter = nn.Parameter(data)
-        self.parameter.grad = grad
+            mixed[offset : offset + p.numel()].copy_(p.detach().reshape(-1))
+            offset += p.numel()
         self._views = params
-        self.mixed = mixed
-        self.extra = mixed[total:]
+        self._seat(mixed, torch.zeros(total, dtype=first.dtype, device=first.device))
 
     def reseat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:
         """Move the buffers into `mixed` and `grad` (a learner block's rows of its stacked
         buffers), values kept: the model's parameters and gradients become views of them."""
         total = self.parameter.numel()
         if mixed.shape != self.mixed.shape or grad.shape != (total,):
-            raise ValueError(
-                f"reseat: buffers of {tuple(mixed.shape)} and {tuple(grad.shape)} for {self.mixed.numel()}"
-            )
+            shapes = f"{tuple(mixed.shape)} and {tuple(grad.shape)}"
+            raise ValueError(f"reseat: buffers of {shapes} for {self.mixed.numel()} values and {total} gradients")
         mixed.copy_(self.mixed)
         grad.copy_(self.parameter.grad)
+        self._seat(mixed, grad)
+
+    def _seat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:
+        """Make every parameter a view of `mixed` and its gradient a view of `grad`."""
+        total = grad.numel()
         data, offset = mixed[:total], 0
         for p in self._views:
             size = p.numel()
