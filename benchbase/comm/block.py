@@ -104,12 +104,6 @@ class BlockMemberComm:
     def consensus_distance(self, params: torch.Tensor) -> float:
         return self.mixer.consensus_distance()
 
-    def neighbour_distance(self, params: torch.Tensor) -> float | None:
-        return None
-
-    def snapshot(self, params: torch.Tensor, iteration: int) -> None:
-        """Nothing: a block is synchronous, its consensus is measured directly."""
-
     def consensus_snapshots(self) -> dict[int, float]:
         return {}
 

@@ -90,7 +90,6 @@ def run_block(launch: LearnerLaunch, report: Report) -> dict[int, dict[str, Any]
         )
         context = LoopContext(cell, own, member, comm, evaluator, 0, report, keeper, stop, None, True, False)
         trainings.append(_Training(context, state))
-    _check_lockstep(trainings)
     summaries = _train_block(block, mixer, trainings, report, stop)
     if not any(summary["stopped"] for summary in summaries.values()):
         for training in trainings:
@@ -114,12 +113,6 @@ def _restore(
     state = LoopState.from_dict(found.state["loop"])
     report(Resumed(cell_id, rank, state.local_steps))
     return state
-
-
-def _check_lockstep(trainings: list[_Training]) -> None:
-    iterations = {training.state.iteration for training in trainings}
-    if len(iterations) > 1:  # resume_point(lockstep=True) picks a checkpoint every learner has
-        raise RuntimeError(f"the learners of a block resumed at different iterations: {sorted(iterations)}")
 
 
 def _train_block(

@@ -214,12 +214,11 @@ class PPOBlock(OnPolicyBlock):
     def __init__(self, params: PPOParams, learners: list[PPOLearner]) -> None:
         super().__init__(learners)
         self.params = params
-        self.ppo_learners = learners
         self.optimizer = torch.optim.Adam([self.parameter], lr=params.lr, eps=params.adam_eps)
 
     def update(self, rollouts: list[Rollout]) -> list[dict[str, float]]:
         p = self.params
-        first = self.ppo_learners[0]
+        first = self.members[0]
         lr, clip_range = annealed(p, first.updates_done, first.total_updates)
         self.set_lr(lr)
 
@@ -278,7 +277,7 @@ class PPOBlock(OnPolicyBlock):
                 # Summed in double like the learner's Python floats.
                 loss_sums += torch.stack([part.detach() for part in losses]).cpu().double()
                 norm_sums = [total + norm for total, norm in zip(norm_sums, norms)]
-        for learner in self.ppo_learners:
+        for learner in self.members:
             learner.updates_done += 1  # a checkpoint attribute: each member's checkpoint carries it
 
         # Each learner's means over every minibatch step of every epoch, as PPOLearner reports them.

@@ -28,7 +28,6 @@ import numpy as np
 
 from benchbase import FinishedEpisode, IterationOutput, Learner, LearnerBlock, lazy_import
 from plugins.algorithms.common import distributions
-from plugins.algorithms.common.normalisation import MixedStatistics
 from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
 from plugins.algorithms.common.stacked import StackedMLP
 
@@ -100,7 +99,7 @@ class OnPolicyBlock(LearnerBlock):
 
     def __init__(self, learners: list[OnPolicyLearner]) -> None:
         first = learners[0]
-        self._members = learners
+        self.members = learners  # the learners themselves; `learners` are their core-facing views
         self.device = first.device
         self.n_steps = first.n_steps
         numel, total = first.flat.mixed.numel(), first.flat.data.numel()
@@ -108,9 +107,7 @@ class OnPolicyBlock(LearnerBlock):
         self._stacked = torch.zeros(len(learners), numel, dtype=dtype, device=self.device)
         self._grad = torch.zeros(len(learners), total, dtype=dtype, device=self.device)
         for k, learner in enumerate(learners):
-            learner.flat.reseat(self._stacked[k], self._grad[k])
-            if isinstance(learner.obs_normaliser.stats, MixedStatistics):
-                learner.obs_normaliser.stats.values = learner.flat.extra  # the statistics moved with the buffer
+            learner.reseat(self._stacked[k], self._grad[k])
         self.parameter = torch.nn.Parameter(self._stacked[:, :total])
         self.parameter.grad = self._grad
         self.network = StackedMLP(first.model)
@@ -129,11 +126,11 @@ class OnPolicyBlock(LearnerBlock):
 
     def iterate(self) -> list[IterationOutput]:
         finished, ends = self.roll_out()
-        rollouts = [learner.rollout(last, rewards) for learner, (last, rewards) in zip(self._members, ends)]
+        rollouts = [learner.rollout(last, rewards) for learner, (last, rewards) in zip(self.members, ends)]
         metrics = self.update(rollouts)
         return [
             IterationOutput(env_steps=self.n_steps * learner.env.num_envs, finished=episodes, metrics=values)
-            for learner, episodes, values in zip(self._members, finished, metrics)
+            for learner, episodes, values in zip(self.members, finished, metrics)
         ]
 
     # -- collection -----------------------------------------------------------------------------
@@ -141,7 +138,7 @@ class OnPolicyBlock(LearnerBlock):
     def roll_out(self) -> tuple[list[list[FinishedEpisode]], list[tuple[np.ndarray, np.ndarray]]]:
         """T steps of every learner's simulators, each learner's actions drawn from its own
         policy in one batched pass; every learner's finished episodes and (last, rewards)."""
-        learners = self._members
+        learners = self.members
         finished: list[list[FinishedEpisode]] = [[] for _ in learners]
         for learner in learners:
             learner.begin_rollout()

@@ -119,6 +119,13 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
         self.optimizer.step()
         return grad_norm
 
+    def reseat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:
+        """Move the learner's buffers into a learner block's rows (`FlatParameters.reseat`);
+        mixed observation statistics live in that buffer, so they move with it."""
+        self.flat.reseat(mixed, grad)
+        if isinstance(self.obs_normaliser.stats, MixedStatistics):
+            self.obs_normaliser.stats.values = self.flat.extra
+
     # -- what the core calls ----------------------------------------------------------------
 
     def parameters_buffer(self) -> torch.Tensor:

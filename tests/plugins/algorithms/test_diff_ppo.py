@@ -25,6 +25,20 @@ import plugins.algorithms.diff_ppo as diff_ppo
 from benchbase.api.contracts import LearnerSpec
 from plugins.algorithms.diff_ppo import PPOLearner, PPOParams, ppo_losses
 
+#: What a Diff-PPO learner reports after each update (its block's learners too).
+PPO_METRICS = {
+    "loss",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "grad_norm",
+    "explained_variance",
+    "lr",
+    "clip_range",
+}
+
 
 def make_learner(continuous: bool = False, seed: int = 3, budget: int = 0, **overrides) -> PPOLearner:
     settings = dict(
@@ -179,19 +193,7 @@ def test_update_moves_every_tower_and_reports_float_metrics(continuous):
     if continuous:
         assert learner.model.log_std.grad.abs().sum() > 0
         assert learner.act_greedy(np.zeros((2, 3), dtype=np.float32)).shape == (2, 2)
-    expected = {
-        "loss",
-        "policy_loss",
-        "value_loss",
-        "entropy",
-        "approx_kl",
-        "clip_fraction",
-        "grad_norm",
-        "explained_variance",
-        "lr",
-        "clip_range",
-    }
-    assert set(output.metrics) == expected
+    assert set(output.metrics) == PPO_METRICS
     assert all(isinstance(value, float) and math.isfinite(value) for value in output.metrics.values())
 
 
