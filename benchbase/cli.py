@@ -518,7 +518,7 @@ def run(
     if launcher == "torchrun":
         raise typer.Exit(
             _torchrun_commands(
-                spec, cells, out, registry, console, nnodes, rdzv_endpoint, rdzv_timeout, execute, settings.loggers
+                spec, cells, out, registry, console, nnodes, rdzv_endpoint, rdzv_timeout, execute, settings
             )
         )
     raise typer.Exit(_run_here(spec, cells, out, registry, console, settings, jobs))
@@ -984,27 +984,22 @@ def _torchrun_commands(
     rdzv_endpoint: Optional[str],
     rdzv_timeout: int,
     execute: bool,
-    loggers: tuple = (),
+    settings,
 ) -> int:
-    """`bench run --launcher torchrun`: prepare OUT and print (or run) one torchrun command per cell (each
-    with the run's --logger options)."""
+    """`bench run --launcher torchrun`: prepare OUT and print (or run) one torchrun command per cell, each
+    with the run's execution settings (device, transport, timeouts, checkpoints, loggers, plugins)."""
     from benchbase.run.records import prepare_run
-    from benchbase.run.torchrun import Rendezvous, check_endpoint, commands
+    from benchbase.run.torchrun import Rendezvous, check_endpoint, commands, plugin_options, settings_options
     from benchbase.run.torchrun import execute as execute_commands
 
     rendezvous = Rendezvous(nnodes=nnodes, endpoint=rdzv_endpoint, join_timeout_s=rdzv_timeout)
-    selection = [f"--plugins={','.join(_selection['only'])}"] if _selection["only"] else []
-    selection += [f"--block-plugins={','.join(_selection['blocked'])}"] if _selection["blocked"] else []
+    selection = plugin_options(settings)
     commands(cells, out, rendezvous, selection)  # refuses what the nodes cannot share before OUT is written
     if execute:
         check_endpoint(rendezvous)
     _, rows, _ = prepare_run(spec, cells, out, registry)
     pending = [cell for cell in cells if rows[cell.cell_id]["status"] != "completed"]
-    found = commands(pending, out, rendezvous, selection)
-    from benchbase.grid.spec import AxisEntry
-
-    logger_options = [part for name, values in loggers for part in ("--logger", str(AxisEntry(name, values)))]
-    found = [command + logger_options for command in found]
+    found = [command + settings_options(settings) for command in commands(pending, out, rendezvous, selection)]
     if not execute:
         where = "on each of the nodes" if nnodes > 1 else "here or on a GPU node"
         console.print(

@@ -533,6 +533,8 @@ def torchrun_command(task: CellTask, learners: int, environ: Any) -> list[str]:
     """The torchrun command every node of a multi-node cell's allocation runs: `learners / nodes`
     processes per node, rendezvousing (c10d) on the allocation's first host at a port chosen by
     the job id, then `bench run --out OUT --cell ID` with the run's execution settings."""
+    from benchbase.run.torchrun import plugin_options, settings_options
+
     nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
     if not nodelist:
         raise UserError("a multi-node cell runs inside a Slurm allocation: SLURM_JOB_NODELIST is not set")
@@ -587,28 +589,3 @@ def rendezvous_port(job_id: str) -> int:
     their ids are 20000 apart), and every node of one job computes the same one."""
     digits = re.sub(r"\D", "", job_id) or "0"
     return 20000 + int(digits) % 20000
-
-
-def plugin_options(settings: ExecutionSettings) -> list[str]:
-    """The global options (before `run`) that choose the run's plugins."""
-    options = []
-    if settings.plugins_only is not None:
-        options.append(f"--plugins={','.join(settings.plugins_only)}")
-    if settings.plugins_blocked:
-        options.append(f"--block-plugins={','.join(settings.plugins_blocked)}")
-    return options
-
-
-def settings_options(settings: ExecutionSettings) -> list[str]:
-    """`bench run` options that give a `--cell` run the same execution settings."""
-    from benchbase.grid.spec import AxisEntry
-
-    options = ["--device", settings.device, "--comm-timeout", repr(settings.comm_timeout_s)]
-    options += ["--transport", settings.transport]
-    if settings.checkpoint_every is not None:
-        options += ["--checkpoint-every", str(settings.checkpoint_every)]
-    if settings.checkpoint_replay:
-        options.append("--checkpoint-replay")
-    for name, values in settings.loggers:
-        options += ["--logger", str(AxisEntry(name, values))]
-    return options

@@ -343,3 +343,28 @@ def execute(found: list[list[str]], console: Any) -> int:
             console.print(f"torchrun exited with {result.returncode}: stopping here (re-run to continue)")
             return code
     return 0
+
+
+def plugin_options(settings: ExecutionSettings) -> list[str]:
+    """The global options (before `run`) that choose the run's plugins."""
+    options = []
+    if settings.plugins_only is not None:
+        options.append(f"--plugins={','.join(settings.plugins_only)}")
+    if settings.plugins_blocked:
+        options.append(f"--block-plugins={','.join(settings.plugins_blocked)}")
+    return options
+
+
+def settings_options(settings: ExecutionSettings) -> list[str]:
+    """`bench run` options that give a `--cell` run the same execution settings."""
+    from benchbase.grid.spec import AxisEntry
+
+    options = ["--device", settings.device, "--comm-timeout", repr(settings.comm_timeout_s)]
+    options += ["--transport", settings.transport]
+    if settings.checkpoint_every is not None:
+        options += ["--checkpoint-every", str(settings.checkpoint_every)]
+    if settings.checkpoint_replay:
+        options.append("--checkpoint-replay")
+    for name, values in settings.loggers:
+        options += ["--logger", str(AxisEntry(name, values))]
+    return options

@@ -226,10 +226,14 @@ def test_bench_plugins_lists_the_loggers() -> None:
     assert {p["name"] for p in rows["wandb"]["parameters"]} == {"every_s", "project", "entity", "learners"}
 
 
-def test_torchrun_commands_carry_the_loggers(tmp_path: Path) -> None:
+def test_torchrun_commands_carry_the_loggers_and_the_runs_settings(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = bench("run", *CELL, "--launcher", "torchrun", "--logger", "jsonl:every_s=0", "--out", str(out))
+    settings = ["--device", "auto", "--checkpoint-every", "500", "--comm-timeout", "30", "--transport", "p2p"]
+    result = bench("run", *CELL, "--launcher", "torchrun", "--logger", "jsonl:every_s=0", *settings, "--out", str(out))
     assert result.returncode == 0, result.stderr
     (command,) = [line for line in result.stdout.splitlines() if line.startswith("torchrun ")]
     words = command.split()
-    assert words[-4] == "--cell" and words[-2:] == ["--logger", "jsonl:every_s=0"], command
+    assert "--cell" in words and words[-2:] == ["--logger", "jsonl:every_s=0"], command
+    given = dict(zip(words[words.index("--cell") + 2 :: 2], words[words.index("--cell") + 3 :: 2]))
+    assert given["--device"] == "auto" and given["--checkpoint-every"] == "500", command
+    assert given["--transport"] == "p2p" and float(given["--comm-timeout"]) == 30.0, command
