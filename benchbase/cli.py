@@ -965,9 +965,11 @@ def _submit_cells_of_folder(
     cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, settings, slurm_options, wait: bool
 ) -> None:
     """`bench run --out OUT --cell ID… --launcher slurm`: submit those cells of the grid already in OUT."""
+    from benchbase.run.blocks import check_learners_per_process
     from benchbase.run.slurm import submit_grid
 
     cells = _cells_of_folder(cell_ids, out, axes_given)
+    check_learners_per_process([cell for cell in cells if cell.cell_id in set(cell_ids)], registry, settings)
     console = _console()
     raise typer.Exit(
         submit_grid(None, cells, out, registry, console, settings, slurm_options, wait=wait, only=set(cell_ids))

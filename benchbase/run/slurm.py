@@ -162,11 +162,16 @@ def check_cluster(options: SlurmOptions) -> None:
         )
 
 
-def check_options(options: SlurmOptions, cells: list, device: str) -> None:
+def check_options(options: SlurmOptions, cells: list, settings: ExecutionSettings) -> None:
     """What the cells cannot run with, before anything is written or submitted."""
     if options.cluster == "local" and options.nodes > 1:
         raise UserError("--slurm cluster=local runs on this machine only: nodes must be 1")
-    if device == "cuda" and not options.gpus_per_node:
+    if options.nodes > 1 and settings.learners_per_process not in (None, 1):
+        raise UserError(
+            f"--learners-per-process {settings.learners_per_process}: a cell on {options.nodes} nodes runs "
+            "through torchrun, one process per learner; give --slurm nodes=1 for a block"
+        )
+    if settings.device == "cuda" and not options.gpus_per_node:
         raise UserError("--device cuda with --launcher slurm needs GPUs on the nodes: add --slurm gpus_per_node=N")
     for cell in cells:
         if cell.learner_processes % options.nodes:
@@ -221,7 +226,7 @@ def submit_grid(
     from benchbase.run.records import EXIT_OK, prepare_run
 
     submitit = require_submitit()
-    check_options(options, cells, settings.device)
+    check_options(options, cells, settings)
     out = out.resolve()  # the tasks may start in another working directory
     lock = FolderLock(out, shared=True).acquire()  # beside other jobs of this grid, never beside a local run
     try:

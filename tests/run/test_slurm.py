@@ -224,6 +224,7 @@ REFUSALS = [
     (["--slurm", "nodes=3"], "which 3 nodes cannot share equally"),
     (["--slurm", "cluster=local", "--slurm", "nodes=2"], "nodes must be 1"),
     (["--device", "cuda"], "--device cuda with --launcher slurm needs GPUs on the nodes"),
+    (["--slurm", "nodes=2", "--learners-per-process", "2"], "a cell on 2 nodes runs through torchrun"),
 ]
 
 
