@@ -83,7 +83,7 @@ class _Channel:
             self.notes.append(f"logger {self.logger.name} did not close within {CLOSE_TIMEOUT_S:g} s; left behind")
 
     def _feed(self) -> None:
-        writer = None
+        row = None
         try:
             writer = self.logger.open(self.params, self.run)
             while (row := self.rows.get()) is not _END:
@@ -93,7 +93,8 @@ class _Channel:
             self.failed = True
             text = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
             self.notes.append(f"logger {self.logger.name} failed and is off for this learner: {text}")
-            while self.rows.get() is not _END:  # let offers and close go on without blocking
+            # Let offers and close go on without blocking, unless the end has come already (close raised).
+            while row is not _END and (row := self.rows.get()) is not _END:
                 pass
 
 

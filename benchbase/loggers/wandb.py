@@ -62,6 +62,8 @@ class _Writer:
             name=f"{run.cell_id}/learner-{run.learner}" if per_learner else run.cell_id,
             id=run_id(run, per_learner),
             resume="allow",
+            # a new run even when this process has one open: a learner block's learners share a process
+            reinit="create_new",
             config=dict(run.config),
             dir=str(folder),
             settings=wandb.Settings(console="off", silent=True),  # the learner's console stays the launcher's

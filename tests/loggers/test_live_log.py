@@ -92,3 +92,31 @@ def test_a_logger_that_cannot_open_is_one_note_and_the_others_go_on() -> None:
     failed = "logger cannot-open failed and is off for this learner: OSError: no room"
     assert [event.text for event in events] == [failed]
     assert fine.written == [1, 2, 3, -1]
+
+
+class _CloseFails:
+    def write(self, row: MetricRow) -> None:
+        pass
+
+    def close(self) -> None:
+        raise OSError("disk full")
+
+
+class CannotClose(Logger):
+    name = "cannot-close"
+
+    def open(self, params, run) -> _CloseFails:
+        return _CloseFails()
+
+
+def test_a_logger_whose_close_fails_is_one_note_and_closing_does_not_wait(monkeypatch) -> None:
+    """The end marker was taken before close raised: the failed logger must not wait for another."""
+    monkeypatch.setattr(live, "CLOSE_TIMEOUT_S", 5.0)
+    log, events = live_log((CannotClose(), 0.0))
+    log.offer(row(1), last=True)
+    started = time.perf_counter()
+    log.close()
+    assert time.perf_counter() - started < 2.0
+    assert [event.text for event in events] == [
+        "logger cannot-close failed and is off for this learner: OSError: disk full"
+    ]
