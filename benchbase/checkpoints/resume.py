@@ -108,7 +108,6 @@ class CheckpointKeeper:
         self.every_steps = every_steps
         self.enabled = enabled
         self.writer = checkpoint.BackgroundWriter()
-        self.saved = 0
         self._every_iterations: int | None = None
 
     def due(self, iteration: int, iterations: int, steps_per_iteration: int) -> bool:
@@ -121,7 +120,6 @@ class CheckpointKeeper:
     def save(self, state: dict[str, Any], env_steps: int, *, wait: bool = False, keep: int = checkpoint.KEEP) -> None:
         """Write `state` (a copy the learner no longer touches) on the writer thread; `wait` for it."""
         self.writer.submit(self.folder, state, env_steps=env_steps, cell_config=self.cell_config, keep=keep)
-        self.saved += 1
         if wait:
             self.writer.wait()
 
@@ -149,14 +147,7 @@ def resume_point(
     if lockstep and world > 1:
         everyone: list[Any] = [None] * world
         dist.all_gather_object(everyone, sorted(good))
-        common = set(everyone[0]).intersection(*map(set, everyone[1:]))
-        agreed = max(common) if common else None
-        if chosen is not None and agreed != chosen:
-            notes.append(
-                f"step {chosen:,} is not intact on every learner: the cell resumes from "
-                f"{'the start' if agreed is None else f'step {agreed:,}'}"
-            )
-        chosen = agreed
+        chosen = _agreed_step(everyone, chosen, notes)
     return (good[chosen] if chosen is not None else None), notes
 
 
@@ -165,12 +156,19 @@ def common_resume_points(folders: list[Path], cell_config: dict[str, Any]) -> tu
     has intact (None: from scratch), one path per folder, and notes on what was skipped."""
     found = [checkpoint.good_checkpoints(folder, cell_config) for folder in folders]
     notes = [note for _, learner_notes in found for note in learner_notes]
-    common = set(found[0][0]).intersection(*(set(good) for good, _ in found[1:]))
-    agreed = max(common) if common else None
     newest = max((max(good) for good, _ in found if good), default=None)
+    agreed = _agreed_step([good for good, _ in found], newest, notes)
+    return [good[agreed] if agreed is not None else None for good, _ in found], notes
+
+
+def _agreed_step(steps: list[Any], newest: int | None, notes: list[str]) -> int | None:
+    """The newest step among every learner's intact `steps` (None: none in common); a note when
+    that is not `newest`, the step some learner would have resumed from."""
+    common = set(steps[0]).intersection(*map(set, steps[1:]))
+    agreed = max(common) if common else None
     if newest is not None and agreed != newest:
         notes.append(
             f"step {newest:,} is not intact on every learner: the cell resumes from "
             f"{'the start' if agreed is None else f'step {agreed:,}'}"
         )
-    return [good[agreed] if agreed is not None else None for good, _ in found], notes
+    return agreed
