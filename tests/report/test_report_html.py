@@ -359,6 +359,21 @@ def test_the_header_says_how_each_run_was_made(html):
     assert html.index('id="runs"') < html.index('id="problems"') < html.index('id="leaderboard"')
 
 
+def test_charts_are_inline_svg_figures_with_captions(html):
+    page = _parse(html)
+    assert all(caption.strip() for caption in page.figures.values())
+    # the two kinds of curve are told apart, in the captions and the charts' own titles
+    assert "Greedy evaluations" in page.figures["curves-chart"]
+    assert "Training episodes (stochastic policy)" in page.figures["training-curves-chart"]
+    assert html.index('id="curves-chart"') < html.index('id="training-curves-chart"')
+    training_svg = html[html.index('id="training-curves-chart"') : html.index('id="profiles-chart"')]
+    assert ">Training episodes (stochastic policy)</text>" in training_svg
+    assert len(page.ids) == len(set(page.ids)), "element ids must be unique across the inlined SVGs"
+    # text stays text, and the long curves were thinned
+    assert "<text" in html and "<path" in html
+    assert len(html) < 600_000
+
+
 def test_legends_are_html_lists_with_every_full_name(html):
     page = _parse(html)
     assert set(page.legends) == {"curves-chart", "training-curves-chart", "profiles-chart"}
