@@ -433,7 +433,7 @@ def run(
     _check_run_options(transport, device, jobs, checkpoint_every, launcher, nnodes)
     _check_learners_per_process(learners_per_process, launcher)
     _check_launch_options(comm_timeout, launcher, nnodes, rdzv_endpoint, rdzv_timeout, execute)
-    slurm_options = _slurm_options(launcher, slurm, wait, jobs)
+    slurm_options = _slurm_options(launcher, slurm, wait, jobs, dry_run)
     if as_json and not dry_run:
         raise UserError("--json applies only with --dry-run (it prints the cells' configs instead of running them)")
     if out is not None:
@@ -587,7 +587,7 @@ def _check_launch_options(
             raise UserError(f"--rdzv-endpoint {rdzv_endpoint!r}: expected HOST:PORT with a port from 1 to 65535")
 
 
-def _slurm_options(launcher: str, items: list[str], wait: bool, jobs: int):
+def _slurm_options(launcher: str, items: list[str], wait: bool, jobs: int, dry_run: bool = False):
     """--slurm's options (None unless --launcher slurm), checked before anything loads; submitit must be there."""
     if launcher != "slurm":
         for given, option in ((items, "--slurm"), (wait, "--wait")):
@@ -602,8 +602,9 @@ def _slurm_options(launcher: str, items: list[str], wait: bool, jobs: int):
             f"--jobs {jobs}: with --launcher slurm every cell is a job of its own "
             "(--slurm array_parallelism=K limits how many run at once)"
         )
-    require_submitit()
-    check_cluster(options)
+    if not dry_run:  # listing the cells needs neither submitit nor a cluster
+        require_submitit()
+        check_cluster(options)
     return options
 
 

@@ -291,6 +291,9 @@ def test_without_slurm_here_the_slurm_cluster_is_one_line(bench_here, tmp_path, 
     code, stdout, stderr = bench_here("run", *GRID, "--out", str(out), "--launcher", "slurm")
     assert_refused(code, stdout, stderr, "no Slurm here (srun or sbatch is not on PATH)")
     assert not out.exists()
+    # --dry-run only lists the cells: it needs no cluster
+    code, stdout, stderr = bench_here("run", *GRID, "--out", str(out), "--launcher", "slurm", "--dry-run")
+    assert code in (0, None) and "cell" in stdout and not out.exists(), stdout + stderr
 
 
 def assert_refused(code: int, stdout: str, stderr: str, message: str) -> None:
