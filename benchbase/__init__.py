@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "Task": "benchbase.api.contracts",
     "FinishedEpisode": "benchbase.api.contracts",
     "StepResult": "benchbase.api.contracts",
+    "EnvBlock": "benchbase.api.contracts",
+    "ConcatenatedEnvs": "benchbase.api.env_block",
     "TaskVectorEnv": "benchbase.api.contracts",
     "Renderable": "benchbase.api.contracts",
     "ResolvedNames": "benchbase.api.contracts",
@@ -100,6 +102,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         Algorithm,
         Component,
         ConsensusParams,
+        EnvBlock,
         EnvFamily,
         EnvFamilyParams,
         FinishedEpisode,
@@ -124,6 +127,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         space_kind,
         without_resampling,
     )
+    from benchbase.api.env_block import ConcatenatedEnvs
     from benchbase.api.hookspecs import Register, hookimpl
     from benchbase.api.lazy import lazy_import
     from benchbase.api.params import NoParams, param

@@ -65,8 +65,8 @@ def register_algorithms(register) -> None:
 class FaultyBlock(A2CBlock):
     """A Diff-A2C block in which learner `rank` fails on cue, as `FaultyLearner` does alone."""
 
-    def __init__(self, params, learners) -> None:
-        super().__init__(params, learners)
+    def __init__(self, params, learners, envs) -> None:
+        super().__init__(params, learners, envs)
         self.ranks = [learner.learner.spec_rank for learner in self.learners]
         self.steps_taken = 0
 
@@ -86,8 +86,8 @@ class FaultyBlockA2C(DiffA2C):
     name = "faulty-block-a2c"
     description = "Diff-A2C whose learner block fails on cue (tests)"
 
-    def make_learner_block(self, params, specs):
+    def make_learner_block(self, params, specs, envs=None):
         learners = [A2CLearner(params, spec) for spec in specs]
         for learner, spec in zip(learners, specs):
             learner.spec_rank = spec.rank
-        return FaultyBlock(params, learners)
+        return FaultyBlock(params, learners, envs)

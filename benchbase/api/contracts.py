@@ -129,6 +129,24 @@ class TaskVectorEnv(Protocol):
     def close(self) -> None: ...
 
 
+class EnvBlock(Protocol):
+    """The simulators of a learner block's K learners, stepped as one vector env of Σ P_k.
+
+    `members[k]` is learner k's own `TaskVectorEnv` (its spaces, `reset`, and `state_dict` and
+    `load_state_dict` where the family can save its simulators), so each learner seeds,
+    checkpoints and resumes its simulators as a learner of its own process does; `step` steps
+    every member at once, actions and results concatenated in member order. A finished
+    episode's `simulator` is its index in the block (member k's simulator j is Σ_{i<k} P_i + j).
+    """
+
+    members: Sequence[TaskVectorEnv]
+    num_envs: int
+
+    def step(self, actions: np.ndarray) -> StepResult: ...
+
+    def close(self) -> None: ...
+
+
 @runtime_checkable
 class Renderable(Protocol):
     """What a `TaskVectorEnv` that can draw itself adds (optional: `bench eval --video` needs it).
@@ -198,6 +216,15 @@ class EnvFamily(Component):
     def make_env(self, params: Any, tasks: Sequence[Task], seed: int) -> TaskVectorEnv:
         """A vector env with one simulator per entry of `tasks`, seeded with `seed`."""
         raise NotImplementedError
+
+    def make_env_block(self, params: Any, tasks: Sequence[Sequence[Task]], seeds: Sequence[int]) -> EnvBlock:
+        """A learner block's simulators: member k is `make_env(params, tasks[k], seeds[k])`, and
+        stepping them together gives what stepping each would. The default steps the members
+        one after another (`benchbase.api.env_block.ConcatenatedEnvs`); a family whose simulators
+        vectorise across members overrides it to step them in one call."""
+        from benchbase.api.env_block import ConcatenatedEnvs
+
+        return ConcatenatedEnvs([self.make_env(params, own, seed) for own, seed in zip(tasks, seeds, strict=True)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,9 +387,13 @@ class Algorithm(Component):
     #: Observation kinds for which `make_learner_block` builds a block (empty: no block form).
     block_observation_kinds: frozenset[str] = frozenset()
 
-    def make_learner_block(self, params: Any, specs: list[LearnerSpec]) -> LearnerBlock | None:
+    def make_learner_block(
+        self, params: Any, specs: list[LearnerSpec], envs: EnvBlock | None = None
+    ) -> LearnerBlock | None:
         """Learners `specs` (consecutive ranks of one cell) as one block in this process; None when
-        the algorithm has no block form for them (the core then runs one learner per process)."""
+        the algorithm has no block form for them (the core then runs one learner per process).
+        `envs` steps every learner's simulators at once (`specs[k].env` is `envs.members[k]`);
+        None: the specs' envs, stepped in turn."""
         return None
 
     def steps_per_simulator(self, params: Any) -> int | None:

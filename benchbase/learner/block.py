@@ -32,7 +32,7 @@ from benchbase.checkpoints.resume import (
 from benchbase.comm.block import BlockMixer
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.grid.cell import Cell
-from benchbase.learner.build import initialise_from, simulator_tasks
+from benchbase.learner.build import initialise_from, simulator_seed, simulator_tasks
 from benchbase.learner.evaluation import Evaluator
 from benchbase.learner.events import Note, Report, Resumed, Started
 from benchbase.learner.loop import LoopContext, _Training
@@ -55,14 +55,19 @@ def run_block(launch: LearnerLaunch, report: Report) -> dict[int, dict[str, Any]
     world = cell.learner_processes
     plan = build_mixing_plan(plugins.topology, plugins.topology_params, world, cell.seed, plugins.num_peers)
     tasks = plugins.family.training_tasks(plugins.env_params, cell.learners, cell.seed)
-    envs = []
-    for rank in range(world):
-        own_tasks = simulator_tasks(tasks, cell, rank)
-        envs.append(plugins.family.make_env(plugins.env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank))
+    # Learner r's simulators and seed as in a process of its own; one env steps them all.
+    envs = plugins.family.make_env_block(
+        plugins.env_params,
+        [simulator_tasks(tasks, cell, rank) for rank in range(world)],
+        [simulator_seed(cell, rank) for rank in range(world)],
+    )
     budget = math.ceil(cell.env_steps / world)
     device = torch.device(launch.device)
-    specs = [LearnerSpec(env, rank, world, cell.seed, device, env_steps_budget=budget) for rank, env in enumerate(envs)]
-    block = plugins.algorithm.make_learner_block(params_of(plugins.algorithm, cell.algorithm_params), specs)
+    specs = [
+        LearnerSpec(env, rank, world, cell.seed, device, env_steps_budget=budget)
+        for rank, env in enumerate(envs.members)
+    ]
+    block = plugins.algorithm.make_learner_block(params_of(plugins.algorithm, cell.algorithm_params), specs, envs)
     if block is None:
         raise BlockUnavailable(f"{cell.algorithm} built no learner block for this cell")
     members = block.learners
@@ -96,8 +101,7 @@ def run_block(launch: LearnerLaunch, report: Report) -> dict[int, dict[str, Any]
             summary = summaries[training.rank]
             summary["transport"] = training.context.comm.transport
             _finish(training.context, training.state, summary, training.tables)
-    for env in envs:
-        env.close()
+    envs.close()
     return summaries
 
 

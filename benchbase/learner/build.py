@@ -26,6 +26,11 @@ def simulator_tasks(tasks: Sequence[Task], cell: Cell, rank: int) -> list[Task]:
     return [tasks[(first + k) // simulators_per_task] for k in range(cell.envs_per_learner)]
 
 
+def simulator_seed(cell: Cell, rank: int) -> int:
+    """The seed of learner `rank`'s simulators, whether it runs in a process of its own or in a block."""
+    return cell.seed * 1_000_003 + 1_009 * rank
+
+
 def initialise_from(learner: Any, source: dict[str, Any], rank: int) -> None:
     """`bench run --init-from`: this learner starts from source learner (rank mod N)'s model,
     normalisation statistics and optimiser moments, with the new cell's hyperparameters."""

@@ -39,7 +39,7 @@ from benchbase.comm.shm import (
     synchronous_slots,
 )
 from benchbase.grid.cell import Cell
-from benchbase.learner.build import build_learner, initialise_from, simulator_tasks
+from benchbase.learner.build import build_learner, initialise_from, simulator_seed, simulator_tasks
 from benchbase.learner.evaluation import Evaluator
 from benchbase.learner.events import Note, Report, Resumed
 from benchbase.learner.loop import (
@@ -151,7 +151,7 @@ def _build(
     plan = build_mixing_plan(plugins.topology, plugins.topology_params, world, cell.seed, plugins.num_peers)
     tasks = plugins.family.training_tasks(plugins.env_params, cell.learners, cell.seed)
     own_tasks = simulator_tasks(tasks, cell, rank)
-    env = plugins.family.make_env(plugins.env_params, own_tasks, cell.seed * 1_000_003 + 1_009 * rank)
+    env = plugins.family.make_env(plugins.env_params, own_tasks, simulator_seed(cell, rank))
     learner = build_learner(registry, cell, env, rank=rank, world=world, device=launch.device)
     if cell.init_from is not None:
         initialise_from(learner, cell.init_from, rank)

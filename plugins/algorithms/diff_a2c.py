@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
+from benchbase import Algorithm, ConsensusParams, EnvBlock, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.block import OnPolicyBlock, block_of
 from plugins.algorithms.common.normalisation import NormaliserMode
-from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
+from plugins.algorithms.common.on_policy import BlockRollout, OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import discounted_returns, gae_advantages
 
 if TYPE_CHECKING:
@@ -126,21 +126,23 @@ class A2CLearner(OnPolicyLearner):
 class A2CBlock(OnPolicyBlock):
     """K Diff-A2C learners in one process: the same update with a leading learner dimension."""
 
-    def __init__(self, params: A2CParams, learners: list[A2CLearner]) -> None:
-        super().__init__(learners)
+    def __init__(self, params: A2CParams, learners: list[A2CLearner], envs: EnvBlock | None = None) -> None:
+        super().__init__(learners, envs)
         self.params = params
         self.optimizer = torch.optim.RMSprop(
             [self.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
         )
 
-    def update(self, rollouts: list[Rollout]) -> list[dict[str, float]]:
+    def update(self, rollout: BlockRollout) -> list[dict[str, float]]:
         p = self.params
-        observations, actions, last = self.stacked_rollouts(rollouts)
-        actor_out, values_all = self.network.rollout_outputs(self.parameter, observations, last)
-        size = rollouts[0].rewards.size
+        observations, actions, last = rollout.tensors(self.device)
+        actor_out, values_all = self.network.rollout_outputs(observations, last)
+        size = observations.shape[1]
         estimates = values_all.detach().cpu().numpy()
-        targets = np.stack([a2c_targets(p, r, e[:size], e[size:]) for r, e in zip(rollouts, estimates)])
-        log_std = self.network.action_log_std(self.parameter)
+        # Targets per simulator: every learner's in one call on the K·P simulators.
+        values = rollout.by_step(estimates[:, :size]).reshape(-1)
+        targets = rollout.by_learner(a2c_targets(p, rollout.merged(), values, estimates[:, size:].reshape(-1)))
+        log_std = self.network.action_log_std()
         losses = a2c_losses(
             p, actor_out, log_std, actions, values_all[:, :size], torch.from_numpy(targets).to(self.device)
         )
@@ -148,7 +150,8 @@ class A2CBlock(OnPolicyBlock):
         parts = torch.stack(list(losses)).detach().cpu().tolist()
         names = A2CLosses._fields
         return [
-            {**{name: parts[i][k] for i, name in enumerate(names)}, "grad_norm": norms[k]} for k in range(len(rollouts))
+            {**{name: parts[i][k] for i, name in enumerate(names)}, "grad_norm": norms[k]}
+            for k in range(rollout.learners)
         ]
 
 
@@ -167,8 +170,10 @@ class DiffA2C(Algorithm):
     def make_learner(self, params: A2CParams, spec: LearnerSpec) -> A2CLearner:
         return A2CLearner(params, spec)
 
-    def make_learner_block(self, params: A2CParams, specs: list[LearnerSpec]) -> A2CBlock | None:
-        return block_of(A2CBlock, A2CLearner, params, specs)
+    def make_learner_block(
+        self, params: A2CParams, specs: list[LearnerSpec], envs: EnvBlock | None = None
+    ) -> A2CBlock | None:
+        return block_of(A2CBlock, A2CLearner, params, specs, envs)
 
 
 @hookimpl

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
+from benchbase import Algorithm, ConsensusParams, EnvBlock, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.block import OnPolicyBlock, block_of
 from plugins.algorithms.common.normalisation import NormaliserMode
-from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
+from plugins.algorithms.common.on_policy import BlockRollout, OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import gae_advantages
 from plugins.algorithms.common.schedules import anneal, remaining_fraction
 
@@ -211,39 +211,39 @@ class PPOBlock(OnPolicyBlock):
     K losses moves every row as that learner's own step would (learners share no parameter).
     The learners of a cell share a budget, so one lr and ε schedule (learner 0's) serves all."""
 
-    def __init__(self, params: PPOParams, learners: list[PPOLearner]) -> None:
-        super().__init__(learners)
+    def __init__(self, params: PPOParams, learners: list[PPOLearner], envs: EnvBlock | None = None) -> None:
+        super().__init__(learners, envs)
         self.params = params
         self.optimizer = torch.optim.Adam([self.parameter], lr=params.lr, eps=params.adam_eps)
 
-    def update(self, rollouts: list[Rollout]) -> list[dict[str, float]]:
+    def update(self, rollout: BlockRollout) -> list[dict[str, float]]:
         p = self.params
         first = self.members[0]
         lr, clip_range = annealed(p, first.updates_done, first.total_updates)
         self.set_lr(lr)
 
-        learners = len(rollouts)
-        steps, envs = rollouts[0].rewards.shape
-        size = steps * envs
-        observations, actions, last = self.stacked_rollouts(rollouts)  # [K, T·P, …], [K, P, obs]
+        learners = rollout.learners
+        observations, actions, last = rollout.tensors(self.device)  # [K, T·P, …], [K, P, obs]
+        size = observations.shape[1]
 
         # Every learner's rollout policy and values, fixed before the first epoch moves the parameters.
         with torch.no_grad():
-            old_actor_out, all_values = self.network.rollout_outputs(self.parameter, observations, last)
-            old_log_std = self.network.action_log_std(self.parameter)
+            old_actor_out, all_values = self.network.rollout_outputs(observations, last)
+            old_log_std = self.network.action_log_std()
             old_log_prob, _ = distributions.log_prob_entropy(old_actor_out, old_log_std, actions)
         old_values = all_values[:, :size]
         estimates = all_values.cpu().numpy()
-        old_values_np = estimates[:, :size].reshape(learners, steps, envs)
-        advantages_np = np.stack(
-            [
-                gae_advantages(rollout.rewards, values, rollout.not_done, estimate[size:], p.gamma, p.gae_lambda)
-                for rollout, values, estimate in zip(rollouts, old_values_np, estimates)
-            ]
+        old_values_np = estimates[:, :size]
+        # GAE per simulator: every learner's in one call on the K·P simulators.
+        merged = rollout.merged()
+        bootstrap = estimates[:, size:].reshape(-1)
+        per_step = gae_advantages(
+            merged.rewards, rollout.by_step(old_values_np), merged.not_done, bootstrap, p.gamma, p.gae_lambda
         )
+        advantages_np = rollout.by_learner(per_step)
         returns_np = advantages_np + old_values_np
-        advantages = torch.from_numpy(advantages_np.reshape(learners, size)).to(self.device)
-        returns = torch.from_numpy(returns_np.reshape(learners, size)).to(self.device)
+        advantages = torch.from_numpy(advantages_np).to(self.device)
+        returns = torch.from_numpy(returns_np).to(self.device)
 
         # Row k of a minibatch index picks learner k's samples: tensor[rows, batch] is [K, B, …].
         rows = torch.arange(learners, device=self.device).unsqueeze(1)
@@ -253,8 +253,8 @@ class PPOBlock(OnPolicyBlock):
         for _ in range(p.n_epochs):
             permutations = torch.stack([torch.randperm(size, device=self.device) for _ in range(learners)])
             for batch in permutations.split(minibatch_size, dim=1):
-                actor_out, values = self.network.actor_and_value(self.parameter, observations[rows, batch])
-                log_std = self.network.action_log_std(self.parameter)  # a fresh view of the moved rows
+                actor_out, values = self.network.actor_and_value(observations[rows, batch])
+                log_std = self.network.action_log_std()
                 log_prob, entropy = distributions.log_prob_entropy(actor_out, log_std, actions[rows, batch])
                 batch_advantages = advantages[rows, batch]
                 if p.normalise_advantages and batch.shape[1] > 1:
@@ -309,8 +309,10 @@ class DiffPPO(Algorithm):
     def make_learner(self, params: PPOParams, spec: LearnerSpec) -> PPOLearner:
         return PPOLearner(params, spec)
 
-    def make_learner_block(self, params: PPOParams, specs: list[LearnerSpec]) -> PPOBlock | None:
-        return block_of(PPOBlock, PPOLearner, params, specs)
+    def make_learner_block(
+        self, params: PPOParams, specs: list[LearnerSpec], envs: EnvBlock | None = None
+    ) -> PPOBlock | None:
+        return block_of(PPOBlock, PPOLearner, params, specs, envs)
 
 
 @hookimpl

@@ -2,33 +2,40 @@
 
 `OnPolicyBlock` builds its K learners as usual (each with its own simulators, normalisers and
 seeds), then re-seats their flat parameter buffers as the rows of one [K, numel] tensor. From
-there the learners act together: at each rollout step every learner normalises its own
-observations, one batched pass of `StackedMLP` gives every learner's action distribution, one
-draw samples all actions, and each learner steps its own simulators with its rows. An
-algorithm's block writes `update(rollouts)` with a leading learner dimension and steps the
-block's optimiser, built over the stacked parameter: Adam and RMSprop act element by element,
-so each row evolves as its learner's own optimiser would, and gradients are clipped per row.
+there the learners act together: at each rollout step one normalisation gives every learner's
+observations under its own statistics, one batched pass of `StackedMLP` gives every learner's
+action distribution, one draw samples all actions and one call of the block's env
+(`benchbase.EnvBlock`) steps every learner's simulators; each learner's rewards are scaled by
+its own statistics. An algorithm's block writes `update(rollout)` with a leading learner
+dimension and steps the block's optimiser, built over the stacked parameter: Adam and RMSprop
+act element by element, so each row evolves as its learner's own optimiser would, and gradients
+are clipped per row.
 
 What differs from one learner per process: the learners share the process's random stream for
 sampling actions (one draw for the block), and batched products round differently from
 single ones, so a block's run is not bit for bit the one-process-per-learner run; it is the
-same algorithm on the same data, and its checkpoints resume it exactly (docs/scaling.md).
+same algorithm on the same data (given the same actions, each learner's rollout is the one it
+collects alone), and its checkpoints resume it exactly (docs/scaling.md).
 
-Checkpoints of a block's learner have the format of a learner of its own process (its row of
-the optimiser's state), so either kind loads the other's (`bench eval`, `--init-from`).
+While the block trains it holds each learner's reward statistics and current observations;
+`save_learner_state` writes them into the learner before a checkpoint, so checkpoints of a
+block's learner have the format of a learner of its own process (with its row of the
+optimiser's state), and either kind loads the other's (`bench eval`, `--init-from`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from benchbase import FinishedEpisode, IterationOutput, Learner, LearnerBlock, lazy_import
+from benchbase import ConcatenatedEnvs, EnvBlock, FinishedEpisode, IterationOutput, Learner, LearnerBlock, lazy_import
 from plugins.algorithms.common import distributions
-from plugins.algorithms.common.on_policy import OnPolicyLearner, Rollout
+from plugins.algorithms.common.normalisation import StackedNormalisers, StackedRewardScalers
+from plugins.algorithms.common.on_policy import BlockRollout, OnPolicyLearner
 from plugins.algorithms.common.stacked import StackedMLP
 
 if TYPE_CHECKING:
@@ -44,7 +51,9 @@ def blockable(learner: OnPolicyLearner) -> bool:
     return isinstance(learner.model, MLPActorCritic)
 
 
-def block_of(block: type[OnPolicyBlock], learner: type[OnPolicyLearner], params: Any, specs: list) -> Any:
+def block_of(
+    block: type[OnPolicyBlock], learner: type[OnPolicyLearner], params: Any, specs: list, envs: EnvBlock | None
+) -> Any:
     """An algorithm's `make_learner_block`: its learners for `specs` as one `block`, or None when
     their network has no stacked form (the Nature CNN, for now)."""
     learners = [learner(params, spec) for spec in specs]
@@ -52,7 +61,7 @@ def block_of(block: type[OnPolicyBlock], learner: type[OnPolicyLearner], params:
         for built in learners:
             built.close()
         return None
-    return block(params, learners)
+    return block(params, learners, envs)
 
 
 class BlockMember(Learner):
@@ -78,12 +87,14 @@ class BlockMember(Learner):
         return self.learner.act_sampled(observations)
 
     def state_dict(self, replay: bool = False) -> dict[str, Any]:
+        self.block.save_learner_state(self.index)
         state = self.learner.state_dict(replay)
         state["optimizer"] = self.block.optimizer_row(self.index)
         return state
 
     def load_state_dict(self, state: dict[str, Any], *, mode: Literal["resume", "init", "model"] = "resume") -> None:
         self.learner.load_state_dict(state, mode=mode)
+        self.block.load_learner_state(self.index)
         if mode != "model":
             self.block.load_optimizer_row(self.index, state["optimizer"])
 
@@ -97,26 +108,45 @@ class OnPolicyBlock(LearnerBlock):
 
     optimizer: torch.optim.Optimizer
 
-    def __init__(self, learners: list[OnPolicyLearner]) -> None:
+    def __init__(self, learners: list[OnPolicyLearner], envs: EnvBlock | None = None) -> None:
         first = learners[0]
         self.members = learners  # the learners themselves; `learners` are their core-facing views
         self.device = first.device
         self.n_steps = first.n_steps
+        self.gamma = first.gamma
         numel, total = first.flat.mixed.numel(), first.flat.data.numel()
         dtype = first.flat.data.dtype
         self._stacked = torch.zeros(len(learners), numel, dtype=dtype, device=self.device)
-        self._grad = torch.zeros(len(learners), total, dtype=dtype, device=self.device)
+        # Gradient rows as wide as the parameter rows (the mixed statistics' columns stay 0): a
+        # gradient strided like its parameter is what autograd accumulates into without a copy.
+        self._grad = torch.zeros(len(learners), numel, dtype=dtype, device=self.device)
         for k, learner in enumerate(learners):
-            learner.reseat(self._stacked[k], self._grad[k])
+            learner.reseat(self._stacked[k], self._grad[k, :total])
         self.parameter = torch.nn.Parameter(self._stacked[:, :total])
-        self.parameter.grad = self._grad
-        self.network = StackedMLP(first.model)
+        self.parameter.grad = self._grad[:, :total]
+        self.network = StackedMLP(first.model, self._stacked, self._grad)
         self.learners = [BlockMember(self, k, learner) for k, learner in enumerate(learners)]
+
+        # Collection for every learner at once: one env step, one normalisation, one scaling.
+        self.envs = envs if envs is not None else ConcatenatedEnvs([learner.env for learner in learners])
+        mixed_rows = self._stacked[:, total:] if first.obs_normaliser.mode == "mixed" else None
+        self.normalisers = StackedNormalisers([learner.obs_normaliser for learner in learners], mixed_rows)
+        self.reward_scalers = StackedRewardScalers([learner.reward_scaler for learner in learners])
+        shape = (len(learners), first.env.num_envs)  # [K, P]
+        obs_shape = first.env.observation_space.shape
+        steps = self.n_steps
+        self._raw_obs = np.stack([learner._raw_obs for learner in learners])
+        self._raw_observations = np.zeros((steps + 1, *shape, *obs_shape), dtype=np.float32)
+        self._observations = np.zeros((steps, *shape, *obs_shape), dtype=np.float32)
+        self._actions = np.zeros((steps, *shape, *first._actions.shape[2:]), dtype=first._actions.dtype)
+        self._rewards = np.zeros((steps, *shape), dtype=np.float32)
+        self._ended = np.zeros((steps, *shape), dtype=bool)
+        self._truncation_bonus = np.zeros((steps, *shape), dtype=np.float32)
 
     # -- what an algorithm's block writes -----------------------------------------------------
 
     @abstractmethod
-    def update(self, rollouts: list[Rollout]) -> list[dict[str, float]]:
+    def update(self, rollout: BlockRollout) -> list[dict[str, float]]:
         """Learn from every learner's rollout at once; each learner's metrics."""
 
     # -- what the core calls --------------------------------------------------------------------
@@ -125,44 +155,86 @@ class OnPolicyBlock(LearnerBlock):
         return self._stacked
 
     def iterate(self) -> list[IterationOutput]:
-        finished, ends = self.roll_out()
-        rollouts = [learner.rollout(last, rewards) for learner, (last, rewards) in zip(self.members, ends)]
-        metrics = self.update(rollouts)
+        finished, rollout = self.roll_out()
+        metrics = self.update(rollout)
         return [
             IterationOutput(env_steps=self.n_steps * learner.env.num_envs, finished=episodes, metrics=values)
             for learner, episodes, values in zip(self.members, finished, metrics)
         ]
 
+    def close(self) -> None:
+        super().close()
+        self.envs.close()
+
     # -- collection -----------------------------------------------------------------------------
 
-    def roll_out(self) -> tuple[list[list[FinishedEpisode]], list[tuple[np.ndarray, np.ndarray]]]:
-        """T steps of every learner's simulators, each learner's actions drawn from its own
-        policy in one batched pass; every learner's finished episodes and (last, rewards)."""
-        learners = self.members
-        finished: list[list[FinishedEpisode]] = [[] for _ in learners]
-        for learner in learners:
-            learner.begin_rollout()
+    def roll_out(self) -> tuple[list[list[FinishedEpisode]], BlockRollout]:
+        """T steps of every learner's simulators, as `RolloutLearner.roll_out` takes them for one
+        learner, with a learner axis: actions from one batched pass of the policies, one step of
+        the block's env, each learner's normalisation and reward scaling. Every learner's
+        finished episodes and the block's rollout."""
+        learners, per_learner = self._raw_obs.shape[:2]
+        finished: list[list[FinishedEpisode]] = [[] for _ in range(learners)]
+        if self.normalisers.mode == "mixed":
+            self.normalisers.refresh()  # the core mixed the statistics with the parameters
+        self._truncation_bonus.fill(0.0)
         with torch.inference_mode():
             for t in range(self.n_steps):
-                observations = np.stack([learner.observe(t) for learner in learners])
+                self._raw_observations[t] = self._raw_obs
+                observations = self.normalisers(self._raw_obs)
+                self._observations[t] = observations
                 actions = self.act(torch.from_numpy(observations).to(self.device))
-                for k, learner in enumerate(learners):
-                    finished[k].extend(learner.take(t, actions[k]))
-        return finished, [learner.end_rollout() for learner in learners]
+                self._actions[t] = actions
+                result = self.envs.step(self._to_env(actions).reshape(learners * per_learner, *actions.shape[2:]))
+                self._rewards[t] = result.rewards.reshape(learners, per_learner)
+                self._ended[t] = (result.terminated | result.truncated).reshape(learners, per_learner)
+                if result.truncated.any():
+                    # A time limit is not a terminal state: bootstrap from the state it cut off.
+                    cut = (result.truncated & ~result.terminated).reshape(learners, per_learner)
+                    if cut.any():
+                        final = self.normalisers(result.final_observations.reshape(self._raw_obs.shape))
+                        values = self.network.value(torch.from_numpy(final).to(self.device))
+                        self._truncation_bonus[t][cut] = self.gamma * values.cpu().numpy()[cut]
+                for episode in result.finished:
+                    k, simulator = divmod(episode.simulator, per_learner)
+                    finished[k].append(dataclasses.replace(episode, simulator=simulator))
+                self._raw_obs = result.observations.reshape(self._raw_obs.shape)
+        self._raw_observations[self.n_steps] = self._raw_obs
+        last = self.normalisers(self._raw_obs)
+        self.normalisers.update(self._raw_observations[1:])
+        if self.normalisers.mode == "mixed":
+            for learner in self.members:
+                learner._mix_since_refresh = True  # their acting (evaluation) re-reads the mixed statistics
+        rewards = self.reward_scalers.scale(self._rewards, self._ended) + self._truncation_bonus
+        not_done = (~self._ended).astype(np.float32)
+        return finished, BlockRollout(self._observations, self._actions, rewards, not_done, last)
+
+    def _to_env(self, actions: np.ndarray) -> np.ndarray:
+        return self.members[0]._to_env(actions)
 
     def act(self, observations: torch.Tensor) -> np.ndarray:
         """Actions [K, P, …] drawn from each learner's policy for observations [K, P, obs]."""
-        out = self.network.actor(self._stacked, observations)
-        log_std = self.network.action_log_std(self._stacked)
+        out = self.network.actor(observations)
+        log_std = self.network.action_log_std()
         if log_std is None:  # multinomial takes one row per draw
             return distributions.sample(out.reshape(-1, out.shape[-1]), None).reshape(out.shape[:-1]).cpu().numpy()
         return distributions.sample(out, log_std).cpu().numpy()
 
-    def stacked_rollouts(self, rollouts: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every learner's observations [K, T·P, obs], actions [K, T·P, …] and last observations
-        [K, P, obs] (each learner's as `Rollout.tensors` gives them)."""
-        parts = [rollout.tensors(self.device) for rollout in rollouts]
-        return tuple(torch.stack([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+    # -- each learner's own objects, for its checkpoints ----------------------------------------
+
+    def save_learner_state(self, index: int) -> None:
+        """Write what the block keeps for learner `index` while it trains (its reward statistics,
+        its simulators' current observations) into the learner, which checkpoints it."""
+        learner = self.members[index]
+        self.reward_scalers.save_to(index, learner.reward_scaler)
+        learner._raw_obs = self._raw_obs[index].copy()
+
+    def load_learner_state(self, index: int) -> None:
+        """Take learner `index`'s state back after it loaded a checkpoint."""
+        learner = self.members[index]
+        self.reward_scalers.load_from(index, learner.reward_scaler)
+        self._raw_obs[index] = learner._raw_obs
+        self.normalisers.refresh()
 
     # -- the optimiser -------------------------------------------------------------------------
 

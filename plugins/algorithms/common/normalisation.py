@@ -196,3 +196,106 @@ class RewardScaler:
     def load_state_dict(self, state: dict) -> None:
         self.stats.load_state_dict(state)
         self.discounted = np.array(state["discounted"])
+
+
+class StackedNormalisers:
+    """K learners' observation normalisers applied at once (a learner block): each learner's
+    statistics normalise its rows of [K, P, obs], and each learner's raw batch updates its own.
+
+    "mixed" statistics are rows of the block's stacked buffer (`mixed_rows` [K, 1 + 2·obs]), read
+    and updated for every learner in one operation; "local" ones stay each learner's
+    `RunningMeanStd`, updated one learner at a time. The arithmetic is the learners' own, so a
+    block normalises exactly as its learners would alone."""
+
+    def __init__(self, normalisers: list[ObservationNormaliser], mixed_rows: torch.Tensor | None) -> None:
+        self.normalisers = normalisers
+        self.mode = normalisers[0].mode
+        self.clip = normalisers[0].clip
+        self.mixed_rows = mixed_rows
+        if self.mode == "mixed" and mixed_rows is None:
+            raise ValueError('"mixed" statistics need the block\'s rows of them')
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read every learner's statistics (after a mix, an update or a checkpoint load)."""
+        if self.mode == "off":
+            return
+        if self.mode == "mixed":
+            sums = self.mixed_rows.detach().to("cpu", torch.float64).numpy()  # type: ignore[union-attr]
+            dim = (sums.shape[1] - 1) // 2
+            count = np.maximum(sums[:, :1], INITIAL_COUNT)
+            mean = sums[:, 1 : 1 + dim] / count
+            var = np.maximum(sums[:, 1 + dim :] / count - mean**2, 0.0)
+        else:
+            mean = np.stack([normaliser.stats.read()[1].reshape(-1) for normaliser in self.normalisers])
+            var = np.stack([normaliser.stats.read()[2].reshape(-1) for normaliser in self.normalisers])
+        self._mean = mean.astype(np.float32)[:, None, :]
+        self._inv_std = (1.0 / np.sqrt(var + 1e-8)).astype(np.float32)[:, None, :]
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """Normalised float32 [K, P, obs] of raw [K, P, obs]."""
+        if self.mode == "off":
+            return raw.astype(np.float32, copy=False)
+        return np.clip((raw - self._mean) * self._inv_std, -self.clip, self.clip).astype(np.float32, copy=False)
+
+    def update(self, raw_batch: np.ndarray) -> None:
+        """Add each learner's raw observations [T, K, P, obs] to its statistics."""
+        if self.mode == "off":
+            return
+        if self.mode == "mixed":
+            steps, learners = raw_batch.shape[:2]
+            rows = raw_batch.swapaxes(0, 1).reshape(learners, -1, raw_batch.shape[-1]).astype(np.float64)
+            counts = np.full((learners, 1), rows.shape[1], dtype=np.float64)
+            increments = np.concatenate([counts, rows.sum(axis=1), (rows**2).sum(axis=1)], axis=1)
+            self.mixed_rows.add_(torch.from_numpy(increments).to(self.mixed_rows))  # type: ignore[union-attr]
+        else:
+            for k, normaliser in enumerate(self.normalisers):
+                normaliser.update(raw_batch[:, k])
+        self.refresh()
+
+
+class StackedRewardScalers:
+    """K learners' reward scalers applied at once: each divides its rewards by the running std of
+    its own simulators' discounted returns, as `RewardScaler` does. The running statistics live
+    here while the block trains; `save_to`/`load_from` move learner k's to and from its own
+    `RewardScaler` (checkpoints)."""
+
+    def __init__(self, scalers: list[RewardScaler]) -> None:
+        first = scalers[0]
+        self.enabled, self.gamma, self.clip = first.enabled, first.gamma, first.clip
+        self.discounted = np.stack([scaler.discounted for scaler in scalers])  # [K, P]
+        self.count = np.array([scaler.stats.count for scaler in scalers], dtype=np.float64)
+        self.mean = np.array([np.asarray(scaler.stats.mean).item() for scaler in scalers])
+        self.var = np.array([np.asarray(scaler.stats.var).item() for scaler in scalers])
+
+    def scale(self, rewards: np.ndarray, ended: np.ndarray) -> np.ndarray:
+        """Scale rewards [T, K, P]; `ended[t]` marks the episodes that ended at step t."""
+        if not self.enabled:
+            return rewards
+        returns = np.empty_like(rewards, dtype=np.float64)
+        for t in range(rewards.shape[0]):
+            self.discounted = self.discounted * self.gamma + rewards[t]
+            returns[t] = self.discounted
+            self.discounted[ended[t]] = 0.0
+        batch = returns.swapaxes(0, 1).reshape(len(self.count), -1)
+        batch_mean, batch_var, batch_count = batch.mean(axis=1), batch.var(axis=1), batch.shape[1]
+        # RunningMeanStd.update, one row per learner.
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        correction = delta**2 * self.count * batch_count / total
+        self.var = (self.var * self.count + batch_var * batch_count + correction) / total
+        self.count = total
+        scale = np.sqrt(self.var + 1e-8)[None, :, None]
+        return np.clip(rewards / scale, -self.clip, self.clip).astype(np.float32)
+
+    def save_to(self, k: int, scaler: RewardScaler) -> None:
+        scaler.stats.mean, scaler.stats.var = self.mean[k], self.var[k]  # numpy float64s, as the scaler's own
+        scaler.stats.count = float(self.count[k])
+        scaler.discounted = self.discounted[k].copy()
+
+    def load_from(self, k: int, scaler: RewardScaler) -> None:
+        # .item(): a checkpoint may hold the scalar statistics as one-element arrays
+        self.mean[k], self.var[k] = np.asarray(scaler.stats.mean).item(), np.asarray(scaler.stats.var).item()
+        self.count[k] = float(scaler.stats.count)
+        self.discounted[k] = scaler.discounted

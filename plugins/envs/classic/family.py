@@ -22,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from benchbase import EnvFamily, EnvFamilyParams, Register, Task, TaskVectorEnv, hookimpl, param, unknown_name
+from benchbase import (
+    ConcatenatedEnvs,
+    EnvBlock,
+    EnvFamily,
+    EnvFamilyParams,
+    Register,
+    Task,
+    hookimpl,
+    param,
+    unknown_name,
+)
 from plugins.envs.classic.dynamics import (
     AcrobotDynamics,
     CartPoleDynamics,
@@ -297,7 +307,7 @@ class PackerFamily(EnvFamily):
     def _draw(self, split: str, *keys: int) -> dict[str, float]:
         return self.base.sample(split, np.random.default_rng(_seed_sequence(*keys)))
 
-    def make_env(self, params: Any, tasks: Sequence[Task], seed: int) -> TaskVectorEnv:
+    def make_env(self, params: Any, tasks: Sequence[Task], seed: int | Sequence[int]) -> ClassicVectorEnv:
         sampler = (lambda rng: self.base.sample(self.split, rng)) if params.resample else None
         return ClassicVectorEnv(
             self.base.dynamics(len(tasks)),
@@ -308,6 +318,9 @@ class PackerFamily(EnvFamily):
             sampler=sampler,
             resampled_task_prefix=f"{self.split}-resampled",
         )
+
+    def make_env_block(self, params: Any, tasks: Sequence[Sequence[Task]], seeds: Sequence[int]) -> EnvBlock:
+        return merged_env(self, params, tasks, seeds)
 
 
 class GymnasiumDefaultFamily(EnvFamily):
@@ -334,7 +347,7 @@ class GymnasiumDefaultFamily(EnvFamily):
     def evaluation_tasks(self, params: Any, split: str, count: int, seed: int) -> list[Task]:
         raise unknown_name(f"evaluation split of {self.name}", split, self.splits)
 
-    def make_env(self, params: Any, tasks: Sequence[Task], seed: int) -> TaskVectorEnv:
+    def make_env(self, params: Any, tasks: Sequence[Task], seed: int | Sequence[int]) -> ClassicVectorEnv:
         threshold = self.base.gym_threshold
         return ClassicVectorEnv(
             self.base.dynamics(len(tasks)),
@@ -343,6 +356,20 @@ class GymnasiumDefaultFamily(EnvFamily):
             success=None if threshold is None else return_threshold(threshold),
             seed=seed,
         )
+
+    def make_env_block(self, params: Any, tasks: Sequence[Sequence[Task]], seeds: Sequence[int]) -> EnvBlock:
+        return merged_env(self, params, tasks, seeds)
+
+
+def merged_env(
+    family: PackerFamily | GymnasiumDefaultFamily, params: Any, tasks: Sequence[Sequence[Task]], seeds: Sequence[int]
+) -> EnvBlock:
+    """A learner block's simulators as one `ClassicVectorEnv` of one group per learner: one call
+    steps them all, each group drawing as the learner's own env would. Learners with different
+    numbers of simulators fall back to stepping their envs in turn."""
+    if len({len(own) for own in tasks}) != 1:
+        return ConcatenatedEnvs([family.make_env(params, own, seed) for own, seed in zip(tasks, seeds)])
+    return family.make_env(params, [task for own in tasks for task in own], list(seeds))
 
 
 @hookimpl

@@ -51,6 +51,11 @@ class ClassicVectorEnv:
     initial states from one generator, the resampled tasks from one generator per simulator.
     With a `sampler`, every reset (the first one included) draws the simulator's task, and its
     `FinishedEpisode` reports the task it ran; without one, `tasks` stay fixed.
+
+    Given a list of G seeds, the simulators form G equal groups, each drawing from its own
+    generators exactly as an env of its own with that seed would (`members`, `reset_group`): a
+    learner block's K learners then step in one call (an `EnvBlock`), the same episodes as K
+    envs, and each learner resets and checkpoints its own group.
     """
 
     def __init__(
@@ -60,7 +65,7 @@ class ClassicVectorEnv:
         *,
         max_episode_steps: int,
         success: SuccessRule | None,
-        seed: int,
+        seed: int | Sequence[int],
         sampler: TaskSampler | None = None,
         resampled_task_prefix: str = "resampled",
     ) -> None:
@@ -73,7 +78,13 @@ class ClassicVectorEnv:
         self.max_episode_steps = int(max_episode_steps)
         self._tasks = list(tasks)
         self._success = success
-        self._seed = _entropy(seed)
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        if self.num_envs % len(seeds):
+            raise ValueError(f"{self.num_envs} simulators do not split into {len(seeds)} equal groups")
+        self._seeds = [_entropy(value) for value in seeds]
+        self._group_size = self.num_envs // len(seeds)
+        self._rngs: list[np.random.Generator] = [np.random.default_rng(0)] * len(seeds)  # set by reset
+        self._task_rngs: list[np.random.Generator | None] = [None] * self.num_envs  # with a sampler
         self._sampler = sampler
         self._prefix = resampled_task_prefix
         self._parameters = np.array(
@@ -89,7 +100,10 @@ class ClassicVectorEnv:
         self._one = np.ones(self.num_envs, dtype=np.int64)
         self._limit = np.full(self.num_envs, self.max_episode_steps, dtype=np.int64)
         self._episodes = np.zeros(self.num_envs, dtype=np.int64)  # per simulator, names resampled tasks
-        self.reset(seed)
+        #: Each group's simulators as an env of their own (`EnvBlock.members`).
+        self.members = [ClassicEnvMember(self, group) for group in range(len(seeds))]
+        for group in range(len(seeds)):
+            self.reset_group(group, seeds[group])
 
     @property
     def tasks(self) -> list[Task]:
@@ -97,17 +111,25 @@ class ClassicVectorEnv:
         return list(self._tasks)
 
     def reset(self, seed: int) -> np.ndarray:
-        key = _entropy(seed)
-        self._rng = np.random.default_rng(np.random.SeedSequence([self._seed, key, _STATES_STREAM]))
-        if self._sampler is not None:
-            self._task_rngs = [
-                np.random.default_rng(np.random.SeedSequence([self._seed, key, _RESAMPLE_STREAM, i]))
-                for i in range(self.num_envs)
-            ]
-        self._episodes[:] = 0
-        everyone = np.arange(self.num_envs)
-        self._start_episodes(everyone)
+        for group in range(len(self._seeds)):
+            self.reset_group(group, seed)
         return self.dynamics.observe()
+
+    def reset_group(self, group: int, seed: int) -> np.ndarray:
+        """Start every simulator of `group` afresh, its draws derived from (its construction seed,
+        `seed`) as those of an env of its own; the group's observations."""
+        key = _entropy(seed)
+        start, size = group * self._group_size, self._group_size
+        self._rngs[group] = np.random.default_rng(np.random.SeedSequence([self._seeds[group], key, _STATES_STREAM]))
+        if self._sampler is not None:
+            rngs = [
+                np.random.default_rng(np.random.SeedSequence([self._seeds[group], key, _RESAMPLE_STREAM, i]))
+                for i in range(size)
+            ]
+            self._task_rngs[start : start + size] = rngs
+        self._episodes[start : start + size] = 0
+        self._start_episodes(np.arange(start, start + size))
+        return self.dynamics.observe()[start : start + size]
 
     def step(self, actions: np.ndarray) -> StepResult:
         actions = np.asarray(actions)
@@ -139,34 +161,49 @@ class ClassicVectorEnv:
     # -- checkpoints: every simulator mid-episode, so a resumed run continues exactly ---------------
 
     def state_dict(self) -> dict:
-        dynamics = self.dynamics
-        return {
-            "physics": dynamics.state.copy(),
-            "upright_streak": None if dynamics.upright_streak is None else dynamics.upright_streak.copy(),
-            "parameters": self._parameters.copy(),
-            "tasks": [(task.task_id, dict(task.parameters)) for task in self._tasks],
-            "returns": self._returns.copy(),
-            "lengths": self._lengths.copy(),
-            "episodes": self._episodes.copy(),
-            "rng": self._rng.bit_generator.state,
-            "task_rngs": [rng.bit_generator.state for rng in self._task_rngs] if self._sampler is not None else None,
-        }
+        if len(self._seeds) != 1:
+            raise TypeError("an env of several groups is saved group by group (members[k].state_dict())")
+        return self.group_state_dict(0)
 
     def load_state_dict(self, state: dict) -> None:
+        if len(self._seeds) != 1:
+            raise TypeError("an env of several groups is loaded group by group (members[k].load_state_dict())")
+        self.load_group_state_dict(0, state)
+
+    def group_state_dict(self, group: int) -> dict:
+        """`group`'s simulators as an env of their own saves them (either loads the other's)."""
+        own = slice(group * self._group_size, (group + 1) * self._group_size)
         dynamics = self.dynamics
-        dynamics.state[...] = state["physics"]  # in place: the dynamics keep views of its rows
+        return {
+            "physics": dynamics.state[:, own].copy(),
+            "upright_streak": None if dynamics.upright_streak is None else dynamics.upright_streak[own].copy(),
+            "parameters": self._parameters[:, own].copy(),
+            "tasks": [(task.task_id, dict(task.parameters)) for task in self._tasks[own]],
+            "returns": self._returns[own].copy(),
+            "lengths": self._lengths[own].copy(),
+            "episodes": self._episodes[own].copy(),
+            "rng": self._rngs[group].bit_generator.state,
+            "task_rngs": [rng.bit_generator.state for rng in self._task_rngs[own]]  # type: ignore[union-attr]
+            if self._sampler is not None
+            else None,
+        }
+
+    def load_group_state_dict(self, group: int, state: dict) -> None:
+        own = slice(group * self._group_size, (group + 1) * self._group_size)
+        dynamics = self.dynamics
+        dynamics.state[:, own] = state["physics"]  # in place: the dynamics keep views of its rows
         if dynamics.upright_streak is not None:
-            dynamics.upright_streak[...] = state["upright_streak"]
-        self._parameters[...] = state["parameters"]
+            dynamics.upright_streak[own] = state["upright_streak"]
+        self._parameters[:, own] = state["parameters"]
         dynamics.set_parameters(self._parameters)
-        self._tasks = [Task(task_id, dict(parameters)) for task_id, parameters in state["tasks"]]
-        self._returns[...] = state["returns"]
-        self._lengths[...] = state["lengths"]
-        self._episodes[...] = state["episodes"]
-        self._rng.bit_generator.state = state["rng"]
+        self._tasks[own] = [Task(task_id, dict(parameters)) for task_id, parameters in state["tasks"]]
+        self._returns[own] = state["returns"]
+        self._lengths[own] = state["lengths"]
+        self._episodes[own] = state["episodes"]
+        self._rngs[group].bit_generator.state = state["rng"]
         if self._sampler is not None:
-            for rng, saved in zip(self._task_rngs, state["task_rngs"]):
-                rng.bit_generator.state = saved
+            for rng, saved in zip(self._task_rngs[own], state["task_rngs"]):
+                rng.bit_generator.state = saved  # type: ignore[union-attr]
 
     # -- episodes -----------------------------------------------------------------------------
 
@@ -189,14 +226,57 @@ class ClassicVectorEnv:
         ]
 
     def _start_episodes(self, index: np.ndarray) -> None:
+        size = self._group_size
         if self._sampler is not None:
             for i in index.tolist():
-                values = self._sampler(self._task_rngs[i])
-                self._tasks[i] = Task(f"{self._prefix}-{i}-{self._episodes[i]}", dict(values))
+                values = self._sampler(self._task_rngs[i])  # type: ignore[arg-type]
+                # Named by the simulator's index in its group: as an env of its own names it.
+                self._tasks[i] = Task(f"{self._prefix}-{i % size}-{self._episodes[i]}", dict(values))
                 for row, name in enumerate(self.dynamics.parameter_names):
                     self._parameters[row, i] = values[name]
             self.dynamics.set_parameters(self._parameters)
         self._episodes[index] += 1
-        self.dynamics.reset_states(index, self._rng)
+        if len(self._rngs) == 1:
+            self.dynamics.reset_states(index, self._rngs[0])
+        else:  # each group's initial states from its own generator, in its simulators' order
+            groups = index // size
+            for group in np.unique(groups).tolist():
+                self.dynamics.reset_states(index[groups == group], self._rngs[group])
         self._returns[index] = 0.0
         self._lengths[index] = 0
+
+
+class ClassicEnvMember:
+    """Group k of a `ClassicVectorEnv` as an env of its own: learner k's simulators in a learner
+    block. It resets, saves and loads them (in the format of an env of its own, so a learner's
+    checkpoint moves between layouts) and draws them; they step with the whole env (`step`)."""
+
+    def __init__(self, env: ClassicVectorEnv, group: int) -> None:
+        self.env, self.group = env, group
+        self.num_envs = env._group_size
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+        self.max_episode_steps = env.max_episode_steps
+        self._start = group * self.num_envs
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.env.tasks[self._start : self._start + self.num_envs]
+
+    def reset(self, seed: int) -> np.ndarray:
+        return self.env.reset_group(self.group, seed)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        raise RuntimeError("a block member's simulators step with the whole block (ClassicVectorEnv.step)")
+
+    def render(self, simulator: int) -> np.ndarray:
+        return self.env.render(self._start + simulator)
+
+    def state_dict(self) -> dict:
+        return self.env.group_state_dict(self.group)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env.load_group_state_dict(self.group, state)
+
+    def close(self) -> None:
+        pass

@@ -11,6 +11,7 @@ import torch
 from test_algorithms import FakeVectorEnv
 
 from benchbase import LearnerSpec
+from plugins.algorithms.common.on_policy import BlockRollout
 from plugins.algorithms.common.stacked import StackedMLP
 from plugins.algorithms.diff_a2c import A2CLearner, A2CParams, DiffA2C
 
@@ -51,14 +52,14 @@ def test_the_stacked_network_computes_each_learners_own_outputs(continuous):
     stacked = block.parameters()
     stacked.add_(torch.randn_like(stacked) * 0.1)  # learners that differ
     observations = torch.randn(K, 7, 3)
-    network = StackedMLP(block.learners[0].learner.model)
-    actor, value = network.actor(stacked, observations), network.value(stacked, observations)
+    network = StackedMLP(block.learners[0].learner.model, stacked)
+    actor, value = network.actor(observations), network.value(observations)
     for k, member in enumerate(block.learners):
         model = member.learner.model
         torch.testing.assert_close(actor[k], model.actor(observations[k]), rtol=0, atol=1e-6)
         torch.testing.assert_close(value[k], model.value(observations[k]), rtol=0, atol=1e-6)
         if continuous:
-            torch.testing.assert_close(network.action_log_std(stacked)[k, 0], model.action_log_std())
+            torch.testing.assert_close(network.action_log_std()[k, 0], model.action_log_std())
 
 
 @pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
@@ -70,7 +71,7 @@ def test_a_block_update_is_each_learners_own_update(continuous, overrides):
     for _ in range(3):
         rollouts = [copied(learner.collect()[0]) for learner in alone]
         expected = [learner.update(rollout) for learner, rollout in zip(alone, rollouts)]
-        got = block.update(rollouts)
+        got = block.update(BlockRollout.stack(rollouts))
         for k, learner in enumerate(alone):
             torch.testing.assert_close(block.parameters()[k], learner.parameters_buffer(), rtol=1e-5, atol=1e-6)
             assert got[k].keys() == expected[k].keys()
@@ -85,7 +86,7 @@ def test_a_block_learners_checkpoint_is_a_learner_checkpoint_and_back():
     rollouts = [copied(learner.collect()[0]) for learner in alone]
     for learner, rollout in zip(alone, rollouts):
         learner.update(rollout)
-    block.update(rollouts)
+    block.update(BlockRollout.stack(rollouts))
     state = block.learners[2].state_dict()
     saved, own = state["optimizer"]["state"][0], alone[2].optimizer.state_dict()["state"][0]
     assert saved.keys() == own.keys() and saved["square_avg"].shape == own["square_avg"].shape
@@ -125,3 +126,42 @@ def test_the_nature_cnn_has_no_block_yet():
     env.observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     params = A2CParams(**SETTINGS)
     assert DiffA2C().make_learner_block(params, [LearnerSpec(env, 0, 2, 0, torch.device("cpu"))]) is None
+
+
+@pytest.mark.parametrize("normaliser", ["mixed", "local", "off"])
+def test_a_block_collects_what_each_learner_collects_alone(monkeypatch, normaliser):
+    """Same actions (greedy, so neither side draws), same simulators: each learner's rollout from
+    the block's vectorised collection (one env step, stacked normalisation and reward scaling,
+    the time-limit bootstrap) is the rollout the learner collects on its own."""
+    from benchbase.api.registry import load_registry
+    from plugins.algorithms.common import distributions
+
+    monkeypatch.setattr(distributions, "sample", distributions.greedy)
+    family = load_registry().get("env", "random-cartpole")
+    env_params = family.Params(max_episode_steps=12)  # time limits inside the rollouts
+    tasks = family.training_tasks(env_params, K, 0)
+    own, seeds = [[tasks[k]] * 2 for k in range(K)], [5 + k for k in range(K)]
+    params = A2CParams(**{**SETTINGS, "normaliser": normaliser})
+    alone = [
+        A2CLearner(params, LearnerSpec(family.make_env(env_params, own[k], seeds[k]), k, K, 3, torch.device("cpu")))
+        for k in range(K)
+    ]
+    envs = family.make_env_block(env_params, own, seeds)
+    block_specs = [LearnerSpec(env, k, K, 3, torch.device("cpu")) for k, env in enumerate(envs.members)]
+    block = DiffA2C().make_learner_block(params, block_specs, envs)
+    episodes = 0
+    for _ in range(8):
+        finished, rollout = block.roll_out()
+        for k, learner in enumerate(alone):
+            expected, expected_finished = learner.collect()
+            got = rollout.learner(k)
+            for field in ("observations", "actions", "not_done", "last_observations"):
+                assert np.array_equal(getattr(got, field), getattr(expected, field)), field
+            # The bootstrap's critic runs on a batch of another size: equal to float rounding.
+            np.testing.assert_allclose(got.rewards, expected.rewards, rtol=1e-6, atol=1e-6)
+            assert finished[k] == expected_finished
+            episodes += len(expected_finished)
+    assert episodes >= K * 2 * 3
+    member_state, own_state = block.learners[1].state_dict(), alone[1].state_dict()
+    for name in ("observation_statistics", "reward_statistics", "env", "last_observations"):
+        assert repr(member_state[name]) == repr(own_state[name]), name

@@ -15,6 +15,7 @@ from test_networks import FakeFrameEnv
 from benchbase.api.contracts import LearnerSpec, params_of
 from benchbase.api.registry import load_registry
 from plugins.algorithms import diff_ppo
+from plugins.algorithms.common.on_policy import BlockRollout
 from plugins.algorithms.diff_ppo import DiffPPO, PPOBlock, PPOLearner, PPOParams
 
 SEED = 5
@@ -88,7 +89,7 @@ def test_a_block_update_is_k_learner_updates_on_the_same_rollouts_and_shuffles(r
         order = [recorder.drawn[epoch] for epoch in range(params.n_epochs) for recorder in recorders]
         replayer = Permutations(order)
         monkeypatch.setattr(diff_ppo.torch, "randperm", replayer)
-        metrics = block.update(rollouts)
+        metrics = block.update(BlockRollout.stack(rollouts))
         monkeypatch.setattr(diff_ppo.torch, "randperm", REAL_RANDPERM)
         assert next(replayer.replay, None) is None, "the block drew as many permutations as the learners"
 
