@@ -102,12 +102,20 @@ class CheckpointKeeper:
     """One learner's checkpoints: saves every `every_steps` of its own env steps (0 = only at
     the end), on a background thread."""
 
-    def __init__(self, folder: Path, cell_config: dict[str, Any], every_steps: int, enabled: bool) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        cell_config: dict[str, Any],
+        every_steps: int,
+        enabled: bool,
+        writer: checkpoint.BackgroundWriter | None = None,
+    ) -> None:
         self.folder = folder
         self.cell_config = cell_config
         self.every_steps = every_steps
         self.enabled = enabled
-        self.writer = checkpoint.BackgroundWriter()
+        # A learner block's keepers share one writer (its learners' checkpoints in one queue).
+        self.writer = writer if writer is not None else checkpoint.BackgroundWriter()
         self._every_iterations: int | None = None
 
     def due(self, iteration: int, iterations: int, steps_per_iteration: int) -> bool:

@@ -76,8 +76,9 @@ def run_block(launch: LearnerLaunch, report: Report) -> dict[int, dict[str, Any]
             initialise_from(member, cell.init_from, rank)
     mixer = BlockMixer(plan, block.parameters(), members[0].model_parameters().numel())
     every = default_every(cell.env_steps, world, launch.settings.checkpoint_every)
+    writer = checkpoint.BackgroundWriter(max_pending=world)
     keepers = [
-        CheckpointKeeper(checkpoint_folder(launch.out_dir, cell.cell_id, rank), launch.cell_config, every, True)
+        CheckpointKeeper(checkpoint_folder(launch.out_dir, cell.cell_id, rank), launch.cell_config, every, True, writer)
         for rank in range(world)
     ]
     paths, notes = common_resume_points([keeper.folder for keeper in keepers], launch.cell_config)

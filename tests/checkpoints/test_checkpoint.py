@@ -44,6 +44,34 @@ def test_a_saved_checkpoint_loads_back_exactly(tmp_path: Path):
     assert not list(tmp_path.glob(".*.tmp"))  # nothing temporary left behind
 
 
+def test_a_shared_writer_takes_a_blocks_checkpoints_at_once_and_writes_them_all(tmp_path: Path, monkeypatch):
+    import threading
+    import time
+
+    release = threading.Event()
+    real_save = checkpoint.save
+
+    def slow_save(folder, *args, **kwargs):
+        release.wait(10)  # the writer is busy until the test lets it go
+        if folder.name == "learner-1":
+            raise OSError("No space left on device")
+        return real_save(folder, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    writer = checkpoint.BackgroundWriter(max_pending=3)
+    for rank in range(3):  # three submissions while nothing has been written: none waits
+        writer.submit(tmp_path / f"learner-{rank}", state(rank), env_steps=100, cell_config=CONFIG)
+    assert writer._pending == 3
+    release.set()
+    with pytest.raises(OSError, match="No space left"):
+        writer.wait()  # the failed write's error reaches the learner; the others are written
+    assert [path.parent.name for path in sorted(tmp_path.glob("learner-*/*.pt"))] == ["learner-0", "learner-2"]
+    deadline = time.monotonic() + 10
+    while writer._running and time.monotonic() < deadline:  # the thread ends once it finds nothing left
+        time.sleep(0.01)
+    assert not writer._running
+
+
 def test_only_the_newest_two_are_kept(tmp_path: Path):
     for steps in (100, 200, 300):
         checkpoint.save(tmp_path, state(steps), env_steps=steps, cell_config=CONFIG)
