@@ -424,8 +424,8 @@ def run(
     learners_per_process: Optional[int] = typer.Option(
         None,
         "--learners-per-process",
-        help="K learners per process: 1 runs one process per learner; N (the cell's learners) one block whose "
-        "learners act and update with batched math. Not part of any cell.",
+        help="K learners per process: 1 runs one process per learner; K > 1 blocks of K learners that act and "
+        "update with batched math (K must divide the cell's learners; N: one block). Not part of any cell.",
         show_default="a block where the cell allows one, else 1 (docs/scaling.md)",
     ),
 ) -> None:

@@ -404,3 +404,20 @@ def device_group_suite(rank: int, world: int, plans: dict[str, Any], numel: int,
             comm.close()
         out[name] = finals
     return out
+
+
+def block_mixing_suite(rank: int, world: int, plan: Any, buffers: np.ndarray, steps: int) -> dict[str, Any]:
+    """Process `rank` of `world` hosts learners rank·K … rank·K + K − 1 of `buffers` [N, numel]
+    as one block and mixes them `steps` times across the blocks; its rows, consensus and bytes."""
+    from benchbase.comm.block import BlockMixer
+
+    size = len(buffers) // world
+    own = torch.from_numpy(buffers[rank * size : (rank + 1) * size].copy())
+    mixer = BlockMixer(plan, own, buffers.shape[1] - 8, rank * size)
+    for iteration in range(steps):
+        mixer.mix(iteration)
+    return {
+        "rows": own.numpy().copy(),
+        "consensus": mixer.consensus_distance(),
+        "bytes": [counters.bytes_sent for counters in mixer.counters],
+    }

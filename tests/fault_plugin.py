@@ -4,7 +4,9 @@
 Point ``BENCHBASE_FAULT`` at a JSON file ``{"rank": 1, "at_step": 4000, "how": "kill"}``: learner
 `rank` kills itself with SIGKILL ("kill") or raises ("raise") once it has taken `at_step` env
 steps, or from then on finds the disk full ("enospc": its next checkpoint write fails with ENOSPC,
-as on a full disk). The file is removed when the fault fires, so the next cell and a re-run go through.
+as on a full disk). The file is removed when the fault fires, so the next cell and a re-run go
+through. In `faulty-block-a2c`, "stop" instead has every block's process send itself SIGUSR1 at
+`at_step`, as the launcher signals every process of a cell to checkpoint and stop; that file stays.
 Loaded with ``BENCHBASE_EXTRA_PLUGINS=fault_plugin`` and ``tests/`` on PYTHONPATH.
 """
 
@@ -69,6 +71,7 @@ class FaultyBlock(A2CBlock):
         super().__init__(params, learners, envs)
         self.ranks = [learner.learner.spec_rank for learner in self.learners]
         self.steps_taken = 0
+        self.stop_sent = False
 
     def iterate(self):
         outputs = super().iterate()
@@ -76,7 +79,12 @@ class FaultyBlock(A2CBlock):
         fault = os.environ.get("BENCHBASE_FAULT")
         if fault and Path(fault).exists():
             plan = json.loads(Path(fault).read_text())
-            if plan["rank"] in self.ranks and self.steps_taken >= plan["at_step"]:
+            if plan["how"] == "stop":
+                if self.steps_taken >= plan["at_step"] and not self.stop_sent:
+                    # As the launcher asks every process of a cell to checkpoint and stop (the file stays).
+                    self.stop_sent = True
+                    os.kill(os.getpid(), signal.SIGUSR1)
+            elif plan["rank"] in self.ranks and self.steps_taken >= plan["at_step"]:
                 Path(fault).unlink()
                 raise RuntimeError(f"injected fault in learner {plan['rank']} of a block")
         return outputs

@@ -159,13 +159,21 @@ def resume_point(
     return (good[chosen] if chosen is not None else None), notes
 
 
-def common_resume_points(folders: list[Path], cell_config: dict[str, Any]) -> tuple[list[Path | None], list[str]]:
-    """The checkpoints the learners of one block resume from: the newest step every one of them
-    has intact (None: from scratch), one path per folder, and notes on what was skipped."""
+def common_resume_points(
+    folders: list[Path], cell_config: dict[str, Any], *, processes: int = 1
+) -> tuple[list[Path | None], list[str]]:
+    """The checkpoints the learners of one block resume from: the newest step every learner of
+    the cell has intact (None: from scratch), one path per folder, and notes on what was
+    skipped. With the cell's blocks in several `processes`, every process calls it (a collective)."""
     found = [checkpoint.good_checkpoints(folder, cell_config) for folder in folders]
     notes = [note for _, learner_notes in found for note in learner_notes]
-    newest = max((max(good) for good, _ in found if good), default=None)
-    agreed = _agreed_step([good for good, _ in found], newest, notes)
+    steps: list[Any] = [sorted(good) for good, _ in found]
+    if processes > 1:
+        everyone: list[Any] = [None] * processes
+        dist.all_gather_object(everyone, steps)
+        steps = [learner for block in everyone for learner in block]
+    newest = max((max(learner) for learner in steps if learner), default=None)
+    agreed = _agreed_step(steps, newest, notes)
     return [good[agreed] if agreed is not None else None for good, _ in found], notes
 
 

@@ -1,5 +1,11 @@
-"""Mixing inside a learner block: every learner of the cell in one process, their buffers the rows
-of one [N, numel] tensor, combined by one product with the mixing matrix, X ← W X.
+"""Mixing inside learner blocks: a process hosts K consecutive learners of a cell, their
+buffers the rows of one [K, numel] tensor, and the cell mixes by one product with the mixing
+matrix, X ← W X.
+
+With every learner of the cell in one process the product is local. With blocks in several
+processes (K < N), each process all-gathers every block's rows over the cell's process group
+(gloo, with the group's timeout), forms the same product and keeps its own rows: every process
+then holds the whole mixed cell, which is also what consensus is measured on.
 
 Synchronous diffusion only (staleness 0, no dropped links, a plan without push-sum): that is
 the rule `benchbase.comm.rules.Diffusion` applies message by message between processes, so a
@@ -7,7 +13,7 @@ block mixes what the processes would (the product sums in another order, so the 
 in rounding). Each learner keeps the counters the core records as if its messages had travelled
 (bytes and messages sent to its out-neighbours, received from its in-neighbours), so
 `bytes_sent_per_learner` compares across layouts; `mix_wait_s` is the learner's share of the
-product's time.
+mixing time.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from benchbase.comm.counters import CommCounters
 from benchbase.comm.mixing_plan import MixingPlan
@@ -36,51 +43,75 @@ def block_mixing_refusal(plan: MixingPlan, staleness: int, link_drop: float) -> 
 
 
 class BlockMixer:
-    """The mixing of a whole cell hosted by one process: X ← W(iteration) X, in place."""
+    """The mixing of learners `first_rank` … `first_rank + K − 1` of a cell, whose buffers are the
+    rows of `buffers` [K, numel]: X ← W(iteration) X, in place. With K < N every process of the
+    cell's group calls `mix` at every iteration (a collective)."""
 
-    def __init__(self, plan: MixingPlan, buffers: torch.Tensor, parameter_numel: int) -> None:
-        if buffers.shape[0] != plan.n_learners:
-            raise ValueError(f"a block of {buffers.shape[0]} learners for a plan of {plan.n_learners}")
+    def __init__(self, plan: MixingPlan, buffers: torch.Tensor, parameter_numel: int, first_rank: int = 0) -> None:
+        learners = buffers.shape[0]
+        if plan.n_learners % learners or first_rank % learners or first_rank + learners > plan.n_learners:
+            raise ValueError(
+                f"learners {first_rank}-{first_rank + learners - 1} are not a block of a plan of {plan.n_learners}"
+            )
         self.plan, self.buffers, self.parameter_numel = plan, buffers, parameter_numel
+        self.rows = slice(first_rank, first_rank + learners)
         self.weights = [torch.tensor(w, dtype=buffers.dtype, device=buffers.device) for w in plan.weights]
-        self.counters = [CommCounters() for _ in range(plan.n_learners)]
+        self.counters = [CommCounters() for _ in range(learners)]
         self._message_bytes = buffers.shape[1] * buffers.element_size()
         self._consensus: float | None = None
+        # Every block's rows, gathered from the cell's processes (K < N); else the buffers themselves.
+        self._cell = buffers if learners == plan.n_learners else torch.empty(plan.n_learners, buffers.shape[1])
+        if self.distributed:
+            self._gather()
         # Per phase, each learner's (out-degree, in-degree): the messages it would send and receive.
         self._degrees = [
             [
                 (len(plan.out_neighbours(rank, phase)), len(plan.in_neighbours(rank, phase)))
-                for rank in range(len(buffers))
+                for rank in range(first_rank, first_rank + learners)
             ]
             for phase in range(plan.period)
         ]
 
+    @property
+    def distributed(self) -> bool:
+        return self._cell is not self.buffers
+
     def mix(self, iteration: int) -> None:
-        if not self.plan.has_edges:
+        if not self.plan.has_edges and not self.distributed:
             return
         started = time.perf_counter()
-        phase = self.plan.phase(iteration)
-        self.buffers.copy_(self.weights[phase] @ self.buffers)
-        share = (time.perf_counter() - started) / self.plan.n_learners
-        for counters, (sent, received) in zip(self.counters, self._degrees[phase]):
-            counters.bytes_sent += sent * self._message_bytes
-            counters.messages_sent += sent
-            counters.messages_received += received
-            counters.wait_s += share
+        if self.distributed:  # also without edges: consensus is measured on the whole cell
+            self._gather()
+        if self.plan.has_edges:
+            phase = self.plan.phase(iteration)
+            mixed = self.weights[phase] @ self._cell
+            self.buffers.copy_(mixed[self.rows])
+            if self.distributed:
+                self._cell = mixed
+            share = (time.perf_counter() - started) / len(self.buffers)
+            for counters, (sent, received) in zip(self.counters, self._degrees[phase]):
+                counters.bytes_sent += sent * self._message_bytes
+                counters.messages_sent += sent
+                counters.messages_received += received
+                counters.wait_s += share
         self._consensus = None
 
+    def _gather(self) -> None:
+        dist.all_gather(list(self._cell.chunk(self.plan.n_learners // len(self.buffers))), self.buffers)
+
     def consensus_distance(self) -> float:
-        """sqrt(mean_i ‖θ_i − θ̄‖²) / ‖θ̄‖ over the model parameters, as
+        """sqrt(mean_i ‖θ_i − θ̄‖²) / ‖θ̄‖ over the model parameters of the whole cell, as
         `benchbase.comm.consensus.consensus_distance` measures it between processes."""
         if self._consensus is None:
             n = self.plan.n_learners
-            params = self.buffers[:, : self.parameter_numel]
+            params = self._cell[:, : self.parameter_numel]
             mean = params.sum(0) / n
             spread = float((params - mean).pow(2).sum(1).double().sum())
             self._consensus = 0.0 if n == 1 else math.sqrt(spread / n) / (float(mean.norm()) + 1e-12)
         return self._consensus
 
     def member(self, rank: int) -> BlockMemberComm:
+        """Learner `rank`'s side (a rank of the cell, in this block)."""
         return BlockMemberComm(self, rank)
 
 
@@ -90,7 +121,7 @@ class BlockMemberComm:
 
     def __init__(self, mixer: BlockMixer, rank: int) -> None:
         self.mixer, self.rank = mixer, rank
-        self.counters = mixer.counters[rank]
+        self.counters = mixer.counters[rank - mixer.rows.start]
         # What carried the parameters, as the cells table records it: nothing, without edges.
         self.transport = BLOCK_TRANSPORT if mixer.plan.has_edges else "none"
 

@@ -1,12 +1,14 @@
-"""A learner block: one process hosts every learner of a cell, their parameters stacked, acting,
-updating and mixing with batched math (DESIGN §6, docs/scaling.md).
+"""A learner block: one process hosts K consecutive learners of a cell (every one of them, or a
+block of K when the cell runs as N/K processes), their parameters stacked, acting, updating and
+mixing with batched math (DESIGN §6, docs/scaling.md).
 
 Each learner keeps what it has in a process of its own: its simulators and tasks, its seeds,
 its loop state and result rows, its evaluator, its checkpoints (`checkpoints/<cell>/learner-<r>`)
 and its events. One iteration of the block is the algorithm's batched `iterate` for all of them,
 one product with the mixing matrix (`benchbase.comm.block`), then each learner's bookkeeping as
-`benchbase.learner.loop` does it for a learner alone. Learners of a block run in lockstep: they
-resume from the same checkpoint and stop at the same iteration.
+`benchbase.learner.loop` does it for a learner alone. Learners of a block run in lockstep, and
+so do the blocks of a cell (mixing is a collective between their processes): they resume from
+the same checkpoint and stop at the same iteration.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from benchbase.api.contracts import LearnerSpec, params_of
 from benchbase.checkpoints import checkpoint
@@ -36,7 +39,7 @@ from benchbase.learner.build import initialise_from, simulator_seed, simulator_t
 from benchbase.learner.evaluation import Evaluator
 from benchbase.learner.events import Note, Report, Resumed, Started
 from benchbase.learner.loop import LoopContext, _Training
-from benchbase.learner.process import CellPlugins, _finish, _load_registry
+from benchbase.learner.process import CellPlugins, _finish, _join_group, _load_registry
 from benchbase.learner.settings import LearnerLaunch
 
 
@@ -45,47 +48,63 @@ class BlockUnavailable(RuntimeError):
 
 
 def run_block(launch: LearnerLaunch, report: Report) -> dict[int, dict[str, Any]]:
-    """Run every learner of the cell in this process to the end of the budget; each learner's
-    summary by rank."""
-    stop = StopSignal((signal.SIGUSR1,))  # first: the launcher may ask to stop while the block is being built
+    """Run this process's block of the cell's learners (`launch.learners` consecutive ranks from
+    `launch.rank · launch.learners`) to the end of the budget; each learner's summary by rank.
+    With blocks in several processes (`launch.world_size` > 1) they join the cell's gloo group,
+    mix over it and agree on where to resume and when to stop."""
+    processes = launch.world_size
+    if processes > 1:  # first: the launcher may ask to stop while the block is being built
+        stop, store = _join_group(launch, Cell.from_config(launch.cell_config), owns_group=True)
+    else:
+        stop, store = StopSignal((signal.SIGUSR1,)), None
+    try:
+        return _run_block(launch, report, stop, store)
+    finally:
+        if processes > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: Any) -> dict[int, dict[str, Any]]:
     torch.set_num_threads(1)
     registry = _load_registry(launch.settings)
     cell = Cell.from_config(launch.cell_config)
     plugins = CellPlugins.resolve(registry, cell)
     world = cell.learner_processes
+    ranks = range(launch.rank * launch.learners, (launch.rank + 1) * launch.learners)
     plan = build_mixing_plan(plugins.topology, plugins.topology_params, world, cell.seed, plugins.num_peers)
     tasks = plugins.family.training_tasks(plugins.env_params, cell.learners, cell.seed)
     # Learner r's simulators and seed as in a process of its own; one env steps them all.
     envs = plugins.family.make_env_block(
         plugins.env_params,
-        [simulator_tasks(tasks, cell, rank) for rank in range(world)],
-        [simulator_seed(cell, rank) for rank in range(world)],
+        [simulator_tasks(tasks, cell, rank) for rank in ranks],
+        [simulator_seed(cell, rank) for rank in ranks],
     )
     budget = math.ceil(cell.env_steps / world)
     device = torch.device(launch.device)
     specs = [
         LearnerSpec(env, rank, world, cell.seed, device, env_steps_budget=budget)
-        for rank, env in enumerate(envs.members)
+        for rank, env in zip(ranks, envs.members)
     ]
     block = plugins.algorithm.make_learner_block(params_of(plugins.algorithm, cell.algorithm_params), specs, envs)
     if block is None:
         raise BlockUnavailable(f"{cell.algorithm} built no learner block for this cell")
     members = block.learners
     if cell.init_from is not None:
-        for rank, member in enumerate(members):
+        for rank, member in zip(ranks, members):
             initialise_from(member, cell.init_from, rank)
-    mixer = BlockMixer(plan, block.parameters(), members[0].model_parameters().numel())
+    mixer = BlockMixer(plan, block.parameters(), members[0].model_parameters().numel(), ranks.start)
     every = default_every(cell.env_steps, world, launch.settings.checkpoint_every)
-    writer = checkpoint.BackgroundWriter(max_pending=world)
+    writer = checkpoint.BackgroundWriter(max_pending=len(ranks))
     keepers = [
         CheckpointKeeper(checkpoint_folder(launch.out_dir, cell.cell_id, rank), launch.cell_config, every, True, writer)
-        for rank in range(world)
+        for rank in ranks
     ]
-    paths, notes = common_resume_points([keeper.folder for keeper in keepers], launch.cell_config)
+    folders = [keeper.folder for keeper in keepers]
+    paths, notes = common_resume_points(folders, launch.cell_config, processes=launch.world_size)
     for note in notes:
-        report(Note(cell.cell_id, 0, note))
+        report(Note(cell.cell_id, ranks.start, note))
     trainings = []
-    for rank, (member, keeper, path) in enumerate(zip(members, keepers, paths)):
+    for rank, member, keeper, path in zip(ranks, members, keepers, paths):
         own = dataclasses.replace(launch, rank=rank, world_size=world)
         comm = mixer.member(rank)
         state = _restore(member, comm, path, launch.cell_config, report, cell.cell_id, rank)
@@ -94,7 +113,8 @@ def run_block(launch: LearnerLaunch, report: Report) -> dict[int, dict[str, Any]
             if cell.evaluations > 0
             else None
         )
-        context = LoopContext(cell, own, member, comm, evaluator, 0, report, keeper, stop, None, True, False)
+        # In lockstep: learners in other processes agree through the store on when to stop.
+        context = LoopContext(cell, own, member, comm, evaluator, 0, report, keeper, stop, store, True, False)
         trainings.append(_Training(context, state))
     summaries = _train_block(block, mixer, trainings, report, stop)
     if not any(summary["stopped"] for summary in summaries.values()):

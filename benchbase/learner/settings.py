@@ -28,7 +28,8 @@ class ExecutionSettings:
     #: `bench run` and resolved again in each learner (`benchbase.learner.live`).
     loggers: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     #: Learners per process (`bench run --learners-per-process`): None = chosen per cell (a block of
-    #: every learner where the cell allows one, `benchbase.run.blocks`), 1 = one process per learner.
+    #: every learner where the cell allows one, `benchbase.run.blocks`), 1 = one process per learner,
+    #: K = blocks of K learners.
     learners_per_process: int | None = None
 
 
@@ -47,5 +48,6 @@ class LearnerLaunch:
     settings: ExecutionSettings
     shm_prefix: str = ""
     cores: tuple[int, ...] = ()  # the cores the launcher gave this cell (empty: all)
-    #: Learners this process hosts: 1, or every learner of the cell as a block (`benchbase.learner.block`).
+    #: Learners this process hosts: 1, or a block of K consecutive ones, ranks rank·K … rank·K + K − 1
+    #: (`benchbase.learner.block`); `rank` and `world_size` then count the cell's processes.
     learners: int = 1

@@ -1,11 +1,12 @@
-"""How many learners each process of a cell hosts: every learner as one block (`benchbase.learner.
-block`) where the cell allows it, else one learner per process.
+"""How many learners each process of a cell hosts: blocks of K learners (`benchbase.learner.
+block`) where the cell allows them, else one learner per process.
 
-A cell runs as a block when its algorithm has a block form for its observations, it mixes by
+A cell runs in blocks when its algorithm has a block form for its observations, it mixes by
 synchronous diffusion or not at all, no learner is paced as a straggler, and it runs on the CPU.
-`--learners-per-process` chooses: unset, each cell takes a block where it can; 1, one learner
-per process as before; N, a block, refused in one line for a cell that cannot run as one. This
-version has no blocks smaller than a cell: a block is one process, so K is 1 or the cell's N.
+`--learners-per-process` chooses: unset, each cell that can runs as one block of all its
+learners; 1, one learner per process as before; K, blocks of K learners in N/K processes that
+mix over gloo, refused in one line for a cell that cannot run in blocks or whose N K does not
+divide (blocks of unequal sizes are not supported).
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def block_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str
 
 def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings) -> int:
     """The learners each process of `cell` hosts (checked beforehand by `check_learners_per_process`)."""
-    if settings.learners_per_process == 1 or cell.learner_processes == 1:
+    asked = settings.learners_per_process
+    if asked == 1 or cell.learner_processes == 1 or block_refusal(cell, registry, settings) is not None:
         return 1
-    return cell.learner_processes if block_refusal(cell, registry, settings) is None else 1
+    return cell.learner_processes if asked is None else asked
 
 
 def check_learners_per_process(cells: list[Cell], registry: Any, settings: ExecutionSettings) -> None:
@@ -72,10 +74,11 @@ def check_learners_per_process(cells: list[Cell], registry: Any, settings: Execu
         label = f"cell {cell.cell_id[:8]} ({cell.algorithm} · {cell.topology}, {n} learner{'s' * (n != 1)})"
         if asked > n:
             raise UserError(f"--learners-per-process {asked}: more than the {n} learners of {label}")
-        if asked != n:
+        if n % asked:
+            divisors = ", ".join(str(k) for k in range(1, n + 1) if n % k == 0)
             raise UserError(
-                f"--learners-per-process {asked}: {label} runs either all its learners in one block ({n}) "
-                "or one per process (1); smaller blocks are not supported yet"
+                f"--learners-per-process {asked}: does not divide the {n} learners of {label} "
+                f"(blocks of equal size: {divisors})"
             )
         reason = block_refusal(cell, registry, settings)
         if reason is not None:

@@ -184,7 +184,7 @@ def _spawn_learners(
     shm_prefix: str,
     block: int = 1,
 ) -> list[Any]:
-    """One process per learner of the cell, or one for a block of all of them (`block` = N),
+    """One process per learner of the cell, or one per block of `block` consecutive learners,
     started from the forkserver."""
     processes = []
     world = cell.learner_processes // block
@@ -277,7 +277,7 @@ def _watch(
         if stop.is_set() and not heard.interrupted:
             heard.interrupted = True
             on_event(Stopping(cell.cell_id))
-            _request_checkpoint_and_stop(processes, heard.summaries)
+            _request_checkpoint_and_stop(processes, heard.summaries, block)
             heard.grace_until = time.time() + settings.comm_timeout_s
         try:
             event = events.get(timeout=0.1)
@@ -330,10 +330,12 @@ def _dead_learners(
     return []
 
 
-def _request_checkpoint_and_stop(processes: list[Any], finished: dict[int, Any]) -> None:
-    """Ask every running learner to checkpoint and stop (benchbase.checkpoints.resume.StopSignal)."""
-    for rank, process in enumerate(processes):
-        if rank not in finished and process.is_alive():
+def _request_checkpoint_and_stop(processes: list[Any], finished: dict[int, Any], block: int = 1) -> None:
+    """Ask every running learner to checkpoint and stop (benchbase.checkpoints.resume.StopSignal);
+    process i hosts learners i·block … i·block + block − 1."""
+    for index, process in enumerate(processes):
+        ranks = range(index * block, (index + 1) * block)
+        if any(rank not in finished for rank in ranks) and process.is_alive():
             try:
                 os.kill(process.pid, signal.SIGUSR1)
             except ProcessLookupError:

@@ -79,3 +79,28 @@ def test_what_a_block_cannot_mix_is_refused_with_the_reason(registry):
     directed = plan_for(registry, "directed-ring", 4)
     if directed.push_sum:
         assert "push-sum" in block_mixing_refusal(directed, 0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "name,n,blocks,overrides",
+    [("ring", 6, 3, {}), ("exponential", 8, 2, {}), ("random", 8, 4, {"p": 0.4}), ("isolated", 4, 2, {})],
+)
+def test_blocks_in_several_processes_mix_as_one_block_of_the_whole_cell(registry, name, n, blocks, overrides):
+    """K = N / blocks learners per process, all-gathered over gloo between real processes: every
+    process ends with its rows of what one block of the whole cell computes, and the same
+    consensus and message counts."""
+    from dist_helpers import block_mixing_suite, run_group
+
+    plan = plan_for(registry, name, n, seed=3, **overrides)
+    buffers = torch.randn(n, NUMEL)
+    steps = 2 * plan.period + 1
+    results = run_group(block_mixing_suite, blocks, plan, buffers.numpy(), steps)
+    whole = BlockMixer(plan, buffers, PARAMETERS)
+    for iteration in range(steps):
+        whole.mix(iteration)
+    size = n // blocks
+    for rank, result in enumerate(results):
+        rows = slice(rank * size, (rank + 1) * size)
+        torch.testing.assert_close(torch.from_numpy(result["rows"]), buffers[rows], rtol=1e-5, atol=1e-6)
+        assert result["consensus"] == pytest.approx(whole.consensus_distance(), rel=1e-5)
+        assert result["bytes"] == [counters.bytes_sent for counters in whole.counters[rows]]

@@ -220,12 +220,50 @@ def test_a_learner_that_raises_inside_a_block_fails_its_cell_with_its_traceback(
     assert not (tmp_path / "run" / "episodes" / rows[0]["cell_id"]).exists()
 
 
+def test_blocks_in_two_processes_stop_together_and_resume_bit_for_bit(tmp_path: Path):
+    """A 4-learner ring as two blocks of 2 (two processes mixing over gloo). One process is asked
+    to stop; both stop at the iteration they agree on, each learner with its checkpoint; the run
+    resumed from there ends with the parameters and episodes of a run that was never stopped."""
+    fault = tmp_path / "fault.json"
+    env = {"PYTHONPATH": str(TESTS), "BENCHBASE_EXTRA_PLUGINS": "fault_plugin", "BENCHBASE_FAULT": str(fault)}
+    grid = [
+        *("run", "-a", "faulty-block-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "4"),
+        *("--envs-per-learner", "2", "--env-steps", "16000", "--seeds", "1", "--evaluations", "0"),
+        *("--learners-per-process", "2", "--checkpoint-every", "2000", "--set", "faulty-block-a2c.hidden=16"),
+    ]
+    straight = bench(*grid, "--out", str(tmp_path / "straight"), env=env)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    fault.write_text(json.dumps({"rank": 3, "at_step": 1000, "how": "stop"}))
+    stopped = bench(*grid, "--out", str(tmp_path / "resumed"), env=env)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    fault.unlink()
+    (row,) = pq.read_table(tmp_path / "resumed" / "cells.parquet").to_pylist()
+    assert row["status"] == "interrupted"
+    cell = Cell.from_config(json.loads(row["config"]))
+    stops = {
+        checkpoint.latest_good(tmp_path / "resumed" / "checkpoints" / cell.cell_id / f"learner-{rank}")[0].env_steps
+        for rank in range(4)
+    }
+    assert len(stops) == 1 and 0 < stops.pop() < 4000  # every learner at the same agreed step
+    resumed = bench(*grid, "--out", str(tmp_path / "resumed"), env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    (row,) = pq.read_table(tmp_path / "resumed" / "cells.parquet").to_pylist()
+    assert row["status"] == "completed" and row["transport"] == "block"
+    for rank in range(4):
+        assert torch.equal(
+            final_parameters(tmp_path / "resumed", cell, rank), final_parameters(tmp_path / "straight", cell, rank)
+        )
+        assert learner_rows(tmp_path / "resumed", "episodes", cell, rank) == learner_rows(
+            tmp_path / "straight", "episodes", cell, rank
+        )
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
         (["--learners-per-process", "0"], "--learners-per-process 0: give at least 1"),
         (["--learners-per-process", "5"], "--learners-per-process 5: more than the 4 learners of cell"),
-        (["--learners-per-process", "2"], "smaller blocks are not supported yet"),
+        (["--learners-per-process", "3"], "does not divide the 4 learners of cell"),
         (["-a", "gala-a2c", "--learners-per-process", "4"], "gala-a2c gossips asynchronously between processes"),
         (["--straggler", "1:2", "--learners-per-process", "4"], "--straggler paces one learner's process"),
         (["--launcher", "torchrun", "--learners-per-process", "4"], "torchrun starts one process per learner"),
