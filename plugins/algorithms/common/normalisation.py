@@ -12,7 +12,7 @@ Reward statistics always stay local. Both are checkpointed with the learner.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -27,6 +27,31 @@ NormaliserMode = Literal["mixed", "local", "off"]
 INITIAL_COUNT = 1e-4  # statistics start as mean 0, variance 1 with this weight
 
 
+def combined(
+    mean: Any, var: Any, count: Any, batch_mean: Any, batch_var: Any, batch_count: int
+) -> tuple[Any, Any, Any]:
+    """(mean, variance, count) of running statistics after a batch (the parallel-variance update);
+    element by element, so one learner's statistics or a block's row per learner."""
+    delta = batch_mean - mean
+    total = count + batch_count
+    correction = delta**2 * count * batch_count / total
+    return mean + delta * batch_count / total, (var * count + batch_var * batch_count + correction) / total, total
+
+
+def discounted_returns_so_far(
+    discounted: np.ndarray, rewards: np.ndarray, ended: np.ndarray, gamma: float
+) -> np.ndarray:
+    """Each simulator's running discounted return after every step of `rewards` [T, …], restarted
+    where `ended`; `discounted` (the running return before the rollout) is updated in place."""
+    returns = np.empty_like(rewards, dtype=np.float64)
+    for t in range(rewards.shape[0]):
+        discounted *= gamma
+        discounted += rewards[t]
+        returns[t] = discounted
+        discounted[ended[t]] = 0.0
+    return returns
+
+
 class RunningMeanStd:
     """Running mean and variance over batches (parallel-variance update)."""
 
@@ -37,13 +62,9 @@ class RunningMeanStd:
         self.count = INITIAL_COUNT
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean, batch_var, batch_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
-        correction = delta**2 * self.count * batch_count / total
-        self.var = (self.var * self.count + batch_var * batch_count + correction) / total
-        self.count = total
+        self.mean, self.var, self.count = combined(
+            self.mean, self.var, self.count, batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        )
 
     def read(self) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, mean, variance)."""
@@ -182,11 +203,7 @@ class RewardScaler:
         """Scale a rollout's rewards [T, P]; `ended[t]` marks episodes that ended at step t."""
         if not self.enabled:
             return rewards
-        returns = np.empty_like(rewards, dtype=np.float64)
-        for t in range(rewards.shape[0]):
-            self.discounted = self.discounted * self.gamma + rewards[t]
-            returns[t] = self.discounted
-            self.discounted[ended[t]] = 0.0
+        returns = discounted_returns_so_far(self.discounted, rewards, ended, self.gamma)
         self.stats.update(returns.reshape(-1))
         return np.clip(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip, self.clip).astype(np.float32)
 
@@ -272,20 +289,11 @@ class StackedRewardScalers:
         """Scale rewards [T, K, P]; `ended[t]` marks the episodes that ended at step t."""
         if not self.enabled:
             return rewards
-        returns = np.empty_like(rewards, dtype=np.float64)
-        for t in range(rewards.shape[0]):
-            self.discounted = self.discounted * self.gamma + rewards[t]
-            returns[t] = self.discounted
-            self.discounted[ended[t]] = 0.0
-        batch = returns.swapaxes(0, 1).reshape(len(self.count), -1)
-        batch_mean, batch_var, batch_count = batch.mean(axis=1), batch.var(axis=1), batch.shape[1]
-        # RunningMeanStd.update, one row per learner.
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
-        correction = delta**2 * self.count * batch_count / total
-        self.var = (self.var * self.count + batch_var * batch_count + correction) / total
-        self.count = total
+        returns = discounted_returns_so_far(self.discounted, rewards, ended, self.gamma)
+        batch = returns.swapaxes(0, 1).reshape(len(self.count), -1)  # each learner's returns
+        self.mean, self.var, self.count = combined(
+            self.mean, self.var, self.count, batch.mean(axis=1), batch.var(axis=1), batch.shape[1]
+        )
         scale = np.sqrt(self.var + 1e-8)[None, :, None]
         return np.clip(rewards / scale, -self.clip, self.clip).astype(np.float32)
 
