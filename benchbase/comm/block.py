@@ -60,7 +60,8 @@ class BlockMixer:
         self._message_bytes = buffers.shape[1] * buffers.element_size()
         self._consensus: float | None = None
         # Every block's rows, gathered from the cell's processes (K < N); else the buffers themselves.
-        self._cell = buffers if learners == plan.n_learners else torch.empty(plan.n_learners, buffers.shape[1])
+        whole = (plan.n_learners, buffers.shape[1])
+        self._cell = buffers if learners == plan.n_learners else buffers.new_empty(whole)
         if self.distributed:
             self._gather()
         # Per phase, each learner's (out-degree, in-degree): the messages it would send and receive.

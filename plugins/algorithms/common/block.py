@@ -162,10 +162,6 @@ class OnPolicyBlock(LearnerBlock):
             for learner, episodes, values in zip(self.members, finished, metrics)
         ]
 
-    def close(self) -> None:
-        super().close()
-        self.envs.close()
-
     # -- collection -----------------------------------------------------------------------------
 
     def roll_out(self) -> tuple[list[list[FinishedEpisode]], BlockRollout]:
