@@ -38,6 +38,33 @@ def combined(
     return mean + delta * batch_count / total, (var * count + batch_var * batch_count + correction) / total, total
 
 
+def sums_of(rows: np.ndarray) -> np.ndarray:
+    """Sufficient statistics (n, Σx, Σx²) of float64 rows [..., n, d], along the last axis: one
+    learner's batch gives [1 + 2d], a block's [K, n, d] one row per learner."""
+    counts = np.full((*rows.shape[:-2], 1), rows.shape[-2], dtype=np.float64)
+    return np.concatenate([counts, rows.sum(axis=-2), (rows**2).sum(axis=-2)], axis=-1)
+
+
+def moments_from_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, mean, variance) of sufficient statistics [..., 1 + 2d] (`sums_of`'s layout)."""
+    dim = (sums.shape[-1] - 1) // 2
+    count = np.maximum(sums[..., :1], INITIAL_COUNT)
+    mean = sums[..., 1 : 1 + dim] / count
+    var = np.maximum(sums[..., 1 + dim :] / count - mean**2, 0.0)
+    return count[..., 0], mean, var
+
+
+def scaling(mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 mean and 1/std that normalise observations with these statistics."""
+    return mean.astype(np.float32), (1.0 / np.sqrt(var + 1e-8)).astype(np.float32)
+
+
+def normalised(raw: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, clip: float) -> np.ndarray:
+    """(raw − mean) / std clipped to ±clip, float32 whatever the env gives (Gymnasium's MuJoCo
+    envs give float64)."""
+    return np.clip((raw - mean) * inv_std, -clip, clip).astype(np.float32, copy=False)
+
+
 def discounted_returns_so_far(
     discounted: np.ndarray, rewards: np.ndarray, ended: np.ndarray, gamma: float
 ) -> np.ndarray:
@@ -107,11 +134,8 @@ class MixedStatistics:
 
     def read(self) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, mean, variance)."""
-        sums = self.values.detach().to("cpu", torch.float64).numpy()
-        count = max(float(sums[0]), INITIAL_COUNT)
-        mean = sums[1 : 1 + self.dim] / count
-        var = np.maximum(sums[1 + self.dim :] / count - mean**2, 0.0)
-        return count, mean.reshape(self.shape), var.reshape(self.shape)
+        count, mean, var = moments_from_sums(self.values.detach().to("cpu", torch.float64).numpy())
+        return float(count), mean.reshape(self.shape), var.reshape(self.shape)
 
     @property
     def count(self) -> float:
@@ -126,8 +150,7 @@ class MixedStatistics:
         return self.read()[2]
 
     def update(self, batch: np.ndarray) -> None:
-        rows = batch.reshape(batch.shape[0], -1).astype(np.float64)
-        increment = np.concatenate([[rows.shape[0]], rows.sum(axis=0), (rows**2).sum(axis=0)])
+        increment = sums_of(batch.reshape(batch.shape[0], -1).astype(np.float64))
         self.values.add_(torch.from_numpy(increment).to(self.values))
 
     def state_dict(self) -> dict:
@@ -170,8 +193,7 @@ class ObservationNormaliser:
         if not self.enabled:
             return
         _, mean, var = self.stats.read()
-        self._mean = mean.astype(np.float32)
-        self._inv_std = (1.0 / np.sqrt(var + 1e-8)).astype(np.float32)
+        self._mean, self._inv_std = scaling(mean, var)
 
     def update(self, raw_batch: np.ndarray) -> None:
         if self.enabled:
@@ -185,8 +207,7 @@ class ObservationNormaliser:
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         if not self.enabled:
             return raw.astype(np.float32, copy=False)
-        # float32 whatever the env gives (Gymnasium's MuJoCo envs give float64)
-        return np.clip((raw - self._mean) * self._inv_std, -self.clip, self.clip).astype(np.float32, copy=False)
+        return normalised(raw, self._mean, self._inv_std, self.clip)
 
 
 class RewardScaler:
@@ -238,32 +259,27 @@ class StackedNormalisers:
         if self.mode == "off":
             return
         if self.mode == "mixed":
-            sums = self.mixed_rows.detach().to("cpu", torch.float64).numpy()  # type: ignore[union-attr]
-            dim = (sums.shape[1] - 1) // 2
-            count = np.maximum(sums[:, :1], INITIAL_COUNT)
-            mean = sums[:, 1 : 1 + dim] / count
-            var = np.maximum(sums[:, 1 + dim :] / count - mean**2, 0.0)
+            _, mean, var = moments_from_sums(self.mixed_rows.detach().to("cpu", torch.float64).numpy())  # type: ignore[union-attr]
         else:
             mean = np.stack([normaliser.stats.read()[1].reshape(-1) for normaliser in self.normalisers])
             var = np.stack([normaliser.stats.read()[2].reshape(-1) for normaliser in self.normalisers])
-        self._mean = mean.astype(np.float32)[:, None, :]
-        self._inv_std = (1.0 / np.sqrt(var + 1e-8)).astype(np.float32)[:, None, :]
+        mean, inv_std = scaling(mean, var)
+        self._mean, self._inv_std = mean[:, None, :], inv_std[:, None, :]  # broadcast over simulators
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """Normalised float32 [K, P, obs] of raw [K, P, obs]."""
         if self.mode == "off":
             return raw.astype(np.float32, copy=False)
-        return np.clip((raw - self._mean) * self._inv_std, -self.clip, self.clip).astype(np.float32, copy=False)
+        return normalised(raw, self._mean, self._inv_std, self.clip)
 
     def update(self, raw_batch: np.ndarray) -> None:
         """Add each learner's raw observations [T, K, P, obs] to its statistics."""
         if self.mode == "off":
             return
         if self.mode == "mixed":
-            steps, learners = raw_batch.shape[:2]
+            learners = raw_batch.shape[1]
             rows = raw_batch.swapaxes(0, 1).reshape(learners, -1, raw_batch.shape[-1]).astype(np.float64)
-            counts = np.full((learners, 1), rows.shape[1], dtype=np.float64)
-            increments = np.concatenate([counts, rows.sum(axis=1), (rows**2).sum(axis=1)], axis=1)
+            increments = sums_of(rows)  # one row per learner
             self.mixed_rows.add_(torch.from_numpy(increments).to(self.mixed_rows))  # type: ignore[union-attr]
         else:
             for k, normaliser in enumerate(self.normalisers):
