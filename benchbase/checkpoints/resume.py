@@ -153,9 +153,7 @@ def resume_point(
     good, notes = checkpoint.good_checkpoints(folder, cell_config)
     chosen = max(good) if good else None
     if lockstep and world > 1:
-        everyone: list[Any] = [None] * world
-        dist.all_gather_object(everyone, sorted(good))
-        chosen = _agreed_step(everyone, chosen, notes)
+        chosen = _agreed_step(_every_learners_steps([sorted(good)], world), chosen, notes)
     return (good[chosen] if chosen is not None else None), notes
 
 
@@ -167,14 +165,20 @@ def common_resume_points(
     skipped. With the cell's blocks in several `processes`, every process calls it (a collective)."""
     found = [checkpoint.good_checkpoints(folder, cell_config) for folder in folders]
     notes = [note for _, learner_notes in found for note in learner_notes]
-    steps: list[Any] = [sorted(good) for good, _ in found]
-    if processes > 1:
-        everyone: list[Any] = [None] * processes
-        dist.all_gather_object(everyone, steps)
-        steps = [learner for block in everyone for learner in block]
+    steps = _every_learners_steps([sorted(good) for good, _ in found], processes)
     newest = max((max(learner) for learner in steps if learner), default=None)
     agreed = _agreed_step(steps, newest, notes)
     return [good[agreed] if agreed is not None else None for good, _ in found], notes
+
+
+def _every_learners_steps(own: list[list[int]], processes: int) -> list[list[int]]:
+    """The intact steps of every learner of the cell, from each process's learners' `own` (a
+    collective when the cell has several processes)."""
+    if processes == 1:
+        return own
+    everyone: list[Any] = [None] * processes
+    dist.all_gather_object(everyone, own)
+    return [learner for process in everyone for learner in process]
 
 
 def _agreed_step(steps: list[Any], newest: int | None, notes: list[str]) -> int | None:

@@ -5,7 +5,8 @@ matrix, X ← W X.
 With every learner of the cell in one process the product is local. With blocks in several
 processes (K < N), each process all-gathers every block's rows over the cell's process group
 (gloo, with the group's timeout), forms the same product and keeps its own rows: every process
-then holds the whole mixed cell, which is also what consensus is measured on.
+then holds the whole mixed cell, which is also what consensus is measured on. Without edges
+nothing is exchanged at each iteration; the rows are gathered only to measure consensus.
 
 Synchronous diffusion only (staleness 0, no dropped links, a plan without push-sum): that is
 the rule `benchbase.comm.rules.Diffusion` applies message by message between processes, so a
@@ -62,8 +63,7 @@ class BlockMixer:
         # Every block's rows, gathered from the cell's processes (K < N); else the buffers themselves.
         whole = (plan.n_learners, buffers.shape[1])
         self._cell = buffers if learners == plan.n_learners else buffers.new_empty(whole)
-        if self.distributed:
-            self._gather()
+        self._cell_stale = self.distributed  # other blocks' rows not gathered since they changed
         # Per phase, each learner's (out-degree, in-degree): the messages it would send and receive.
         self._degrees = [
             [
@@ -78,24 +78,24 @@ class BlockMixer:
         return self._cell is not self.buffers
 
     def mix(self, iteration: int) -> None:
-        if not self.plan.has_edges and not self.distributed:
+        self._consensus = None
+        if not self.plan.has_edges:
+            self._cell_stale = self.distributed  # gathered when consensus is next measured
             return
         started = time.perf_counter()
-        if self.distributed:  # also without edges: consensus is measured on the whole cell
+        if self.distributed:
             self._gather()
-        if self.plan.has_edges:
-            phase = self.plan.phase(iteration)
-            mixed = self.weights[phase] @ self._cell
-            self.buffers.copy_(mixed[self.rows])
-            if self.distributed:
-                self._cell = mixed
-            share = (time.perf_counter() - started) / len(self.buffers)
-            for counters, (sent, received) in zip(self.counters, self._degrees[phase]):
-                counters.bytes_sent += sent * self._message_bytes
-                counters.messages_sent += sent
-                counters.messages_received += received
-                counters.wait_s += share
-        self._consensus = None
+        phase = self.plan.phase(iteration)
+        mixed = self.weights[phase] @ self._cell
+        self.buffers.copy_(mixed[self.rows])
+        if self.distributed:
+            self._cell = mixed  # every block's mixed rows: what consensus is measured on
+        share = (time.perf_counter() - started) / len(self.buffers)
+        for counters, (sent, received) in zip(self.counters, self._degrees[phase]):
+            counters.bytes_sent += sent * self._message_bytes
+            counters.messages_sent += sent
+            counters.messages_received += received
+            counters.wait_s += share
 
     def _gather(self) -> None:
         dist.all_gather(list(self._cell.chunk(self.plan.n_learners // len(self.buffers))), self.buffers)
@@ -104,6 +104,9 @@ class BlockMixer:
         """sqrt(mean_i ‖θ_i − θ̄‖²) / ‖θ̄‖ over the model parameters of the whole cell, as
         `benchbase.comm.consensus.consensus_distance` measures it between processes."""
         if self._consensus is None:
+            if self._cell_stale:  # every block measures at the same iterations: a collective
+                self._gather()
+                self._cell_stale = False
             n = self.plan.n_learners
             params = self._cell[:, : self.parameter_numel]
             mean = params.sum(0) / n
