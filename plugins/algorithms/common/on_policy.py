@@ -113,7 +113,7 @@ class OnPolicyLearner(RolloutLearner[Rollout]):
         return self.rollout(last, rewards), finished
 
     def rollout(self, last: np.ndarray, rewards: np.ndarray) -> Rollout:
-        """The rollout just collected (`roll_out`, or a learner block's collection)."""
+        """The rollout `roll_out` just collected."""
         return Rollout(
             observations=self._observations,
             actions=self._actions,

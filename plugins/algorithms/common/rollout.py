@@ -223,8 +223,7 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
     def roll_out(self) -> tuple[list[FinishedEpisode], np.ndarray, np.ndarray]:
         """T steps from every simulator, acting with `act`. Returns the finished episodes, the
         normalised last observations (for the bootstrap V(s_T)) and the training rewards (scaled,
-        with the time-limit bootstrap γ·V(cut-off state) from `critic_values` folded in).
-        A learner block runs the same steps for its learners, acting for all of them at once."""
+        with the time-limit bootstrap γ·V(cut-off state) from `critic_values` folded in)."""
         finished: list[FinishedEpisode] = []
         self.begin_rollout()
         with torch.inference_mode():

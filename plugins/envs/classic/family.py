@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from benchbase import (
-    ConcatenatedEnvs,
     EnvBlock,
     EnvFamily,
     EnvFamilyParams,
@@ -366,9 +365,9 @@ def merged_env(
 ) -> EnvBlock:
     """A learner block's simulators as one `ClassicVectorEnv` of one group per learner: one call
     steps them all, each group drawing as the learner's own env would. Learners with different
-    numbers of simulators fall back to stepping their envs in turn."""
+    numbers of simulators fall back to stepping their envs in turn (the base's block)."""
     if len({len(own) for own in tasks}) != 1:
-        return ConcatenatedEnvs([family.make_env(params, own, seed) for own, seed in zip(tasks, seeds)])
+        return EnvFamily.make_env_block(family, params, tasks, seeds)
     return family.make_env(params, [task for own in tasks for task in own], list(seeds))
 
 
