@@ -190,7 +190,7 @@ def test_a_cell_on_two_torchrun_nodes_gives_the_local_results(tmp_path: Path):
     assert episode_rows(spread) == episode_rows(local)  # a synchronous cell: identical, row for row
 
 
-def test_torchrun_with_the_wrong_number_of_processes_is_one_line_per_process(tmp_path: Path):
+def test_torchrun_with_the_wrong_number_of_processes_is_one_line_in_each_process_that_reports(tmp_path: Path):
     out = tmp_path / "run"
     printed = bench("run", *SYNC_CELL, "--out", str(out), "--launcher", "torchrun")
     command = torchrun(printed.stdout.strip().splitlines()[-1])
@@ -198,7 +198,9 @@ def test_torchrun_with_the_wrong_number_of_processes_is_one_line_per_process(tmp
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     errors = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 3 and "has 4 learner processes but torchrun started 3" in errors[0]
+    # torchrun stops the other workers once one exits, so one to three of them get to say it.
+    assert 1 <= len(errors) <= 3, result.stdout[-2000:] + result.stderr[-2000:]
+    assert all("has 4 learner processes but torchrun started 3" in error for error in errors), errors
 
 
 def test_an_unreachable_rendezvous_endpoint_is_one_line_and_exit_2(tmp_path: Path):
