@@ -36,7 +36,7 @@ from benchbase.checkpoints.resume import (
 from benchbase.comm.block import BlockMixer
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.grid.cell import Cell
-from benchbase.learner.build import initialise_from, simulator_seed, simulator_tasks
+from benchbase.learner.build import initialise_from, replay_mix, simulator_seed, simulator_tasks
 from benchbase.learner.evaluation import Evaluator
 from benchbase.learner.events import Note, Report, Resumed, Started
 from benchbase.learner.loop import LoopContext, _Training
@@ -85,11 +85,20 @@ def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: A
     )
     budget = math.ceil(cell.env_steps / world)
     device = torch.device(launch.device)
+    params = params_of(plugins.algorithm, cell.algorithm_params)
     specs = [
-        LearnerSpec(env, rank, world, cell.seed, device, env_steps_budget=budget)
+        LearnerSpec(
+            env,
+            rank,
+            world,
+            cell.seed,
+            device,
+            replay=replay_mix(registry, plugins.algorithm, params, cell, rank),
+            env_steps_budget=budget,
+        )
         for rank, env in zip(ranks, envs.members)
     ]
-    block = plugins.algorithm.make_learner_block(params_of(plugins.algorithm, cell.algorithm_params), specs, envs)
+    block = plugins.algorithm.make_learner_block(params, specs, envs)
     if block is None:
         raise BlockUnavailable(f"{cell.algorithm} built no learner block for this cell")
     members = block.learners
@@ -107,6 +116,7 @@ def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: A
     paths, notes = common_resume_points(folders, launch.cell_config, processes=launch.world_size)
     for note in notes:
         report(Note(cell.cell_id, ranks.start, note))
+    with_replay = launch.settings.checkpoint_replay and plugins.algorithm.uses_replay
     trainings = []
     for rank, member, keeper, path in zip(ranks, members, keepers, paths):
         own = dataclasses.replace(launch, rank=rank, world_size=world)
@@ -118,7 +128,7 @@ def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: A
             else None
         )
         # In lockstep: learners in other processes agree through the store on when to stop.
-        context = LoopContext(cell, own, member, comm, evaluator, 0, report, keeper, stop, store, True, False)
+        context = LoopContext(cell, own, member, comm, evaluator, 0, report, keeper, stop, store, True, with_replay)
         trainings.append(_Training(context, state))
     summaries = _train_block(block, mixer, trainings, report, stop)
     if not any(summary["stopped"] for summary in summaries.values()):
@@ -126,6 +136,7 @@ def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: A
             summary = summaries[training.rank]
             summary["transport"] = training.context.comm.transport
             _finish(training.context, training.state, summary, training.tables)
+    block.close()  # the learners' threads (background batch preparers)
     envs.close()
     return summaries
 

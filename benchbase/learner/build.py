@@ -44,7 +44,7 @@ def build_learner(registry: Any, cell: Cell, env: Any, *, rank: int = 0, world: 
     cell: bench eval, checking that a checkpoint fits a cell's model)."""
     algorithm = registry.get("algorithm", cell.algorithm)
     algorithm_params = params_of(algorithm, cell.algorithm_params)
-    replay = _replay_mix(registry, algorithm, algorithm_params, cell, rank)
+    replay = replay_mix(registry, algorithm, algorithm_params, cell, rank)
     spec = LearnerSpec(
         env,
         rank,
@@ -57,7 +57,7 @@ def build_learner(registry: Any, cell: Cell, env: Any, *, rank: int = 0, world: 
     return algorithm.make_learner(algorithm_params, spec)
 
 
-def _replay_mix(registry: Any, algorithm: Any, algorithm_params: Any, cell: Cell, rank: int) -> ReplayMix | None:
+def replay_mix(registry: Any, algorithm: Any, algorithm_params: Any, cell: Cell, rank: int) -> ReplayMix | None:
     """The learner's replay buffers, one per strategy of the cell's mix (off-policy algorithms)."""
     if not algorithm.uses_replay:
         return None

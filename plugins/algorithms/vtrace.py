@@ -24,11 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from benchbase import Algorithm, ConsensusParams, LearnerSpec, hookimpl, lazy_import, param
+from benchbase import Algorithm, ConsensusParams, EnvBlock, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
+from plugins.algorithms.common.block import block_of
 from plugins.algorithms.common.distributions import kl_divergence
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.off_policy import OffPolicyLearner, SampledBatch, segment_bytes
+from plugins.algorithms.common.off_policy_block import OffPolicyBlock
 from plugins.algorithms.common.returns import vtrace_targets
 from plugins.algorithms.common.schedules import anneal, remaining_fraction
 
@@ -81,16 +83,33 @@ class VTraceParams(ConsensusParams):
 
 
 class VTraceLosses(NamedTuple):
+    """The loss terms and diagnostics of a batch: scalars, or one value per learner [K] for a block's batch."""
+
     loss: torch.Tensor
     policy_loss: torch.Tensor
     value_loss: torch.Tensor
     entropy: torch.Tensor
     policy_cloning: torch.Tensor
     value_cloning: torch.Tensor
-    importance_ratio: float
-    clipped_rho_fraction: float
-    clipped_c_fraction: float
-    laser_mask_rate: float
+    importance_ratio: torch.Tensor
+    clipped_rho_fraction: torch.Tensor  # share of steps where the ratio exceeds ρ̄
+    clipped_c_fraction: torch.Tensor  # share of steps where the ratio exceeds c̄
+    laser_mask_rate: torch.Tensor
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """The learner's metrics under their names."""
+        return {
+            "loss": self.loss,
+            "policy_loss": self.policy_loss,
+            "value_loss": self.value_loss,
+            "entropy": self.entropy,
+            "policy_cloning_loss": self.policy_cloning,
+            "value_cloning_loss": self.value_cloning,
+            "importance_ratio": self.importance_ratio,
+            "clipped_rho_fraction": self.clipped_rho_fraction,
+            "clipped_c_fraction": self.clipped_c_fraction,
+            "laser_mask_rate": self.laser_mask_rate,
+        }
 
 
 def vtrace_losses(
@@ -107,10 +126,15 @@ def vtrace_losses(
 ) -> VTraceLosses:
     """The learner's loss on a batch, time-major: `actor_out` [T, B, A] and `values` [T+1, B] from
     π (with gradients; `values[T]` only bootstraps); `behaviour_*` what μ stored (log-std [B, A]
-    or [A]); `rewards`, `discounts` [T, B]."""
-    steps, batch = rewards.shape
-    reduce = (lambda x: x.sum()) if params.reduction == "sum" else (lambda x: x.sum() / (steps * batch))
-    if behaviour_log_std is not None and behaviour_log_std.dim() == 2:
+    or [A]); `rewards`, `discounts` [T, B]. A learner block's batch has a learner axis after the
+    time axis ([T, K, B, A], [T+1, K, B], log-std [K, B, A], [T, K, B]): every term is then
+    summed per learner, one value each [K]."""
+    steps, batch = rewards.shape[0], rewards.shape[-1]
+    per_learner = rewards.dim() == 3
+    total = (lambda x: x.sum((0, 2))) if per_learner else (lambda x: x.sum())
+    mean = (lambda x: x.float().mean((0, 2))) if per_learner else (lambda x: x.float().mean())
+    reduce = total if params.reduction == "sum" else (lambda x: total(x) / (steps * batch))
+    if behaviour_log_std is not None and behaviour_log_std.dim() == actor_out.dim() - 1:
         behaviour_log_std = behaviour_log_std.unsqueeze(0)  # [1, B, A]: one per segment
     # One log-std per step [T, B, A]: μ's differ per segment, and π's is laid out the same way.
     per_step = lambda log_std, out: None if log_std is None else log_std.expand_as(out)  # noqa: E731
@@ -121,6 +145,7 @@ def vtrace_losses(
             behaviour_out, per_step(behaviour_log_std, behaviour_out), actions
         )
         log_ratios = log_prob.detach() - behaviour_log_prob
+        ratios = log_ratios.exp()
         relevant = None
         if params.laser:
             kl = kl_divergence(actor_out.detach(), log_std, behaviour_out, behaviour_log_std)
@@ -156,10 +181,10 @@ def vtrace_losses(
         entropy=entropy_total,
         policy_cloning=policy_cloning,
         value_cloning=value_cloning,
-        importance_ratio=float(log_ratios.exp().mean()),
-        clipped_rho_fraction=targets.clipped_rho_fraction,
-        clipped_c_fraction=targets.clipped_c_fraction,
-        laser_mask_rate=0.0 if relevant is None else float(1.0 - keep.mean()),
+        importance_ratio=mean(ratios),
+        clipped_rho_fraction=mean(ratios > params.rho_bar),
+        clipped_c_fraction=mean(ratios > params.c_bar),
+        laser_mask_rate=mean(1.0 - keep),
     )
 
 
@@ -205,22 +230,63 @@ class VTraceLearner(OffPolicyLearner):
             p,
         )
         grad_norm = self.optimizer_step(losses.loss, p.max_grad_norm)
-        metrics = {
-            "loss": losses.loss.item(),
-            "policy_loss": losses.policy_loss.item(),
-            "value_loss": losses.value_loss.item(),
-            "entropy": losses.entropy.item(),
-            "policy_cloning_loss": losses.policy_cloning.item(),
-            "value_cloning_loss": losses.value_cloning.item(),
-            "importance_ratio": losses.importance_ratio,
-            "clipped_rho_fraction": losses.clipped_rho_fraction,
-            "clipped_c_fraction": losses.clipped_c_fraction,
-            "laser_mask_rate": losses.laser_mask_rate,
-            "grad_norm": grad_norm,
-        }
-        for name, count in batch.taken.items():
-            metrics[f"replay_share_{name}"] = count / len(batch.segments)
+        metrics = {name: value.item() for name, value in losses.metrics().items()}
+        metrics["grad_norm"] = grad_norm
+        metrics.update(replay_shares(batch))
         return metrics
+
+
+class VTraceBlock(OffPolicyBlock):
+    """K V-trace learners: one batched update on every learner's own batch, the loss terms summed
+    per learner; the collection, replay and behaviour networks are `OffPolicyBlock`'s."""
+
+    def __init__(self, params: VTraceParams, learners: list[VTraceLearner], envs: EnvBlock | None = None) -> None:
+        super().__init__(learners, envs)
+        self.params = params
+        self.optimizer = torch.optim.RMSprop(
+            [self.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
+        )
+
+    def update(self, batches: list[SampledBatch]) -> list[dict[str, float]]:
+        p = self.params
+
+        def stack(name: str) -> torch.Tensor:  # [T(+1), K, B, ...]: each learner's batch, time-major
+            per_learner = [torch.stack([getattr(s, name) for s in batch.segments], dim=1) for batch in batches]
+            return torch.stack(per_learner, dim=1).to(self.device)
+
+        observations = stack("observations")  # [T+1, K, B, *obs]
+        steps, learners, batch = observations.shape[0] - 1, observations.shape[1], observations.shape[2]
+        by_learner = observations.transpose(0, 1).reshape(learners, (steps + 1) * batch, -1)  # time-major rows
+        actor_out = self.network.actor(by_learner[:, : steps * batch]).reshape(learners, steps, batch, -1)
+        values = self.network.value(by_learner).reshape(learners, steps + 1, batch)
+        behaviour_log_std = (
+            torch.stack([torch.stack([s.behaviour_log_std for s in b.segments]) for b in batches]).to(self.device)
+            if self.members[0].continuous
+            else None
+        )  # [K, B, A]: each segment's own μ
+        losses = vtrace_losses(
+            actor_out.transpose(0, 1),
+            self.network.action_log_std(),
+            values.transpose(0, 1),
+            stack("actions"),
+            stack("rewards"),
+            stack("discounts"),
+            stack("behaviour_logits"),
+            behaviour_log_std,
+            stack("behaviour_values"),
+            p,
+        )
+        grad_norms = self.optimizer_step(losses.loss.sum(), p.max_grad_norm)
+        columns = {name: value.tolist() for name, value in losses.metrics().items()}
+        return [
+            {**{name: column[k] for name, column in columns.items()}, "grad_norm": grad_norms[k], **replay_shares(b)}
+            for k, b in enumerate(batches)
+        ]
+
+
+def replay_shares(batch: SampledBatch) -> dict[str, float]:
+    """The share of the batch each strategy of the replay mix gave."""
+    return {f"replay_share_{name}": count / len(batch.segments) for name, count in batch.taken.items()}
 
 
 class VTrace(Algorithm):
@@ -233,12 +299,18 @@ class VTrace(Algorithm):
     uses_replay = True
     observation_kinds = frozenset({"vector", "image"})
     vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
+    block_observation_kinds = frozenset({"vector"})  # the MLP has a stacked form (common/stacked.py)
 
     def steps_per_simulator(self, params: VTraceParams) -> int:
         return params.unroll_length
 
     def make_learner(self, params: VTraceParams, spec: LearnerSpec) -> VTraceLearner:
         return VTraceLearner(params, spec)
+
+    def make_learner_block(
+        self, params: VTraceParams, specs: list[LearnerSpec], envs: EnvBlock | None = None
+    ) -> VTraceBlock | None:
+        return block_of(VTraceBlock, VTraceLearner, params, specs, envs)
 
     def segment_bytes(self, params: VTraceParams, observation_space, action_space) -> int:
         return segment_bytes(params.unroll_length, params.hidden, observation_space, action_space)

@@ -137,9 +137,18 @@ def stopping_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
 STOP_AT = 13  # of 1920 / 3 / 16 = 40 iterations; a periodic checkpoint every 192 cell steps (4 iterations)
 
 
-def test_a_stopped_and_resumed_block_equals_an_uninterrupted_one_row_for_row(tmp_path: Path, monkeypatch):
-    cell = cell_of()
-    settings = ExecutionSettings(checkpoint_every=192)
+VTRACE = {
+    "algorithms": ["vtrace"],
+    "replay": ["uniform"],
+    "set": {"vtrace": {"hidden": 32, "unroll_length": 8, "batch_size": 8}, "uniform": {"min_fill": 8}},
+}
+
+
+@pytest.mark.parametrize("algorithm", ["diff-a2c", "vtrace"])
+def test_a_stopped_and_resumed_block_equals_an_uninterrupted_one_row_for_row(tmp_path: Path, monkeypatch, algorithm):
+    """V-trace's checkpoints carry the replay buffers and the batch drawn in the background."""
+    cell = cell_of(**(VTRACE if algorithm == "vtrace" else {}))
+    settings = ExecutionSettings(checkpoint_every=192, checkpoint_replay=algorithm == "vtrace")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     summaries = run(cell, straight, settings)
     assert sorted(summaries) == [0, 1, 2] and not any(summary["stopped"] for summary in summaries.values())
@@ -165,11 +174,12 @@ def test_a_stopped_and_resumed_block_equals_an_uninterrupted_one_row_for_row(tmp
         assert {"consensus_distance", "bytes_sent", "loss"} <= {row["metric"] for row in expected}
 
 
-def test_a_block_and_a_process_per_learner_run_the_same_cell_alike(tmp_path: Path):
+@pytest.mark.parametrize("algorithm", ["diff-a2c", "vtrace"])
+def test_a_block_and_a_process_per_learner_run_the_same_cell_alike(tmp_path: Path, algorithm):
     """The same ring cell both ways: the same rows of the same shape, the same bytes counted,
     consensus measured alike, and both learn. The runs differ in rounding and in the random
     stream that samples actions, so their curves agree within noise, not bit for bit."""
-    cell = cell_of(learners=4, env_steps=24_000, evaluations=2)
+    cell = cell_of(learners=4, env_steps=24_000, evaluations=2, **(VTRACE if algorithm == "vtrace" else {}))
     from benchbase.run.local import run_cell
 
     outcomes = {}

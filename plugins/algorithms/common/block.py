@@ -1,15 +1,16 @@
-"""Learner blocks of the built-in on-policy learners: K learners of one cell in one process.
+"""Learner blocks of the built-in learners: K learners of one cell in one process.
 
-`OnPolicyBlock` builds its K learners as usual (each with its own simulators, normalisers and
+`RolloutBlock` builds its K learners as usual (each with its own simulators, normalisers and
 seeds), then re-seats their flat parameter buffers as the rows of one [K, numel] tensor. From
 there the learners act together: at each rollout step one normalisation gives every learner's
 observations under its own statistics, one batched pass of `StackedMLP` gives every learner's
 action distribution, one draw samples all actions and one call of the block's env
 (`benchbase.EnvBlock`) steps every learner's simulators; each learner's rewards are scaled by
-its own statistics. An algorithm's block writes `update(rollout)` with a leading learner
-dimension and steps the block's optimiser, built over the stacked parameter: Adam and RMSprop
-act element by element, so each row evolves as its learner's own optimiser would, and gradients
-are clipped per row.
+its own statistics. `OnPolicyBlock` then learns from that rollout: an algorithm's block writes
+`update(rollout)` with a leading learner dimension (off-policy blocks learn from each learner's
+replay: `common/off_policy_block.py`). Every block steps one optimiser, built over the stacked
+parameter: Adam and RMSprop act element by element, so each row evolves as its learner's own
+optimiser would, and gradients are clipped per row.
 
 What differs from one learner per process: the learners share the process's random stream for
 sampling actions (one draw for the block), and batched products round differently from
@@ -35,7 +36,8 @@ import numpy as np
 from benchbase import ConcatenatedEnvs, EnvBlock, FinishedEpisode, IterationOutput, Learner, LearnerBlock, lazy_import
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.normalisation import StackedNormalisers, StackedRewardScalers
-from plugins.algorithms.common.on_policy import BlockRollout, OnPolicyLearner
+from plugins.algorithms.common.on_policy import BlockRollout
+from plugins.algorithms.common.rollout import RolloutLearner
 from plugins.algorithms.common.stacked import StackedMLP
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ else:
     torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
 
 
-def blockable(learner: OnPolicyLearner) -> bool:
+def blockable(learner: RolloutLearner) -> bool:
     """Whether learners like this one can form a block (an MLP on vector observations)."""
     from plugins.algorithms.common.networks import MLPActorCritic
 
@@ -52,7 +54,7 @@ def blockable(learner: OnPolicyLearner) -> bool:
 
 
 def block_of(
-    block: type[OnPolicyBlock], learner: type[OnPolicyLearner], params: Any, specs: list, envs: EnvBlock | None
+    block: type[RolloutBlock], learner: type[RolloutLearner], params: Any, specs: list, envs: EnvBlock | None
 ) -> Any:
     """An algorithm's `make_learner_block`: its learners for `specs` as one `block`, or None when
     their network has no stacked form (the Nature CNN, for now)."""
@@ -71,7 +73,7 @@ class BlockMember(Learner):
     checkpointable = True
     has_sampled_policy = True
 
-    def __init__(self, block: OnPolicyBlock, index: int, learner: OnPolicyLearner) -> None:
+    def __init__(self, block: RolloutBlock, index: int, learner: RolloutLearner) -> None:
         self.block, self.index, self.learner = block, index, learner
 
     def parameters_buffer(self) -> torch.Tensor:
@@ -102,13 +104,13 @@ class BlockMember(Learner):
         self.learner.close()
 
 
-class OnPolicyBlock(LearnerBlock):
-    """K on-policy learners with stacked parameters; subclasses write `update` and build
-    `self.optimizer` over `self.parameter` ([K, parameters])."""
+class RolloutBlock(LearnerBlock):
+    """K learners with stacked parameters that collect together; subclasses write `iterate` and
+    build `self.optimizer` over `self.parameter` ([K, parameters])."""
 
     optimizer: torch.optim.Optimizer
 
-    def __init__(self, learners: list[OnPolicyLearner], envs: EnvBlock | None = None) -> None:
+    def __init__(self, learners: list[RolloutLearner], envs: EnvBlock | None = None) -> None:
         first = learners[0]
         self.members = learners  # the learners themselves; `learners` are their core-facing views
         self.device = first.device
@@ -143,32 +145,19 @@ class OnPolicyBlock(LearnerBlock):
         self._ended = np.zeros((steps, *shape), dtype=bool)
         self._truncation_bonus = np.zeros((steps, *shape), dtype=np.float32)
 
-    # -- what an algorithm's block writes -----------------------------------------------------
-
-    @abstractmethod
-    def update(self, rollout: BlockRollout) -> list[dict[str, float]]:
-        """Learn from every learner's rollout at once; each learner's metrics."""
-
     # -- what the core calls --------------------------------------------------------------------
 
     def parameters(self) -> torch.Tensor:
         return self._stacked
 
-    def iterate(self) -> list[IterationOutput]:
-        finished, rollout = self.roll_out()
-        metrics = self.update(rollout)
-        return [
-            IterationOutput(env_steps=self.n_steps * learner.env.num_envs, finished=episodes, metrics=values)
-            for learner, episodes, values in zip(self.members, finished, metrics)
-        ]
-
     # -- collection -----------------------------------------------------------------------------
 
-    def roll_out(self) -> tuple[list[list[FinishedEpisode]], BlockRollout]:
+    def roll_out(self) -> tuple[list[list[FinishedEpisode]], np.ndarray, np.ndarray]:
         """T steps of every learner's simulators, as `RolloutLearner.roll_out` takes them for one
-        learner, with a learner axis: actions from one batched pass of the policies, one step of
-        the block's env, each learner's normalisation and reward scaling. Every learner's
-        finished episodes and the block's rollout."""
+        learner, with a learner axis: actions from one batched pass of the policies (`act`), one
+        step of the block's env, each learner's normalisation and reward scaling. Every learner's
+        finished episodes, the normalised last observations [K, P, *obs] and the training rewards
+        [T, K, P] (scaled, with the time-limit bootstrap from `critic_values` folded in)."""
         learners, per_learner = self._raw_obs.shape[:2]
         finished: list[list[FinishedEpisode]] = [[] for _ in range(learners)]
         if self.normalisers.mode == "mixed":
@@ -179,7 +168,7 @@ class OnPolicyBlock(LearnerBlock):
                 self._raw_observations[t] = self._raw_obs
                 observations = self.normalisers(self._raw_obs)
                 self._observations[t] = observations
-                actions = self.act(torch.from_numpy(observations).to(self.device))
+                actions = self.act(t, torch.from_numpy(observations).to(self.device))
                 self._actions[t] = actions
                 result = self.envs.step(self._to_env(actions).reshape(learners * per_learner, *actions.shape[2:]))
                 self._rewards[t] = result.rewards.reshape(learners, per_learner)
@@ -189,8 +178,8 @@ class OnPolicyBlock(LearnerBlock):
                     cut = (result.truncated & ~result.terminated).reshape(learners, per_learner)
                     if cut.any():
                         final = self.normalisers(result.final_observations.reshape(self._raw_obs.shape))
-                        values = self.network.value(torch.from_numpy(final).to(self.device))
-                        self._truncation_bonus[t][cut] = self.gamma * values.cpu().numpy()[cut]
+                        values = self.critic_values(torch.from_numpy(final).to(self.device))
+                        self._truncation_bonus[t][cut] = self.gamma * values[cut]
                 for episode in result.finished:
                     k, simulator = divmod(episode.simulator, per_learner)
                     finished[k].append(dataclasses.replace(episode, simulator=simulator))
@@ -202,19 +191,19 @@ class OnPolicyBlock(LearnerBlock):
             for learner in self.members:
                 learner._mix_since_refresh = True  # their acting (evaluation) re-reads the mixed statistics
         rewards = self.reward_scalers.scale(self._rewards, self._ended) + self._truncation_bonus
-        not_done = (~self._ended).astype(np.float32)
-        return finished, BlockRollout(self._observations, self._actions, rewards, not_done, last)
+        return finished, last, rewards
 
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         return self.members[0]._to_env(actions)
 
-    def act(self, observations: torch.Tensor) -> np.ndarray:
-        """Actions [K, P, …] drawn from each learner's policy for observations [K, P, obs]."""
-        out = self.network.actor(observations)
-        log_std = self.network.action_log_std()
-        if log_std is None:  # multinomial takes one row per draw
-            return distributions.sample(out.reshape(-1, out.shape[-1]), None).reshape(out.shape[:-1]).cpu().numpy()
-        return distributions.sample(out, log_std).cpu().numpy()
+    def act(self, t: int, observations: torch.Tensor) -> np.ndarray:
+        """Actions [K, P, …] for step t, drawn from each learner's policy for observations [K, P, obs]."""
+        return sample(self.network.actor(observations), self.network.action_log_std())
+
+    def critic_values(self, observations: torch.Tensor) -> np.ndarray:
+        """Each learner's V [K, P] of normalised observations [K, P, obs], for the time-limit
+        bootstrap (the acting network's critic)."""
+        return self.network.value(observations).cpu().numpy()
 
     # -- each learner's own objects, for its checkpoints ----------------------------------------
 
@@ -283,3 +272,33 @@ class OnPolicyBlock(LearnerBlock):
                 own[name][index].copy_(value.reshape(-1))
             else:
                 own[name] = value.clone() if torch.is_tensor(value) else copy.deepcopy(value)
+
+
+def sample(out: torch.Tensor, log_std: torch.Tensor | None) -> np.ndarray:
+    """Actions [K, P, …] drawn from K learners' outputs [K, P, A] (log-std [K, 1, A] or None)."""
+    if log_std is None:  # multinomial takes one row per draw
+        return distributions.sample(out.reshape(-1, out.shape[-1]), None).reshape(out.shape[:-1]).cpu().numpy()
+    return distributions.sample(out, log_std).cpu().numpy()
+
+
+class OnPolicyBlock(RolloutBlock):
+    """K on-policy learners: each iteration collects one rollout of every learner and learns from
+    it; subclasses write `update` and build `self.optimizer` over `self.parameter`."""
+
+    @abstractmethod
+    def update(self, rollout: BlockRollout) -> list[dict[str, float]]:
+        """Learn from every learner's rollout at once; each learner's metrics."""
+
+    def iterate(self) -> list[IterationOutput]:
+        rollout, finished = self.collect()
+        metrics = self.update(rollout)
+        return [
+            IterationOutput(env_steps=self.n_steps * learner.env.num_envs, finished=episodes, metrics=values)
+            for learner, episodes, values in zip(self.members, finished, metrics)
+        ]
+
+    def collect(self) -> tuple[BlockRollout, list[list[FinishedEpisode]]]:
+        """Every learner's rollout, as `OnPolicyLearner.collect` gives one learner's."""
+        finished, last, rewards = self.roll_out()
+        not_done = (~self._ended).astype(np.float32)
+        return BlockRollout(self._observations, self._actions, rewards, not_done, last), finished

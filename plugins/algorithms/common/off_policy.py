@@ -57,6 +57,19 @@ class SampledBatch(NamedTuple):
     taken: dict[str, int]
 
 
+class BehaviourRollout(NamedTuple):
+    """What μ collected in T steps of P simulators, as `segments` cuts it into segments."""
+
+    observations: np.ndarray  # [T, P, *obs] normalised
+    last: np.ndarray  # [P, *obs] the normalised states after the last step
+    actions: np.ndarray  # [T, P] or [T, P, A]
+    rewards: np.ndarray  # [T, P] scaled, time-limit bootstrap folded in
+    ended: np.ndarray  # [T, P] bool
+    behaviour_out: np.ndarray  # [T, P, A] μ's logits or Gaussian means
+    behaviour_values: np.ndarray  # [T + 1, P] V^μ
+    features: np.ndarray  # [T, P, hidden] μ's actor features φ
+
+
 class TrunkScorer:
     """φ′ = the actor's last hidden layer (`features`) of a network, and the most recent state."""
 
@@ -232,8 +245,23 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
         finished, last, rewards = self.roll_out()
         with torch.inference_mode():
             self._behaviour_values[self.n_steps] = self.critic_values(torch.from_numpy(last).to(self.device))
-        discounts = (self.gamma * (~self._ended)).astype(np.float32)
-        observations = np.concatenate([self._observations, last[None]])  # [T+1, P, *obs]
+        collected = BehaviourRollout(
+            self._observations,
+            last,
+            self._actions,
+            rewards,
+            self._ended,
+            self._behaviour_out,
+            self._behaviour_values,
+            self._features,
+        )
+        return self.segments(collected), finished
+
+    def segments(self, collected: BehaviourRollout) -> list[Segment]:
+        """One segment per simulator of what μ collected (a learner block collects for its
+        learners and hands each its part); the last state becomes the most recent one seen."""
+        discounts = (self.gamma * (~collected.ended)).astype(np.float32)
+        observations = np.concatenate([collected.observations, collected.last[None]])  # [T+1, P, *obs]
         if self._frames:  # frames stay uint8 in replay: a quarter of the memory (the CNN scales them)
             observations = observations.astype(np.uint8)
         log_std = self.behaviour.log_std.detach().clone() if self.continuous else None
@@ -243,18 +271,18 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
             segments.append(
                 Segment(
                     observations=torch.from_numpy(observations[:, p].copy()),
-                    actions=torch.from_numpy(self._actions[:, p].copy()),
-                    rewards=torch.from_numpy(np.ascontiguousarray(rewards[:, p], dtype=np.float32)),
+                    actions=torch.from_numpy(collected.actions[:, p].copy()),
+                    rewards=torch.from_numpy(np.ascontiguousarray(collected.rewards[:, p], dtype=np.float32)),
                     discounts=torch.from_numpy(discounts[:, p].copy()),
-                    behaviour_logits=torch.from_numpy(self._behaviour_out[:, p].copy()),
-                    behaviour_values=torch.from_numpy(self._behaviour_values[:, p].copy()),
-                    features=torch.from_numpy(self._features[:, p].copy()),
+                    behaviour_logits=torch.from_numpy(collected.behaviour_out[:, p].copy()),
+                    behaviour_values=torch.from_numpy(collected.behaviour_values[:, p].copy()),
+                    features=torch.from_numpy(collected.features[:, p].copy()),
                     behaviour_log_std=None if log_std is None else log_std.cpu(),
                 )
             )
         # The most recent state seen: the last one of the last segment offered to the buffers.
         self._recent_observation = segments[-1].observations[-1].clone()
-        return segments, finished
+        return segments
 
     def act(self, t: int, observations: torch.Tensor) -> np.ndarray:
         """μ acts, and what it computed is kept for the segments: features, outputs, values."""

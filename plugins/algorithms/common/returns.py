@@ -60,8 +60,6 @@ def gae_advantages(
 class VTraceTargets(NamedTuple):
     values: torch.Tensor  # v_s, [T, B]: the value targets
     pg_advantages: torch.Tensor  # A^pg_t, [T, B]
-    clipped_rho_fraction: float  # share of steps where ratio > ρ̄
-    clipped_c_fraction: float  # share of steps where ratio > c̄
 
 
 def vtrace_targets(
@@ -76,7 +74,8 @@ def vtrace_targets(
     pg_rho_bar: float = 1.0,
     relevant: torch.Tensor | None = None,
 ) -> VTraceTargets:
-    """V-trace targets for segments [T, B]; `relevant` (bool [T, B]) is LASER's mask, None = all."""
+    """V-trace targets for segments [T, B] (or a block's [T, K, B]); `relevant` (bool, same
+    shape) is LASER's mask, None = all."""
     with torch.no_grad():
         ratios = log_ratios.exp()
         rhos = ratios.clamp(max=rho_bar)
@@ -97,9 +96,4 @@ def vtrace_targets(
 
         next_targets = torch.cat([targets[1:], bootstrap_value.unsqueeze(0)])
         pg_advantages = pg_rhos * (rewards + discounts * next_targets - values)
-        return VTraceTargets(
-            values=targets,
-            pg_advantages=pg_advantages,
-            clipped_rho_fraction=float((ratios > rho_bar).float().mean()),
-            clipped_c_fraction=float((ratios > c_bar).float().mean()),
-        )
+        return VTraceTargets(values=targets, pg_advantages=pg_advantages)

@@ -34,8 +34,8 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 
 class StackedMLP:
-    """Batched `actor`, `value`, `actor_and_value`, `rollout_outputs` and `action_log_std` of K
-    `MLPActorCritic`s whose parameters are the rows of `stacked` (in `template.parameters()`
+    """Batched `actor`, `features`, `policy_head`, `value`, `actor_and_value`, `rollout_outputs`
+    and `action_log_std` of K `MLPActorCritic`s whose parameters are the rows of `stacked` (in `template.parameters()`
     order). With `grad` (rows of the same layout), backward writes each learner's gradient there."""
 
     def __init__(self, template: ActorCritic, stacked: torch.Tensor, grad: torch.Tensor | None = None) -> None:
@@ -69,6 +69,14 @@ class StackedMLP:
     def actor(self, obs: torch.Tensor) -> torch.Tensor:
         """Logits or Gaussian means [K, B, A] of observations [K, B, obs]."""
         return self._tower(self._actor, obs)
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """The actor's last hidden layer φ [K, B, hidden] (`MLPActorCritic.features`)."""
+        return torch.tanh(self._tower(self._actor[:2], obs))
+
+    def policy_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The actor's outputs [K, B, A] from its features [K, B, hidden]."""
+        return self._tower(self._actor[2:], features)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V [K, B] of observations [K, B, obs]."""

@@ -151,7 +151,7 @@ def test_a_block_collects_what_each_learner_collects_alone(monkeypatch, normalis
     block = DiffA2C().make_learner_block(params, block_specs, envs)
     episodes = 0
     for _ in range(8):
-        finished, rollout = block.roll_out()
+        rollout, finished = block.collect()
         for k, learner in enumerate(alone):
             expected, expected_finished = learner.collect()
             got = rollout.learner(k)

@@ -3,7 +3,6 @@ sum evaluated directly; LASER's mask cuts the trace at the masked step."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from plugins.algorithms.common.returns import vtrace_targets
@@ -60,7 +59,6 @@ def test_on_policy_targets_are_n_step_bootstrapped_returns():
         running = rewards[t] + discounts[t] * running
         expected[t] = running
     torch.testing.assert_close(targets.values, expected)
-    assert targets.clipped_rho_fraction == 0.0 and targets.clipped_c_fraction == 0.0
 
 
 def test_targets_match_the_defining_sum_on_random_inputs():
@@ -70,9 +68,6 @@ def test_targets_match_the_defining_sum_on_random_inputs():
         values, advantages = direct_targets(*segment, rho_bar, c_bar, pg_rho_bar)
         torch.testing.assert_close(targets.values, values)
         torch.testing.assert_close(targets.pg_advantages, advantages)
-        ratios = segment[0].exp()
-        assert targets.clipped_rho_fraction == pytest.approx(float((ratios > rho_bar).double().mean()))
-        assert targets.clipped_c_fraction == pytest.approx(float((ratios > c_bar).double().mean()))
 
 
 def test_laser_mask_cuts_the_trace_at_the_masked_step():

@@ -320,7 +320,7 @@ def test_laser_masks_nothing_on_policy_and_far_steps_off_policy():
     behaviour = actor_out.clone()
     behaviour[:2, :, 0] += 10.0
     far = vtrace_losses(actor_out, None, values, actions, rewards, discounts, behaviour, None, values, laser)
-    assert far.laser_mask_rate == pytest.approx(2 / T)
+    assert float(far.laser_mask_rate) == pytest.approx(2 / T)
     # Masked steps leave the policy and value terms: the same loss with the mask from the start
     # equals the losses of the unmasked steps only (and the trace is cut, so the targets of the
     # remaining steps look only at later steps, which the mask does not touch).
@@ -364,7 +364,7 @@ def test_importance_ratios_are_clipped_by_their_own_thresholds():
     losses = vtrace_losses(
         actor_out, None, values, actions, rewards, discounts, behaviour, None, values, params(rho_bar=1.0, c_bar=1e9)
     )
-    assert losses.clipped_rho_fraction == pytest.approx(taken_one)
+    assert float(losses.clipped_rho_fraction) == pytest.approx(taken_one)
     assert losses.clipped_c_fraction == 0.0
     assert losses.importance_ratio > 1.0
 
