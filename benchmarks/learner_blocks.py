@@ -4,8 +4,9 @@
     python benchmarks/learner_blocks.py --quick --no-64             # 50,000, without the 64-learner ring
     python benchmarks/learner_blocks.py --learners-per-process auto # learner blocks, once `bench run` has them
     python benchmarks/learner_blocks.py --extra "--transport p2p"   # more `bench run` options, for every cell
+    python benchmarks/learner_blocks.py --algorithm vtrace          # V-trace (uniform replay) instead
 
-Diff-A2C on random-cartpole, one seed, no evaluations, the same total env-step budget (and so the
+Diff-A2C (or `--algorithm`) on random-cartpole, one seed, no evaluations, the same total env-step budget (and so the
 same data) in every cell, 16 simulators in all except the 64-learner ring:
 
     centralised   1 learner × 16 simulators (topology isolated): the reference
@@ -62,8 +63,14 @@ def learners_per_process(value: str) -> str:
     raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer or auto")
 
 
-def bench_command(cell: Cell, env_steps: int, out: Path, blocks: str | None, extra: list[str]) -> list[str]:
-    command = [sys.executable, "-m", "benchbase", "run", "-a", "diff-a2c", "-t", cell.topology, "-e", "random-cartpole"]
+ALGORITHMS = {"diff-a2c": [], "diff-ppo": [], "vtrace": ["-r", "uniform"]}  # V-trace learns from replay
+
+
+def bench_command(
+    cell: Cell, env_steps: int, out: Path, blocks: str | None, extra: list[str], algorithm: str = "diff-a2c"
+) -> list[str]:
+    command = [sys.executable, "-m", "benchbase", "run", "-a", algorithm, "-t", cell.topology, "-e", "random-cartpole"]
+    command += ALGORITHMS[algorithm]
     command += ["--learners", str(cell.learners), "--envs-per-learner", str(cell.simulators_per_learner)]
     command += ["--env-steps", str(env_steps), "--seeds", "1", "--evaluations", "0", "--out", str(out)]
     if blocks is not None:
@@ -71,10 +78,10 @@ def bench_command(cell: Cell, env_steps: int, out: Path, blocks: str | None, ext
     return command + extra
 
 
-def run_cell(cell: Cell, env_steps: int, out: Path, blocks: str | None, extra: list[str]) -> dict:
+def run_cell(cell: Cell, env_steps: int, out: Path, blocks: str | None, extra: list[str], algorithm: str) -> dict:
     """Run one cell through the CLI; its cells.parquet row, with the process's exit status, total
     time and last line of output (the error, when it failed before writing the row)."""
-    command = bench_command(cell, env_steps, out, blocks, extra)
+    command = bench_command(cell, env_steps, out, blocks, extra, algorithm)
     start = time.perf_counter()
     # From the repository root, which `python -m` puts first on the path: this checkout's benchbase.
     finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -119,6 +126,7 @@ def main() -> None:
         metavar="K|auto",
         help="passed to `bench run` as --learners-per-process (not passed when absent)",
     )
+    parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="diff-a2c", help="the cells' algorithm")
     parser.add_argument("--extra", default="", metavar="ARGS", help='more `bench run` options, e.g. "--transport p2p"')
     parser.add_argument("--keep", type=Path, help="keep each cell's results folder under this new folder")
     args = parser.parse_args()
@@ -136,13 +144,13 @@ def main() -> None:
 
     print(f"load average (1, 5, 15 min) before: {load_average()}   cores: {os.cpu_count()}")
     blocks = f", --learners-per-process {args.learners_per_process}" if args.learners_per_process else ""
-    print(f"diff-a2c on random-cartpole, {env_steps:,} env steps per cell, 1 seed, no evaluations{blocks}")
+    print(f"{args.algorithm} on random-cartpole, {env_steps:,} env steps per cell, 1 seed, no evaluations{blocks}")
     with tempfile.TemporaryDirectory(prefix="learner-blocks-") as temporary:
         root = args.keep or Path(temporary)
         outcomes = []
         for cell in cells:
             out = root / cell.label.replace(" ", "-").replace("×", "x")
-            outcome = run_cell(cell, env_steps, out, args.learners_per_process, extra)
+            outcome = run_cell(cell, env_steps, out, args.learners_per_process, extra, args.algorithm)
             if "status" not in outcome:
                 exited = f"`bench run` exited {outcome['returncode']} without a result"
                 print(f"{cell.label}: {exited}: {outcome['last_line']}")
