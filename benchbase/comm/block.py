@@ -4,9 +4,10 @@ matrix, X ← W X.
 
 With every learner of the cell in one process the product is local. With blocks in several
 processes (K < N), each process all-gathers every block's rows over the cell's process group
-(gloo, with the group's timeout), forms the same product and keeps its own rows: every process
-then holds the whole mixed cell, which is also what consensus is measured on. Without edges
-nothing is exchanged at each iteration; the rows are gathered only to measure consensus.
+(gloo, with the group's timeout; rows on a GPU travel through pinned host memory), forms the same
+product and keeps its own rows: every process then holds the whole mixed cell, which is also what
+consensus is measured on. Without edges nothing is exchanged at each iteration; the rows are
+gathered only to measure consensus.
 
 Synchronous diffusion only (staleness 0, no dropped links, a plan without push-sum): that is
 the rule `benchbase.comm.rules.Diffusion` applies message by message between processes, so a
@@ -64,6 +65,7 @@ class BlockMixer:
         whole = (plan.n_learners, buffers.shape[1])
         self._cell = buffers if learners == plan.n_learners else buffers.new_empty(whole)
         self._cell_stale = self.distributed  # other blocks' rows not gathered since they changed
+        self._host_cell: torch.Tensor | None = None  # GPU blocks gather through host memory
         # Per phase, each learner's (out-degree, in-degree): the messages it would send and receive.
         self._degrees = [
             [
@@ -98,7 +100,15 @@ class BlockMixer:
             counters.wait_s += share
 
     def _gather(self) -> None:
-        dist.all_gather(list(self._cell.chunk(self.plan.n_learners // len(self.buffers))), self.buffers)
+        blocks = self.plan.n_learners // len(self.buffers)
+        if self.buffers.device.type == "cpu":
+            dist.all_gather(list(self._cell.chunk(blocks)), self.buffers)
+            return
+        # The cell's group is gloo, which gathers host tensors: GPU rows travel through host memory.
+        if self._host_cell is None:
+            self._host_cell = torch.empty(self._cell.shape, dtype=self._cell.dtype, pin_memory=True)
+        dist.all_gather(list(self._host_cell.chunk(blocks)), self.buffers.cpu())
+        self._cell.copy_(self._host_cell)
 
     def consensus_distance(self) -> float:
         """sqrt(mean_i ‖θ_i − θ̄‖²) / ‖θ̄‖ over the model parameters of the whole cell, as

@@ -2,7 +2,9 @@
 block`) where the cell allows them, else one learner per process.
 
 A cell runs in blocks when its algorithm has a block form for its observations, it mixes by
-synchronous diffusion or not at all, no learner is paced as a straggler, and it runs on the CPU.
+synchronous diffusion or not at all, and no learner is paced as a straggler. A block runs on
+its process's device: the CPU, or with `--device cuda` (or `auto` where CUDA is present) one GPU
+per block process, round-robin.
 `--learners-per-process` chooses: unset, each cell that can runs as one block of all its
 learners; 1, one learner per process as before; K, blocks of K learners in N/K processes that
 mix over gloo, refused in one line for a cell that cannot run in blocks or whose N K does not
@@ -42,8 +44,6 @@ def block_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str
         return "--straggler paces one learner's process"
     if settings.transport != "auto":
         return f"--transport {settings.transport} chooses how learner processes exchange"
-    if settings.device != "cpu":
-        return f"blocks run on the CPU in this version (--device {settings.device})"
     plan = build_mixing_plan(plugins.topology, plugins.topology_params, cell.learner_processes, cell.seed, None)
     reason = block_mixing_refusal(plan, plugins.staleness, plugins.link_drop)
     if reason is not None:

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# What benchbase does on a GPU, in about 5 minutes on a machine with one (issue 15, item 5):
+#
+#   bash benchmarks/gpu_check.sh            # from the repository root, with benchbase importable
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
+#   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh   # a rehearsal without a GPU: steps 2-4 on CPU
+#
+# 1. the NCCL exchange: the communicator's NCCL path (batched send/receive pairs, the group
+#    all-reduce) against its default path, bit for bit, on one process per GPU (at least 2 GPUs;
+#    with one GPU, a one-process NCCL group checks that NCCL starts and reduces on the device);
+# 2. a Diff-A2C ring cell on CUDA, one process per learner (`--learners-per-process 1`);
+# 3. the same cell as one learner block on the GPU;
+# 4. a block of 256 CartPole learners on the GPU, and the same block on the CPU for comparison.
+#
+# Each step prints its figures (status, steps/s, wall time); a step that fails prints why and the
+# script goes on, exiting 1 at the end if any failed. Results go to a temporary folder (or
+# GPU_CHECK_OUT). Every `bench run` has a time limit, so the whole check stays near 5 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+OUT=${GPU_CHECK_OUT:-$(mktemp -d -t gpu-check-XXXX)}
+mkdir -p "$OUT"
+failed=0
+
+step() { echo; echo "== $*"; }
+
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+
+if [ "$DEVICE" = cpu ]; then
+  echo "a rehearsal on the CPU: no NCCL step, and every cell runs with --device cpu"
+else
+"$PYTHON" - <<'EOF' || exit 1
+import torch, torch.distributed as dist
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, NCCL available: {dist.is_nccl_available()}")
+if not torch.cuda.is_available():
+    raise SystemExit("no CUDA device here: this check needs a GPU")
+for i in range(torch.cuda.device_count()):
+    print(f"cuda:{i}: {torch.cuda.get_device_name(i)}")
+EOF
+
+step "1. the NCCL exchange"
+timeout 120 "$PYTHON" benchmarks/gpu_nccl.py || { echo "FAILED: the NCCL exchange"; failed=1; }
+fi
+
+cell() {  # label, seconds allowed, then bench run options
+  local label=$1 limit=$2; shift 2
+  local folder="$OUT/$(echo "$label" | tr ' ×' '-x')"
+  local started=$SECONDS
+  if ! timeout "$limit" "$PYTHON" -m benchbase run -a diff-a2c -e random-cartpole --seeds 1 --evaluations 0 \
+      --out "$folder" "$@" >"$folder.log" 2>&1; then
+    echo "FAILED: $label (see $folder.log):"; tail -5 "$folder.log"; failed=1; return
+  fi
+  "$PYTHON" - "$folder" "$label" $((SECONDS - started)) <<'EOF'
+import sys, pyarrow.parquet as pq
+folder, label, process_s = sys.argv[1], sys.argv[2], sys.argv[3]
+(row,) = pq.read_table(f"{folder}/cells.parquet").to_pylist()
+print(f"{label}: {row['status']}, {row['steps_per_second']:,.0f} steps/s, cell {row['wall_time_s']:.1f} s, "
+      f"start-up {row['startup_s']:.1f} s, transport {row['transport']}, bench run {process_s} s")
+EOF
+}
+
+step "2. a ring cell on $DEVICE, one process per learner"
+cell "ring 4x8 $DEVICE processes" 120 -t ring --learners 4 --envs-per-learner 8 --env-steps 50000 \
+  --device "$DEVICE" --learners-per-process 1
+
+step "3. the same cell as one learner block on $DEVICE"
+cell "ring 4x8 $DEVICE block" 90 -t ring --learners 4 --envs-per-learner 8 --env-steps 50000 --device "$DEVICE"
+
+step "4. a block of 256 CartPole learners on $DEVICE, and on the CPU"
+cell "ring 256x1 $DEVICE block" 150 -t ring --learners 256 --envs-per-learner 1 --env-steps 256000 --device "$DEVICE"
+[ "$DEVICE" = cpu ] || cell "ring 256x1 cpu block" 150 -t ring --learners 256 --envs-per-learner 1 \
+  --env-steps 256000 --device cpu
+
+echo
+echo "results: $OUT"
+exit $failed
