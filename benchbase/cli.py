@@ -350,11 +350,12 @@ def run(
         help="Parameter exchange: shm (shared memory, learners on one host), p2p (gloo messages), "
         "or auto (shm when possible).",
     ),
-    jobs: int = typer.Option(
-        1,
+    jobs: Optional[int] = typer.Option(
+        None,
         "--jobs",
         "-j",
         help="Run up to K cells at once, each on cores (and GPUs) of its own: a cell starts only when enough are free.",
+        show_default="as many as the cores, the grid's cells and the memory allow",
     ),
     cell: list[str] = typer.Option(
         [],
@@ -501,8 +502,11 @@ def run(
     _print_replay_memory(console, cells, registry)
     if not worker and (launcher == "local" or execute):  # the learners run on this machine
         from benchbase.grid.expand import check_memory
+        from benchbase.run.schedule import cells_at_once
 
-        check_memory(cells, registry, jobs if launcher == "local" else 1)
+        if launcher == "local" and jobs is None:
+            jobs = cells_at_once(cells, registry)
+        check_memory(cells, registry, jobs if launcher == "local" and jobs is not None else 1)
     if dry_run:
         _print_cells(console, cells, out, registry, as_json)
         return
@@ -521,18 +525,18 @@ def run(
                 spec, cells, out, registry, console, nnodes, rdzv_endpoint, rdzv_timeout, execute, settings
             )
         )
-    raise typer.Exit(_run_here(spec, cells, out, registry, console, settings, jobs))
+    raise typer.Exit(_run_here(spec, cells, out, registry, console, settings, jobs or 1))
 
 
 def _check_run_options(
-    transport: str, device: str, jobs: int, checkpoint_every: Optional[int], launcher: str, nnodes: int
+    transport: str, device: str, jobs: Optional[int], checkpoint_every: Optional[int], launcher: str, nnodes: int
 ) -> None:
     """Options that are wrong whatever the grid: one message each, before anything loads."""
     if transport not in ("auto", "shm", "p2p"):
         raise UserError(f"--transport {transport!r}: choose auto, shm or p2p")
     if device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device {device!r}: choose cpu, cuda or auto")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs}: give the number of cells to run at once, at least 1")
     if checkpoint_every is not None and checkpoint_every < 0:
         raise UserError(
@@ -587,7 +591,7 @@ def _check_launch_options(
             raise UserError(f"--rdzv-endpoint {rdzv_endpoint!r}: expected HOST:PORT with a port from 1 to 65535")
 
 
-def _slurm_options(launcher: str, items: list[str], wait: bool, jobs: int, dry_run: bool = False):
+def _slurm_options(launcher: str, items: list[str], wait: bool, jobs: Optional[int], dry_run: bool = False):
     """--slurm's options (None unless --launcher slurm), checked before anything loads; submitit must be there."""
     if launcher != "slurm":
         for given, option in ((items, "--slurm"), (wait, "--wait")):
@@ -597,7 +601,7 @@ def _slurm_options(launcher: str, items: list[str], wait: bool, jobs: int, dry_r
     from benchbase.run.slurm import check_cluster, parse_slurm_options, require_submitit
 
     options = parse_slurm_options(items)
-    if jobs != 1:
+    if jobs not in (None, 1):
         raise UserError(
             f"--jobs {jobs}: with --launcher slurm every cell is a job of its own "
             "(--slurm array_parallelism=K limits how many run at once)"
@@ -919,7 +923,7 @@ def _run_cells_of_folder(
     registry,
     worker: bool,
     settings,
-    jobs: int,
+    jobs: Optional[int],
     listing: tuple[bool, bool] = (False, False),
 ) -> None:
     """`bench run --out OUT --cell ID…`: cells of the grid already in OUT, locally or as torchrun workers;
@@ -940,6 +944,10 @@ def _run_cells_of_folder(
 
         chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
         raise typer.Exit(run_as_worker(None, chosen, out, registry, console, settings))
+    if jobs is None:
+        from benchbase.run.schedule import cells_at_once
+
+        jobs = cells_at_once([cell for cell in cells if cell.cell_id in set(cell_ids)], registry)
     code = run_grid(None, cells, out, registry, console=console, settings=settings, jobs=jobs, only=set(cell_ids))
     console.print(f"results: {out}")
     raise typer.Exit(code)

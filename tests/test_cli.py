@@ -223,6 +223,8 @@ def test_ctrl_c_marks_the_running_cell_interrupted_and_a_rerun_completes(tmp_pat
         "2",
         "--evaluations",
         "0",
+        "--jobs",
+        "1",  # one cell at a time: the second waits while the first is interrupted
         "--out",
         str(out),
         *layout,

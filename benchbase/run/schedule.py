@@ -1,4 +1,6 @@
 """Which cells run now (`bench run --jobs K`): up to K at once, on cores (and GPUs) of their own.
+Unset, K is as many cells as the machine has cores, no more than the grid has cells and no more
+than fit in memory side by side (`cells_at_once`).
 
 A cell asks for one core per learner process, or for every core when it has more learners than
 the machine has cores (it then runs alone, its learners pinned round-robin as before). A cell is
@@ -9,8 +11,28 @@ with CUDA, GPUs are handed out the same way (one per learner where there are eno
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
+from benchbase.errors import UserError
 from benchbase.run.placement import Placement
+
+
+def cells_at_once(cells: Sequence[Any], registry: Any) -> int:
+    """`--jobs` unset: one cell per core, at most the grid's cells and only as many as fit in
+    memory side by side (at least 1; `check_memory` then says whether one fits). A learner block
+    is one process, so on 2 cores two block cells run side by side, each on its own core: the
+    default grid took 1 min 29 s so against 2 min 21 s to 2 min 36 s one cell at a time (docs/running.md)."""
+    from benchbase.grid.expand import check_memory
+
+    jobs = max(1, min(len(os.sched_getaffinity(0)), len(cells)))
+    while jobs > 1:
+        try:
+            check_memory(cells, registry, jobs)
+            return jobs
+        except UserError:
+            jobs -= 1
+    return 1
 
 
 def visible_gpus(device: str) -> list[int]:

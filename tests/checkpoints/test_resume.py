@@ -137,6 +137,8 @@ def test_ctrl_c_checkpoints_the_running_cell_and_a_rerun_completes_the_grid(
         "1",
         "--eval-episodes",
         "1",
+        "--jobs",
+        "1",  # one cell at a time: the second waits while the first is interrupted
         "--out",
         str(out),
     ]
