@@ -5,15 +5,18 @@ A cell runs in blocks when its algorithm has a block form for its observations, 
 synchronous diffusion or not at all, and no learner is paced as a straggler. A block runs on
 its process's device: the CPU, or with `--device cuda` (or `auto` where CUDA is present) one GPU
 per block process, round-robin.
+
 `--learners-per-process` chooses: unset, each cell that can runs as one block of all its
-learners; 1, one learner per process as before; K, blocks of K learners in N/K processes that
-mix over gloo, refused in one line for a cell that cannot run in blocks or whose N K does not
-divide (blocks of unequal sizes are not supported).
+learners (on the CPU, a cell of frames only when it has more learners than the machine has
+cores); 1, one learner per process as before; K, blocks of K learners in N/K processes that mix
+over gloo, refused in one line for a cell that cannot run in blocks or whose N K does not divide
+(blocks of unequal sizes are not supported).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from benchbase.api.contracts import Algorithm, params_of
@@ -59,6 +62,13 @@ def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings)
     asked = settings.learners_per_process
     if asked == 1 or cell.learner_processes == 1 or block_refusal(cell, registry, settings) is not None:
         return 1
+    if asked is None and settings.device == "cpu" and cell.learner_processes <= len(os.sched_getaffinity(0)):
+        # Frames on a CPU with a core per learner: a process per learner convolves on cores of its
+        # own, faster than a block's threads (2 Atari learners on 2 cores: 283 steps/s against
+        # 206); with more learners than cores the block wins (4 on 2 cores: 164 against 102).
+        plugins = CellPlugins.resolve(registry, cell)
+        if _observation_kind(plugins.family, cell) == "image":
+            return 1
     return cell.learner_processes if asked is None else asked
 
 

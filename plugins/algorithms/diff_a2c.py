@@ -162,7 +162,7 @@ class DiffA2C(Algorithm):
     consensus = "diffusion"
     observation_kinds = frozenset({"vector", "image"})  # the Nature CNN for frames
     vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
-    block_observation_kinds = frozenset({"vector"})  # the MLP has a stacked form (common/stacked.py)
+    block_observation_kinds = frozenset({"vector", "image"})  # both networks have a stacked form (common/stacked.py)
 
     def steps_per_simulator(self, params: A2CParams) -> int:
         return params.n_steps

@@ -256,7 +256,8 @@ class VTraceBlock(OffPolicyBlock):
 
         observations = stack("observations")  # [T+1, K, B, *obs]
         steps, learners, batch = observations.shape[0] - 1, observations.shape[1], observations.shape[2]
-        by_learner = observations.transpose(0, 1).reshape(learners, (steps + 1) * batch, -1)  # time-major rows
+        # Each learner's steps as rows, time-major: [K, (T+1)·B, *obs].
+        by_learner = observations.transpose(0, 1).reshape(learners, (steps + 1) * batch, *observations.shape[3:])
         actor_out = self.network.actor(by_learner[:, : steps * batch]).reshape(learners, steps, batch, -1)
         values = self.network.value(by_learner).reshape(learners, steps + 1, batch)
         behaviour_log_std = (
@@ -299,7 +300,7 @@ class VTrace(Algorithm):
     uses_replay = True
     observation_kinds = frozenset({"vector", "image"})
     vector_only_params = frozenset({"hidden"})  # frames go through the fixed Nature CNN
-    block_observation_kinds = frozenset({"vector"})  # the MLP has a stacked form (common/stacked.py)
+    block_observation_kinds = frozenset({"vector", "image"})  # both networks have a stacked form (common/stacked.py)
 
     def steps_per_simulator(self, params: VTraceParams) -> int:
         return params.unroll_length

@@ -82,6 +82,31 @@ def test_cells_that_allow_a_block_take_one_and_the_others_keep_a_process_per_lea
     assert learners_per_process(gala, registry, auto) == 1
 
 
+def test_cells_of_frames_take_a_block_on_the_cpu_only_with_more_learners_than_cores(monkeypatch):
+    """A process per learner convolves on cores of its own, faster than a block's threads while
+    there is a core per learner; asked for, a block runs them anyway."""
+    registry = load_registry()
+    frames = cell_of(envs=["atari-games"], set={"diff-a2c": {"n_steps": 5}})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert learners_per_process(frames, registry, ExecutionSettings()) == 1
+    assert learners_per_process(frames, registry, ExecutionSettings(learners_per_process=3)) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert learners_per_process(frames, registry, ExecutionSettings()) == 3
+
+
+def test_an_atari_cell_runs_as_a_block_of_nature_cnns(tmp_path: Path):
+    out = tmp_path / "run"
+    result = bench(
+        *("run", "-a", "diff-a2c", "-t", "ring", "-e", "atari-games", "--set", "atari-games.max_episode_steps=50"),
+        *("--learners", "2", "--envs-per-learner", "2", "--env-steps", "400", "--seeds", "1", "--evaluations", "1"),
+        *("--eval-episodes", "1", "--learners-per-process", "2", "--out", str(out)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = pq.read_table(out / "cells.parquet").to_pylist()
+    assert row["status"] == "completed" and row["transport"] == "block"
+    assert ds.dataset(out / "evaluations" / row["cell_id"]).to_table().num_rows > 0
+
+
 def test_a_subclass_with_a_learner_of_its_own_is_not_run_as_an_inherited_block(monkeypatch):
     """A plugin that derives Diff-A2C and overrides only make_learner would lose its learner in
     Diff-A2C's block: its cells keep one learner per process."""

@@ -3,8 +3,9 @@
 `RolloutBlock` builds its K learners as usual (each with its own simulators, normalisers and
 seeds), then re-seats their flat parameter buffers as the rows of one [K, numel] tensor. From
 there the learners act together: at each rollout step one normalisation gives every learner's
-observations under its own statistics, one batched pass of `StackedMLP` gives every learner's
-action distribution, one draw samples all actions and one call of the block's env
+observations under its own statistics, one batched pass of the stacked network
+(`common/stacked.py`) gives every learner's action distribution, one draw samples all actions
+and one call of the block's env
 (`benchbase.EnvBlock`) steps every learner's simulators; each learner's rewards are scaled by
 its own statistics. `OnPolicyBlock` then learns from that rollout: an algorithm's block writes
 `update(rollout)` with a leading learner dimension (off-policy blocks learn from each learner's
@@ -38,7 +39,7 @@ from plugins.algorithms.common import distributions
 from plugins.algorithms.common.normalisation import StackedNormalisers, StackedRewardScalers
 from plugins.algorithms.common.on_policy import BlockRollout
 from plugins.algorithms.common.rollout import RolloutLearner
-from plugins.algorithms.common.stacked import StackedMLP
+from plugins.algorithms.common.stacked import stacked_network
 
 if TYPE_CHECKING:
     import torch
@@ -47,17 +48,17 @@ else:
 
 
 def blockable(learner: RolloutLearner) -> bool:
-    """Whether learners like this one can form a block (an MLP on vector observations)."""
-    from plugins.algorithms.common.networks import MLPActorCritic
+    """Whether learners like this one can form a block (a network with a stacked form)."""
+    from plugins.algorithms.common.networks import MLPActorCritic, NatureCNNActorCritic
 
-    return isinstance(learner.model, MLPActorCritic)
+    return isinstance(learner.model, (MLPActorCritic, NatureCNNActorCritic))
 
 
 def block_of(
     block: type[RolloutBlock], learner: type[RolloutLearner], params: Any, specs: list, envs: EnvBlock | None
 ) -> Any:
     """An algorithm's `make_learner_block`: its learners for `specs` as one `block`, or None when
-    their network has no stacked form (the Nature CNN, for now)."""
+    their network has no stacked form."""
     learners = [learner(params, spec) for spec in specs]
     if not blockable(learners[0]):
         for built in learners:
@@ -126,7 +127,7 @@ class RolloutBlock(LearnerBlock):
             learner.reseat(self._stacked[k], self._grad[k, :total])
         self.parameter = torch.nn.Parameter(self._stacked[:, :total])
         self.parameter.grad = self._grad[:, :total]
-        self.network = StackedMLP(first.model, self._stacked, self._grad)
+        self.network = stacked_network(first.model, self._stacked, self._grad)
         self.learners = [BlockMember(self, k, learner) for k, learner in enumerate(learners)]
 
         # Collection for every learner at once: one env step, one normalisation, one scaling.

@@ -3,7 +3,7 @@ behaviour networks and learn together, each from batches of its own replay mix.
 
 The block collects as every `RolloutBlock` does, acting with the learners' behaviour networks μ:
 their parameters are re-seated as the rows of one [K, parameters] tensor beside the learners'
-own, so one batched pass of `StackedMLP` gives every μ's features, outputs and values. Each
+own, so one batched pass of the stacked network gives every μ's features, outputs and values. Each
 learner then takes its part of the collection as its own segments (`OffPolicyLearner.segments`)
 and everything that follows stays the learner's own: its replay mix and its strategies' random
 streams, its background batch preparer, its behaviour refresh, its counters and its learning
@@ -21,7 +21,7 @@ import numpy as np
 from benchbase import EnvBlock, IterationOutput, Segment, lazy_import
 from plugins.algorithms.common.block import RolloutBlock, sample
 from plugins.algorithms.common.off_policy import BehaviourRollout, OffPolicyLearner, SampledBatch
-from plugins.algorithms.common.stacked import StackedMLP
+from plugins.algorithms.common.stacked import stacked_network
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +48,7 @@ class OffPolicyBlock(RolloutBlock):
         for k, learner in enumerate(learners):
             learner.behaviour_flat.reseat(self._behaviour_rows[k], unused_grad[k])
             learner.behaviour_flat.parameter.requires_grad_(False)
-        self.behaviour = StackedMLP(first.behaviour, self._behaviour_rows)
+        self.behaviour = stacked_network(first.behaviour, self._behaviour_rows)
         steps, simulators = self.n_steps, first.env.num_envs
         self._behaviour_out = np.zeros((steps, rows, simulators, first.model.action_outputs), dtype=np.float32)
         self._behaviour_values = np.zeros((steps + 1, rows, simulators), dtype=np.float32)

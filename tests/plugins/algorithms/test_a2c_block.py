@@ -119,13 +119,39 @@ def test_a_block_iterates_every_learner_with_its_own_simulators():
     assert not torch.equal(block.parameters(), before)
 
 
-def test_the_nature_cnn_has_no_block_yet():
+@pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
+def test_the_stacked_nature_cnn_computes_each_learners_outputs_and_gradients(continuous):
+    """Both ways of running the convolutions (one grouped convolution, as on a GPU; learner by
+    learner, as on a CPU) give each learner's own outputs, and backward writes each learner's own
+    gradient into its row."""
     from gymnasium import spaces
 
-    env = FakeVectorEnv()
-    env.observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    params = A2CParams(**SETTINGS)
-    assert DiffA2C().make_learner_block(params, [LearnerSpec(env, 0, 2, 0, torch.device("cpu"))]) is None
+    from benchbase import FlatParameters
+    from plugins.algorithms.common.networks import NatureCNNActorCritic
+    from plugins.algorithms.common.stacked import StackedCNN
+
+    torch.manual_seed(0)
+    action_space = spaces.Box(-1, 1, (2,), np.float32) if continuous else spaces.Discrete(6)
+    models = [NatureCNNActorCritic(spaces.Box(0, 255, (4, 84, 84), np.uint8), action_space) for _ in range(K)]
+    flats = [FlatParameters(model) for model in models]
+    stacked = torch.stack([flat.data for flat in flats]).clone()
+    grad = torch.zeros_like(stacked)
+    network = StackedCNN(models[0], stacked, grad)
+    frames = torch.randint(0, 256, (K, 5, 4, 84, 84), dtype=torch.uint8)
+    scaled = frames.float() / 255.0
+    torch.testing.assert_close(
+        network.grouped_convolutions(scaled), network.convolutions_in_turn(scaled), rtol=1e-5, atol=1e-5
+    )
+    actor, value = network.actor_and_value(frames)
+    (actor.pow(2).sum() + value.pow(2).sum()).backward()
+    for k, (model, flat) in enumerate(zip(models, flats)):
+        expected_actor, expected_value = model.actor_and_value(frames[k])
+        torch.testing.assert_close(actor[k], expected_actor, rtol=0, atol=1e-5)
+        torch.testing.assert_close(value[k], expected_value, rtol=0, atol=1e-5)
+        (expected_actor.pow(2).sum() + expected_value.pow(2).sum()).backward()
+        torch.testing.assert_close(grad[k], flat.grad, rtol=1e-4, atol=1e-5)
+        if continuous:
+            torch.testing.assert_close(network.action_log_std()[k, 0], model.action_log_std())
 
 
 @pytest.mark.parametrize("normaliser", ["mixed", "local", "off"])
