@@ -21,6 +21,7 @@ Why these choices and defaults: docs/algorithms.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -188,6 +189,29 @@ def vtrace_losses(
     )
 
 
+def batch_losses(
+    stack: Callable[[str], torch.Tensor],
+    actor_out: torch.Tensor,
+    log_std: torch.Tensor | None,
+    values: torch.Tensor,
+    behaviour_log_std: torch.Tensor | None,
+    params: VTraceParams,
+) -> VTraceLosses:
+    """`vtrace_losses` of π's outputs on a batch whose stored fields `stack(name)` gives time-major."""
+    return vtrace_losses(
+        actor_out,
+        log_std,
+        values,
+        stack("actions"),
+        stack("rewards"),
+        stack("discounts"),
+        stack("behaviour_logits"),
+        behaviour_log_std,
+        stack("behaviour_values"),
+        params,
+    )
+
+
 class VTraceLearner(OffPolicyLearner):
     def __init__(self, params: VTraceParams, spec: LearnerSpec) -> None:
         super().__init__(
@@ -217,18 +241,7 @@ class VTraceLearner(OffPolicyLearner):
         )  # [B, A]: each segment's own μ
 
         actor_out, values = self.model.sequence_outputs(observations)
-        losses = vtrace_losses(
-            actor_out,
-            self.model.action_log_std(),
-            values,
-            stack("actions"),
-            stack("rewards"),
-            stack("discounts"),
-            stack("behaviour_logits"),
-            behaviour_log_std,
-            stack("behaviour_values"),
-            p,
-        )
+        losses = batch_losses(stack, actor_out, self.model.action_log_std(), values, behaviour_log_std, p)
         grad_norm = self.optimizer_step(losses.loss, p.max_grad_norm)
         metrics = {name: value.item() for name, value in losses.metrics().items()}
         metrics["grad_norm"] = grad_norm
@@ -265,18 +278,8 @@ class VTraceBlock(OffPolicyBlock):
             if self.members[0].continuous
             else None
         )  # [K, B, A]: each segment's own μ
-        losses = vtrace_losses(
-            actor_out.transpose(0, 1),
-            self.network.action_log_std(),
-            values.transpose(0, 1),
-            stack("actions"),
-            stack("rewards"),
-            stack("discounts"),
-            stack("behaviour_logits"),
-            behaviour_log_std,
-            stack("behaviour_values"),
-            p,
-        )
+        log_std = self.network.action_log_std()
+        losses = batch_losses(stack, actor_out.transpose(0, 1), log_std, values.transpose(0, 1), behaviour_log_std, p)
         grad_norms = self.optimizer_step(losses.loss.sum(), p.max_grad_norm)
         columns = {name: value.tolist() for name, value in losses.metrics().items()}
         return [

@@ -286,15 +286,24 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
 
     def act(self, t: int, observations: torch.Tensor) -> np.ndarray:
         """μ acts, and what it computed is kept for the segments: features, outputs, values."""
-        features = self.behaviour.features(observations)
-        actor_out = self.behaviour.policy_head(features)
-        self._features[t] = features.cpu().numpy()
-        self._behaviour_out[t] = actor_out.cpu().numpy()
+        actor_out = behaviour_step(self.behaviour, observations, t, self._features, self._behaviour_out)
         self._behaviour_values[t] = self.critic_values(observations)
         return distributions.sample(actor_out, self.behaviour.action_log_std()).cpu().numpy()
 
     def critic_values(self, observations: torch.Tensor) -> np.ndarray:
         return self.behaviour.value(observations).cpu().numpy()  # bootstraps use μ's critic, as acting does
+
+
+def behaviour_step(
+    behaviour: Any, observations: torch.Tensor, t: int, features: np.ndarray, outputs: np.ndarray
+) -> torch.Tensor:
+    """μ's outputs on step t's observations (one network, or a block's stacked ones), with its
+    features φ and outputs written into row t of `features` and `outputs` for the segments."""
+    phi = behaviour.features(observations)
+    actor_out = behaviour.policy_head(phi)
+    features[t] = phi.cpu().numpy()
+    outputs[t] = actor_out.cpu().numpy()
+    return actor_out
 
 
 def segment_bytes(unroll_length: int, hidden: int, observation_space: Any, action_space: Any) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from benchbase import EnvBlock, IterationOutput, Segment, lazy_import
 from plugins.algorithms.common.block import RolloutBlock, sample
-from plugins.algorithms.common.off_policy import BehaviourRollout, OffPolicyLearner, SampledBatch
+from plugins.algorithms.common.off_policy import BehaviourRollout, OffPolicyLearner, SampledBatch, behaviour_step
 from plugins.algorithms.common.stacked import stacked_network
 
 if TYPE_CHECKING:
@@ -114,10 +114,7 @@ class OffPolicyBlock(RolloutBlock):
 
     def act(self, t: int, observations: torch.Tensor) -> np.ndarray:
         """Every μ acts; what it computed is kept for the segments: features, outputs, values."""
-        features = self.behaviour.features(observations)
-        actor_out = self.behaviour.policy_head(features)
-        self._features[t] = features.cpu().numpy()
-        self._behaviour_out[t] = actor_out.cpu().numpy()
+        actor_out = behaviour_step(self.behaviour, observations, t, self._features, self._behaviour_out)
         self._behaviour_values[t] = self.critic_values(observations)
         return sample(actor_out, self.behaviour.action_log_std())
 
