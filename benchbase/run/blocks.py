@@ -26,6 +26,7 @@ from benchbase.errors import UserError
 from benchbase.grid.cell import Cell
 from benchbase.learner.process import CellPlugins
 from benchbase.learner.settings import ExecutionSettings
+from benchbase.run.placement import device_for
 
 _observation_kinds: dict[str, str] = {}
 
@@ -62,7 +63,8 @@ def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings)
     asked = settings.learners_per_process
     if asked == 1 or cell.learner_processes == 1 or block_refusal(cell, registry, settings) is not None:
         return 1
-    if asked is None and settings.device == "cpu" and cell.learner_processes <= len(os.sched_getaffinity(0)):
+    on_cpu = device_for(0, settings.device) == "cpu"  # `auto` without CUDA too
+    if asked is None and on_cpu and cell.learner_processes <= len(os.sched_getaffinity(0)):
         # Frames on a CPU with a core per learner: a process per learner convolves on cores of its
         # own, faster than a block's threads (2 Atari learners on 2 cores: 283 steps/s against
         # 206); with more learners than cores the block wins (4 on 2 cores: 164 against 102).

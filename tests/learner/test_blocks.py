@@ -244,7 +244,8 @@ def test_a_learner_that_raises_inside_a_block_fails_its_cell_with_its_traceback(
     grid = [
         *("run", "-a", "faulty-block-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "3"),
         *("--envs-per-learner", "2", "--env-steps", "6000", "--seeds", "2", "--evaluations", "1"),
-        *("--eval-episodes", "1", "--out", str(tmp_path / "run")),
+        # One cell at a time: the fault fires once, in the first cell to reach it.
+        *("--eval-episodes", "1", "--jobs", "1", "--out", str(tmp_path / "run")),
     ]
     result = bench(*grid, env=env)
     assert result.returncode == 1, result.stdout + result.stderr

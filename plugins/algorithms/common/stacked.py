@@ -8,8 +8,8 @@ learner as a strided view of those rows and runs the towers with batched matrix 
 learner k's weights. For this network a batched product costs what one learner's costs, while
 `torch.func.vmap` over `functional_call` cost as much as K separate calls (measured on 2 CPU
 cores, K = 16, batch 1: 954 µs against 39 µs per actor pass). The Nature CNN's convolutions run
-as one grouped convolution (group k: learner k's frames and filters), its dense layers as
-batched products.
+learner by learner on a CPU and as one grouped convolution (group k: learner k's frames and
+filters) on a GPU, its dense layers as batched products.
 
 Each layer's view is an autograd leaf whose `.grad` is the matching view of the block's
 gradient rows, so backward adds every layer's gradient straight into those rows (no
@@ -20,6 +20,7 @@ in place (optimiser steps, mixing) moves the views with them.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from benchbase import lazy_import
@@ -38,7 +39,7 @@ else:
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
-class _Stacked:
+class StackedNetwork(ABC):
     """Each parameter of K copies of `template` as a strided view [K, *shape] of the rows of
     `stacked` (in `template.parameters()` order); with `grad`, an autograd leaf whose gradient is
     the matching view of those rows."""
@@ -65,14 +66,17 @@ class _Stacked:
         """Logits or Gaussian means [K, B, A] of observations [K, B, *obs]."""
         return self.policy_head(self.features(obs))
 
+    @abstractmethod
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The actor's last hidden layer φ [K, B, F] of observations [K, B, *obs]."""
 
+    @abstractmethod
     def policy_head(self, features: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The actor's outputs [K, B, A] from its features [K, B, F]."""
 
+    @abstractmethod
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """V [K, B] of observations [K, B, *obs]."""
 
     def actor_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both towers on the same observations [K, B, *obs]: outputs [K, B, A] and V [K, B]."""
@@ -88,7 +92,7 @@ class _Stacked:
         return self.views["log_std"].unsqueeze(1) if self.continuous else None
 
 
-def stacked_network(template: ActorCritic, stacked: torch.Tensor, grad: torch.Tensor | None = None) -> _Stacked:
+def stacked_network(template: ActorCritic, stacked: torch.Tensor, grad: torch.Tensor | None = None) -> StackedNetwork:
     """The stacked form of `template`'s network (`StackedMLP` or `StackedCNN`)."""
     from plugins.algorithms.common.networks import MLPActorCritic, NatureCNNActorCritic
 
@@ -99,7 +103,7 @@ def stacked_network(template: ActorCritic, stacked: torch.Tensor, grad: torch.Te
     raise TypeError(f"no stacked form of {type(template).__name__}")
 
 
-class StackedMLP(_Stacked):
+class StackedMLP(StackedNetwork):
     """Batched `actor`, `features`, `policy_head`, `value`, `actor_and_value`, `rollout_outputs`
     and `action_log_std` of K `MLPActorCritic`s whose parameters are the rows of `stacked` (in
     `template.parameters()` order). With `grad` (rows of the same layout), backward writes each
@@ -137,7 +141,7 @@ class StackedMLP(_Stacked):
         return self._tower(self._critic, obs).squeeze(-1)
 
 
-class StackedCNN(_Stacked):
+class StackedCNN(StackedNetwork):
     """K `NatureCNNActorCritic`s whose parameters are the rows of `stacked`: the trunk's
     convolutions as one grouped convolution over every learner's frames, its dense layer and the
     heads as batched products. Frames [K, B, C, H, W] (uint8 or float, scaled to [0, 1] here as

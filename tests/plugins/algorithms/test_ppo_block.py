@@ -4,6 +4,7 @@ the same rollouts and shuffles, a block learner's checkpoint is a PPOLearner's, 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -155,8 +156,23 @@ def test_a_block_of_four_trains_on_random_cartpole(registry):
         assert member.parameters_buffer().data_ptr() == after[k].data_ptr()
 
 
-def test_frames_get_no_block():
+def test_a_block_of_frames_updates_each_learner_as_its_own_update():
+    """The Nature CNN's stacked form in a PPO block: one epoch in one minibatch of the whole
+    rollout (the shuffle then only reorders sums) moves each learner as its own update does."""
     torch.set_num_threads(1)
-    specs = [LearnerSpec(FakeFrameEnv(), rank, 2, 0, torch.device("cpu")) for rank in range(2)]
-    assert DiffPPO().make_learner_block(PPOParams(n_steps=2, minibatch_size=4), specs) is None
-    assert DiffPPO.block_observation_kinds == frozenset({"vector"})
+    params = PPOParams(n_steps=2, n_epochs=1, minibatch_size=4)
+
+    def specs() -> list[LearnerSpec]:
+        return [LearnerSpec(FakeFrameEnv(), rank, 2, 0, torch.device("cpu")) for rank in range(2)]
+
+    separate = [PPOLearner(params, spec) for spec in specs()]
+    block = DiffPPO().make_learner_block(params, specs())
+    assert isinstance(block, PPOBlock) and "image" in DiffPPO.block_observation_kinds
+    for member, learner in zip(block.learners, separate):
+        member.load_state_dict(learner.state_dict())
+    rollouts = [copy.deepcopy(learner.collect()[0]) for learner in separate]
+    expected = [learner.update(rollout) for learner, rollout in zip(separate, rollouts)]
+    got = block.update(BlockRollout.stack(rollouts))
+    for k, learner in enumerate(separate):
+        torch.testing.assert_close(block.parameters()[k], learner.parameters_buffer(), rtol=1e-5, atol=1e-6)
+        assert got[k]["loss"] == pytest.approx(expected[k]["loss"], rel=1e-4, abs=1e-6)
