@@ -14,7 +14,6 @@ the same checkpoint and stop at the same iteration.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import signal
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from benchbase.api.contracts import LearnerSpec, params_of
+from benchbase.api.contracts import params_of
 from benchbase.checkpoints import checkpoint
 from benchbase.checkpoints.resume import (
     CheckpointKeeper,
@@ -36,7 +35,7 @@ from benchbase.checkpoints.resume import (
 from benchbase.comm.block import BlockMixer
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.grid.cell import Cell
-from benchbase.learner.build import initialise_from, replay_mix, simulator_seed, simulator_tasks
+from benchbase.learner.build import initialise_from, learner_spec, simulator_seed, simulator_tasks
 from benchbase.learner.evaluation import Evaluator
 from benchbase.learner.events import Note, Report, Resumed, Started
 from benchbase.learner.loop import LoopContext, _Training
@@ -83,19 +82,10 @@ def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: A
         [simulator_tasks(tasks, cell, rank) for rank in ranks],
         [simulator_seed(cell, rank) for rank in ranks],
     )
-    budget = math.ceil(cell.env_steps / world)
     device = torch.device(launch.device)
     params = params_of(plugins.algorithm, cell.algorithm_params)
     specs = [
-        LearnerSpec(
-            env,
-            rank,
-            world,
-            cell.seed,
-            device,
-            replay=replay_mix(registry, plugins.algorithm, params, cell, rank),
-            env_steps_budget=budget,
-        )
+        learner_spec(registry, cell, plugins.algorithm, params, env, rank, world, device)
         for rank, env in zip(ranks, envs.members)
     ]
     block = plugins.algorithm.make_learner_block(params, specs, envs)

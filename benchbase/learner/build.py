@@ -44,17 +44,24 @@ def build_learner(registry: Any, cell: Cell, env: Any, *, rank: int = 0, world: 
     cell: bench eval, checking that a checkpoint fits a cell's model)."""
     algorithm = registry.get("algorithm", cell.algorithm)
     algorithm_params = params_of(algorithm, cell.algorithm_params)
-    replay = replay_mix(registry, algorithm, algorithm_params, cell, rank)
-    spec = LearnerSpec(
+    spec = learner_spec(registry, cell, algorithm, algorithm_params, env, rank, world, torch.device(device))
+    return algorithm.make_learner(algorithm_params, spec)
+
+
+def learner_spec(
+    registry: Any, cell: Cell, algorithm: Any, algorithm_params: Any, env: Any, rank: int, world: int, device: Any
+) -> LearnerSpec:
+    """What learner `rank` of `world` is built from, in a process of its own or in a block: its
+    env, its replay mix (off-policy algorithms) and its share of the cell's env-step budget."""
+    return LearnerSpec(
         env,
         rank,
         world,
         cell.seed,
-        torch.device(device),
-        replay=replay,
+        device,
+        replay=replay_mix(registry, algorithm, algorithm_params, cell, rank),
         env_steps_budget=math.ceil(cell.env_steps / world),
     )
-    return algorithm.make_learner(algorithm_params, spec)
 
 
 def replay_mix(registry: Any, algorithm: Any, algorithm_params: Any, cell: Cell, rank: int) -> ReplayMix | None:
