@@ -506,7 +506,7 @@ def run(
 
         if launcher == "local" and jobs is None:
             jobs = cells_at_once(cells, registry)
-        check_memory(cells, registry, jobs if launcher == "local" and jobs is not None else 1)
+        check_memory(cells, registry, jobs if launcher == "local" else 1)
     if dry_run:
         _print_cells(console, cells, out, registry, as_json)
         return

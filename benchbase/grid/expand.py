@@ -311,18 +311,7 @@ def check_memory(cells: Sequence[Cell], registry: Registry, cells_at_once: int, 
     available = machine_memory() if available is None else available
     if not available:
         return
-    cache: dict[str, tuple[Any, Any]] = {}
-    needs: dict[str, tuple[int, Cell, int, int]] = {}  # by setting: the seeds of one setting need the same
-    for cell in cells:
-        key = json.dumps({**cell.config(), "seed": None}, sort_keys=True, default=str)
-        if key in needs:
-            continue
-        algorithm = registry.get("algorithm", cell.algorithm)
-        spaces = _spaces(cell, registry, cache)
-        replay = _replay_bytes(cell, registry, spaces) or 0
-        model = (algorithm.model_bytes(params_of(algorithm, cell.algorithm_params), *spaces) or 0) * MODEL_COPIES
-        needs[key] = (cell.learner_processes * (replay + model), cell, replay, model)
-    largest = sorted(needs.values(), key=lambda need: need[0], reverse=True)
+    largest = _memory_needs(cells, registry)
     total = sum(need[0] for need in largest[: max(cells_at_once, 1)])
     if total <= available:
         return
@@ -334,6 +323,38 @@ def check_memory(cells: Sequence[Cell], registry: Registry, cells_at_once: int, 
         f"({cell.learner_processes} learners × {' + '.join(parts)}), more than this machine's {_gib(available)}: "
         "lower the replay capacity, the network, the learners or --jobs"
     )
+
+
+def cells_that_fit(cells: Sequence[Cell], registry: Registry, at_most: int, available: int | None = None) -> int:
+    """The most of the grid's largest cells, up to `at_most`, that fit in memory side by side (at
+    least 1: `check_memory` says whether one does)."""
+    available = machine_memory() if available is None else available
+    if not available:
+        return max(at_most, 1)
+    fitting, total = 0, 0
+    for size, *_ in _memory_needs(cells, registry)[:at_most]:
+        total += size
+        if total > available:
+            break
+        fitting += 1
+    return max(fitting, 1)
+
+
+def _memory_needs(cells: Sequence[Cell], registry: Registry) -> list[tuple[int, Cell, int, int]]:
+    """(bytes, cell, replay bytes per learner, model bytes per learner) of each setting of the
+    grid (the seeds of one setting need the same), largest first."""
+    cache: dict[str, tuple[Any, Any]] = {}
+    needs: dict[str, tuple[int, Cell, int, int]] = {}
+    for cell in cells:
+        key = json.dumps({**cell.config(), "seed": None}, sort_keys=True, default=str)
+        if key in needs:
+            continue
+        algorithm = registry.get("algorithm", cell.algorithm)
+        spaces = _spaces(cell, registry, cache)
+        replay = _replay_bytes(cell, registry, spaces) or 0
+        model = (algorithm.model_bytes(params_of(algorithm, cell.algorithm_params), *spaces) or 0) * MODEL_COPIES
+        needs[key] = (cell.learner_processes * (replay + model), cell, replay, model)
+    return sorted(needs.values(), key=lambda need: need[0], reverse=True)
 
 
 def _gib(size: int) -> str:

@@ -14,25 +14,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from benchbase.errors import UserError
 from benchbase.run.placement import Placement
 
 
 def cells_at_once(cells: Sequence[Any], registry: Any) -> int:
-    """`--jobs` unset: one cell per core, at most the grid's cells and only as many as fit in
-    memory side by side (at least 1; `check_memory` then says whether one fits). A learner block
-    is one process, so on 2 cores two block cells run side by side, each on its own core: the
-    default grid took 1 min 29 s so against 2 min 21 s to 2 min 36 s one cell at a time (docs/running.md)."""
-    from benchbase.grid.expand import check_memory
+    """`--jobs` unset: one cell per core, at most the grid's cells and at most as many of its
+    largest cells as fit in memory side by side (docs/running.md)."""
+    from benchbase.grid.expand import cells_that_fit
 
-    jobs = max(1, min(len(os.sched_getaffinity(0)), len(cells)))
-    while jobs > 1:
-        try:
-            check_memory(cells, registry, jobs)
-            return jobs
-        except UserError:
-            jobs -= 1
-    return 1
+    return cells_that_fit(cells, registry, min(len(os.sched_getaffinity(0)), len(cells)))
 
 
 def visible_gpus(device: str) -> list[int]:

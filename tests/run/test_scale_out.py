@@ -45,24 +45,19 @@ def test_cells_get_disjoint_cores_and_wait_for_free_ones():
 
 
 def test_unset_jobs_is_one_cell_per_core_at_most_the_grids_cells_and_what_fits_in_memory(monkeypatch):
-    from benchbase.errors import UserError
     from benchbase.grid import expand
     from benchbase.run import schedule
 
-    fits_side_by_side = {"cells": 8}
-
-    def check_memory(cells, registry, cells_at_once):
-        if cells_at_once > fits_side_by_side["cells"]:
-            raise UserError("memory")
-
-    monkeypatch.setattr(expand, "check_memory", check_memory)
+    gib = 2**30
+    monkeypatch.setattr(expand, "_memory_needs", lambda cells, registry: [(3 * gib, cell, 0, 0) for cell in cells])
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    monkeypatch.setattr(expand, "machine_memory", lambda: 100 * gib)
     assert schedule.cells_at_once(["cell"] * 12, None) == 4  # the cores
     assert schedule.cells_at_once(["cell"] * 3, None) == 3  # the grid's cells
     assert schedule.cells_at_once(["cell"], None) == 1  # one cell keeps every core
-    fits_side_by_side["cells"] = 2
-    assert schedule.cells_at_once(["cell"] * 12, None) == 2  # what fits in memory
-    fits_side_by_side["cells"] = 0
+    monkeypatch.setattr(expand, "machine_memory", lambda: 7 * gib)
+    assert schedule.cells_at_once(["cell"] * 12, None) == 2  # two of 3 GiB fit in 7 GiB, three do not
+    monkeypatch.setattr(expand, "machine_memory", lambda: 2 * gib)
     assert schedule.cells_at_once(["cell"] * 12, None) == 1  # check_memory then refuses the grid itself
 
 
