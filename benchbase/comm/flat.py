@@ -32,15 +32,18 @@ class FlatParameters:
         self._views = params
         self._seat(mixed, torch.zeros(total, dtype=first.dtype, device=first.device))
 
-    def reseat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:
+    def reseat(self, mixed: torch.Tensor, grad: torch.Tensor | None = None) -> None:
         """Move the buffers into `mixed` and `grad` (a learner block's rows of its stacked
-        buffers), values kept: the model's parameters and gradients become views of them."""
+        buffers), values kept: the model's parameters and gradients become views of them.
+        Without `grad` the gradients stay in their own buffer (parameters that do not learn)."""
         total = self.parameter.numel()
+        grad = self.parameter.grad if grad is None else grad
         if mixed.shape != self.mixed.shape or grad.shape != (total,):
             shapes = f"{tuple(mixed.shape)} and {tuple(grad.shape)}"
             raise ValueError(f"reseat: buffers of {shapes} for {self.mixed.numel()} values and {total} gradients")
         mixed.copy_(self.mixed)
-        grad.copy_(self.parameter.grad)
+        if grad is not self.parameter.grad:
+            grad.copy_(self.parameter.grad)
         self._seat(mixed, grad)
 
     def _seat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:

@@ -143,18 +143,38 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
     # -- what the core calls ----------------------------------------------------------------
 
     def iterate(self) -> IterationOutput:
-        self._refresh_behaviour()
-        lr = self.current_lr()  # from the steps done before this iteration: the first update uses lr
+        lr = self.begin_iteration()
         segments, finished = self.collect_segments()
-        self.steps_done += self.n_steps * self.env.num_envs
-        batch, statistics = self._next_batch(segments)
-
-        metrics: dict[str, float] = {"lr": lr}
+        batch, statistics = self.offer(segments)
+        learned = None
         if batch is not None:
             self.set_lr(lr)
-            metrics.update(self.update(batch))
+            learned = self.update(batch)
+        return self.iteration_output(lr, learned, statistics, finished)
+
+    # -- the steps of an iteration (a learner block runs them for each of its learners) ---------------
+
+    def begin_iteration(self) -> float:
+        """Refresh μ; this iteration's learning rate, from the steps done before it (the first
+        update uses lr)."""
+        self._refresh_behaviour()
+        return self.current_lr()
+
+    def offer(self, segments: list[Segment]) -> tuple[SampledBatch | None, dict[str, float]]:
+        """Count the collected steps and add the segments to the mix; the batch to train on now
+        (None while the mix cannot answer yet) and the mix's statistics."""
+        self.steps_done += self.n_steps * self.env.num_envs
+        return self._next_batch(segments)
+
+    def iteration_output(
+        self, lr: float, learned: dict[str, float] | None, statistics: dict[str, float], finished: list
+    ) -> IterationOutput:
+        """The iteration's output, with the update's metrics `learned` (None: no update)."""
+        metrics: dict[str, float] = {"lr": lr}
+        if learned is not None:
+            metrics.update(learned)
             self.updates += 1
-        metrics["updated"] = float(batch is not None)
+        metrics["updated"] = float(learned is not None)
         metrics["updates"] = float(self.updates)
         metrics.update(statistics)
         return IterationOutput(env_steps=self.n_steps * self.env.num_envs, finished=finished, metrics=metrics)

@@ -44,9 +44,8 @@ class OffPolicyBlock(RolloutBlock):
         total = first.behaviour_flat.data.numel()
         # μ's rows: each learner's behaviour refresh and checkpoints read and write its row.
         self._behaviour_rows = torch.zeros(rows, total, dtype=self._stacked.dtype, device=self.device)
-        unused_grad = torch.zeros(rows, total, dtype=self._stacked.dtype, device=self.device)  # μ does not learn
         for k, learner in enumerate(learners):
-            learner.behaviour_flat.reseat(self._behaviour_rows[k], unused_grad[k])
+            learner.behaviour_flat.reseat(self._behaviour_rows[k])  # μ does not learn: no gradient rows
             learner.behaviour_flat.parameter.requires_grad_(False)
         self.behaviour = stacked_network(first.behaviour, self._behaviour_rows)
         steps, simulators = self.n_steps, first.env.num_envs
@@ -60,35 +59,22 @@ class OffPolicyBlock(RolloutBlock):
 
     def iterate(self) -> list[IterationOutput]:
         """`OffPolicyLearner.iterate` for every learner, with one collection and one update."""
-        for learner in self.members:
-            learner._refresh_behaviour()
-        lrs = [learner.current_lr() for learner in self.members]  # from the steps done before this iteration
+        lrs = [learner.begin_iteration() for learner in self.members]
         segments, finished = self.collect_segments()
-        batches, statistics = [], []
-        for learner, own in zip(self.members, segments):
-            learner.steps_done += self.n_steps * learner.env.num_envs
-            batch, values = learner._next_batch(own)
-            batches.append(batch)
-            statistics.append(values)
-
+        batches, statistics = zip(*(learner.offer(own) for learner, own in zip(self.members, segments)))
         updated = [batch is not None for batch in batches]
         if any(updated) and not all(updated):
             raise RuntimeError("the learners of a block must all have a batch or none: their replay mixes differ")
         if len(set(lrs)) > 1:
             raise RuntimeError(f"the learners of a block share one learning rate, not {sorted(set(lrs))}")
-        metrics: list[dict[str, float]] = [{"lr": lr} for lr in lrs]
+        learned: list[dict[str, float] | None] = [None] * len(self.members)
         if all(updated):
             self.set_lr(lrs[0])
-            for own, values, learner in zip(metrics, self.update(batches), self.members):
-                own.update(values)
-                learner.updates += 1
-        outputs = []
-        for learner, own, values, episodes in zip(self.members, metrics, statistics, finished):
-            own["updated"] = float(all(updated))
-            own["updates"] = float(learner.updates)
-            own.update(values)
-            outputs.append(IterationOutput(self.n_steps * learner.env.num_envs, episodes, own))
-        return outputs
+            learned = list(self.update(list(batches)))
+        return [
+            learner.iteration_output(lr, values, own, episodes)
+            for learner, lr, values, own, episodes in zip(self.members, lrs, learned, statistics, finished)
+        ]
 
     def collect_segments(self) -> tuple[list[list[Segment]], list[list[FinishedEpisode]]]:
         """T steps of every learner's simulators with μ; each learner's segments and finished episodes."""
