@@ -178,8 +178,8 @@ class StackedCNN(StackedNetwork):
         return x.reshape(batch, learners, -1).transpose(0, 1)
 
     def convolutions_in_turn(self, frames: torch.Tensor) -> torch.Tensor:
-        """The same, one learner after another: on CPU a grouped convolution cost 1.4-1.7 times
-        the learners' separate ones (K = 2-4, batches of 8-10 frames, one thread)."""
+        """The same, one learner after another: on a CPU, faster than one grouped convolution
+        (docs/scaling.md)."""
         flat = []
         for k in range(frames.shape[0]):
             x = frames[k]

@@ -119,6 +119,7 @@ def test_a_block_collects_the_segments_each_learner_collects_alone(monkeypatch, 
             mine, theirs = block.learners[k].learner, learner
             assert mine.steps_done == theirs.steps_done and mine.refreshed_at == theirs.refreshed_at
             torch.testing.assert_close(mine.behaviour_flat.data, theirs.behaviour_flat.data, rtol=1e-5, atol=1e-6)
+            assert len(mine.replay.buffers[0].items) == len(theirs.replay.buffers[0].items)
             for a, b in zip(mine.replay.buffers[0].items, theirs.replay.buffers[0].items):
                 for field in SEGMENT_FIELDS:
                     torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-5)
