@@ -406,18 +406,39 @@ def device_group_suite(rank: int, world: int, plans: dict[str, Any], numel: int,
     return out
 
 
-def block_mixing_suite(rank: int, world: int, plan: Any, buffers: np.ndarray, steps: int) -> dict[str, Any]:
+def block_mixing_suite(
+    rank: int, world: int, plan: Any, buffers: np.ndarray, steps: int, transport: str = "p2p", prefix: str = ""
+) -> dict[str, Any]:
     """Process `rank` of `world` hosts learners rank·K … rank·K + K − 1 of `buffers` [N, numel]
-    as one block and mixes them `steps` times across the blocks; its rows, consensus and bytes."""
+    as one block and mixes them `steps` times across the blocks, the rows its learners read from
+    other blocks carried by `transport` (p2p or shm); its rows, consensus, bytes, and what its
+    exchange sent."""
     from benchbase.comm.block import BlockMixer
+    from benchbase.comm.block_exchange import BlockGraph, build_block_exchange
+    from benchbase.comm.shm import SharedBoard, synchronous_slots
 
     size = len(buffers) // world
     own = torch.from_numpy(buffers[rank * size : (rank + 1) * size].copy())
-    mixer = BlockMixer(plan, own, buffers.shape[1] - 8, rank * size)
+    exchange = None
+    if plan.has_edges:
+        graph = BlockGraph(plan, size)
+        board = None
+        if transport == "shm":
+            layout = graph.layout(own.shape[1], own.dtype)
+            board = SharedBoard(prefix, rank, layout.width, synchronous_slots(graph), layout.dtype, PG_TIMEOUT_S)
+            dist.barrier()
+            board.attach(graph.in_peers(rank))
+        exchange = build_block_exchange(graph, rank, own.shape[1], own.dtype, PG_TIMEOUT_S, board)
+    mixer = BlockMixer(plan, own, buffers.shape[1] - 8, rank * size, exchange)
     for iteration in range(steps):
         mixer.mix(iteration)
-    return {
+    result = {
         "rows": own.numpy().copy(),
         "consensus": mixer.consensus_distance(),
         "bytes": [counters.bytes_sent for counters in mixer.counters],
+        "exchanged_bytes": exchange.counters.bytes_sent if exchange is not None else 0,
+        "transport": mixer.transport,
     }
+    dist.barrier()  # nobody unlinks a segment a neighbour still reads
+    mixer.close()
+    return result

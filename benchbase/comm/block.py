@@ -3,11 +3,11 @@ buffers the rows of one [K, numel] tensor, and the cell mixes by one product wit
 matrix, X ← W X.
 
 With every learner of the cell in one process the product is local. With blocks in several
-processes (K < N), each process all-gathers every block's rows over the cell's process group
-(gloo, with the group's timeout; rows on a GPU travel through pinned host memory), forms the same
-product and keeps its own rows: every process then holds the whole mixed cell, which is also what
-consensus is measured on. Without edges nothing is exchanged at each iteration; the rows are
-gathered only to measure consensus.
+processes (K < N), each block receives only the rows its learners read from other blocks (its
+learners' in-neighbours there: one row from each neighbouring block on a ring), over shared
+memory, gloo or NCCL (`benchbase.comm.block_exchange`), and forms its rows of the product from
+its own rows and those: X_b ← W_bb X_b + Σ_c W_bc X_c. The whole cell's rows are all-gathered
+only to measure consensus. Without edges nothing is exchanged.
 
 Synchronous diffusion only (staleness 0, no dropped links, a plan without push-sum): that is
 the rule `benchbase.comm.rules.Diffusion` applies message by message between processes, so a
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from benchbase.comm.block_exchange import BlockExchange
 from benchbase.comm.counters import CommCounters
 from benchbase.comm.mixing_plan import MixingPlan
 
@@ -46,24 +47,42 @@ def block_mixing_refusal(plan: MixingPlan, staleness: int, link_drop: float) -> 
 
 class BlockMixer:
     """The mixing of learners `first_rank` … `first_rank + K − 1` of a cell, whose buffers are the
-    rows of `buffers` [K, numel]: X ← W(iteration) X, in place. With K < N every process of the
-    cell's group calls `mix` at every iteration (a collective)."""
+    rows of `buffers` [K, numel]: X ← W(iteration) X, in place. With K < N and edges, `exchange`
+    brings the rows read from other blocks, and every process of the cell's group calls `mix` at
+    every iteration."""
 
-    def __init__(self, plan: MixingPlan, buffers: torch.Tensor, parameter_numel: int, first_rank: int = 0) -> None:
+    def __init__(
+        self,
+        plan: MixingPlan,
+        buffers: torch.Tensor,
+        parameter_numel: int,
+        first_rank: int = 0,
+        exchange: BlockExchange | None = None,
+    ) -> None:
         learners = buffers.shape[0]
         if plan.n_learners % learners or first_rank % learners or first_rank + learners > plan.n_learners:
             raise ValueError(
                 f"learners {first_rank}-{first_rank + learners - 1} are not a block of a plan of {plan.n_learners}"
             )
-        self.plan, self.buffers, self.parameter_numel = plan, buffers, parameter_numel
+        self.distributed = learners < plan.n_learners
+        if self.distributed and plan.has_edges and exchange is None:
+            raise ValueError("blocks in several processes mix through a BlockExchange")
+        self.plan, self.buffers, self.parameter_numel, self.exchange = plan, buffers, parameter_numel, exchange
         self.rows = slice(first_rank, first_rank + learners)
-        self.weights = [torch.tensor(w, dtype=buffers.dtype, device=buffers.device) for w in plan.weights]
         self.counters = [CommCounters() for _ in range(learners)]
         self._message_bytes = buffers.shape[1] * buffers.element_size()
         self._consensus: float | None = None
-        # Every block's rows, gathered from the cell's processes (K < N); else the buffers themselves.
-        whole = (plan.n_learners, buffers.shape[1])
-        self._cell = buffers if learners == plan.n_learners else buffers.new_empty(whole)
+        as_tensor = lambda array: torch.tensor(array, dtype=buffers.dtype, device=buffers.device)  # noqa: E731
+        # Per phase: the weights on the block's own rows and, by block read, on the rows it sends.
+        self._own_weights = [as_tensor(w[self.rows, self.rows]) for w in plan.weights]
+        self._incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in plan.weights]
+        if exchange is not None:
+            graph, block = exchange.graph, first_rank // learners
+            for phase, w in enumerate(plan.weights):
+                for c in graph.receive_from(block, phase):
+                    self._incoming[phase].append((c, as_tensor(w[self.rows][:, graph.exported[c]])))
+        # Every block's rows, all-gathered to measure consensus (K < N); else the buffers themselves.
+        self._cell = buffers if not self.distributed else buffers.new_zeros((plan.n_learners, buffers.shape[1]))
         self._cell_stale = self.distributed  # other blocks' rows not gathered since they changed
         self._host_cell: torch.Tensor | None = None  # GPU blocks gather through host memory
         # Per phase, each learner's (out-degree, in-degree): the messages it would send and receive.
@@ -76,8 +95,11 @@ class BlockMixer:
         ]
 
     @property
-    def distributed(self) -> bool:
-        return self._cell is not self.buffers
+    def transport(self) -> str:
+        """What carried the parameters, as the cells table records it."""
+        if not self.plan.has_edges:
+            return "none"
+        return BLOCK_TRANSPORT if self.exchange is None else f"{BLOCK_TRANSPORT}/{self.exchange.name}"
 
     def mix(self, iteration: int) -> None:
         self._consensus = None
@@ -85,18 +107,18 @@ class BlockMixer:
             self._cell_stale = self.distributed  # gathered when consensus is next measured
             return
         started = time.perf_counter()
-        if self.distributed:
-            self._gather()
         phase = self.plan.phase(iteration)
-        mixed = self.weights[phase] @ self._cell
-        self.buffers.copy_(mixed[self.rows])
-        if self.distributed:
-            self._cell = mixed  # every block's mixed rows: what consensus is measured on
+        received = self.exchange.exchange(self.buffers, iteration) if self.exchange is not None else {}
+        mixed = self._own_weights[phase] @ self.buffers
+        for block, weights in self._incoming[phase]:
+            mixed.addmm_(weights, received[block].to(self.buffers.device, non_blocking=True))
+        self.buffers.copy_(mixed)
+        self._cell_stale = self.distributed
         share = (time.perf_counter() - started) / len(self.buffers)
-        for counters, (sent, received) in zip(self.counters, self._degrees[phase]):
+        for counters, (sent, received_count) in zip(self.counters, self._degrees[phase]):
             counters.bytes_sent += sent * self._message_bytes
             counters.messages_sent += sent
-            counters.messages_received += received
+            counters.messages_received += received_count
             counters.wait_s += share
 
     def _gather(self) -> None:
@@ -124,6 +146,11 @@ class BlockMixer:
             self._consensus = 0.0 if n == 1 else math.sqrt(spread / n) / (float(mean.norm()) + 1e-12)
         return self._consensus
 
+    def close(self) -> None:
+        """Free what the exchange holds (shared-memory segments)."""
+        if self.exchange is not None:
+            self.exchange.close()
+
     def member(self, rank: int) -> BlockMemberComm:
         """Learner `rank`'s side (a rank of the cell, in this block)."""
         return BlockMemberComm(self, rank)
@@ -137,7 +164,7 @@ class BlockMemberComm:
         self.mixer, self.rank = mixer, rank
         self.counters = mixer.counters[rank - mixer.rows.start]
         # What carried the parameters, as the cells table records it: nothing, without edges.
-        self.transport = BLOCK_TRANSPORT if mixer.plan.has_edges else "none"
+        self.transport = mixer.transport
 
     def mix(self, params: torch.Tensor, iteration: int) -> None:
         """Nothing: the block mixes every learner at once (`BlockMixer.mix`)."""

@@ -33,13 +33,22 @@ from benchbase.checkpoints.resume import (
     default_every,
 )
 from benchbase.comm.block import BlockMixer
+from benchbase.comm.block_exchange import BlockExchange, BlockGraph, build_block_exchange
 from benchbase.comm.mixing_plan import build_mixing_plan
+from benchbase.comm.shm import synchronous_slots
 from benchbase.grid.cell import Cell
 from benchbase.learner.build import initialise_from, learner_spec, simulator_seed, simulator_tasks
 from benchbase.learner.evaluation import Evaluator
 from benchbase.learner.events import Note, Report, Resumed, Started
 from benchbase.learner.loop import LoopContext, _Training
-from benchbase.learner.process import CellPlugins, _finish, _join_group, _load_registry
+from benchbase.learner.process import (
+    CellPlugins,
+    _device_group,
+    _finish,
+    _join_group,
+    _load_registry,
+    open_shared_board,
+)
 from benchbase.learner.settings import LearnerLaunch
 
 
@@ -72,7 +81,7 @@ def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: A
     registry = _load_registry(launch.settings)
     cell = Cell.from_config(launch.cell_config)
     plugins = CellPlugins.resolve(registry, cell)
-    world = cell.learner_processes
+    world, processes = cell.learner_processes, launch.world_size
     ranks = range(launch.rank * launch.learners, (launch.rank + 1) * launch.learners)
     plan = build_mixing_plan(plugins.topology, plugins.topology_params, world, cell.seed, plugins.num_peers)
     tasks = plugins.family.training_tasks(plugins.env_params, cell.learners, cell.seed)
@@ -95,7 +104,9 @@ def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: A
     if cell.init_from is not None:
         for rank, member in zip(ranks, members):
             initialise_from(member, cell.init_from, rank)
-    mixer = BlockMixer(plan, block.parameters(), members[0].model_parameters().numel(), ranks.start)
+    buffers = block.parameters()
+    exchange = _block_exchange(launch, plan, buffers) if processes > 1 and plan.has_edges else None
+    mixer = BlockMixer(plan, buffers, members[0].model_parameters().numel(), ranks.start, exchange)
     every = default_every(cell.env_steps, world, launch.settings.checkpoint_every)
     writer = checkpoint.BackgroundWriter(max_pending=len(ranks))
     keepers = [
@@ -126,9 +137,26 @@ def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: A
             summary = summaries[training.rank]
             summary["transport"] = training.context.comm.transport
             _finish(training.context, training.state, summary, training.tables)
+    mixer.close()
     block.close()  # the learners' threads (background batch preparers)
     envs.close()
     return summaries
+
+
+def _block_exchange(launch: LearnerLaunch, plan: Any, buffers: torch.Tensor) -> BlockExchange:
+    """This block's exchange with the others: NCCL when every block process has a GPU of its
+    own, else shared memory on this host (unless `--transport p2p`), else gloo messages; every
+    process takes the same decision."""
+    graph = BlockGraph(plan, launch.learners)
+    numel, dtype = buffers.shape[1], buffers.dtype
+    device_group = _device_group(launch, plan, 0) if launch.settings.transport == "auto" else None
+    board = None
+    if device_group is None and launch.settings.transport != "p2p":
+        layout = graph.layout(numel, dtype)
+        channels = dict.fromkeys(range(graph.blocks), 1)
+        board = open_shared_board(launch, layout, synchronous_slots(graph), channels, graph.in_peers(launch.rank))
+    timeout_s = launch.settings.comm_timeout_s
+    return build_block_exchange(graph, launch.rank, numel, dtype, timeout_s, board, device_group, buffers.device)
 
 
 def _restore(

@@ -30,7 +30,7 @@ from benchbase.checkpoints.resume import (
     default_every,
     resume_point,
 )
-from benchbase.comm.communicator import Communicator, message_layout
+from benchbase.comm.communicator import Communicator, MessageLayout, message_layout
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.comm.shm import (
     SharedBoard,
@@ -278,7 +278,22 @@ def _shared_board(
     layout = message_layout(plan, buffer.numel(), buffer.dtype, staleness)
     channels = {j: layout.channels(plan, j) for j in range(launch.world_size)}
     slots = synchronous_slots(plan) if staleness == 0 else 2
-    needed = sum(segment_bytes(layout.width, slots or 2, layout.dtype, channels[j]) for j in channels)
+    return open_shared_board(launch, layout, slots, channels, plan.in_peers(launch.rank), forked)
+
+
+def open_shared_board(
+    launch: LearnerLaunch,
+    layout: MessageLayout,
+    slots: int | None,
+    channels: dict[int, int],
+    in_peers: list[int],
+    forked: bool = True,
+) -> SharedBoard | None:
+    """Process `launch.rank`'s segment of `channels[rank]` channels of `slots` messages, attached
+    to its `in_peers`' segments, when every process of the group is on this host, `slots` is not
+    None and /dev/shm has room; a collective: every process takes the same decision (None: gloo).
+    `--transport shm` makes the fallback an error."""
+    needed = sum(segment_bytes(layout.width, slots or 2, layout.dtype, count) for count in channels.values())
     hosts: list[Any] = [None] * launch.world_size  # torchrun may spread a cell over several machines
     dist.all_gather_object(hosts, socket.gethostname())
     room = len(set(hosts)) == 1 and slots is not None and shared_memory_room(needed)
@@ -301,5 +316,5 @@ def _shared_board(
         channels[launch.rank],
     )
     dist.barrier()  # every segment exists before anyone opens its neighbours'
-    board.attach(plan.in_peers(launch.rank), channels, own_tracker=not forked)
+    board.attach(in_peers, channels, own_tracker=not forked)
     return board

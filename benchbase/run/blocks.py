@@ -8,9 +8,10 @@ per block process, round-robin.
 
 `--learners-per-process` chooses: unset, each cell that can runs as one block of all its
 learners (on the CPU, a cell of frames only when it has more learners than the machine has
-cores); 1, one learner per process as before; K, blocks of K learners in N/K processes that mix
-over gloo, refused in one line for a cell that cannot run in blocks or whose N K does not divide
-(blocks of unequal sizes are not supported).
+cores; with `--transport shm` or `p2p`, one learner per process); 1, one learner per process as
+before; K, blocks of K learners in N/K processes that send each other the rows their learners
+read (`benchbase.comm.block_exchange`), refused in one line for a cell that cannot run in
+blocks or whose N K does not divide (blocks of unequal sizes are not supported).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from benchbase.run.placement import device_for
 _observation_kinds: dict[str, str] = {}
 
 
-def block_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str | None:
+def block_refusal(cell: Cell, registry: Any) -> str | None:
     """Why `cell` cannot run as one block of learners; None when it can."""
     if cell.learner_processes < 2:
         return "it has one learner"
@@ -46,8 +47,6 @@ def block_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str
         return f"{cell.algorithm} overrides make_learner but not make_learner_block"
     if cell.straggler is not None:
         return "--straggler paces one learner's process"
-    if settings.transport != "auto":
-        return f"--transport {settings.transport} chooses how learner processes exchange"
     plan = build_mixing_plan(plugins.topology, plugins.topology_params, cell.learner_processes, cell.seed, None)
     reason = block_mixing_refusal(plan, plugins.staleness, plugins.link_drop)
     if reason is not None:
@@ -61,7 +60,9 @@ def block_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str
 def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings) -> int:
     """The learners each process of `cell` hosts (checked beforehand by `check_learners_per_process`)."""
     asked = settings.learners_per_process
-    if asked == 1 or cell.learner_processes == 1 or block_refusal(cell, registry, settings) is not None:
+    if asked == 1 or cell.learner_processes == 1 or block_refusal(cell, registry) is not None:
+        return 1
+    if asked is None and settings.transport != "auto":  # a transport between the learners' processes
         return 1
     on_cpu = device_for(0, settings.device) == "cpu"  # `auto` without CUDA too
     if asked is None and on_cpu and cell.learner_processes <= len(os.sched_getaffinity(0)):
@@ -92,9 +93,14 @@ def check_learners_per_process(cells: list[Cell], registry: Any, settings: Execu
                 f"--learners-per-process {asked}: does not divide the {n} learners of {label} "
                 f"(blocks of equal size: {divisors})"
             )
-        reason = block_refusal(cell, registry, settings)
+        reason = block_refusal(cell, registry)
         if reason is not None:
             raise UserError(f"--learners-per-process {asked}: {label} cannot run as a block: {reason}")
+        if asked == n and settings.transport != "auto":
+            raise UserError(
+                f"--transport {settings.transport}: with --learners-per-process {asked} every learner of {label} "
+                "shares one process, so nothing travels between processes (choose fewer learners per process)"
+            )
 
 
 def _defined_by(algorithm: Any, method: str) -> type:

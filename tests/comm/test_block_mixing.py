@@ -4,6 +4,7 @@ the processes apply message by message, on ring, exponential and random graphs."
 from __future__ import annotations
 
 import math
+import uuid
 
 import pytest
 import torch
@@ -81,20 +82,25 @@ def test_what_a_block_cannot_mix_is_refused_with_the_reason(registry):
         assert "push-sum" in block_mixing_refusal(directed, 0, 0.0)
 
 
+@pytest.mark.parametrize("transport", ["shm", "p2p"])
 @pytest.mark.parametrize(
     "name,n,blocks,overrides",
     [("ring", 6, 3, {}), ("exponential", 8, 2, {}), ("random", 8, 4, {"p": 0.4}), ("isolated", 4, 2, {})],
 )
-def test_blocks_in_several_processes_mix_as_one_block_of_the_whole_cell(registry, name, n, blocks, overrides):
-    """K = N / blocks learners per process, all-gathered over gloo between real processes: every
-    process ends with its rows of what one block of the whole cell computes, and the same
-    consensus and message counts."""
+def test_blocks_in_several_processes_mix_as_one_block_of_the_whole_cell(
+    registry, name, n, blocks, overrides, transport
+):
+    """K = N / blocks learners per process, each process receiving the rows its learners read
+    from the others (shared memory or gloo messages between real processes): every process ends
+    with its rows of what one block of the whole cell computes, and the same consensus and
+    message counts."""
     from dist_helpers import block_mixing_suite, run_group
 
     plan = plan_for(registry, name, n, seed=3, **overrides)
     buffers = torch.randn(n, NUMEL)
     steps = 2 * plan.period + 1
-    results = run_group(block_mixing_suite, blocks, plan, buffers.numpy(), steps)
+    prefix = f"bbt-blk-{uuid.uuid4().hex[:8]}"
+    results = run_group(block_mixing_suite, blocks, plan, buffers.numpy(), steps, transport, prefix)
     whole = BlockMixer(plan, buffers, PARAMETERS)
     for iteration in range(steps):
         whole.mix(iteration)
@@ -104,3 +110,44 @@ def test_blocks_in_several_processes_mix_as_one_block_of_the_whole_cell(registry
         torch.testing.assert_close(torch.from_numpy(result["rows"]), buffers[rows], rtol=1e-5, atol=1e-6)
         assert result["consensus"] == pytest.approx(whole.consensus_distance(), rel=1e-5)
         assert result["bytes"] == [counters.bytes_sent for counters in whole.counters[rows]]
+        assert result["transport"] == (f"block/{transport}" if plan.has_edges else "none")
+
+
+def test_blocks_exchange_only_the_rows_other_blocks_read(registry):
+    """A ring of 12 as 3 blocks of 4: block b reads one row from each neighbouring block (its
+    first learner's left neighbour, its last learner's right one) and sends its own first and last
+    rows, never the whole block nor every block's rows."""
+    from dist_helpers import block_mixing_suite, run_group
+
+    from benchbase.comm.block_exchange import BlockGraph
+
+    plan = plan_for(registry, "ring", 12)
+    graph = BlockGraph(plan, 4)
+    assert graph.exported == [[0, 3], [4, 7], [8, 11]]
+    assert graph.reads[0][1] == {0: [3], 2: [8]}
+    assert [graph.in_peers(b) for b in range(3)] == [[1, 2], [0, 2], [0, 1]]
+    steps = 5
+    results = run_group(block_mixing_suite, 3, plan, torch.randn(12, NUMEL).numpy(), steps, "p2p")
+    # Per iteration, one message of 2 rows to each of 2 neighbouring blocks.
+    assert [result["exchanged_bytes"] for result in results] == [steps * 2 * 2 * NUMEL * 4] * 3
+
+
+def test_a_time_varying_graph_between_blocks_reads_phase_by_phase(registry):
+    """The time-varying exponential graph on 8 learners in 2 blocks of 4: each phase reads only that
+    phase's in-neighbours from the other block; a block's message holds the rows any phase reads."""
+    from benchbase.comm.block_exchange import BlockGraph
+
+    plan = plan_for(registry, "exponential", 8)
+    graph = BlockGraph(plan, 4)
+    assert graph.period == plan.period > 1
+    for phase in range(plan.period):
+        for b in range(2):
+            expected: dict[int, list[int]] = {}
+            for i in range(4 * b, 4 * b + 4):
+                for j in plan.in_neighbours(i, phase):
+                    if j // 4 != b:
+                        expected.setdefault(j // 4, []).append(j)
+            assert graph.reads[phase][b] == {c: sorted(set(rows)) for c, rows in expected.items()}
+    for c in range(2):
+        read = {j for per_block in graph.reads for b, rows in enumerate(per_block) if b != c for j in rows.get(c, [])}
+        assert graph.exported[c] == sorted(read)

@@ -120,9 +120,7 @@ def test_a_subclass_with_a_learner_of_its_own_is_not_run_as_an_inherited_block(m
     registry = load_registry()
     get = registry.get
     monkeypatch.setattr(registry, "get", lambda kind, name: OwnLearner() if kind == "algorithm" else get(kind, name))
-    assert block_refusal(cell_of(), registry, ExecutionSettings()) == (
-        "diff-a2c overrides make_learner but not make_learner_block"
-    )
+    assert block_refusal(cell_of(), registry) == ("diff-a2c overrides make_learner but not make_learner_block")
 
 
 # -- a block's run against one process per learner ---------------------------------------------------
@@ -237,6 +235,25 @@ def test_a_block_and_a_process_per_learner_run_the_same_cell_alike(tmp_path: Pat
     assert abs(np.log(late["block"] / late["processes"])) < np.log(3), late
 
 
+def test_blocks_in_several_processes_give_the_same_run_over_shared_memory_and_gloo(tmp_path: Path):
+    """A 6-learner ring as 3 blocks of 2: the rows each block reads from its neighbours travel
+    through shared memory by default and as gloo messages with `--transport p2p`; the bytes are
+    the same and so is every parameter at the end, bit for bit."""
+    from benchbase.run.local import run_cell
+
+    cell = cell_of(learners=6, env_steps=2880, evaluations=0)
+    finals = {}
+    for transport in ("auto", "p2p"):
+        settings = ExecutionSettings(learners_per_process=2, transport=transport, comm_timeout_s=60)
+        outcome = run_cell(cell, str(tmp_path / transport), lambda event: None, settings)
+        assert outcome.status == "completed", outcome.error
+        expected = "block/shm" if transport == "auto" else "block/p2p"
+        assert [summary["transport"] for summary in outcome.summaries] == [expected] * 6
+        finals[transport] = [final_parameters(tmp_path / transport, cell, rank) for rank in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(finals["auto"], finals["p2p"]))
+    assert not torch.equal(finals["auto"][0], finals["auto"][3])  # learners of different blocks differ
+
+
 def test_a_learner_that_raises_inside_a_block_fails_its_cell_with_its_traceback(tmp_path: Path):
     fault = tmp_path / "fault.json"
     fault.write_text(json.dumps({"rank": 1, "at_step": 400, "how": "raise"}))
@@ -284,7 +301,7 @@ def test_blocks_in_two_processes_stop_together_and_resume_bit_for_bit(tmp_path: 
     resumed = bench(*grid, "--out", str(tmp_path / "resumed"), env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     (row,) = pq.read_table(tmp_path / "resumed" / "cells.parquet").to_pylist()
-    assert row["status"] == "completed" and row["transport"] == "block"
+    assert row["status"] == "completed" and row["transport"] == "block/shm"  # the rows each block reads
     for rank in range(4):
         assert torch.equal(
             final_parameters(tmp_path / "resumed", cell, rank), final_parameters(tmp_path / "straight", cell, rank)
@@ -303,6 +320,7 @@ def test_blocks_in_two_processes_stop_together_and_resume_bit_for_bit(tmp_path: 
         (["-a", "gala-a2c", "--learners-per-process", "4"], "gala-a2c gossips asynchronously between processes"),
         (["--straggler", "1:2", "--learners-per-process", "4"], "--straggler paces one learner's process"),
         (["--launcher", "torchrun", "--learners-per-process", "4"], "torchrun starts one process per learner"),
+        (["--transport", "p2p", "--learners-per-process", "4"], "shares one process, so nothing travels"),
     ],
 )
 def test_learners_per_process_that_no_cell_can_take_is_one_line_and_exit_2(tmp_path: Path, args, message):

@@ -3,15 +3,26 @@
 A transport carries messages between learners, named by their ranks; it never combines them
 (that is a mixing rule's job, `benchbase.comm.rules`). Synchronous rules call `exchange` once per
 iteration; asynchronous ones `publish` their messages and read each in-peer's `newest`. Nothing
-here assumes one learner per process: a message goes from one rank to another, so a process that
-hosts several learners could later carry only what its learners' out-neighbours elsewhere need.
+here assumes one learner per process: a message goes from one rank to another, and a process
+that hosts a block of learners sends through the same transports only what its learners'
+out-neighbours in other blocks read (`benchbase.comm.block_exchange`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
+
+
+class Peers(Protocol):
+    """Who ever sends to whom: a mixing plan between learners (`benchbase.comm.mixing_plan`), or
+    the graph between learner blocks (`benchbase.comm.block_exchange.BlockGraph`)."""
+
+    def in_peers(self, node: int) -> list[int]: ...
+
+    def out_peers(self, node: int) -> list[int]: ...
 
 
 class Transport:

@@ -10,15 +10,14 @@ import torch.distributed as dist
 
 from benchbase.comm.counters import CommCounters
 from benchbase.comm.layout import MessageLayout
-from benchbase.comm.mixing_plan import MixingPlan
-from benchbase.comm.transports.base import Transport
+from benchbase.comm.transports.base import Peers, Transport
 
 
 class DeviceGroupTransport(Transport):
     """Each exchange posts its sends and receives as one batch in `group`."""
 
     def __init__(
-        self, group: Any, plan: MixingPlan, rank: int, layout: MessageLayout, counters: CommCounters, device: Any
+        self, group: Any, plan: Peers, rank: int, layout: MessageLayout, counters: CommCounters, device: Any
     ) -> None:
         self.group = group
         self.counters = counters

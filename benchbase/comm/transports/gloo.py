@@ -21,8 +21,7 @@ import torch.distributed as dist
 
 from benchbase.comm.counters import CommCounters
 from benchbase.comm.layout import MessageLayout
-from benchbase.comm.mixing_plan import MixingPlan
-from benchbase.comm.transports.base import Transport
+from benchbase.comm.transports.base import Peers, Transport
 
 FINAL = -1.0  # iteration slot of the last message on a channel
 
@@ -93,7 +92,7 @@ class GlooTransport(Transport):
 
     def __init__(
         self,
-        plan: MixingPlan,
+        plan: Peers,
         rank: int,
         layout: MessageLayout,
         counters: CommCounters,

@@ -11,9 +11,8 @@ import torch
 
 from benchbase.comm.counters import CommCounters
 from benchbase.comm.layout import MessageLayout
-from benchbase.comm.mixing_plan import MixingPlan
 from benchbase.comm.shm import SharedBoard
-from benchbase.comm.transports.base import Transport
+from benchbase.comm.transports.base import Peers, Transport
 
 
 class SharedMemoryTransport(Transport):
@@ -23,7 +22,7 @@ class SharedMemoryTransport(Transport):
     def __init__(
         self,
         board: SharedBoard,
-        plan: MixingPlan,
+        plan: Peers,
         rank: int,
         layout: MessageLayout,
         counters: CommCounters,

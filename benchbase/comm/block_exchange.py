@@ -1,0 +1,153 @@
+"""What learner blocks in several processes send each other: only the rows that learners in
+other blocks read.
+
+A cell of N learners runs as N/K processes of K consecutive learners. Block b's process needs,
+at each iteration, the rows of its learners' in-neighbours that live in other blocks, and
+nothing else: for a ring that is one row from each neighbouring block, whatever N. `BlockGraph`
+is the cell's graph seen between blocks (which rows each block reads from which, phase by
+phase); `BlockExchange` carries them with the transports learners use between processes
+(`benchbase.comm.transports`): shared-memory segments on one host, gloo point-to-point messages,
+or an NCCL group between GPUs. Each block sends one message, its boundary rows (those any other
+block reads in some phase), to the blocks that read them this phase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from benchbase.comm.counters import CommCounters
+from benchbase.comm.layout import MessageLayout
+from benchbase.comm.mixing_plan import MixingPlan
+from benchbase.comm.transports import DeviceGroupTransport, GlooTransport, SharedMemoryTransport, Transport
+
+
+class BlockGraph:
+    """The cell's graph between blocks of `size` consecutive learners: block b holds learners
+    b·size … b·size + size − 1. A block reads from another when one of its learners has an
+    in-neighbour there. Its `in_peers`, `out_peers` and `period` read as a mixing plan's do, so
+    the shared-memory board's slot count (`benchbase.comm.shm.synchronous_slots`) applies."""
+
+    def __init__(self, plan: MixingPlan, size: int) -> None:
+        n = plan.n_learners
+        if size < 1 or n % size:
+            raise ValueError(f"blocks of {size} do not divide a plan of {n} learners")
+        self.plan, self.size, self.blocks, self.period = plan, size, n // size, plan.period
+        # reads[phase][b][c]: the learners of block c (c ≠ b) that block b's learners read in that phase.
+        self.reads: list[list[dict[int, list[int]]]] = []
+        for phase in range(plan.period):
+            adjacency = plan.in_adjacency[phase]
+            per_block = []
+            for b in range(self.blocks):
+                rows = adjacency[b * size : (b + 1) * size].any(axis=0).nonzero()[0].tolist()
+                read: dict[int, list[int]] = {}
+                for j in rows:
+                    if j // size != b:
+                        read.setdefault(j // size, []).append(j)
+                per_block.append(read)
+            self.reads.append(per_block)
+        # Block c's boundary rows: those some other block reads in some phase, in order.
+        exported: list[set[int]] = [set() for _ in range(self.blocks)]
+        for per_block in self.reads:
+            for read in per_block:
+                for c, rows in read.items():
+                    exported[c].update(rows)
+        self.exported = [sorted(rows) for rows in exported]
+
+    @property
+    def n_learners(self) -> int:
+        """The number of blocks: the nodes of this graph, as `synchronous_slots` counts them."""
+        return self.blocks
+
+    def in_peers(self, block: int) -> list[int]:
+        """Every block `block` ever reads from, sorted."""
+        return sorted({c for per_block in self.reads for c in per_block[block]})
+
+    def out_peers(self, block: int) -> list[int]:
+        """Every block that ever reads from `block`, sorted."""
+        return sorted({b for per_block in self.reads for b in range(self.blocks) if block in per_block[b]})
+
+    def receive_from(self, block: int, phase: int) -> list[int]:
+        return sorted(self.reads[phase][block])
+
+    def send_to(self, block: int, phase: int) -> list[int]:
+        return [b for b in range(self.blocks) if block in self.reads[phase][b]]
+
+    @property
+    def message_rows(self) -> int:
+        """Rows in one message: the largest boundary (smaller ones are padded)."""
+        return max(len(rows) for rows in self.exported)
+
+    def layout(self, numel: int, dtype: torch.dtype) -> MessageLayout:
+        return MessageLayout(self.message_rows * numel, dtype, False)
+
+
+class BlockExchange:
+    """Block `block`'s side of the exchange. `exchange(buffers, iteration)` sends its boundary
+    rows (of `buffers` [size, numel]) to the blocks that read them this phase and returns, by
+    block, the boundary rows it reads from the others, [rows, numel] in `graph.exported` order
+    (reused by the next exchange). `transport` carries flat messages of `graph.layout` on
+    `message_device`: the host for shared memory and gloo, the GPU for an NCCL group."""
+
+    def __init__(
+        self,
+        graph: BlockGraph,
+        block: int,
+        numel: int,
+        transport: Transport,
+        counters: CommCounters,
+        name: str,
+        message_device: Any = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.graph, self.block, self.numel = graph, block, numel
+        self.transport, self.counters, self.name = transport, counters, name
+        start = block * graph.size
+        self._exported = [row - start for row in graph.exported[block]]
+        self._index: torch.Tensor | None = None  # on the buffers' device, made at the first exchange
+        pinned = torch.device(message_device).type == "cpu" and torch.cuda.is_available()
+        # Padding rows stay zero; nothing reads them.
+        self._message = torch.zeros(graph.message_rows, numel, dtype=dtype, device=message_device, pin_memory=pinned)
+
+    def exchange(self, buffers: torch.Tensor, iteration: int) -> dict[int, torch.Tensor]:
+        phase = self.graph.plan.phase(iteration)
+        sends, receives = self.graph.send_to(self.block, phase), self.graph.receive_from(self.block, phase)
+        if self._index is None:
+            self._index = torch.tensor(self._exported, dtype=torch.long, device=buffers.device)
+        rows = self._message[: len(self._exported)]
+        if buffers.device == rows.device:
+            torch.index_select(buffers, 0, self._index, out=rows)
+        else:  # a GPU block over shared memory or gloo: its boundary rows travel through host memory
+            rows.copy_(buffers.index_select(0, self._index))
+        received = self.transport.exchange(self._message.view(-1), iteration, sends, receives, [])
+        width = self.graph.message_rows
+        return {c: received[c].view(width, self.numel)[: len(self.graph.exported[c])] for c in receives}
+
+    def close(self) -> None:
+        """Every send matched (synchronous: nothing is in flight), the transport's resources freed."""
+        self.transport.release()
+
+
+def build_block_exchange(
+    graph: BlockGraph,
+    block: int,
+    numel: int,
+    dtype: torch.dtype,
+    timeout_s: float,
+    board: Any = None,
+    device_group: Any = None,
+    device: Any = "cpu",
+) -> BlockExchange:
+    """The exchange over an NCCL `device_group` (GPU to GPU) when given, else over a shared-memory
+    `board` (same host) when given, else over gloo point-to-point messages in the default group."""
+    layout = graph.layout(numel, dtype)
+    counters = CommCounters()
+    if device_group is not None:
+        transport: Transport = DeviceGroupTransport(device_group, graph, block, layout, counters, device)
+        return BlockExchange(graph, block, numel, transport, counters, "nccl", device, dtype)
+    if board is not None:
+        transport = SharedMemoryTransport(board, graph, block, layout, counters)
+        return BlockExchange(graph, block, numel, transport, counters, "shm", "cpu", dtype)
+    transport = GlooTransport(graph, block, layout, counters, 0, timeout_s)
+    return BlockExchange(graph, block, numel, transport, counters, "p2p", "cpu", dtype)
