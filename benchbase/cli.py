@@ -347,8 +347,8 @@ def run(
     transport: str = typer.Option(
         "auto",
         "--transport",
-        help="Parameter exchange: shm (shared memory, learners on one host), p2p (gloo messages), "
-        "or auto (shm when possible).",
+        help="Parameter exchange between processes (of one learner, or of a block with --learners-per-process): "
+        "shm (shared memory, one host), p2p (gloo messages), or auto (NCCL between GPUs, else shm when possible).",
     ),
     jobs: Optional[int] = typer.Option(
         None,
