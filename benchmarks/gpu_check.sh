@@ -9,8 +9,10 @@
 #    all-reduce) against its default path, bit for bit, on one process per GPU (at least 2 GPUs;
 #    with one GPU, a one-process NCCL group checks that NCCL starts and reduces on the device);
 # 2. a Diff-A2C ring cell on CUDA, one process per learner (`--learners-per-process 1`);
-# 3. the same cell as one learner block on the GPU;
-# 4. a block of 256 CartPole learners on the GPU, and the same block on the CPU for comparison.
+# 3. the same cell as one learner block on the GPU, then as two blocks of 2 in two processes (they
+#    exchange the rows they read: over NCCL with a GPU each, through shared memory on one GPU);
+# 4. a block of 256 CartPole learners on the GPU, and the same block on the CPU for comparison;
+# 5. a block of 4 Nature-CNN learners on Pong on the GPU.
 #
 # Each step prints its figures (status, steps/s, wall time); a step that fails prints why and the
 # script goes on, exiting 1 at the end if any failed. Results go to a temporary folder (or
@@ -46,7 +48,7 @@ cell() {  # label, seconds allowed, then bench run options
   local label=$1 limit=$2; shift 2
   local folder="$OUT/$(echo "$label" | tr ' ×' '-x')"
   local started=$SECONDS
-  if ! timeout "$limit" "$PYTHON" -m benchbase run -a diff-a2c -e random-cartpole --seeds 1 --evaluations 0 \
+  if ! timeout "$limit" "$PYTHON" -m benchbase run -a diff-a2c --seeds 1 --evaluations 0 \
       --out "$folder" "$@" >"$folder.log" 2>&1; then
     echo "FAILED: $label (see $folder.log):"; tail -5 "$folder.log"; failed=1; return
   fi
@@ -60,16 +62,24 @@ EOF
 }
 
 step "2. a ring cell on $DEVICE, one process per learner"
-cell "ring 4x8 $DEVICE processes" 120 -t ring --learners 4 --envs-per-learner 8 --env-steps 50000 \
+cell "ring 4x8 $DEVICE processes" 120 -e random-cartpole -t ring --learners 4 --envs-per-learner 8 --env-steps 50000 \
   --device "$DEVICE" --learners-per-process 1
 
-step "3. the same cell as one learner block on $DEVICE"
-cell "ring 4x8 $DEVICE block" 90 -t ring --learners 4 --envs-per-learner 8 --env-steps 50000 --device "$DEVICE"
+step "3. the same cell as one learner block on $DEVICE, then as two blocks of 2"
+cell "ring 4x8 $DEVICE block" 90 -e random-cartpole -t ring --learners 4 --envs-per-learner 8 --env-steps 50000 \
+  --device "$DEVICE"
+cell "ring 4x8 $DEVICE two blocks" 90 -e random-cartpole -t ring --learners 4 --envs-per-learner 8 \
+  --env-steps 50000 --device "$DEVICE" --learners-per-process 2
 
 step "4. a block of 256 CartPole learners on $DEVICE, and on the CPU"
-cell "ring 256x1 $DEVICE block" 150 -t ring --learners 256 --envs-per-learner 1 --env-steps 256000 --device "$DEVICE"
-[ "$DEVICE" = cpu ] || cell "ring 256x1 cpu block" 150 -t ring --learners 256 --envs-per-learner 1 \
+cell "ring 256x1 $DEVICE block" 150 -e random-cartpole -t ring --learners 256 --envs-per-learner 1 \
+  --env-steps 256000 --device "$DEVICE"
+[ "$DEVICE" = cpu ] || cell "ring 256x1 cpu block" 150 -e random-cartpole -t ring --learners 256 --envs-per-learner 1 \
   --env-steps 256000 --device cpu
+
+step "5. a block of 4 Nature-CNN learners on Pong on $DEVICE"
+cell "Pong ring 4x4 $DEVICE block" 120 -e PongNoFrameskip-v4 -t ring --learners 4 --envs-per-learner 4 \
+  --env-steps 8000 --device "$DEVICE" --learners-per-process 4
 
 echo
 echo "results: $OUT"
