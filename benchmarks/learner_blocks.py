@@ -2,7 +2,7 @@
 
     python benchmarks/learner_blocks.py                             # 200,000 env steps per cell
     python benchmarks/learner_blocks.py --quick --no-64             # 50,000, without the 64-learner ring
-    python benchmarks/learner_blocks.py --learners-per-process auto # learner blocks, once `bench run` has them
+    python benchmarks/learner_blocks.py --learners-per-process 4    # blocks of 4 where they divide a cell
     python benchmarks/learner_blocks.py --extra "--transport p2p"   # more `bench run` options, for every cell
     python benchmarks/learner_blocks.py --algorithm vtrace          # V-trace (uniform replay) instead
 
@@ -16,7 +16,9 @@ Each cell runs as its own `python -m benchbase run` into a temporary folder, one
 each pays its own start-up; the table comes from each folder's cells.parquet (steps_per_second is
 the cell's env steps over its slowest learner's training time; start-up is separate). Issue 15's
 targets, as ratios to the centralised cell's steps/s: ring 4 × 4 ≥ 0.8×, ring 16 × 1 ≥ 0.7×, and
-ring 64 × 1 completes its budget. `--learners-per-process` is passed to `bench run` only when given.
+ring 64 × 1 completes its budget. `--learners-per-process K` is passed to the `bench run` of each
+cell whose learners K divides (1 learner: the centralised cell never takes it); unset, `bench run`
+chooses (one block of every learner where the cell allows it).
 """
 
 from __future__ import annotations
@@ -57,28 +59,28 @@ CELLS = (
 )
 
 
-def learners_per_process(value: str) -> str:
-    if value == "auto" or (value.isdigit() and int(value) > 0):
-        return value
-    raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer or auto")
+def learners_per_process(value: str) -> int:
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer")
 
 
 ALGORITHMS = {"diff-a2c": [], "diff-ppo": [], "vtrace": ["-r", "uniform"]}  # V-trace learns from replay
 
 
 def bench_command(
-    cell: Cell, env_steps: int, out: Path, blocks: str | None, extra: list[str], algorithm: str = "diff-a2c"
+    cell: Cell, env_steps: int, out: Path, blocks: int | None, extra: list[str], algorithm: str = "diff-a2c"
 ) -> list[str]:
     command = [sys.executable, "-m", "benchbase", "run", "-a", algorithm, "-t", cell.topology, "-e", "random-cartpole"]
     command += ALGORITHMS[algorithm]
     command += ["--learners", str(cell.learners), "--envs-per-learner", str(cell.simulators_per_learner)]
     command += ["--env-steps", str(env_steps), "--seeds", "1", "--evaluations", "0", "--out", str(out)]
-    if blocks is not None:
-        command += ["--learners-per-process", blocks]
+    if blocks is not None and blocks <= cell.learners and cell.learners % blocks == 0:
+        command += ["--learners-per-process", str(blocks)]
     return command + extra
 
 
-def run_cell(cell: Cell, env_steps: int, out: Path, blocks: str | None, extra: list[str], algorithm: str) -> dict:
+def run_cell(cell: Cell, env_steps: int, out: Path, blocks: int | None, extra: list[str], algorithm: str) -> dict:
     """Run one cell through the CLI; its cells.parquet row, with the process's exit status, total
     time and last line of output (the error, when it failed before writing the row)."""
     command = bench_command(cell, env_steps, out, blocks, extra, algorithm)
@@ -123,8 +125,8 @@ def main() -> None:
     parser.add_argument(
         "--learners-per-process",
         type=learners_per_process,
-        metavar="K|auto",
-        help="passed to `bench run` as --learners-per-process (not passed when absent)",
+        metavar="K",
+        help="passed to `bench run` as --learners-per-process for each cell whose learners K divides",
     )
     parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="diff-a2c", help="the cells' algorithm")
     parser.add_argument("--extra", default="", metavar="ARGS", help='more `bench run` options, e.g. "--transport p2p"')
@@ -154,8 +156,6 @@ def main() -> None:
             if "status" not in outcome:
                 exited = f"`bench run` exited {outcome['returncode']} without a result"
                 print(f"{cell.label}: {exited}: {outcome['last_line']}")
-                if args.learners_per_process and "learners-per-process" in outcome["last_line"]:
-                    print("`bench run` does not accept --learners-per-process yet; rerun without it.")
                 print("command:", shlex.join(outcome["command"]))
                 raise SystemExit(1)
             status = outcome["status"]
