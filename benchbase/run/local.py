@@ -87,7 +87,10 @@ def _learner_process(launch: LearnerLaunch, events: Any, launcher_pid: int) -> N
         else:
             events.put(Done(cell_id, launch.rank, run_learner(launch, events.put)))
     except BaseException as error:
-        events.put(Failed(cell_id, launch.rank, traceback=failure_text(error), at=time.time()))
+        at, first = time.time(), launch.rank * launch.learners  # a block's process hosts learners first … first + K − 1
+        events.put(Failed(cell_id, first, traceback=failure_text(error), at=at))
+        for rank in range(first + 1, first + launch.learners):
+            events.put(Failed(cell_id, rank, traceback=f"learner {rank} shares learner {first}'s process", at=at))
         events.close()
         events.join_thread()
         sys.exit(1)
@@ -126,7 +129,7 @@ def run_cell(
         stop, stop_now = stop or threading.Event(), stop_now or threading.Event()
         _watch(cell, settings, processes, events, heard, on_event, stop, stop_now, block)
         if heard.errors:
-            error = _root_cause(heard.errors)
+            error = _root_cause(heard.errors, block)
     except KeyboardInterrupt:
         _stop(processes)
         raise
@@ -296,14 +299,17 @@ def _watch(
 _ERROR_GRACE_S = 1.0
 
 
-def _root_cause(errors: list[tuple[float, int, str]]) -> str:
-    """The error raised first is the cause; the others (a neighbour's broken connection…) follow."""
+def _root_cause(errors: list[tuple[float, int, str]], block: int = 1) -> str:
+    """The error raised first is the cause; the others (a neighbour's broken connection…) follow.
+    A block's process (`block` learners) reports its error as its first learner's: it names them all."""
     errors.sort()
     _, rank, text = errors[0]
+    who = f"learner {rank}" if block == 1 else f"learners {rank}-{rank + block - 1} (one process)"
     lines = text.strip().splitlines()
-    message = f"learner {rank}: {lines[0]}" if len(lines) == 1 else f"learner {rank} failed:\n{text}"
+    message = f"{who}: {lines[0]}" if len(lines) == 1 else f"{who} failed:\n{text}"
     for _, other, other_text in errors[1:]:
-        message += f"\n(then learner {other}: {other_text.strip().splitlines()[-1]})"
+        if other // block != rank // block:  # the first process's other learners are named already
+            message += f"\n(then learner {other}: {other_text.strip().splitlines()[-1]})"
     return message
 
 
@@ -322,7 +328,7 @@ def _dead_learners(
             what = (
                 f"learner {first} {how} without reporting an error"
                 if block == 1
-                else (f"the process of learners {index * block}-{(index + 1) * block - 1} {how}")
+                else f"their process {how} without reporting an error"
             )
             return [
                 (rank, what if rank == first else f"learner {rank} shares learner {first}'s process") for rank in silent

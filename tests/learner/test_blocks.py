@@ -270,11 +270,31 @@ def test_a_learner_that_raises_inside_a_block_fails_its_cell_with_its_traceback(
     assert rows[0]["status"] == "failed" and rows[1]["status"] == "completed"  # the grid went on
     error = rows[0]["error"]
     assert "injected fault in learner 1 of a block" in error and "Traceback" in error and "iterate" in error
+    assert error.startswith("learners 0-2 (one process) failed:")  # the block's process, not "learner 0"
     assert not (tmp_path / "run" / "episodes" / rows[0]["cell_id"]).exists()
 
 
+def test_a_learner_that_raises_in_one_of_two_blocks_is_named_with_its_process(tmp_path: Path):
+    """Learner 3 raises in the second of two blocks of 2: the cell fails with its traceback, under
+    the learners of its process (2-3), not under the block's index; the other block follows."""
+    fault = tmp_path / "fault.json"
+    fault.write_text(json.dumps({"rank": 3, "at_step": 1000, "how": "raise"}))
+    env = {"PYTHONPATH": str(TESTS), "BENCHBASE_EXTRA_PLUGINS": "fault_plugin", "BENCHBASE_FAULT": str(fault)}
+    result = bench(
+        *("run", "-a", "faulty-block-a2c", "-t", "ring", "-e", "random-cartpole", "--learners", "4"),
+        *("--envs-per-learner", "2", "--env-steps", "16000", "--seeds", "1", "--evaluations", "0"),
+        *("--learners-per-process", "2", "--set", "faulty-block-a2c.hidden=16", "--out", str(tmp_path / "run")),
+        env=env,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    (row,) = pq.read_table(tmp_path / "run" / "cells.parquet").to_pylist()
+    assert row["status"] == "failed"
+    assert row["error"].startswith("learners 2-3 (one process) failed:\nTraceback")
+    assert "injected fault in learner 3 of a block" in row["error"] and "shares" not in row["error"]
+
+
 def test_blocks_in_two_processes_stop_together_and_resume_bit_for_bit(tmp_path: Path):
-    """A 4-learner ring as two blocks of 2 (two processes mixing over gloo). One process is asked
+    """A 4-learner ring as two blocks of 2 (two processes exchanging rows through shared memory). One process is asked
     to stop; both stop at the iteration they agree on, each learner with its checkpoint; the run
     resumed from there ends with the parameters and episodes of a run that was never stopped."""
     fault = tmp_path / "fault.json"
