@@ -85,10 +85,10 @@ class BlockGraph:
 
 class BlockExchange:
     """Block `block`'s side of the exchange. `exchange(buffers, iteration)` sends its boundary
-    rows (of `buffers` [size, numel]) to the blocks that read them this phase and returns, by
-    block, the boundary rows it reads from the others, [rows, numel] in `graph.exported` order
-    (reused by the next exchange). `transport` carries flat messages of `graph.layout` on
-    `message_device`: the host for shared memory and gloo, the GPU for an NCCL group."""
+    rows (of `buffers` [size, numel], on `device`) to the blocks that read them this phase and
+    returns, by block, the boundary rows it reads from the others, [rows, numel] in
+    `graph.exported` order (reused by the next exchange). `transport` carries flat messages of
+    `graph.layout` on `message_device`: the host for shared memory and gloo, the GPU for NCCL."""
 
     def __init__(
         self,
@@ -98,28 +98,27 @@ class BlockExchange:
         transport: Transport,
         counters: CommCounters,
         name: str,
+        device: Any = "cpu",
         message_device: Any = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.graph, self.block, self.numel = graph, block, numel
         self.transport, self.counters, self.name = transport, counters, name
+        # Who this block sends to and reads from, per phase: the mixing loop only looks them up.
+        self._peers = [(graph.send_to(block, phase), graph.receive_from(block, phase)) for phase in range(graph.period)]
         start = block * graph.size
-        self._exported = [row - start for row in graph.exported[block]]
-        self._index: torch.Tensor | None = None  # on the buffers' device, made at the first exchange
+        self._index = torch.tensor([row - start for row in graph.exported[block]], dtype=torch.long, device=device)
         pinned = torch.device(message_device).type == "cpu" and torch.cuda.is_available()
         # Padding rows stay zero; nothing reads them.
         self._message = torch.zeros(graph.message_rows, numel, dtype=dtype, device=message_device, pin_memory=pinned)
+        self._rows = self._message[: len(self._index)]
 
     def exchange(self, buffers: torch.Tensor, iteration: int) -> dict[int, torch.Tensor]:
-        phase = self.graph.plan.phase(iteration)
-        sends, receives = self.graph.send_to(self.block, phase), self.graph.receive_from(self.block, phase)
-        if self._index is None:
-            self._index = torch.tensor(self._exported, dtype=torch.long, device=buffers.device)
-        rows = self._message[: len(self._exported)]
-        if buffers.device == rows.device:
-            torch.index_select(buffers, 0, self._index, out=rows)
+        sends, receives = self._peers[self.graph.plan.phase(iteration)]
+        if buffers.device == self._rows.device:
+            torch.index_select(buffers, 0, self._index, out=self._rows)
         else:  # a GPU block over shared memory or gloo: its boundary rows travel through host memory
-            rows.copy_(buffers.index_select(0, self._index))
+            self._rows.copy_(buffers.index_select(0, self._index))
         received = self.transport.exchange(self._message.view(-1), iteration, sends, receives, [])
         width = self.graph.message_rows
         return {c: received[c].view(width, self.numel)[: len(self.graph.exported[c])] for c in receives}
@@ -145,9 +144,9 @@ def build_block_exchange(
     counters = CommCounters()
     if device_group is not None:
         transport: Transport = DeviceGroupTransport(device_group, graph, block, layout, counters, device)
-        return BlockExchange(graph, block, numel, transport, counters, "nccl", device, dtype)
+        return BlockExchange(graph, block, numel, transport, counters, "nccl", device, device, dtype)
     if board is not None:
         transport = SharedMemoryTransport(board, graph, block, layout, counters)
-        return BlockExchange(graph, block, numel, transport, counters, "shm", "cpu", dtype)
+        return BlockExchange(graph, block, numel, transport, counters, "shm", device, "cpu", dtype)
     transport = GlooTransport(graph, block, layout, counters, 0, timeout_s)
-    return BlockExchange(graph, block, numel, transport, counters, "p2p", "cpu", dtype)
+    return BlockExchange(graph, block, numel, transport, counters, "p2p", device, "cpu", dtype)
