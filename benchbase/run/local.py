@@ -300,16 +300,23 @@ _ERROR_GRACE_S = 1.0
 
 
 def _root_cause(errors: list[tuple[float, int, str]], block: int = 1) -> str:
-    """The error raised first is the cause; the others (a neighbour's broken connection…) follow.
-    A block's process (`block` learners) reports its error as its first learner's: it names them all."""
+    """The error raised first is the cause; the others (a neighbour's broken connection…) follow,
+    one line per process. A process of `block` learners is named by all of them (it reports its
+    error as its first learner's, and that its other learners share its process)."""
+
+    def who(rank: int) -> str:
+        first = rank - rank % block
+        return f"learner {rank}" if block == 1 else f"learners {first}-{first + block - 1} (one process)"
+
     errors.sort()
     _, rank, text = errors[0]
-    who = f"learner {rank}" if block == 1 else f"learners {rank}-{rank + block - 1} (one process)"
     lines = text.strip().splitlines()
-    message = f"{who}: {lines[0]}" if len(lines) == 1 else f"{who} failed:\n{text}"
+    message = f"{who(rank)}: {lines[0]}" if len(lines) == 1 else f"{who(rank)} failed:\n{text}"
+    named = {rank // block}
     for _, other, other_text in errors[1:]:
-        if other // block != rank // block:  # the first process's other learners are named already
-            message += f"\n(then learner {other}: {other_text.strip().splitlines()[-1]})"
+        if other // block not in named:
+            named.add(other // block)
+            message += f"\n(then {who(other)}: {other_text.strip().splitlines()[-1]})"
     return message
 
 

@@ -293,6 +293,24 @@ def test_a_learner_that_raises_in_one_of_two_blocks_is_named_with_its_process(tm
     assert "injected fault in learner 3 of a block" in row["error"] and "shares" not in row["error"]
 
 
+def test_a_cells_error_names_each_block_process_by_its_learners_once():
+    """The cause first (its process's learners named together), then one line per other process."""
+    from benchbase.run.local import _root_cause
+
+    errors = [
+        (2.0, 1, "learner 1 shares learner 0's process"),
+        (2.0, 0, "Traceback (most recent call last):\nTimeoutError: no parameters from learner 3"),
+        (1.0, 3, "learner 3 shares learner 2's process"),
+        (1.0, 2, "Traceback (most recent call last):\nRuntimeError: injected"),
+    ]
+    assert _root_cause(errors, 2) == (
+        "learners 2-3 (one process) failed:\nTraceback (most recent call last):\nRuntimeError: injected"
+        "\n(then learners 0-1 (one process): TimeoutError: no parameters from learner 3)"
+    )
+    one_each = _root_cause([(1.0, 1, "boom"), (2.0, 0, "x\nbroken pipe")])
+    assert one_each == "learner 1: boom\n(then learner 0: broken pipe)"
+
+
 def test_blocks_in_two_processes_stop_together_and_resume_bit_for_bit(tmp_path: Path):
     """A 4-learner ring as two blocks of 2 (two processes exchanging rows through shared memory). One process is asked
     to stop; both stop at the iteration they agree on, each learner with its checkpoint; the run
