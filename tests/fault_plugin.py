@@ -33,8 +33,8 @@ class FaultyLearner(A2CLearner):
         output = super().iterate()
         self.steps_taken += output.env_steps
         fault = os.environ.get("BENCHBASE_FAULT")
-        if fault and Path(fault).exists():
-            plan = json.loads(Path(fault).read_text())
+        plan = _read_plan(fault)
+        if plan is not None:
             if plan["rank"] == self.rank and self.steps_taken >= plan["at_step"]:
                 Path(fault).unlink()
                 if plan["how"] == "kill":
@@ -44,6 +44,17 @@ class FaultyLearner(A2CLearner):
                     return output
                 raise RuntimeError("injected fault")
         return output
+
+
+def _read_plan(fault: str | None) -> dict | None:
+    """The fault plan, or None once it has fired: another process may remove the file between a
+    check for it and the read, so the read itself is the check."""
+    if not fault:
+        return None
+    try:
+        return json.loads(Path(fault).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def _disk_full(folder, *args, **kwargs):
@@ -77,8 +88,8 @@ class FaultyBlock(A2CBlock):
         outputs = super().iterate()
         self.steps_taken += outputs[0].env_steps
         fault = os.environ.get("BENCHBASE_FAULT")
-        if fault and Path(fault).exists():
-            plan = json.loads(Path(fault).read_text())
+        plan = _read_plan(fault)
+        if plan is not None:
             if plan["how"] == "stop":
                 if self.steps_taken >= plan["at_step"] and not self.stop_sent:
                     # As the launcher asks every process of a cell to checkpoint and stop (the file stays).
