@@ -41,26 +41,28 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 class StackedNetwork(ABC):
     """Each parameter of K copies of `template` as a strided view [K, *shape] of the rows of
-    `stacked` (in `template.parameters()` order); with `grad`, an autograd leaf whose gradient is
-    the matching view of those rows."""
+    `stacked` (`views`, in `template.parameters()` order; `shaped`: the linear layers' weights
+    and the vectors as the batched products take them); with `grad`, each is an autograd leaf
+    whose gradient is the matching view of those rows."""
 
     def __init__(self, template: ActorCritic, stacked: torch.Tensor, grad: torch.Tensor | None = None) -> None:
         self.continuous = template.continuous
         self.views: dict[str, torch.Tensor] = {}
-        offset, learners = 0, stacked.shape[0]
+        # The same rows in the shapes the batched products take: weights [K, in, out] (transposed
+        # by strides), biases and log-std [K, 1, n]. Leaves of their own, so a pass puts no view
+        # operations in the autograd graph (each node has a fixed cost; docs/scaling.md).
+        self.shaped: dict[str, torch.Tensor] = {}
+        offset = 0
         for name, parameter in template.named_parameters():
-            size = parameter.numel()
-            view = stacked[:, offset : offset + size].view(learners, *parameter.shape).detach()
-            if grad is not None:
-                view.requires_grad_(True)
-                view.grad = grad[:, offset : offset + size].view(learners, *parameter.shape)
-            self.views[name] = view
-            offset += size
+            rows = slice(offset, offset + parameter.numel())
+            self.views[name] = _leaf(stacked, grad, rows, parameter.shape, None)
+            if parameter.dim() in (1, 2):
+                self.shaped[name] = _leaf(stacked, grad, rows, parameter.shape, parameter.dim())
+            offset += parameter.numel()
 
     def _linear(self, layer: str, x: torch.Tensor) -> torch.Tensor:
         """Layer `layer` of every learner on its inputs [K, B, in]: [K, B, out]."""
-        weight, bias = self.views[f"{layer}.weight"], self.views[f"{layer}.bias"]
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        return torch.baddbmm(self.shaped[f"{layer}.bias"], x, self.shaped[f"{layer}.weight"])
 
     def actor(self, obs: torch.Tensor) -> torch.Tensor:
         """Logits or Gaussian means [K, B, A] of observations [K, B, *obs]."""
@@ -89,7 +91,24 @@ class StackedNetwork(ABC):
 
     def action_log_std(self) -> torch.Tensor | None:
         """Each learner's Gaussian log-std [K, 1, A] (broadcasts over a batch); None for categorical."""
-        return self.views["log_std"].unsqueeze(1) if self.continuous else None
+        return self.shaped["log_std"] if self.continuous else None
+
+
+def _leaf(
+    stacked: torch.Tensor, grad: torch.Tensor | None, columns: slice, shape: torch.Size, shaped: int | None
+) -> torch.Tensor:
+    """Columns `columns` of every row as a leaf [K, *shape] (`shaped` 2: a weight as [K, in, out];
+    1: a vector as [K, 1, n]); with `grad`, its gradient is the same view of those rows."""
+
+    def view(rows: torch.Tensor) -> torch.Tensor:
+        v = rows[:, columns].view(rows.shape[0], *shape)
+        return v.transpose(1, 2) if shaped == 2 else v.unsqueeze(1) if shaped == 1 else v
+
+    leaf = view(stacked).detach()
+    if grad is not None:
+        leaf.requires_grad_(True)
+        leaf.grad = view(grad)
+    return leaf
 
 
 def stacked_network(template: ActorCritic, stacked: torch.Tensor, grad: torch.Tensor | None = None) -> StackedNetwork:
