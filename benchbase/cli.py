@@ -493,9 +493,9 @@ def run(
     console = _console(stderr=as_json)  # with --json, stdout holds only the JSON
     cells = _valid_cells(spec, registry, console, init_from)
     if not worker:
-        from benchbase.run.blocks import check_learners_per_process
+        from benchbase.run.blocks import check_process_layout
 
-        check_learners_per_process(cells, registry, settings)
+        check_process_layout(cells, registry, settings)
     if out is None:
         out = _default_out(cells)
         _check_out(out)
@@ -936,9 +936,9 @@ def _run_cells_of_folder(
     if dry_run:
         return _print_cells(console, [cell for cell in cells if cell.cell_id in set(cell_ids)], out, registry, as_json)
     if not worker:
-        from benchbase.run.blocks import check_learners_per_process
+        from benchbase.run.blocks import check_process_layout
 
-        check_learners_per_process([cell for cell in cells if cell.cell_id in set(cell_ids)], registry, settings)
+        check_process_layout([cell for cell in cells if cell.cell_id in set(cell_ids)], registry, settings)
     if worker:
         from benchbase.run.torchrun import run_as_worker
 
@@ -974,11 +974,11 @@ def _submit_cells_of_folder(
     cell_ids: list[str], out: Optional[Path], axes_given: bool, registry, settings, slurm_options, wait: bool
 ) -> None:
     """`bench run --out OUT --cell ID… --launcher slurm`: submit those cells of the grid already in OUT."""
-    from benchbase.run.blocks import check_learners_per_process
+    from benchbase.run.blocks import check_process_layout
     from benchbase.run.slurm import submit_grid
 
     cells = _cells_of_folder(cell_ids, out, axes_given)
-    check_learners_per_process([cell for cell in cells if cell.cell_id in set(cell_ids)], registry, settings)
+    check_process_layout([cell for cell in cells if cell.cell_id in set(cell_ids)], registry, settings)
     console = _console()
     raise typer.Exit(
         submit_grid(None, cells, out, registry, console, settings, slurm_options, wait=wait, only=set(cell_ids))

@@ -11,7 +11,9 @@ learners (on the CPU, a cell of frames only when it has more learners than the m
 cores; with `--transport shm` or `p2p`, one learner per process); 1, one learner per process as
 before; K, blocks of K learners in N/K processes that send each other the rows their learners
 read (`benchbase.comm.block_exchange`), refused in one line for a cell that cannot run in
-blocks or whose N K does not divide (blocks of unequal sizes are not supported).
+blocks or whose N K does not divide (blocks of unequal sizes are not supported). `--transport
+shm` is refused in one line for a cell whose graph needs more message slots than a shared-memory
+segment holds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any
 
 from benchbase.api.contracts import Algorithm, params_of
 from benchbase.comm.block import block_mixing_refusal
+from benchbase.comm.block_exchange import BlockGraph
 from benchbase.comm.mixing_plan import build_mixing_plan
+from benchbase.comm.shm import MAX_SLOTS, synchronous_slots
 from benchbase.errors import UserError
 from benchbase.grid.cell import Cell
 from benchbase.learner.process import CellPlugins
@@ -58,7 +62,7 @@ def block_refusal(cell: Cell, registry: Any) -> str | None:
 
 
 def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings) -> int:
-    """The learners each process of `cell` hosts (checked beforehand by `check_learners_per_process`)."""
+    """The learners each process of `cell` hosts (checked beforehand by `check_process_layout`)."""
     asked = settings.learners_per_process
     if asked == 1 or cell.learner_processes == 1 or block_refusal(cell, registry) is not None:
         return 1
@@ -75,16 +79,54 @@ def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings)
     return cell.learner_processes if asked is None else asked
 
 
-def check_learners_per_process(cells: list[Cell], registry: Any, settings: ExecutionSettings) -> None:
-    """A UserError naming the first cell that cannot host `--learners-per-process` learners per process."""
+def check_process_layout(cells: list[Cell], registry: Any, settings: ExecutionSettings) -> None:
+    """A UserError naming the first cell that cannot run as `--learners-per-process` and
+    `--transport` ask, before anything runs."""
+    _check_learners_per_process(cells, registry, settings)
+    if settings.transport == "shm":
+        for cell in cells:
+            reason = shared_memory_refusal(cell, registry, settings)
+            if reason is not None:
+                hint = "--transport auto or p2p sends them over gloo"
+                raise UserError(f"--transport shm: {_label(cell)}: {reason} ({hint})")
+
+
+def shared_memory_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str | None:
+    """Why shared memory cannot carry `cell`'s messages on any host: its graph lets a learner (or
+    a block) lead a reader by more iterations than a segment holds (`synchronous_slots`). None
+    when it can; one host and room in /dev/shm are checked as the cell starts."""
+    n, per_process = cell.learner_processes, learners_per_process(cell, registry, settings)
+    if n == 1 or per_process == n:
+        return None
+    plugins = CellPlugins.resolve(registry, cell)
+    plan = build_mixing_plan(plugins.topology, plugins.topology_params, n, cell.seed, plugins.num_peers)
+    if not plan.has_edges:
+        return None
+    if per_process > 1:
+        slots = synchronous_slots(BlockGraph(plan, per_process))
+    else:
+        slots = synchronous_slots(plan) if plugins.staleness == 0 else 2
+    if slots is not None:
+        return None
+    return (
+        f"on this graph a {'block' if per_process > 1 else 'learner'} can lead a reader by more than "
+        f"{MAX_SLOTS - 1} iterations, more than a shared-memory segment holds"
+    )
+
+
+def _label(cell: Cell) -> str:
+    n = cell.learner_processes
+    return f"cell {cell.cell_id[:8]} ({cell.algorithm} · {cell.topology}, {n} learner{'s' * (n != 1)})"
+
+
+def _check_learners_per_process(cells: list[Cell], registry: Any, settings: ExecutionSettings) -> None:
     asked = settings.learners_per_process
     if asked is None or asked == 1:
         return
     if asked < 1:
         raise UserError(f"--learners-per-process {asked}: give at least 1 (1: one learner per process)")
     for cell in cells:
-        n = cell.learner_processes
-        label = f"cell {cell.cell_id[:8]} ({cell.algorithm} · {cell.topology}, {n} learner{'s' * (n != 1)})"
+        n, label = cell.learner_processes, _label(cell)
         if asked > n:
             raise UserError(f"--learners-per-process {asked}: more than the {n} learners of {label}")
         if n % asked:

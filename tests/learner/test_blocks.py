@@ -373,3 +373,16 @@ def test_learners_per_process_that_no_cell_can_take_is_one_line_and_exit_2(tmp_p
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # refused before anything ran
+
+
+def test_shared_memory_asked_for_a_graph_it_cannot_carry_is_one_line_and_exit_2(tmp_path: Path):
+    """On a directed ring of 16 a learner can lead the reader behind it by 15 iterations, more than
+    a segment's slots: `--transport shm` is refused before anything runs, not a failed cell."""
+    result = bench(
+        *("run", "-a", "diff-a2c", "-t", "directed-ring", "-e", "random-cartpole", "--learners", "16"),
+        *("--envs-per-learner", "1", "--env-steps", "2000", "--transport", "shm", "--out", str(tmp_path / "run")),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--transport shm: cell" in result.stderr and "more than a shared-memory segment holds" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
