@@ -45,6 +45,7 @@ class Checkpoint:
     info: dict[str, Any]
 
 
+@functools.cache  # reading package metadata took most of a small checkpoint's write
 def _versions() -> dict[str, str]:
     found = {}
     for package in ("benchbase", "torch", "gymnasium", "numpy"):
@@ -65,17 +66,31 @@ def steps_of(path: Path) -> int:
 
 
 _NUMPY = "__numpy__"
+# A long list of Python floats or ints (a column of the rows a learner has written so far) travels
+# as one tensor: pickling it number by number, and walking it here, cost most of a checkpoint's write.
+_FLOATS, _INTS = "__floats__", "__ints__"
+_INT64 = (-(2**63), 2**63 - 1)
+_SCALARS = {str, int, float, bool, type(None)}
 
 
 def to_plain(value: Any) -> Any:
     """`value` with numpy arrays and scalars turned into tensors (marked, so `from_plain` turns
-    them back) and tuples kept: what `torch.load(weights_only=True)` accepts."""
+    them back), long lists of floats or of ints into tensors (marked) and tuples kept: what
+    `torch.load(weights_only=True)` accepts."""
     if isinstance(value, np.ndarray):
         return {_NUMPY: torch.from_numpy(np.ascontiguousarray(value).copy())}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
         return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        kinds = set(map(type, value))
+        if len(value) >= 16 and kinds == {float}:
+            return {_FLOATS: torch.tensor(value, dtype=torch.float64)}
+        if len(value) >= 16 and kinds == {int} and _INT64[0] <= min(value) and max(value) <= _INT64[1]:
+            return {_INTS: torch.tensor(value, dtype=torch.int64)}
+        if kinds <= _SCALARS:
+            return list(value)
     if isinstance(value, (list, tuple)):
         converted = [to_plain(item) for item in value]
         return converted if isinstance(value, list) else tuple(converted)
@@ -86,6 +101,8 @@ def from_plain(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and _NUMPY in value:
             return value[_NUMPY].numpy()
+        if len(value) == 1 and (_FLOATS in value or _INTS in value):
+            return next(iter(value.values())).tolist()
         return {key: from_plain(item) for key, item in value.items()}
     if isinstance(value, list):
         return [from_plain(item) for item in value]

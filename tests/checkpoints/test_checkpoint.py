@@ -44,6 +44,37 @@ def test_a_saved_checkpoint_loads_back_exactly(tmp_path: Path):
     assert not list(tmp_path.glob(".*.tmp"))  # nothing temporary left behind
 
 
+def test_the_rows_written_so_far_load_back_as_the_same_python_values(tmp_path: Path):
+    """A learner's rows travel in its checkpoints as columns: long columns of floats or ints go as
+    one tensor each, and come back as lists of the same Python values (NaN, -0.0 and the int64
+    limits included); other columns come back as they were."""
+    floats = [0.1 * k for k in range(40)] + [float("nan"), -0.0, float("inf"), 1e-310]
+    ints = list(range(-20, 20)) + [2**63 - 1, -(2**63)]
+    columns = {
+        "value": floats,
+        "env_step": ints,
+        "too_big": [2**63] * 20,  # beyond int64: kept as Python ints
+        "success": [True, False] * 10,  # bools stay bools, not ints
+        "metric": ["loss"] * 20,
+        "mixed": [1, 2.5, None, "x"] * 5,
+        "task_params": [[0.5, 1.0]] * 20,
+        "short": [1.5, 2.5],
+    }
+    path = checkpoint.save(tmp_path, {"loop": {"rows": {"metrics": columns}}}, env_steps=1, cell_config=CONFIG)
+    loaded = checkpoint.load(path, CONFIG).state["loop"]["rows"]["metrics"]
+    assert loaded.keys() == columns.keys()
+    for name, column in columns.items():
+        back = loaded[name]
+        assert type(back) is list and len(back) == len(column), name
+        for original, restored in zip(column, back):
+            assert type(restored) is type(original), name
+            if isinstance(original, float):
+                assert np.array_equal([original], [restored], equal_nan=True), name
+                assert np.signbit(original) == np.signbit(restored), name
+            else:
+                assert restored == original, name
+
+
 def test_a_shared_writer_takes_a_blocks_checkpoints_at_once_and_writes_them_all(tmp_path: Path, monkeypatch):
     import threading
     import time
