@@ -40,7 +40,7 @@ class FaultyLearner(A2CLearner):
                 if plan["how"] == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 if plan["how"] == "enospc":
-                    checkpoint.save = _disk_full  # the checkpoint writer thread calls it by name
+                    checkpoint.write_encoded = _disk_full  # the checkpoint writer thread calls it by name
                     return output
                 raise RuntimeError("injected fault")
         return output

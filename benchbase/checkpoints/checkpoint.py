@@ -115,11 +115,23 @@ def save(
     folder: Path | str, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any], keep: int | None = KEEP
 ) -> Path:
     """Write `state` as the checkpoint at `env_steps` in `folder`; keep the newest `keep` (None: all)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    return write_encoded(folder, encode(state), env_steps=env_steps, cell_config=cell_config, keep=keep)
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    """`state` as a checkpoint's data file holds it."""
     buffer = io.BytesIO()
     torch.save(to_plain(state), buffer)
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def write_encoded(
+    folder: Path | str, data: bytes, *, env_steps: int, cell_config: dict[str, Any], keep: int | None = KEEP
+) -> Path:
+    """Write `encode`'s `data` as the checkpoint at `env_steps` in `folder`, then its sidecar; keep
+    the newest `keep` (None: all)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(env_steps)
     data_path, info_path = folder / f"{name}.pt", folder / f"{name}.json"
     write_atomic(data_path, lambda temporary: Path(temporary).write_bytes(data))
@@ -270,8 +282,10 @@ def _check_cell(data_path: Path, info: dict[str, Any], cell_config: dict[str, An
 
 
 class BackgroundWriter:
-    """Writes checkpoints on a thread, so a learner pays only for copying its state, not for
-    serialising, hashing and writing it (its neighbours would wait for that too).
+    """Writes checkpoints on a thread, so a learner pays only for copying and encoding its state,
+    not for hashing and writing it (its neighbours would wait for that too). Encoding stays with
+    the learner: on the thread its Python work held the interpreter lock against the learner's,
+    which lost more time than encoding takes (docs/scaling.md).
 
     At most `max_pending` writes wait or run at a time: a learner's own writer holds one (a new
     checkpoint first waits for the previous); a learner block's learners share one writer that
@@ -297,12 +311,13 @@ class BackgroundWriter:
         cell_config: dict[str, Any],
         keep: int | None = KEEP,
     ) -> None:
+        data = encode(state)
         with self._changed:
             while self._pending >= self.max_pending:
                 self._changed.wait()
             self._raise_error()
             self._jobs.append(
-                functools.partial(save, folder, state, env_steps=env_steps, cell_config=cell_config, keep=keep)
+                functools.partial(write_encoded, folder, data, env_steps=env_steps, cell_config=cell_config, keep=keep)
             )
             self._pending += 1
             if not self._running:

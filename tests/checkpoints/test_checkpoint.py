@@ -80,15 +80,15 @@ def test_a_shared_writer_takes_a_blocks_checkpoints_at_once_and_writes_them_all(
     import time
 
     release = threading.Event()
-    real_save = checkpoint.save
+    real_write = checkpoint.write_encoded
 
-    def slow_save(folder, *args, **kwargs):
+    def slow_write(folder, *args, **kwargs):
         release.wait(10)  # the writer is busy until the test lets it go
         if folder.name == "learner-1":
             raise OSError("No space left on device")
-        return real_save(folder, *args, **kwargs)
+        return real_write(folder, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "save", slow_save)
+    monkeypatch.setattr(checkpoint, "write_encoded", slow_write)
     writer = checkpoint.BackgroundWriter(max_pending=3)
     for rank in range(3):  # three submissions while nothing has been written: none waits
         writer.submit(tmp_path / f"learner-{rank}", state(rank), env_steps=100, cell_config=CONFIG)
