@@ -1,0 +1,106 @@
+"""Milliseconds per iteration of one Diff-A2C learner block, in this process, against one
+centralised learner on the same simulators: the block's collect, update and mix timed apart.
+
+    python benchmarks/block_iteration.py                      # 16 learners × 1 simulator, ring
+    python benchmarks/block_iteration.py --learners 64 --threads 2
+
+No `bench run`: no processes, checkpoints, result rows or evaluations, so what it times is the
+batched arithmetic of a block (docs/scaling.md), the place to look when `learner_blocks.py`'s
+ratios move. Both sides run `--warm-up` iterations first, then `--iterations` timed ones, on
+`random-cartpole` with the default Diff-A2C settings; the block mixes with a ring's weights
+(1/3 each) as one product, as `BlockMixer` does in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchbase.api.contracts import LearnerSpec, params_of
+from benchbase.api.registry import load_registry
+
+
+def build(learners: int, envs_per_learner: int):
+    """The block of `learners` Diff-A2C learners and one learner with all their simulators."""
+    registry = load_registry()
+    family = registry.get("env", "random-cartpole")
+    env_params = params_of(family, {})
+    tasks = family.training_tasks(env_params, learners, 0)
+    algorithm = registry.get("algorithm", "diff-a2c")
+    params = params_of(algorithm, {})
+    own = [[tasks[rank]] * envs_per_learner for rank in range(learners)]
+    seeds = [1009 * rank for rank in range(learners)]
+    envs = family.make_env_block(env_params, own, seeds)
+    specs = [LearnerSpec(env, rank, learners, 0, torch.device("cpu")) for rank, env in enumerate(envs.members)]
+    block = algorithm.make_learner_block(params, specs, envs)
+    every_task = [task for tasks_of_one in own for task in tasks_of_one]
+    alone = family.make_env(env_params, every_task, 0)
+    centralised = algorithm.make_learner(params, LearnerSpec(alone, 0, 1, 0, torch.device("cpu")))
+    return block, centralised
+
+
+def ring_weights(n: int) -> torch.Tensor:
+    weights = torch.zeros(n, n)
+    for i in range(n):
+        for j in (i - 1, i, i + 1):
+            weights[i, j % n] += 1 / 3
+    return weights
+
+
+def time_block(block, iterations: int, warm_up: int) -> dict[str, float]:
+    rows = block.parameters()
+    weights = ring_weights(len(rows))
+    spent = {"collect": 0.0, "update": 0.0, "mix": 0.0}
+    for iteration in range(warm_up + iterations):
+        started = time.perf_counter()
+        rollout, _ = block.collect()
+        collected = time.perf_counter()
+        block.update(rollout)
+        updated = time.perf_counter()
+        rows.copy_(weights @ rows)
+        mixed = time.perf_counter()
+        if iteration >= warm_up:
+            spent["collect"] += collected - started
+            spent["update"] += updated - collected
+            spent["mix"] += mixed - updated
+    return {name: 1000 * seconds / iterations for name, seconds in spent.items()}
+
+
+def time_learner(learner, iterations: int, warm_up: int) -> float:
+    for _ in range(warm_up):
+        learner.iterate()
+    started = time.perf_counter()
+    for _ in range(iterations):
+        learner.iterate()
+    return 1000 * (time.perf_counter() - started) / iterations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--learners", type=int, default=16)
+    parser.add_argument("--envs-per-learner", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--warm-up", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a cell's block takes its cores')")
+    args = parser.parse_args()
+    if min(args.learners, args.envs_per_learner, args.iterations, args.threads) < 1 or args.warm_up < 0:
+        parser.error("--learners, --envs-per-learner, --iterations and --threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    block, centralised = build(args.learners, args.envs_per_learner)
+    steps = block.n_steps * args.learners * args.envs_per_learner  # env steps per iteration, both sides
+    parts = time_block(block, args.iterations, args.warm_up)
+    whole = time_learner(centralised, args.iterations, args.warm_up)
+    total = sum(parts.values())
+    print(f"{args.learners} learners × {args.envs_per_learner} simulators, {steps} env steps per iteration")
+    print(
+        f"block:       {total:.3f} ms per iteration ({1000 * steps / total:,.0f} steps/s): "
+        + ", ".join(f"{name} {ms:.3f}" for name, ms in parts.items())
+    )
+    print(f"centralised: {whole:.3f} ms per iteration ({1000 * steps / whole:,.0f} steps/s)")
+    print(f"block / centralised steps/s: {whole / total:.2f}")
+
+
+if __name__ == "__main__":
+    main()
