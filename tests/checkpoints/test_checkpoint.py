@@ -55,7 +55,8 @@ def test_the_rows_written_so_far_load_back_as_the_same_python_values(tmp_path: P
         "env_step": ints,
         "too_big": [2**63] * 20,  # beyond int64: kept as Python ints
         "success": [True, False] * 10,  # bools stay bools, not ints
-        "metric": ["loss"] * 20,
+        "metric": ["loss", "entropy"] * 10,
+        "task_id": [f"R-{k}" for k in range(20)],
         "mixed": [1, 2.5, None, "x"] * 5,
         "task_params": [[0.5, 1.0]] * 20,
         "short": [1.5, 2.5],
