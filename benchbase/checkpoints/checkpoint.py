@@ -16,6 +16,7 @@ import functools
 import hashlib
 import io
 import json
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -66,31 +67,36 @@ def steps_of(path: Path) -> int:
 
 
 _NUMPY = "__numpy__"
-# A long list of Python floats or ints (a column of the rows a learner has written so far) travels
-# as one tensor: pickling it number by number, and walking it here, cost most of a checkpoint's write.
-_FLOATS, _INTS = "__floats__", "__ints__"
-_INT64 = (-(2**63), 2**63 - 1)
+# A long list of strings, numbers, booleans and Nones (a column of the rows a learner has written
+# so far) travels as one pickle of builtins in a byte tensor: `torch.save` visiting it item by item
+# took most of a checkpoint's encoding. `_BuiltinsOnly` reads it back without importing anything.
+_SCALARS_PICKLED = "__scalars__"
 _SCALARS = {str, int, float, bool, type(None)}
+
+
+class _BuiltinsOnly(pickle.Unpickler):
+    """Unpickles lists, strings, numbers, booleans and None, and refuses anything that would need
+    a global (a class or function), which is how a pickle runs code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"a checkpoint's column names {module}.{name}: only plain values are read")
 
 
 def to_plain(value: Any) -> Any:
     """`value` with numpy arrays and scalars turned into tensors (marked, so `from_plain` turns
-    them back), long lists of floats or of ints into tensors (marked) and tuples kept: what
-    `torch.load(weights_only=True)` accepts."""
+    them back), long lists of plain scalars into one byte tensor each (marked) and tuples kept:
+    what `torch.load(weights_only=True)` accepts."""
     if isinstance(value, np.ndarray):
         return {_NUMPY: torch.from_numpy(np.ascontiguousarray(value).copy())}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
         return {key: to_plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        kinds = set(map(type, value))
-        if len(value) >= 16 and kinds == {float}:
-            return {_FLOATS: torch.tensor(value, dtype=torch.float64)}
-        if len(value) >= 16 and kinds == {int} and _INT64[0] <= min(value) and max(value) <= _INT64[1]:
-            return {_INTS: torch.tensor(value, dtype=torch.int64)}
-        if kinds <= _SCALARS:
+    if isinstance(value, list) and set(map(type, value)) <= _SCALARS:
+        if len(value) < 16:
             return list(value)
+        pickled = bytearray(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        return {_SCALARS_PICKLED: torch.frombuffer(pickled, dtype=torch.uint8)}
     if isinstance(value, (list, tuple)):
         converted = [to_plain(item) for item in value]
         return converted if isinstance(value, list) else tuple(converted)
@@ -101,8 +107,8 @@ def from_plain(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and _NUMPY in value:
             return value[_NUMPY].numpy()
-        if len(value) == 1 and (_FLOATS in value or _INTS in value):
-            return next(iter(value.values())).tolist()
+        if len(value) == 1 and _SCALARS_PICKLED in value:
+            return _BuiltinsOnly(io.BytesIO(value[_SCALARS_PICKLED].numpy().tobytes())).load()
         return {key: from_plain(item) for key, item in value.items()}
     if isinstance(value, list):
         return [from_plain(item) for item in value]

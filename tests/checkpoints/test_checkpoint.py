@@ -45,15 +45,15 @@ def test_a_saved_checkpoint_loads_back_exactly(tmp_path: Path):
 
 
 def test_the_rows_written_so_far_load_back_as_the_same_python_values(tmp_path: Path):
-    """A learner's rows travel in its checkpoints as columns: long columns of floats or ints go as
-    one tensor each, and come back as lists of the same Python values (NaN, -0.0 and the int64
-    limits included); other columns come back as they were."""
+    """A learner's rows travel in its checkpoints as columns: a long column of plain values goes as
+    one pickle of builtins, and comes back as a list of the same Python values (NaN, -0.0, big
+    ints and booleans included); other columns come back as they were."""
     floats = [0.1 * k for k in range(40)] + [float("nan"), -0.0, float("inf"), 1e-310]
     ints = list(range(-20, 20)) + [2**63 - 1, -(2**63)]
     columns = {
         "value": floats,
         "env_step": ints,
-        "too_big": [2**63] * 20,  # beyond int64: kept as Python ints
+        "too_big": [2**63] * 20,
         "success": [True, False] * 10,  # bools stay bools, not ints
         "metric": ["loss", "entropy"] * 10,
         "task_id": [f"R-{k}" for k in range(20)],
@@ -74,6 +74,22 @@ def test_the_rows_written_so_far_load_back_as_the_same_python_values(tmp_path: P
                 assert np.signbit(original) == np.signbit(restored), name
             else:
                 assert restored == original, name
+
+
+def test_a_column_that_would_run_code_when_read_is_refused(tmp_path: Path):
+    """The columns' pickles are read by an unpickler that imports nothing: one naming a function
+    (as a crafted file could, to run it) makes the checkpoint unusable, and nothing runs."""
+    import pickle
+
+    class Calls:
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    crafted = bytearray(pickle.dumps([Calls()] * 20))
+    data = checkpoint.encode({"rows": {"__scalars__": torch.frombuffer(crafted, dtype=torch.uint8)}})
+    path = checkpoint.write_encoded(tmp_path, data, env_steps=1, cell_config=CONFIG)
+    with pytest.raises(CheckpointError, match="cannot be loaded as plain data: .*only plain values"):
+        checkpoint.load(path, CONFIG)
 
 
 def test_a_shared_writer_takes_a_blocks_checkpoints_at_once_and_writes_them_all(tmp_path: Path, monkeypatch):
