@@ -5,7 +5,8 @@ plus `<name>.json` beside it, written after the data and holding its SHA-256, si
 the cell config and the package versions. Loading checks, in order: the sidecar exists and parses,
 the data file has the recorded size and digest (a truncated or corrupted file is caught here, not
 half-loaded), the cell config matches the cell asking for it, and then `torch.load(...,
-weights_only=True)`, which refuses anything but plain data. `latest_good` walks a learner's
+weights_only=True)`, which refuses anything but plain data (long columns of plain values inside
+travel as pickles of builtins, read back by an unpickler that refuses every global). `latest_good` walks a learner's
 checkpoints newest first and falls back to an older one when the newest is bad, saying why.
 """
 
