@@ -317,8 +317,11 @@ class BackgroundWriter:
         env_steps: int,
         cell_config: dict[str, Any],
         keep: int | None = KEEP,
-    ) -> None:
+    ) -> float:
+        """Encode `state` now and queue its write; the seconds encoding took."""
+        started = time.perf_counter()
         data = encode(state)
+        encoding_s = time.perf_counter() - started
         with self._changed:
             while self._pending >= self.max_pending:
                 self._changed.wait()
@@ -330,6 +333,7 @@ class BackgroundWriter:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._write_all, name="checkpoint-writer", daemon=True).start()
+        return encoding_s
 
     def _write_all(self) -> None:
         while True:

@@ -54,8 +54,8 @@ class LoopState:
     eval_time_s: float = 0.0
     wall_s: float = 0.0  # training wall time before this process started (a resumed cell)
     final_train: list[tuple[float, Any]] = field(default_factory=list)  # (return, success) of the last evaluation
-    # Periodic checkpoints so far and the time the learner spent copying its state for them (what
-    # its neighbours may wait for; the checkpoint_copy_s metric). A stop's checkpoint is left out:
+    # Periodic checkpoints so far and the time the learner spent copying and encoding its state for
+    # them (what its neighbours may wait for; the checkpoint_copy_s metric). A stop's checkpoint is left out:
     # a resumed learner reports them exactly where the uninterrupted one does.
     checkpoints_saved: int = 0
     checkpoint_copy_s: float = 0.0
@@ -125,11 +125,14 @@ class CheckpointKeeper:
             self._every_iterations = max(1, round(self.every_steps / steps_per_iteration))
         return iteration % self._every_iterations == 0
 
-    def save(self, state: dict[str, Any], env_steps: int, *, wait: bool = False, keep: int = checkpoint.KEEP) -> None:
-        """Write `state` (a copy the learner no longer touches) on the writer thread; `wait` for it."""
-        self.writer.submit(self.folder, state, env_steps=env_steps, cell_config=self.cell_config, keep=keep)
+    def save(self, state: dict[str, Any], env_steps: int, *, wait: bool = False, keep: int = checkpoint.KEEP) -> float:
+        """Write `state` (a copy the learner no longer touches) on the writer thread; `wait` for it.
+        The seconds the learner spent encoding it."""
+        writer, config = self.writer, self.cell_config
+        encoding_s = writer.submit(self.folder, state, env_steps=env_steps, cell_config=config, keep=keep)
         if wait:
             self.writer.wait()
+        return encoding_s
 
     def raise_failed(self) -> None:
         """Re-raise the error of a checkpoint write that has already failed (a full disk)."""

@@ -288,7 +288,9 @@ class _Training:
                 snapshot["loop"].update(
                     checkpoints_saved=state.checkpoints_saved, checkpoint_copy_s=state.checkpoint_copy_s
                 )
-            keeper.save(snapshot, state.local_steps, wait=stopping)  # written on a thread unless stopping
+            encoding_s = keeper.save(snapshot, state.local_steps, wait=stopping)  # written on a thread unless stopping
+            if due:  # the learner encodes its checkpoint too; the snapshot already holds its total without this one
+                state.checkpoint_copy_s += encoding_s
         return stopping
 
     def finish(self, stopped: bool) -> dict[str, Any]:
