@@ -202,6 +202,13 @@ class SharedBoard:
             pass
 
 
+def message_slots(plan, staleness: int) -> int | None:
+    """Slots each message of a segment needs for learners exchanging over `plan` (a learner's
+    peers, or a `BlockGraph`'s blocks) with this staleness: two for asynchronous learners (each
+    reads the newest), `synchronous_slots` for synchronous ones; None: more than a segment holds."""
+    return synchronous_slots(plan) if staleness == 0 else 2
+
+
 def synchronous_slots(plan) -> int | None:
     """Slots a segment needs so that no synchronous reader's iteration is overwritten first, or
     None when that is more than MAX_SLOTS (then the cell uses gloo point-to-point).

@@ -34,9 +34,9 @@ from benchbase.comm.communicator import Communicator, MessageLayout, message_lay
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.comm.shm import (
     SharedBoard,
+    message_slots,
     segment_bytes,
     shared_memory_room,
-    synchronous_slots,
 )
 from benchbase.grid.cell import Cell
 from benchbase.learner.build import build_learner, initialise_from, simulator_seed, simulator_tasks
@@ -277,7 +277,7 @@ def _shared_board(
         return None
     layout = message_layout(plan, buffer.numel(), buffer.dtype, staleness)
     channels = {j: layout.channels(plan, j) for j in range(launch.world_size)}
-    slots = synchronous_slots(plan) if staleness == 0 else 2
+    slots = message_slots(plan, staleness)
     return open_shared_board(launch, layout, slots, channels, plan.in_peers(launch.rank), forked)
 
 

@@ -26,7 +26,7 @@ from benchbase.api.contracts import Algorithm, params_of
 from benchbase.comm.block import block_mixing_refusal
 from benchbase.comm.block_exchange import BlockGraph
 from benchbase.comm.mixing_plan import build_mixing_plan
-from benchbase.comm.shm import MAX_SLOTS, synchronous_slots
+from benchbase.comm.shm import MAX_SLOTS, message_slots
 from benchbase.errors import UserError
 from benchbase.grid.cell import Cell
 from benchbase.learner.process import CellPlugins
@@ -93,7 +93,7 @@ def check_process_layout(cells: list[Cell], registry: Any, settings: ExecutionSe
 
 def shared_memory_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str | None:
     """Why shared memory cannot carry `cell`'s messages on any host: its graph lets a learner (or
-    a block) lead a reader by more iterations than a segment holds (`synchronous_slots`). None
+    a block) lead a reader by more iterations than a segment holds (`message_slots`). None
     when it can; one host and room in /dev/shm are checked as the cell starts."""
     n, per_process = cell.learner_processes, learners_per_process(cell, registry, settings)
     if n == 1 or per_process == n:
@@ -102,11 +102,8 @@ def shared_memory_refusal(cell: Cell, registry: Any, settings: ExecutionSettings
     plan = build_mixing_plan(plugins.topology, plugins.topology_params, n, cell.seed, plugins.num_peers)
     if not plan.has_edges:
         return None
-    if per_process > 1:
-        slots = synchronous_slots(BlockGraph(plan, per_process))
-    else:
-        slots = synchronous_slots(plan) if plugins.staleness == 0 else 2
-    if slots is not None:
+    peers = BlockGraph(plan, per_process) if per_process > 1 else plan
+    if message_slots(peers, plugins.staleness) is not None:
         return None
     return (
         f"on this graph a {'block' if per_process > 1 else 'learner'} can lead a reader by more than "
