@@ -166,6 +166,24 @@ SYNC_CELL = [
 ]
 
 
+EXIT_THREADS = """
+import atexit, os, sys
+
+
+def _record_threads():
+    # A torchrun worker of the test, as it exits: the threads it has left (Linux names them).
+    if "benchbase.run.torchrun" not in sys.modules or "RANK" not in os.environ:
+        return
+    tasks = f"/proc/{os.getpid()}/task"
+    names = [open(f"{tasks}/{task}/comm").read().strip() for task in os.listdir(tasks)]
+    with open(os.path.join(os.environ["BENCHBASE_TEST_EXITS"], os.environ["RANK"]), "w") as record:
+        record.write("\\n".join(names))
+
+
+atexit.register(_record_threads)
+"""
+
+
 def test_a_cell_on_two_torchrun_nodes_gives_the_local_results(tmp_path: Path):
     local, spread = tmp_path / "local", tmp_path / "spread"
     # One process per learner here too: torchrun's row-for-row equal (a block samples in another order).
@@ -188,16 +206,34 @@ def test_a_cell_on_two_torchrun_nodes_gives_the_local_results(tmp_path: Path):
     # Two torchrun agents on loopback, two learners each: one c10d rendezvous forms the cell. On one
     # machine both would take themselves for the rendezvous host: say which one is.
     conf = command.index("--rdzv-conf") + 1
+    # Each worker records, as it exits, the threads it still has (see EXIT_THREADS).
+    hooks, exits = tmp_path / "hooks", tmp_path / "exits"
+    hooks.mkdir()
+    exits.mkdir()
+    (hooks / "sitecustomize.py").write_text(EXIT_THREADS)
+    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "PYTHONPATH": path, "BENCHBASE_TEST_EXITS": str(exits)}
     nodes = []
     for is_host in ("true", "false"):
         node_command = list(command)
         node_command[conf] += f",is_host={is_host}"
-        nodes.append(subprocess.Popen(node_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        nodes.append(
+            subprocess.Popen(node_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+        )
     try:
         outputs = [node.communicate(timeout=240)[0] for node in nodes]
-    finally:
+    except subprocess.TimeoutExpired as timeout:
         for node in nodes:
             node.kill()
+        outputs = [node.communicate()[0] for node in nodes]
+        raise AssertionError(
+            f"a torchrun agent did not exit:\n{outputs[0][-3000:]}\n---\n{outputs[1][-3000:]}"
+        ) from timeout
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    # torch._dynamo imported after init_process_group kept the gloo group (and its threads) past
+    # destroy_process_group; freeing a collective during interpreter shutdown then aborted a worker.
+    left = {record.name: record.read_text().split() for record in exits.iterdir()}
+    assert len(left) == 4 and not [name for names in left.values() for name in names if "gloo" in name], left
     assert any("completed" in output for output in outputs), outputs[0][-2000:] + outputs[1][-2000:]
     cell = pq.read_table(spread / "cells.parquet").to_pylist()[0]
     assert cell["status"] == "completed" and cell["env_steps"] == 8000
