@@ -90,7 +90,7 @@ def run_as_worker(
     # Before the group exists: torch.optim imports torch._dynamo on first use, and imported after
     # init_process_group it keeps the gloo group alive past destroy_process_group; the group's
     # threads then free a finished collective during interpreter shutdown and abort the worker
-    # (SIGABRT, "terminate called without an active exception"; 3 of 93 two-node runs on 2 cores),
+    # (SIGABRT, "terminate called without an active exception") now and then,
     # which failed the job and left the other node's agent waiting in torchrun's exit barrier.
     import torch._dynamo  # noqa: F401
 
