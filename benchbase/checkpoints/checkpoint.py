@@ -5,8 +5,8 @@ plus `<name>.json` beside it, written after the data and holding its SHA-256, si
 the cell config and the package versions. Loading checks, in order: the sidecar exists and parses,
 the data file has the recorded size and digest (a truncated or corrupted file is caught here, not
 half-loaded), the cell config matches the cell asking for it, and then `torch.load(...,
-weights_only=True)`, which refuses anything but plain data (long columns of plain values inside
-travel as pickles of builtins, read back by an unpickler that refuses every global). `latest_good` walks a learner's
+weights_only=True)`, which refuses anything but plain data (containers of builtins inside travel
+as pickles, read back by an unpickler that refuses every global). `latest_good` walks a learner's
 checkpoints newest first and falls back to an older one when the newest is bad, saying why.
 """
 
@@ -31,7 +31,9 @@ import torch
 
 from benchbase.results import write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 pickled only long lists of scalars, one byte tensor each; it reads the same way.
+READABLE_FORMATS = (1, 2)
 KEEP = 2  # checkpoints kept per learner: the newest and one to fall back to
 
 
@@ -68,11 +70,14 @@ def steps_of(path: Path) -> int:
 
 
 _NUMPY = "__numpy__"
-# A long list of strings, numbers, booleans and Nones (a column of the rows a learner has written
-# so far) travels as one pickle of builtins in a byte tensor: `torch.save` visiting it item by item
-# took most of a checkpoint's encoding. `_BuiltinsOnly` reads it back without importing anything.
-_SCALARS_PICKLED = "__scalars__"
-_SCALARS = {str, int, float, bool, type(None)}
+# Plain data (dicts, lists, tuples, strings, numbers, booleans and None, at any depth: the rows a
+# learner has written so far, the loop's counters) travels as one pickle of builtins in a byte
+# tensor. `torch.save` calls back into Python for each object it pickles and stores each tensor as
+# a record of its own, so the rows as one tensor per column took most of a checkpoint's encoding
+# (docs/scaling.md). `_BuiltinsOnly` reads them back without importing anything.
+_PLAIN_PICKLED = "__plain__"
+_SCALARS_PICKLED = "__scalars__"  # format 1: one long column of scalars per byte tensor
+_INLINE_BYTES = 512  # plain data smaller than this pickled stays inline: a record costs more
 
 
 class _BuiltinsOnly(pickle.Unpickler):
@@ -83,21 +88,45 @@ class _BuiltinsOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"a checkpoint's column names {module}.{name}: only plain values are read")
 
 
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainOnlyPickler(pickle.Pickler):
+    """Pickles builtins only. The C pickler writes exact dicts, lists, tuples, sets, strings,
+    bytes, numbers, booleans and None itself and asks `reducer_override` about anything else (a
+    tensor, a numpy scalar, a subclass of a builtin), which refuses it."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        raise _NotPlain
+
+
+def _pickled_if_plain(value: Any) -> bytes | None:
+    """`value` pickled when it holds builtins only; None when it holds anything else."""
+    buffer = io.BytesIO()
+    try:
+        _PlainOnlyPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    except _NotPlain:
+        return None
+    return buffer.getvalue()
+
+
 def to_plain(value: Any) -> Any:
     """`value` with numpy arrays and scalars turned into tensors (marked, so `from_plain` turns
-    them back), long lists of plain scalars into one byte tensor each (marked) and tuples kept:
-    what `torch.load(weights_only=True)` accepts."""
+    them back), each container of builtins only into one byte tensor of its pickle (marked) and
+    tuples kept: what `torch.load(weights_only=True)` accepts."""
+    if isinstance(value, (dict, list, tuple)):
+        pickled = _pickled_if_plain(value)
+        if pickled is not None:
+            if len(pickled) < _INLINE_BYTES:
+                return value
+            return {_PLAIN_PICKLED: torch.frombuffer(bytearray(pickled), dtype=torch.uint8)}
     if isinstance(value, np.ndarray):
         return {_NUMPY: torch.from_numpy(np.ascontiguousarray(value).copy())}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
         return {key: to_plain(item) for key, item in value.items()}
-    if isinstance(value, list) and set(map(type, value)) <= _SCALARS:
-        if len(value) < 16:
-            return list(value)
-        pickled = bytearray(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-        return {_SCALARS_PICKLED: torch.frombuffer(pickled, dtype=torch.uint8)}
     if isinstance(value, (list, tuple)):
         converted = [to_plain(item) for item in value]
         return converted if isinstance(value, list) else tuple(converted)
@@ -108,8 +137,9 @@ def from_plain(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and _NUMPY in value:
             return value[_NUMPY].numpy()
-        if len(value) == 1 and _SCALARS_PICKLED in value:
-            return _BuiltinsOnly(io.BytesIO(value[_SCALARS_PICKLED].numpy().tobytes())).load()
+        if len(value) == 1 and (_PLAIN_PICKLED in value or _SCALARS_PICKLED in value):
+            pickled = next(iter(value.values()))
+            return _BuiltinsOnly(io.BytesIO(pickled.numpy().tobytes())).load()
         return {key: from_plain(item) for key, item in value.items()}
     if isinstance(value, list):
         return [from_plain(item) for item in value]
@@ -260,9 +290,10 @@ def _read_info(data_path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{data_path.name}: no {info_path.name} beside it (an unfinished checkpoint)") from None
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{info_path.name} is unreadable: {error}") from None
-    if info.get("format") != FORMAT_VERSION:
+    if info.get("format") not in READABLE_FORMATS:
         raise CheckpointError(
-            f"{data_path.name}: checkpoint format {info.get('format')}, this benchbase reads {FORMAT_VERSION}"
+            f"{data_path.name}: checkpoint format {info.get('format')}, this benchbase reads "
+            f"{' and '.join(map(str, READABLE_FORMATS))}"
         )
     return info
 
