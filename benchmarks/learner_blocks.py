@@ -173,7 +173,7 @@ def main() -> None:
         ratio = rate / reference if rate is not None and reference else None
         target, met = verdict(cell, outcome, env_steps, ratio)
         print(
-            f"{cell.label:<14} {outcome['status']:<10} {number(rate, ',.0f'):>9} {number(ratio, '.2f'):>6} "
+            f"{cell.label:<14} {outcome['status']:<10} {number(rate, ',.0f'):>9} {number(ratio, '.3f'):>6} "
             f"{number(outcome.get('wall_time_s'), '.1f'):>7} {number(outcome.get('startup_s'), '.1f'):>10}  "
             f"{target:<10} {met}"
         )
