@@ -38,7 +38,7 @@ from benchbase import ConcatenatedEnvs, EnvBlock, FinishedEpisode, IterationOutp
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.normalisation import StackedNormalisers, StackedRewardScalers
 from plugins.algorithms.common.on_policy import BlockRollout
-from plugins.algorithms.common.rollout import RolloutLearner
+from plugins.algorithms.common.rollout import RolloutLearner, check_finite_gradient
 from plugins.algorithms.common.stacked import stacked_network
 
 if TYPE_CHECKING:
@@ -234,8 +234,11 @@ class RolloutBlock(LearnerBlock):
         if max_grad_norm > 0:
             scale = torch.where(norms > max_grad_norm, max_grad_norm / (norms + 1e-6), torch.ones_like(norms))
             self._grad.mul_(scale.unsqueeze(1))
+        values = norms.tolist()
+        for member, norm in zip(self.members, values):
+            check_finite_gradient(member, norm)
         self.optimizer.step()
-        return norms.tolist()
+        return values
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -277,8 +280,6 @@ class RolloutBlock(LearnerBlock):
 
 def sample(out: torch.Tensor, log_std: torch.Tensor | None) -> np.ndarray:
     """Actions [K, P, …] drawn from K learners' outputs [K, P, A] (log-std [K, 1, A] or None)."""
-    if log_std is None:  # multinomial takes one row per draw
-        return distributions.sample(out.reshape(-1, out.shape[-1]), None).reshape(out.shape[:-1]).cpu().numpy()
     return distributions.sample(out, log_std).cpu().numpy()
 
 

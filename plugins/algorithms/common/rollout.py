@@ -12,6 +12,7 @@ shape: the bases collect, the algorithm learns). Facts follow `reference/algorit
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -45,6 +46,15 @@ class RolloutParams(Protocol):
     normalise_rewards: bool
 
 
+def check_finite_gradient(learner: RolloutLearner, grad_norm: float) -> None:
+    """Fail the learner whose gradient is not finite before its optimiser step writes NaN into its
+    parameters (from where mixing would spread them to its neighbours)."""
+    if not math.isfinite(grad_norm):
+        raise FloatingPointError(
+            f"learner {learner.rank}: its gradient's norm is {grad_norm} (training diverged; a smaller lr may help)"
+        )
+
+
 class RolloutLearner(Learner, ABC, Generic[Batch]):
     """A model acting in the learner's simulators T steps at a time; subclasses write `update`
     and build `self.optimizer` over `self.flat.parameter`."""
@@ -62,6 +72,7 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
 
         self.params = params
         self.env: TaskVectorEnv = spec.env
+        self.rank = spec.rank
         self.device = torch.device(spec.device)
         self.n_steps = n_steps
         self.gamma = params.gamma
@@ -116,6 +127,7 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
         self.flat.zero_grad()
         loss.backward()
         grad_norm = self.flat.clip_grad_norm(max_grad_norm)
+        check_finite_gradient(self, grad_norm)
         self.optimizer.step()
         return grad_norm
 

@@ -191,3 +191,23 @@ def test_a_block_collects_what_each_learner_collects_alone(monkeypatch, normalis
     member_state, own_state = block.learners[1].state_dict(), alone[1].state_dict()
     for name in ("observation_statistics", "reward_statistics", "env", "last_observations"):
         assert repr(member_state[name]) == repr(own_state[name]), name
+
+
+def test_a_learner_whose_gradient_is_not_finite_fails_before_its_step_alone_and_in_a_block():
+    """A diverged learner fails at its gradient step, named, with its parameters as they were
+    (its optimiser would write NaN into them, and mixing spread them to its neighbours)."""
+    _, alone, block = learners_and_block(False)
+    learner = alone[1]
+    rollout, _ = learner.collect()
+    learner.flat.data[0] = float("nan")
+    before = learner.flat.data.clone()
+    with pytest.raises(FloatingPointError, match="learner 1: its gradient's norm is nan"):
+        learner.update(rollout)
+    assert torch.equal(learner.flat.data[1:], before[1:])
+
+    rollouts, _ = block.collect()
+    block.parameters()[2, 0] = float("nan")
+    before = block.parameters().clone()
+    with pytest.raises(FloatingPointError, match="learner 2: its gradient's norm is nan"):
+        block.update(rollouts)
+    assert torch.equal(block.parameters()[:2], before[:2]) and torch.equal(block.parameters()[2, 1:], before[2, 1:])

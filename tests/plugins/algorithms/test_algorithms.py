@@ -296,6 +296,21 @@ def test_flat_gradients_land_in_the_buffer_and_clip():
         flat.check_views()
 
 
+@pytest.mark.parametrize("shape", [(8, 2), (16, 1, 2), (4, 3, 6), (100, 18)])
+def test_categorical_actions_are_the_draws_torch_multinomial_makes(shape):
+    """`distributions.sample` skips multinomial's checks of the probabilities, not its arithmetic:
+    from the same random stream it draws the same actions, for any leading shape."""
+    from plugins.algorithms.common import distributions
+
+    logits = torch.randn(*shape) * 3
+    torch.manual_seed(1)
+    probs = torch.softmax(logits.reshape(-1, shape[-1]), dim=-1)
+    expected = torch.stack([torch.multinomial(probs, 1).reshape(shape[:-1]) for _ in range(500)])
+    torch.manual_seed(1)
+    drawn = torch.stack([distributions.sample(logits, None) for _ in range(500)])
+    assert drawn.dtype == torch.int64 and torch.equal(drawn, expected)
+
+
 # -- the A2C learner --------------------------------------------------------------------------------
 
 
