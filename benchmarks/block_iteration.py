@@ -7,8 +7,8 @@ centralised learner on the same simulators: the block's collect, update and mix 
 No `bench run`: no processes, checkpoints, result rows or evaluations, so what it times is the
 batched arithmetic of a block (docs/scaling.md), the place to look when `learner_blocks.py`'s
 ratios move. Both sides run `--warm-up` iterations first, then `--iterations` timed ones, on
-`random-cartpole` with the default Diff-A2C settings; the block mixes with a ring's weights
-(1/3 each) as one product, as `BlockMixer` does in one process.
+`random-cartpole` with the default Diff-A2C settings; the block mixes on a ring with the cell's
+`BlockMixer` (one process: one product, or gathered neighbour rows for large blocks).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import torch
 
 from benchbase.api.contracts import LearnerSpec, params_of
 from benchbase.api.registry import load_registry
+from benchbase.comm.block import BlockMixer
+from benchbase.comm.mixing_plan import build_mixing_plan
 
 
 def build(learners: int, envs_per_learner: int):
@@ -41,17 +43,16 @@ def build(learners: int, envs_per_learner: int):
     return block, centralised
 
 
-def ring_weights(n: int) -> torch.Tensor:
-    weights = torch.zeros(n, n)
-    for i in range(n):
-        for j in (i - 1, i, i + 1):
-            weights[i, j % n] += 1 / 3
-    return weights
+def ring_mixer(rows: torch.Tensor) -> BlockMixer:
+    """The mixing of a ring of `len(rows)` learners whose buffers are `rows`, as a cell's block mixes."""
+    topology = load_registry().get("topology", "ring")
+    params = params_of(topology, {})
+    plan = build_mixing_plan(topology, params, len(rows), 0)
+    return BlockMixer(plan, rows, rows.shape[1])
 
 
 def time_block(block, iterations: int, warm_up: int) -> dict[str, float]:
-    rows = block.parameters()
-    weights = ring_weights(len(rows))
+    mixer = ring_mixer(block.parameters())
     spent = {"collect": 0.0, "update": 0.0, "mix": 0.0}
     for iteration in range(warm_up + iterations):
         started = time.perf_counter()
@@ -59,7 +60,7 @@ def time_block(block, iterations: int, warm_up: int) -> dict[str, float]:
         collected = time.perf_counter()
         block.update(rollout)
         updated = time.perf_counter()
-        rows.copy_(weights @ rows)
+        mixer.mix(iteration)
         mixed = time.perf_counter()
         if iteration >= warm_up:
             spent["collect"] += collected - started

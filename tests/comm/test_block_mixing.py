@@ -31,12 +31,22 @@ def plan_for(registry, name: str, n: int, seed: int = 0, **overrides):
 
 @pytest.mark.parametrize(
     "name,n,overrides",
-    [("ring", 5, {}), ("exponential", 8, {}), ("random", 7, {"p": 0.4}), ("fully-connected", 4, {})],
+    [
+        ("ring", 5, {}),
+        ("exponential", 8, {}),
+        ("random", 7, {"p": 0.4}),
+        ("fully-connected", 4, {}),
+        # sparse enough that the block sums gathered neighbour rows instead of one product
+        ("ring", 40, {}),
+        ("exponential", 96, {}),
+        ("random", 160, {"p": 0.04}),
+    ],
 )
 def test_a_block_mixes_as_every_learner_diffusing_its_neighbours(registry, name, n, overrides):
     plan = plan_for(registry, name, n, seed=3, **overrides)
     buffers = torch.randn(n, NUMEL)
     mixer = BlockMixer(plan, buffers, PARAMETERS)
+    assert all((slots is not None) == (n >= 40) for slots in mixer._own_neighbours)
     expected = buffers.clone()
     weights = [phase_weights(plan, rank) for rank in range(n)]
     for iteration in range(2 * plan.period + 1):
