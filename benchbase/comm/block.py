@@ -1,6 +1,6 @@
 """Mixing inside learner blocks: a process hosts K consecutive learners of a cell, their
 buffers the rows of one [K, numel] tensor, and the cell mixes by one product with the mixing
-matrix, X ← W X.
+matrix, X ← W X (on a sparse graph, as a weighted sum of each row's gathered neighbour rows).
 
 With every learner of the cell in one process the product is local. With blocks in several
 processes (K < N), each block receives only the rows its learners read from other blocks (its
