@@ -39,9 +39,9 @@ def _neighbour_slots(weights: np.ndarray, like: torch.Tensor) -> list[tuple[torc
     """A block's own weights W_bb [K, K] as D slots (D: the most non-zero weights in a row) for
     rows like `like`: slot d holds each row's d-th neighbour [K] and its weight [K, 1] (a row with
     fewer: itself, weight 0), so W_bb X = Σ_d w_d ⊙ X[j_d], D passes over the rows instead of K.
-    None where one matrix product is faster: on a GPU, and on a CPU unless 10·D ≤ K (2 cores,
-    rows of 9,164 parameters: K = 256, 6.8 ms for the product against 0.9 ms for a ring's slots;
-    K = 16, about 60 µs either way; docs/scaling.md)."""
+    None where one matrix product is faster or not measured slower: on a GPU, and on a CPU unless
+    10·D ≤ K (`benchmarks/block_mixing.py`: a ring of 256, 7.5 ms for the product and 0.9 ms for
+    the slots; K = 16 and 32, about the same either way)."""
     present = weights != 0
     slots = int(present.sum(axis=1).max())
     if like.device.type != "cpu" or 10 * slots > len(weights):
