@@ -98,6 +98,7 @@ class BlockMixer:
         self._own_weights = [as_tensor(w[self.rows, self.rows]) for w in plan.weights]
         self._own_neighbours = [_neighbour_slots(w[self.rows, self.rows], buffers) for w in plan.weights]
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._deviations: torch.Tensor | None = None  # consensus_distance's work buffer
         self._incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in plan.weights]
         if exchange is not None:
             graph, block = exchange.graph, first_rank // learners
@@ -179,7 +180,11 @@ class BlockMixer:
             n = self.plan.n_learners
             params = self._cell[:, : self.parameter_numel]
             mean = params.sum(0) / n
-            spread = float((params - mean).pow(2).sum(1).double().sum())
+            # Into a buffer kept for it: a fresh [N, numel] temporary each time cost a 256-learner
+            # block 10 ms a measurement in its process (0.7 ms in a loop that reuses the memory).
+            if self._deviations is None or self._deviations.shape != params.shape:
+                self._deviations = torch.empty_like(params)
+            spread = float(torch.sub(params, mean, out=self._deviations).square_().sum(1).double().sum())
             self._consensus = 0.0 if n == 1 else math.sqrt(spread / n) / (float(mean.norm()) + 1e-12)
         return self._consensus
 
