@@ -5,6 +5,7 @@
     python benchmarks/learner_blocks.py --learners-per-process 4    # blocks of 4 where they divide a cell
     python benchmarks/learner_blocks.py --extra "--transport p2p"   # more `bench run` options, for every cell
     python benchmarks/learner_blocks.py --algorithm vtrace          # V-trace (uniform replay) instead
+    python benchmarks/learner_blocks.py --rounds 3 --no-64          # every cell 3 times, medians of the ratios
 
 Diff-A2C (or `--algorithm`) on random-cartpole, one seed, no evaluations, the same total env-step budget (and so the
 same data) in every cell, 16 simulators in all except the 64-learner ring:
@@ -18,7 +19,10 @@ the cell's env steps over its slowest learner's training time; start-up is separ
 targets, as ratios to the centralised cell's steps/s: ring 4 × 4 ≥ 0.8×, ring 16 × 1 ≥ 0.7×, and
 ring 64 × 1 completes its budget. `--learners-per-process K` is passed to the `bench run` of each
 cell whose learners K divides (1 learner: the centralised cell never takes it); unset, `bench run`
-chooses (one block of every learner where the cell allows it).
+chooses (one block of every learner where the cell allows it). On a machine whose speed drifts
+between runs minutes apart, one round's ratios move by a fifth: `--rounds R` runs the list R times
+over and prints each cell's ratio to the same round's centralised cell, their median and range,
+and in how many rounds a target was met.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,7 +136,10 @@ def main() -> None:
     parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="diff-a2c", help="the cells' algorithm")
     parser.add_argument("--extra", default="", metavar="ARGS", help='more `bench run` options, e.g. "--transport p2p"')
     parser.add_argument("--keep", type=Path, help="keep each cell's results folder under this new folder")
+    parser.add_argument("--rounds", type=int, default=1, help="run every cell this many times over (default 1)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     env_steps = args.env_steps if args.env_steps is not None else (50_000 if args.quick else 200_000)
     if env_steps < 64 * 5:
         parser.error("--env-steps must be at least 320 (one rollout of every learner of the 64-learner ring)")
@@ -149,35 +157,89 @@ def main() -> None:
     print(f"{args.algorithm} on random-cartpole, {env_steps:,} env steps per cell, 1 seed, no evaluations{blocks}")
     with tempfile.TemporaryDirectory(prefix="learner-blocks-") as temporary:
         root = args.keep or Path(temporary)
-        outcomes = []
-        for cell in cells:
-            out = root / cell.label.replace(" ", "-").replace("×", "x")
-            outcome = run_cell(cell, env_steps, out, args.learners_per_process, extra, args.algorithm)
-            if "status" not in outcome:
-                exited = f"`bench run` exited {outcome['returncode']} without a result"
-                print(f"{cell.label}: {exited}: {outcome['last_line']}")
-                print("command:", shlex.join(outcome["command"]))
-                raise SystemExit(1)
-            status = outcome["status"]
-            print(f"{cell.label}: {status} in {outcome['process_s']:.1f} s (the whole `bench run` process)")
-            if status != "completed":
-                print(f"  {outcome.get('error') or outcome['last_line']}")
-            outcomes.append((cell, outcome))
+        rounds = []
+        for round_number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {round_number} of {args.rounds}")
+            folder = root if args.rounds == 1 else root / f"round-{round_number}"
+            rounds.append(run_round(cells, env_steps, folder, args, extra))
+    if args.rounds == 1:
+        print_round(rounds[0], env_steps)
+    else:
+        print_rounds(cells, rounds, env_steps)
+    print(f"load average (1, 5, 15 min) after:  {load_average()}")
 
-    reference = outcomes[0][1].get("steps_per_second") if outcomes[0][1].get("status") == "completed" else None
+
+def run_round(cells: list[Cell], env_steps: int, root: Path, args: argparse.Namespace, extra: list[str]) -> list:
+    """Every cell once, in order: [(cell, outcome)]; exits when `bench run` wrote no result."""
+    outcomes = []
+    for cell in cells:
+        out = root / cell.label.replace(" ", "-").replace("×", "x")
+        outcome = run_cell(cell, env_steps, out, args.learners_per_process, extra, args.algorithm)
+        if "status" not in outcome:
+            exited = f"`bench run` exited {outcome['returncode']} without a result"
+            print(f"{cell.label}: {exited}: {outcome['last_line']}")
+            print("command:", shlex.join(outcome["command"]))
+            raise SystemExit(1)
+        status = outcome["status"]
+        print(f"{cell.label}: {status} in {outcome['process_s']:.1f} s (the whole `bench run` process)")
+        if status != "completed":
+            print(f"  {outcome.get('error') or outcome['last_line']}")
+        outcomes.append((cell, outcome))
+    return outcomes
+
+
+def rates_and_ratios(outcomes: list) -> list[tuple[float | None, float | None]]:
+    """Each cell's steps/s (None unless completed) and its ratio to the round's centralised cell."""
+    rates = [o.get("steps_per_second") if o.get("status") == "completed" else None for _, o in outcomes]
+    reference = rates[0]
+    return [(rate, rate / reference if rate is not None and reference else None) for rate in rates]
+
+
+def print_round(outcomes: list, env_steps: int) -> None:
     header = f"{'cell':<14} {'status':<10} {'steps/s':>9} {'ratio':>6} {'wall s':>7} {'start-up s':>10}  target     met"
     print(header)
     print("-" * len(header))
-    for cell, outcome in outcomes:
-        rate = outcome.get("steps_per_second") if outcome.get("status") == "completed" else None
-        ratio = rate / reference if rate is not None and reference else None
+    for (cell, outcome), (rate, ratio) in zip(outcomes, rates_and_ratios(outcomes)):
         target, met = verdict(cell, outcome, env_steps, ratio)
         print(
             f"{cell.label:<14} {outcome['status']:<10} {number(rate, ',.0f'):>9} {number(ratio, '.3f'):>6} "
             f"{number(outcome.get('wall_time_s'), '.1f'):>7} {number(outcome.get('startup_s'), '.1f'):>10}  "
             f"{target:<10} {met}"
         )
-    print(f"load average (1, 5, 15 min) after:  {load_average()}")
+
+
+def print_rounds(cells: list[Cell], rounds: list[list], env_steps: int) -> None:
+    """Per cell over the rounds: median steps/s, the median and range of its ratios, and in how
+    many rounds its target was met (a ratio target judged on the median ratio)."""
+    count = len(rounds)
+    header = (
+        f"{'cell':<14} {'completed':>9} {'median steps/s':>14} {'median ratio':>12} {'ratios':>13}  "
+        f"target     met (rounds)"
+    )
+    print(f"{count} rounds; each ratio is to the centralised cell of the same round")
+    print(header)
+    print("-" * len(header))
+    per_round = [rates_and_ratios(outcomes) for outcomes in rounds]
+    for index, cell in enumerate(cells):
+        cell_outcomes = [round_outcomes[index][1] for round_outcomes in rounds]
+        rates = [figures[index][0] for figures in per_round if figures[index][0] is not None]
+        ratios = [figures[index][1] for figures in per_round if figures[index][1] is not None]
+        median_ratio = statistics.median(ratios) if ratios else None
+        target, met = verdict(cell, cell_outcomes[0], env_steps, median_ratio)
+        if cell.must_complete:
+            met = "yes" if all(verdict(cell, o, env_steps, None)[1] == "yes" for o in cell_outcomes) else "no"
+        rounds_met = sum(
+            verdict(cell, o, env_steps, figures[index][1])[1] == "yes" for o, figures in zip(cell_outcomes, per_round)
+        )
+        spread = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "—"
+        completed = sum(o.get("status") == "completed" for o in cell_outcomes)
+        median_rate = statistics.median(rates) if rates else None
+        print(
+            f"{cell.label:<14} {f'{completed}/{count}':>9} {number(median_rate, ',.0f'):>14} "
+            f"{number(median_ratio, '.3f'):>12} {spread:>13}  {target:<10} {met}"
+            + (f" ({rounds_met} of {count})" if target else "")
+        )
 
 
 if __name__ == "__main__":
