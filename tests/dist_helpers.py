@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from benchbase.comm.communicator import Communicator
-from benchbase.run.local import warm_up
+from benchbase.run.forkserver import warm_up
 
 PG_TIMEOUT_S = 20.0
 _KEEP_ALIVE: list[Any] = []

@@ -3,15 +3,15 @@ runs a grid's cells so, up to `--jobs` at once (the grid runner's executor).
 
 The launcher hosts the rendezvous store itself on a port the OS picks (port 0), so no fixed port
 is ever used and no other program can take the port between choosing and binding it. Learners
-start from a forkserver that has already imported torch and the built-in plugins, so a cell
-starts in well under a second after the first. A learner that raises or dies fails the cell at
-once (the others are stopped, not left waiting on a collective); Ctrl-C stops every learner; a
-launcher that is killed takes its learners with it (`benchbase.run.lifeline`).
+start from a forkserver that has already imported torch and the built-in plugins
+(`benchbase.run.forkserver`), so a cell starts in well under a second after the first. A learner
+that raises or dies fails the cell at once (the others are stopped, not left waiting on a
+collective); Ctrl-C stops every learner; a launcher that is killed takes its learners with it
+(`benchbase.run.lifeline`).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
 import secrets
@@ -27,38 +27,17 @@ from typing import Any
 
 import torch.distributed as dist
 
-from benchbase.api.registry import BUILTIN_PLUGINS
 from benchbase.comm.shm import segment_name, unlink_segment
 from benchbase.grid.cell import Cell
 from benchbase.learner.events import CellEvent, Done, Failed, LearnerEvent, Resumed, Started, Stopping, failure_text
 from benchbase.learner.process import run_learner
 from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
+from benchbase.run import forkserver
 from benchbase.run.blocks import learners_per_process
 from benchbase.run.lifeline import die_with
 from benchbase.run.outcome import CellOutcome
 from benchbase.run.placement import Placement, device_for
 from benchbase.run.schedule import Allocator, visible_gpus
-
-_context: Any = None
-
-
-def _forkserver() -> Any:
-    global _context
-    if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        # torch._dynamo: torch.optim imports it lazily on first use, ~1 s per learner otherwise.
-        # benchbase.run.forkserver_lifeline: the forkserver dies with this process, killed or not.
-        preload = ["benchbase.run.forkserver_lifeline", "torch._dynamo", "benchbase.learner.process"]
-        _context.set_forkserver_preload([*preload, *BUILTIN_PLUGINS])
-    return _context
-
-
-def warm_up() -> None:
-    """Start the forkserver (it imports torch) while the caller does other work."""
-    from multiprocessing import forkserver
-
-    _forkserver()
-    forkserver.ensure_running()
 
 
 def _pin_to_core(rank: int, world: int, allotted: tuple[int, ...] = ()) -> None:
@@ -112,7 +91,7 @@ def run_cell(
     `interrupted`); `stop_now` terminates them at once. Ctrl-C in the calling thread does the
     first, a second Ctrl-C the second.
     """
-    context = _forkserver()
+    context = forkserver.context()
     world = cell.learner_processes
     started_at = time.time()
     block = learners_per_process(cell, _registry(settings), settings)

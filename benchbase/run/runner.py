@@ -26,7 +26,8 @@ from benchbase.grid.spec import GridSpec
 from benchbase.learner.events import CellEvent, Note, Progress, Resumed, Stopping
 from benchbase.learner.settings import ExecutionSettings
 from benchbase.run.console import GridConsole, print_summary
-from benchbase.run.local import LocalCells, warm_up
+from benchbase.run.forkserver import warm_up
+from benchbase.run.local import LocalCells
 from benchbase.run.outcome import CellOutcome
 from benchbase.run.ownership import FolderLock, Runner, check_running_cells
 from benchbase.run.placement import Placement

@@ -430,7 +430,8 @@ def _run_on_this_node(task: CellTask, console: Any) -> str:
     from benchbase.api.registry import load_registry
     from benchbase.results import RunFolder
     from benchbase.run.console import GridConsole
-    from benchbase.run.local import LocalCells, warm_up
+    from benchbase.run.forkserver import warm_up
+    from benchbase.run.local import LocalCells
     from benchbase.run.ownership import FolderLock, Runner, check_running_cells
     from benchbase.run.records import cell_row, cells_of_run, read_cells
     from benchbase.run.runner import run_cells, show_event

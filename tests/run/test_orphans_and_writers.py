@@ -147,19 +147,38 @@ def _kill_once_running(grid: list[str], out: Path) -> int:
 
 def test_a_second_bench_run_on_a_folder_in_use_stops_and_names_the_holder(tmp_path: Path):
     out = tmp_path / "run"
-    grid = [*GRID, "--env-steps", "4000", "--out", str(out)]
-    first = start_bench(*grid)
+    # A budget the first run never spends here: it holds the folder until the test stops it, so
+    # the second run finds it there however long either takes to start.
+    grid = [*GRID, "--env-steps", "2000000", "--out", str(out)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "benchbase", *grid],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as a terminal gives it
+    )
     try:
         wait_for(lambda: f'"pid": {first.pid}' in _text(out / HOLDER_NAME), 60, "the first run to hold the folder")
+        wait_for(lambda: _statuses(out) == ["running"], 60, "the first run's cell to start")
         second = bench(*grid)
-        stdout, stderr = first.communicate(timeout=90)
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=90)
     finally:
         kill_group(first)
     assert second.returncode == 2
     assert second.stderr.strip().count("\n") == 0  # one line
     assert f"in use by bench run PID {first.pid} on host {socket.gethostname()}" in second.stderr
-    assert first.returncode == 0, stderr
-    assert [row["status"] for row in cell_rows(out)] == ["completed"]
+    assert first.returncode == 130, stderr  # the first run, stopped as Ctrl-C stops it, undisturbed
+    assert [row["status"] for row in cell_rows(out)] == ["interrupted"]
+
+
+def _statuses(out: Path) -> list[str]:
+    """The cells' statuses, or none while the table is not there (or being replaced)."""
+    try:
+        return [row["status"] for row in cell_rows(out)]
+    except Exception:  # noqa: BLE001 - not written yet
+        return []
 
 
 def _text(path: Path) -> str:
