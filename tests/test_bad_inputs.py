@@ -23,7 +23,7 @@ import pytest
 
 from benchbase import cli, results
 from benchbase.checkpoints import checkpoint
-from benchbase.run import local, runner
+from benchbase.run import forkserver, runner
 
 PLUGIN = textwrap.dedent(
     """
@@ -284,7 +284,7 @@ def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     for name in ("BENCHBASE_PLUGINS", "BENCHBASE_BLOCK_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
     # A refused run must not need learner processes; the forkserver would only slow the cases down.
-    monkeypatch.setattr(local, "warm_up", lambda: None)
+    monkeypatch.setattr(forkserver, "warm_up", lambda: None)
     monkeypatch.setattr(runner, "warm_up", lambda: None)
 
     def call(*args: str) -> tuple[int, str, str]:

@@ -18,7 +18,7 @@ import pytest
 from benchbase import cli
 from benchbase.errors import UserError
 from benchbase.report.entries import resolve_baseline
-from benchbase.run import local, runner
+from benchbase.run import forkserver, runner
 
 COMMANDS = [[], ["plugins"], ["run"], ["report"], ["eval"], ["export"], ["reproduce"]]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -30,7 +30,7 @@ def bench(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     for name in ("BENCHBASE_PLUGINS", "BENCHBASE_BLOCK_PLUGINS", "BENCHBASE_EXTRA_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr(local, "warm_up", lambda: None)  # a dry run needs no learner processes
+    monkeypatch.setattr(forkserver, "warm_up", lambda: None)  # a dry run needs no learner processes
     monkeypatch.setattr(runner, "warm_up", lambda: None)
 
     def call(*args: str) -> tuple[int, str, str]:
