@@ -44,7 +44,7 @@ def _neighbour_slots(weights: np.ndarray, like: torch.Tensor) -> list[tuple[torc
     the slots; of 32, 185 and 94 µs; of 16, the product's 67 µs about what slots take)."""
     present = weights != 0
     slots = int(present.sum(axis=1).max())
-    if like.device.type != "cpu" or 10 * slots > len(weights):
+    if like.device.type != "cpu" or slots == 0 or 10 * slots > len(weights):
         return None
     order = np.argsort(~present, axis=1, kind="stable")[:, :slots]  # each row's neighbours first
     columns = np.where(np.take_along_axis(present, order, 1), order, np.arange(len(weights))[:, None])
@@ -182,7 +182,7 @@ class BlockMixer:
             mean = params.sum(0) / n
             # Into a buffer kept for it: a fresh [N, numel] temporary each time cost a 256-learner
             # block 10 ms a measurement in its process (0.7 ms in a loop that reuses the memory).
-            if self._deviations is None or self._deviations.shape != params.shape:
+            if self._deviations is None:
                 self._deviations = torch.empty_like(params)
             spread = float(torch.sub(params, mean, out=self._deviations).square_().sum(1).double().sum())
             self._consensus = 0.0 if n == 1 else math.sqrt(spread / n) / (float(mean.norm()) + 1e-12)
