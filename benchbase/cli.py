@@ -137,7 +137,7 @@ def _console(stderr: bool = False) -> Console:
 
 def _start_learners_forkserver(dry_run: bool, launcher: str) -> None:
     """Start the learners' forkserver when this process will launch learners itself, before it
-    imports torch: the forkserver's imports (torch, the plugins; 2.6 s on 2 cores) then run beside
+    imports torch: the forkserver's imports (torch, the plugins; 2.3–2.6 s of CPU) then run beside
     this process's own instead of after them."""
     from benchbase.run.environment import under_torchrun
 
@@ -453,7 +453,7 @@ def run(
         _check_out(out)
     axes_given = any([algorithm, topology, env, replay, grid])
     if cell:
-        _start_learners_forkserver(dry_run or slurm_options is not None, launcher)
+        _start_learners_forkserver(dry_run, launcher)
         loggers = _chosen_loggers(None, logger)
         registry = _registry()
         from benchbase.run.environment import under_torchrun

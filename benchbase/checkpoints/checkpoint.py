@@ -85,7 +85,7 @@ class _BuiltinsOnly(pickle.Unpickler):
     a global (a class or function), which is how a pickle runs code."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"a checkpoint's column names {module}.{name}: only plain values are read")
+        raise pickle.UnpicklingError(f"a checkpoint's plain data names {module}.{name}: only plain values are read")
 
 
 class _NotPlain(Exception):
