@@ -226,12 +226,12 @@ def print_rounds(cells: list[Cell], rounds: list[list], env_steps: int) -> None:
         rates = [figures[index][0] for figures in per_round if figures[index][0] is not None]
         ratios = [figures[index][1] for figures in per_round if figures[index][1] is not None]
         median_ratio = statistics.median(ratios) if ratios else None
-        target, met = verdict(cell, cell_outcomes[0], env_steps, median_ratio)
-        if cell.must_complete:
-            met = "yes" if all(verdict(cell, o, env_steps, None)[1] == "yes" for o in cell_outcomes) else "no"
         rounds_met = sum(
             verdict(cell, o, env_steps, figures[index][1])[1] == "yes" for o, figures in zip(cell_outcomes, per_round)
         )
+        target, met = verdict(cell, cell_outcomes[0], env_steps, median_ratio)  # a ratio target: on the median
+        if cell.must_complete:
+            met = "yes" if rounds_met == count else "no"
         spread = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "—"
         completed = sum(o.get("status") == "completed" for o in cell_outcomes)
         median_rate = statistics.median(rates) if rates else None
