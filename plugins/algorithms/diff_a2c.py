@@ -104,7 +104,9 @@ def a2c_losses(
 class A2CLearner(OnPolicyLearner):
     def __init__(self, params: A2CParams, spec: LearnerSpec) -> None:
         super().__init__(params, spec, n_steps=params.n_steps)
-        self.optimizer = torch.optim.RMSprop(
+        from plugins.algorithms.common.optimisers import RMSprop  # torch's, with a lean step
+
+        self.optimizer = RMSprop(
             [self.flat.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
         )
 
@@ -129,9 +131,9 @@ class A2CBlock(OnPolicyBlock):
     def __init__(self, params: A2CParams, learners: list[A2CLearner], envs: EnvBlock | None = None) -> None:
         super().__init__(learners, envs)
         self.params = params
-        self.optimizer = torch.optim.RMSprop(
-            [self.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
-        )
+        from plugins.algorithms.common.optimisers import RMSprop  # torch's, with a lean step
+
+        self.optimizer = RMSprop([self.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha)
 
     def update(self, rollout: BlockRollout) -> list[dict[str, float]]:
         p = self.params

@@ -221,7 +221,9 @@ class VTraceLearner(OffPolicyLearner):
             behaviour_refresh=params.behaviour_refresh,
             background_preparation=params.background_preparation,
         )
-        self.optimizer = torch.optim.RMSprop(
+        from plugins.algorithms.common.optimisers import RMSprop  # torch's, with a lean step
+
+        self.optimizer = RMSprop(
             [self.flat.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
         )
 
@@ -256,9 +258,9 @@ class VTraceBlock(OffPolicyBlock):
     def __init__(self, params: VTraceParams, learners: list[VTraceLearner], envs: EnvBlock | None = None) -> None:
         super().__init__(learners, envs)
         self.params = params
-        self.optimizer = torch.optim.RMSprop(
-            [self.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha
-        )
+        from plugins.algorithms.common.optimisers import RMSprop  # torch's, with a lean step
+
+        self.optimizer = RMSprop([self.parameter], lr=params.lr, eps=params.rmsprop_eps, alpha=params.rmsprop_alpha)
 
     def update(self, batches: list[SampledBatch]) -> list[dict[str, float]]:
         p = self.params

@@ -43,8 +43,11 @@ from plugins.algorithms.common.stacked import stacked_network
 
 if TYPE_CHECKING:
     import torch
+
+    from plugins.algorithms.common import optimisers
 else:
     torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
+    optimisers = lazy_import("plugins.algorithms.common.optimisers")  # imports torch
 
 
 def blockable(learner: RolloutLearner) -> bool:
@@ -237,7 +240,7 @@ class RolloutBlock(LearnerBlock):
         values = norms.tolist()
         for member, norm in zip(self.members, values):
             check_finite_gradient(member, norm)
-        self.optimizer.step()
+        optimisers.step(self.optimizer)
         return values
 
     def set_lr(self, lr: float) -> None:

@@ -31,8 +31,11 @@ from plugins.algorithms.common.observations import is_image
 
 if TYPE_CHECKING:
     import torch
+
+    from plugins.algorithms.common import optimisers
 else:
     torch = lazy_import("torch")  # loads on first use: registering the plugin does not need it
+    optimisers = lazy_import("plugins.algorithms.common.optimisers")  # imports torch
 
 Batch = TypeVar("Batch")
 
@@ -128,7 +131,7 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
         loss.backward()
         grad_norm = self.flat.clip_grad_norm(max_grad_norm)
         check_finite_gradient(self, grad_norm)
-        self.optimizer.step()
+        optimisers.step(self.optimizer)
         return grad_norm
 
     def reseat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:
