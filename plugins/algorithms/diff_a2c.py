@@ -149,12 +149,8 @@ class A2CBlock(OnPolicyBlock):
             p, actor_out, log_std, actions, values_all[:, :size], torch.from_numpy(targets).to(self.device)
         )
         norms = self.optimizer_step(losses.loss.sum(), p.max_grad_norm)
-        parts = torch.stack(list(losses)).detach().cpu().tolist()
-        names = A2CLosses._fields
-        return [
-            {**{name: parts[i][k] for i, name in enumerate(names)}, "grad_norm": norms[k]}
-            for k in range(rollout.learners)
-        ]
+        per_learner = torch.stack(list(losses), dim=1).detach().cpu().tolist()  # [K, losses]
+        return [dict(zip(A2CLosses._fields, row), grad_norm=norm) for row, norm in zip(per_learner, norms)]
 
 
 class DiffA2C(Algorithm):

@@ -234,12 +234,13 @@ class RolloutBlock(LearnerBlock):
         self._grad.zero_()
         loss.backward()
         norms = torch.linalg.vector_norm(self._grad, dim=1)
-        if max_grad_norm > 0:
-            scale = torch.where(norms > max_grad_norm, max_grad_norm / (norms + 1e-6), torch.ones_like(norms))
-            self._grad.mul_(scale.unsqueeze(1))
         values = norms.tolist()
         for member, norm in zip(self.members, values):
             check_finite_gradient(member, norm)
+        if max_grad_norm > 0 and max(values) > max_grad_norm:  # else no row is scaled: no pass over them
+            # Each row's factor as its learner alone computes it (FlatParameters.clip_grad_norm).
+            scale = [max_grad_norm / (norm + 1e-6) if norm > max_grad_norm else 1.0 for norm in values]
+            self._grad.mul_(torch.tensor(scale, dtype=self._grad.dtype, device=self._grad.device).unsqueeze(1))
         optimisers.step(self.optimizer)
         return values
 
