@@ -7,7 +7,7 @@
 The learners are `block_iteration.py`'s (random-cartpole, default Diff-A2C settings). Each round
 runs `--iterations` iterations with each kind of step, alternated, and times the steps and the
 whole iterations; medians over the rounds are printed. Both kinds give the same bits (tested in
-tests/plugins/test_optimisers.py), so only the time differs.
+tests/plugins/algorithms/test_optimisers.py), so only the time differs.
 """
 
 from __future__ import annotations
