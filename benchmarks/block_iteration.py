@@ -24,13 +24,14 @@ from benchbase.comm.block import BlockMixer
 from benchbase.comm.mixing_plan import build_mixing_plan
 
 
-def build(learners: int, envs_per_learner: int):
-    """The block of `learners` Diff-A2C learners and one learner with all their simulators."""
+def build(learners: int, envs_per_learner: int, algorithm_name: str = "diff-a2c"):
+    """The block of `learners` learners of `algorithm_name` (default settings) and one learner
+    with all their simulators."""
     registry = load_registry()
     family = registry.get("env", "random-cartpole")
     env_params = params_of(family, {})
     tasks = family.training_tasks(env_params, learners, 0)
-    algorithm = registry.get("algorithm", "diff-a2c")
+    algorithm = registry.get("algorithm", algorithm_name)
     params = params_of(algorithm, {})
     own = [[tasks[rank]] * envs_per_learner for rank in range(learners)]
     seeds = [1009 * rank for rank in range(learners)]

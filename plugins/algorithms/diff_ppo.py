@@ -136,7 +136,9 @@ class PPOLearner(OnPolicyLearner):
 
     def __init__(self, params: PPOParams, spec: LearnerSpec) -> None:
         super().__init__(params, spec, n_steps=params.n_steps)
-        self.optimizer = torch.optim.Adam([self.flat.parameter], lr=params.lr, eps=params.adam_eps)
+        from plugins.algorithms.common.optimisers import Adam  # torch's, with a lean step
+
+        self.optimizer = Adam([self.flat.parameter], lr=params.lr, eps=params.adam_eps)
         # Updates this learner will make within its budget: the schedules reach 0 there.
         rollout_steps = params.n_steps * self.env.num_envs
         self.total_updates = math.ceil(spec.env_steps_budget / rollout_steps) if spec.env_steps_budget > 0 else 0
@@ -214,7 +216,9 @@ class PPOBlock(OnPolicyBlock):
     def __init__(self, params: PPOParams, learners: list[PPOLearner], envs: EnvBlock | None = None) -> None:
         super().__init__(learners, envs)
         self.params = params
-        self.optimizer = torch.optim.Adam([self.parameter], lr=params.lr, eps=params.adam_eps)
+        from plugins.algorithms.common.optimisers import Adam  # torch's, with a lean step
+
+        self.optimizer = Adam([self.parameter], lr=params.lr, eps=params.adam_eps)
 
     def update(self, rollout: BlockRollout) -> list[dict[str, float]]:
         p = self.params

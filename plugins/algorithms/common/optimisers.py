@@ -1,17 +1,20 @@
 """Optimiser steps without torch.optim's per-call wrapper where nothing needs it.
 
-A Diff-A2C, GALA or V-trace learner steps its optimiser once per update of 20–80 samples, so the
-fixed Python cost around `torch.optim.RMSprop.step` (the wrapper torch puts on every optimiser's
-`step` for profiler records and step hooks, the grouping of tensors, the checks for compilation and
-graph capture) is a large share of an update: in a 9,155-parameter learner's loop on 2 CPU cores,
-131 µs a step with `step()` and 74 µs with `lean_step`; in a block of 16 such learners, 255 and
-131 µs (`python benchmarks/optimiser_step.py`, medians of 3 rounds).
+A learner steps its optimiser once per update of 20–80 samples (Diff-A2C, GALA, V-trace) or per
+minibatch (Diff-PPO), so the fixed Python cost around torch.optim's `step` (the wrapper torch puts
+on every optimiser's `step` for profiler records and step hooks, the grouping of tensors, the
+checks for compilation and graph capture) is a large share of a step: in a 9,155-parameter
+Diff-A2C learner's loop on 2 CPU cores, 131 µs a step with `step()` and 74 µs with `lean_step`;
+in a block of 16 such learners, 255 and 131 µs (`python benchmarks/optimiser_step.py`, medians
+of 3 rounds; `--adam` times Diff-PPO's Adam the same way).
 
-`RMSprop` is a `torch.optim.RMSprop` (the same hyperparameters, state and `state_dict`, so
-checkpoints load either way) whose `lean_step` does the plain case itself: no momentum, centring,
-weight decay or maximising, a float learning rate, state made by a first step of torch's, no step
-hooks and no profiler running. It applies torch's operations in torch's order, so every parameter
-and statistic gets the same bits; anything else goes to `step()`. `step(optimizer)` is what the
+`RMSprop` and `Adam` are torch.optim's (the same hyperparameters, state and `state_dict`, so
+checkpoints load either way) with a `lean_step` that does the plain case itself: what torch's
+single-tensor path does (on a CPU by default, or with `foreach=False`) for a float learning rate
+and no weight decay or maximising (nor momentum and centring for RMSprop, AMSGrad for Adam), with
+state made by a first step of torch's, no step hooks and no profiler running. It applies torch's
+operations in torch's order, so every parameter and statistic gets the same bits; anything else
+(a GPU's multi-tensor default among them) goes to `step()`. `step(optimizer)` is what the
 learners call.
 
 Imported where a learner is built or stepped (it imports torch; registering a plugin does not).
@@ -26,23 +29,46 @@ from torch.optim import optimizer as torch_optimizer
 
 
 def step(optimizer: torch.optim.Optimizer) -> None:
-    """One step of `optimizer`: `RMSprop.lean_step` for ours, `step()` for any other."""
-    if isinstance(optimizer, RMSprop):
+    """One step of `optimizer`: `lean_step` for ours, `step()` for any other."""
+    if isinstance(optimizer, (RMSprop, Adam)):
         optimizer.lean_step()
     else:
         optimizer.step()
 
 
-def _plain(group: dict[str, Any]) -> bool:
-    return not (
-        group["momentum"]
-        or group["centered"]
-        or group["weight_decay"]
-        or group["maximize"]
-        or group["differentiable"]
-        or group["capturable"]
-        or torch.is_tensor(group["lr"])
-    )
+def _single_tensor_path(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
+    """Whether torch's `step()` takes its single-tensor path for `group` with plain settings:
+    not fused, not differentiable or capturable, no weight decay or maximising, a float learning
+    rate, and foreach off (torch's default for CPU tensors)."""
+    if group.get("fused") or group["differentiable"] or group["capturable"] or group["weight_decay"]:
+        return False
+    if group["maximize"] or torch.is_tensor(group["lr"]):
+        return False
+    foreach = group["foreach"]
+    return foreach is False or (foreach is None and all(p.device.type == "cpu" for p in group["params"]))
+
+
+def _lean(optimizer: torch.optim.Optimizer, plain: Any) -> bool:
+    """Whether `optimizer`'s next step is one its `lean_step` takes itself: what `step()` would
+    do beyond the arithmetic (hooks, profiler records, making state) is nothing, and every group
+    is `plain`."""
+    if (
+        optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or torch_optimizer._global_optimizer_pre_hooks
+        or torch_optimizer._global_optimizer_post_hooks
+        or torch.autograd.profiler._is_profiler_enabled
+    ):
+        return False
+    for group in optimizer.param_groups:
+        if not (_single_tensor_path(optimizer, group) and plain(group)):
+            return False
+        for param in group["params"]:
+            if param.grad is not None and (
+                not optimizer.state[param] or param.grad.is_sparse or torch.is_complex(param)
+            ):
+                return False
+    return True
 
 
 class RMSprop(torch.optim.RMSprop):
@@ -50,7 +76,7 @@ class RMSprop(torch.optim.RMSprop):
     bit for bit the same as `step()`."""
 
     def lean_step(self) -> None:
-        if not self._lean():
+        if not _lean(self, lambda group: not (group["momentum"] or group["centered"])):
             self.step()  # torch makes the state (and refuses what it refuses) on a first step
             return
         with torch.no_grad():
@@ -66,23 +92,30 @@ class RMSprop(torch.optim.RMSprop):
                     square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
                     param.addcdiv_(grad, square_avg.sqrt().add_(eps), value=-lr)
 
-    def _lean(self) -> bool:
-        """Whether this step is one `lean_step` takes itself: what `step()` would do beyond the
-        arithmetic (hooks, profiler records, making state) is nothing."""
-        if (
-            self._optimizer_step_pre_hooks
-            or self._optimizer_step_post_hooks
-            or torch_optimizer._global_optimizer_pre_hooks
-            or torch_optimizer._global_optimizer_post_hooks
-            or torch.autograd.profiler._is_profiler_enabled
-        ):
-            return False
-        for group in self.param_groups:
-            if not _plain(group):
-                return False
-            for param in group["params"]:
-                if param.grad is not None and (
-                    not self.state[param] or param.grad.is_sparse or torch.is_complex(param)
-                ):
-                    return False
-        return True
+
+class Adam(torch.optim.Adam):
+    """`torch.optim.Adam` with `lean_step`: its plain steps without torch.optim's wrapper, bit
+    for bit the same as `step()`."""
+
+    def lean_step(self) -> None:
+        plain = lambda group: not group["amsgrad"] and not any(map(torch.is_tensor, group["betas"]))  # noqa: E731
+        if not _lean(self, plain):
+            self.step()  # torch makes the state (and refuses what it refuses) on a first step
+            return
+        with torch.no_grad():
+            for group in self.param_groups:
+                lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+                for param in group["params"]:
+                    grad = param.grad
+                    if grad is None:
+                        continue
+                    state = self.state[param]
+                    state["step"] += 1
+                    step = state["step"].item()
+                    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                    exp_avg.lerp_(grad, 1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    # The bias corrections as torch's single-tensor step computes them: Python floats.
+                    step_size = lr / (1 - beta1**step)
+                    denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+                    param.addcdiv_(exp_avg, denom, value=-step_size)

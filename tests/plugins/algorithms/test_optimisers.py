@@ -1,18 +1,28 @@
-"""The lean RMSprop step gives torch's bits, and falls back to torch's step where it must."""
+"""The lean RMSprop and Adam steps give torch's bits, and fall back to torch's step where they must."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
 
 from plugins.algorithms.common import optimisers
 
+# Ours and torch's of each kind, with the state each keeps per parameter.
+KINDS = {
+    "rmsprop": (optimisers.RMSprop, torch.optim.RMSprop, {"lr": 7e-4, "alpha": 0.99, "eps": 1e-5}, {"square_avg"}),
+    "adam": (optimisers.Adam, torch.optim.Adam, {"lr": 1e-3, "eps": 1e-5}, {"exp_avg", "exp_avg_sq"}),
+}
 
-def _pair(shape: tuple[int, ...], **settings: float) -> tuple[torch.nn.Parameter, torch.nn.Parameter, list]:
+
+def _pair(kind: str, shape: tuple[int, ...], **settings: Any) -> tuple[torch.nn.Parameter, torch.nn.Parameter, list]:
+    ours_type, torchs_type, defaults, _ = KINDS[kind]
     torch.manual_seed(0)
     start = torch.randn(shape)
     ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
-    return ours, theirs, [optimisers.RMSprop([ours], **settings), torch.optim.RMSprop([theirs], **settings)]
+    settings = defaults | settings
+    return ours, theirs, [ours_type([ours], **settings), torchs_type([theirs], **settings)]
 
 
 def _train(params: list[torch.nn.Parameter], optimizers: list, steps: int, lr_change_at: int | None = None) -> None:
@@ -28,24 +38,43 @@ def _train(params: list[torch.nn.Parameter], optimizers: list, steps: int, lr_ch
         optimizers[1].step()
 
 
+def _same_state(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer, kind: str) -> bool:
+    mine, torchs = next(iter(ours.state.values())), next(iter(theirs.state.values()))
+    return mine.keys() == torchs.keys() and all(
+        torch.equal(mine[key], torchs[key]) for key in KINDS[kind][3] | {"step"}
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [(37,), (4, 9)])
-def test_lean_steps_give_torchs_bits(shape: tuple[int, ...]) -> None:
-    ours, theirs, optimizers = _pair(shape, lr=7e-4, alpha=0.99, eps=1e-5)
+def test_lean_steps_give_torchs_bits(kind: str, shape: tuple[int, ...]) -> None:
+    ours, theirs, optimizers = _pair(kind, shape)
     _train([ours, theirs], optimizers, 40, lr_change_at=20)
     assert torch.equal(ours, theirs)
-    mine, torchs = optimizers[0].state[ours], optimizers[1].state[theirs]
-    assert torch.equal(mine["square_avg"], torchs["square_avg"])
-    assert torch.equal(mine["step"], torchs["step"]) and float(mine["step"]) == 40
+    assert _same_state(*optimizers, kind) and float(optimizers[0].state[ours]["step"]) == 40
 
 
-def test_a_strided_row_view_like_a_blocks_parameter() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_lean_steps_are_taken(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After torch's first step makes the state, the steps are the lean ones (not `step()`)."""
+    ours, _, optimizers = _pair(kind, (5,))
+    calls: list[int] = []
+    torchs_step = type(optimizers[0]).step
+    monkeypatch.setattr(type(optimizers[0]), "step", lambda self: calls.append(1) or torchs_step(self))
+    _train([ours, torch.nn.Parameter(ours.detach().clone())], optimizers, 4)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_strided_row_view_like_a_blocks_parameter(kind: str) -> None:
     """A block's parameter and its gradient are views of wider rows: the same bits as torch's
     step on a contiguous copy."""
+    ours_type, torchs_type, defaults, _ = KINDS[kind]
     rows, wide, wide_grad = torch.randn(3, 10), torch.zeros(3, 12), torch.zeros(3, 12)
     wide[:, :10] = rows
     strided, plain = torch.nn.Parameter(wide[:, :10]), torch.nn.Parameter(rows.clone())
     assert not strided.is_contiguous()
-    lean, reference = optimisers.RMSprop([strided], lr=1e-2), torch.optim.RMSprop([plain], lr=1e-2)
+    lean, reference = ours_type([strided], **defaults), torchs_type([plain], **defaults)
     generator = torch.Generator().manual_seed(2)
     for _ in range(10):
         gradient = torch.randn(3, 10, generator=generator)
@@ -56,16 +85,34 @@ def test_a_strided_row_view_like_a_blocks_parameter() -> None:
     assert torch.equal(strided, plain) and torch.equal(wide[:, :10], plain)
 
 
-def test_settings_it_does_not_take_go_to_torch() -> None:
-    """Momentum, centring and weight decay: torch's own step, so the same results still."""
-    ours, theirs, optimizers = _pair((16,), lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-3)
+@pytest.mark.parametrize(
+    ("kind", "settings", "made_by_torch"),
+    [
+        ("rmsprop", {"momentum": 0.9, "centered": True, "weight_decay": 1e-3}, "momentum_buffer"),
+        ("rmsprop", {"foreach": True}, None),
+        ("adam", {"amsgrad": True}, "max_exp_avg_sq"),
+        ("adam", {"weight_decay": 1e-2, "decoupled_weight_decay": True}, None),
+        ("adam", {"maximize": True}, None),
+        ("adam", {"foreach": True}, None),
+    ],
+)
+def test_settings_it_does_not_take_go_to_torch(
+    kind: str, settings: dict, made_by_torch: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings whose step torch computes otherwise: every step is torch's own, so the same results still."""
+    ours, theirs, optimizers = _pair(kind, (16,), **settings)
+    calls: list[int] = []
+    torchs_step = type(optimizers[0]).step
+    monkeypatch.setattr(type(optimizers[0]), "step", lambda self: calls.append(1) or torchs_step(self))
     _train([ours, theirs], optimizers, 10)
     assert torch.equal(ours, theirs)
-    assert "momentum_buffer" in optimizers[0].state[ours]
+    assert made_by_torch is None or made_by_torch in optimizers[0].state[ours]
+    assert len(calls) == 10
 
 
-def test_step_hooks_still_run() -> None:
-    ours, _, optimizers = _pair((8,), lr=1e-2)
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_hooks_still_run(kind: str) -> None:
+    ours, _, optimizers = _pair(kind, (8,))
     calls: list[str] = []
     optimizers[0].register_step_post_hook(lambda *_: calls.append("post"))
     ours.grad = torch.ones(8)
@@ -74,16 +121,17 @@ def test_step_hooks_still_run() -> None:
     assert calls == ["post", "post"]
 
 
-def test_checkpoints_load_either_way() -> None:
-    ours, theirs, optimizers = _pair((6,), lr=1e-2)
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpoints_load_either_way(kind: str) -> None:
+    ours_type, torchs_type, defaults, _ = KINDS[kind]
+    ours, theirs, optimizers = _pair(kind, (6,))
     _train([ours, theirs], optimizers, 5)
-    loaded = torch.optim.RMSprop([torch.nn.Parameter(ours.detach().clone())], lr=1e-2)
+    loaded = torchs_type([torch.nn.Parameter(ours.detach().clone())], **defaults)
     loaded.load_state_dict(optimizers[0].state_dict())
-    back = optimisers.RMSprop([torch.nn.Parameter(theirs.detach().clone())], lr=1e-2)
+    back = ours_type([torch.nn.Parameter(theirs.detach().clone())], **defaults)
     back.load_state_dict(optimizers[1].state_dict())
     for copy, source in ((loaded, optimizers[0]), (back, optimizers[1])):
         copied, original = copy.state_dict(), source.state_dict()
         assert copied["param_groups"] == original["param_groups"]
         assert copied["state"].keys() == original["state"].keys() == {0}
-        assert copied["state"][0].keys() == original["state"][0].keys() == {"step", "square_avg"}
-        assert all(torch.equal(copied["state"][0][k], original["state"][0][k]) for k in ("step", "square_avg"))
+        assert _same_state(copy, source, kind)
