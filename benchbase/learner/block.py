@@ -75,8 +75,9 @@ def run_block(launch: LearnerLaunch, report: Report) -> dict[int, dict[str, Any]
 
 def _run_block(launch: LearnerLaunch, report: Report, stop: StopSignal, store: Any) -> dict[int, dict[str, Any]]:
     # A block's batched products are large enough to share the cores its process was given (the
-    # launcher pins or spreads a cell's processes over its cores): measured on 2 cores, a 4 x 8
-    # Diff-PPO block's cell took 18.8 s with 2 threads against 22.8 s with 1, Diff-A2C 9.2 against 10.9.
+    # launcher pins or spreads a cell's processes over its cores): on 2 cores a 4 x 8 Diff-PPO
+    # cell ran at 19.6k steps/s with 2 threads against 16.5k with 1, and small Diff-A2C blocks
+    # about as fast either way (docs/scaling.md).
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // launch.world_size))
     registry = _load_registry(launch.settings)
     cell = Cell.from_config(launch.cell_config)
