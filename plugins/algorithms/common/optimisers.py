@@ -22,6 +22,7 @@ Imported where a learner is built or stepped (it imports torch; registering a pl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ def step(optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
 
-def _single_tensor_path(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
+def _single_tensor_path(group: dict[str, Any]) -> bool:
     """Whether torch's `step()` takes its single-tensor path for `group` with plain settings:
     not fused, not differentiable or capturable, no weight decay or maximising, a float learning
     rate, and foreach off (torch's default for CPU tensors)."""
@@ -48,10 +49,18 @@ def _single_tensor_path(optimizer: torch.optim.Optimizer, group: dict[str, Any])
     return foreach is False or (foreach is None and all(p.device.type == "cpu" for p in group["params"]))
 
 
-def _lean(optimizer: torch.optim.Optimizer, plain: Any) -> bool:
+def _plain_rmsprop(group: dict[str, Any]) -> bool:
+    return not (group["momentum"] or group["centered"])
+
+
+def _plain_adam(group: dict[str, Any]) -> bool:
+    return not group["amsgrad"] and not any(torch.is_tensor(beta) for beta in group["betas"])
+
+
+def _lean(optimizer: torch.optim.Optimizer, plain: Callable[[dict[str, Any]], bool]) -> bool:
     """Whether `optimizer`'s next step is one its `lean_step` takes itself: what `step()` would
     do beyond the arithmetic (hooks, profiler records, making state) is nothing, and every group
-    is `plain`."""
+    is `plain` for its kind of optimiser."""
     if (
         optimizer._optimizer_step_pre_hooks
         or optimizer._optimizer_step_post_hooks
@@ -61,7 +70,7 @@ def _lean(optimizer: torch.optim.Optimizer, plain: Any) -> bool:
     ):
         return False
     for group in optimizer.param_groups:
-        if not (_single_tensor_path(optimizer, group) and plain(group)):
+        if not (_single_tensor_path(group) and plain(group)):
             return False
         for param in group["params"]:
             if param.grad is not None and (
@@ -76,7 +85,7 @@ class RMSprop(torch.optim.RMSprop):
     bit for bit the same as `step()`."""
 
     def lean_step(self) -> None:
-        if not _lean(self, lambda group: not (group["momentum"] or group["centered"])):
+        if not _lean(self, _plain_rmsprop):
             self.step()  # torch makes the state (and refuses what it refuses) on a first step
             return
         with torch.no_grad():
@@ -98,8 +107,7 @@ class Adam(torch.optim.Adam):
     for bit the same as `step()`."""
 
     def lean_step(self) -> None:
-        plain = lambda group: not group["amsgrad"] and not any(map(torch.is_tensor, group["betas"]))  # noqa: E731
-        if not _lean(self, plain):
+        if not _lean(self, _plain_adam):
             self.step()  # torch makes the state (and refuses what it refuses) on a first step
             return
         with torch.no_grad():
