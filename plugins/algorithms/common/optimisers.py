@@ -31,7 +31,7 @@ from torch.optim import optimizer as torch_optimizer
 
 def step(optimizer: torch.optim.Optimizer) -> None:
     """One step of `optimizer`: `lean_step` for ours, `step()` for any other."""
-    if isinstance(optimizer, (RMSprop, Adam)):
+    if isinstance(optimizer, _LeanStep):
         optimizer.lean_step()
     else:
         optimizer.step()
@@ -47,14 +47,6 @@ def _single_tensor_path(group: dict[str, Any]) -> bool:
         return False
     foreach = group["foreach"]
     return foreach is False or (foreach is None and all(p.device.type == "cpu" for p in group["params"]))
-
-
-def _plain_rmsprop(group: dict[str, Any]) -> bool:
-    return not (group["momentum"] or group["centered"])
-
-
-def _plain_adam(group: dict[str, Any]) -> bool:
-    return not group["amsgrad"] and not any(torch.is_tensor(beta) for beta in group["betas"])
 
 
 def _lean(optimizer: torch.optim.Optimizer, plain: Callable[[dict[str, Any]], bool]) -> bool:
@@ -80,50 +72,55 @@ def _lean(optimizer: torch.optim.Optimizer, plain: Callable[[dict[str, Any]], bo
     return True
 
 
-class RMSprop(torch.optim.RMSprop):
+class _LeanStep:
+    """What the lean optimisers share: `lean_step` checks, counts the step and hands each
+    parameter with a gradient to the kind's `_update`; what it does not take goes to `step()`."""
+
+    def lean_step(self) -> None:
+        if not _lean(self, self._plain):
+            self.step()  # torch makes the state (and refuses what it refuses) on a first step
+            return
+        with torch.no_grad():
+            for group in self.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        state = self.state[param]
+                        state["step"] += 1
+                        self._update(group, param, param.grad, state)
+
+
+class RMSprop(_LeanStep, torch.optim.RMSprop):
     """`torch.optim.RMSprop` with `lean_step`: its plain steps without torch.optim's wrapper,
     bit for bit the same as `step()`."""
 
-    def lean_step(self) -> None:
-        if not _lean(self, _plain_rmsprop):
-            self.step()  # torch makes the state (and refuses what it refuses) on a first step
-            return
-        with torch.no_grad():
-            for group in self.param_groups:
-                lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
-                for param in group["params"]:
-                    grad = param.grad
-                    if grad is None:
-                        continue
-                    state = self.state[param]
-                    state["step"] += 1
-                    square_avg = state["square_avg"]
-                    square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-                    param.addcdiv_(grad, square_avg.sqrt().add_(eps), value=-lr)
+    @staticmethod
+    def _plain(group: dict[str, Any]) -> bool:
+        return not (group["momentum"] or group["centered"])
+
+    @staticmethod
+    def _update(group: dict[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
+        alpha = group["alpha"]
+        square_avg = state["square_avg"]
+        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        param.addcdiv_(grad, square_avg.sqrt().add_(group["eps"]), value=-group["lr"])
 
 
-class Adam(torch.optim.Adam):
+class Adam(_LeanStep, torch.optim.Adam):
     """`torch.optim.Adam` with `lean_step`: its plain steps without torch.optim's wrapper, bit
     for bit the same as `step()`."""
 
-    def lean_step(self) -> None:
-        if not _lean(self, _plain_adam):
-            self.step()  # torch makes the state (and refuses what it refuses) on a first step
-            return
-        with torch.no_grad():
-            for group in self.param_groups:
-                lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-                for param in group["params"]:
-                    grad = param.grad
-                    if grad is None:
-                        continue
-                    state = self.state[param]
-                    state["step"] += 1
-                    step = state["step"].item()
-                    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                    exp_avg.lerp_(grad, 1 - beta1)
-                    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    # The bias corrections as torch's single-tensor step computes them: Python floats.
-                    step_size = lr / (1 - beta1**step)
-                    denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-                    param.addcdiv_(exp_avg, denom, value=-step_size)
+    @staticmethod
+    def _plain(group: dict[str, Any]) -> bool:
+        return not group["amsgrad"] and not any(torch.is_tensor(beta) for beta in group["betas"])
+
+    @staticmethod
+    def _update(group: dict[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        step = state["step"].item()
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        # The bias corrections as torch's single-tensor step computes them: Python floats.
+        step_size = group["lr"] / (1 - beta1**step)
+        denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
+        param.addcdiv_(exp_avg, denom, value=-step_size)
