@@ -59,14 +59,21 @@ class Transport:
 
 
 class HostStaging:
-    """gloo exchanges CPU tensors: a GPU learner's buffer is staged through pinned memory."""
+    """gloo exchanges CPU tensors: a GPU learner's buffer is staged through pinned memory, one
+    buffer for each size staged (a learner stages its mixed buffer, parameters and normaliser
+    statistics, for mixing, and its parameters alone for the consensus measurements)."""
 
     def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
+        self._buffers: dict[tuple[torch.Size, torch.dtype], torch.Tensor] = {}
 
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
         if params.device.type == "cpu":
             return params
-        if self._buffer is None:
-            self._buffer = torch.empty(params.numel(), dtype=params.dtype, pin_memory=True)
-        return self._buffer.copy_(params)
+        key = (params.shape, params.dtype)
+        if key not in self._buffers:
+            self._buffers[key] = self._allocate(params.shape, params.dtype)
+        return self._buffers[key].copy_(params)
+
+    @staticmethod
+    def _allocate(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
