@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What benchbase does on a GPU, in about 5 minutes on a machine with one (issue 15, item 5):
+# What benchbase does on a GPU, within 5 minutes on a machine with one (issue 15, item 5; 144-145 s
+# on one NVIDIA H200 with 16 cores, 2026-12-04, figures in docs/scaling.md):
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root, with benchbase importable
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
