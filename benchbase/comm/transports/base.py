@@ -71,9 +71,5 @@ class HostStaging:
             return params
         key = (params.shape, params.dtype)
         if key not in self._buffers:
-            self._buffers[key] = self._allocate(params.shape, params.dtype)
+            self._buffers[key] = torch.empty(params.shape, dtype=params.dtype, pin_memory=True)
         return self._buffers[key].copy_(params)
-
-    @staticmethod
-    def _allocate(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(shape, dtype=dtype, pin_memory=True)
