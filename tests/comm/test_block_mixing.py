@@ -30,23 +30,29 @@ def plan_for(registry, name: str, n: int, seed: int = 0, **overrides):
 
 
 @pytest.mark.parametrize(
-    "name,n,overrides",
+    "name,n,overrides,way",
     [
-        ("ring", 5, {}),
-        ("exponential", 8, {}),
-        ("random", 7, {"p": 0.4}),
-        ("fully-connected", 4, {}),
-        # sparse enough that the block sums gathered neighbour rows instead of one product
-        ("ring", 40, {}),
-        ("exponential", 96, {}),
-        ("random", 160, {"p": 0.04}),
+        ("ring", 5, {}, "product"),
+        ("exponential", 8, {}, "product"),
+        ("random", 7, {"p": 0.4}, "product"),
+        ("fully-connected", 4, {}, "product"),
+        ("fully-connected", 16, {}, "product"),
+        # sparse enough that the block sums its rows shifted (a pattern of cyclic shifts) or gathered
+        ("ring", 16, {}, "shifts"),
+        ("ring", 40, {}, "shifts"),
+        ("exponential", 96, {}, "shifts"),
+        ("random", 160, {"p": 0.04}, "gathers"),
     ],
 )
-def test_a_block_mixes_as_every_learner_diffusing_its_neighbours(registry, name, n, overrides):
+def test_a_block_mixes_as_every_learner_diffusing_its_neighbours(registry, name, n, overrides, way):
     plan = plan_for(registry, name, n, seed=3, **overrides)
     buffers = torch.randn(n, NUMEL)
     mixer = BlockMixer(plan, buffers, PARAMETERS)
-    assert all((slots is not None) == (n >= 40) for slots in mixer._own_neighbours)
+    ways = {
+        "shifts" if shifts is not None else "gathers" if slots is not None else "product"
+        for shifts, slots in zip(mixer._own_shifts, mixer._own_neighbours)
+    }
+    assert ways == {way}
     expected = buffers.clone()
     weights = [phase_weights(plan, rank) for rank in range(n)]
     for iteration in range(2 * plan.period + 1):
