@@ -180,6 +180,16 @@ class RowBuffer:
         for name, column in self.columns.items():
             column.append(row.get(name) if name in self.optional else row[name])
 
+    def extend(self, shared: dict[str, Any], **varying: list[Any]) -> None:
+        """Rows that have `shared`'s values in common and `varying`'s lists (of one length) apart:
+        what `append` adds row by row, a column at a time."""
+        count = len(next(iter(varying.values())))
+        for name, column in self.columns.items():
+            if name in varying:
+                column.extend(varying[name])
+            else:
+                column.extend([shared.get(name) if name in self.optional else shared[name]] * count)
+
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
 

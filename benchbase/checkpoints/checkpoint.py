@@ -394,6 +394,8 @@ class BackgroundWriter:
         """Re-raise the error of a write that has already failed (without waiting for one in flight):
         a learner whose disk filled stops at once, not one checkpoint interval later, when its
         neighbours may have replaced the checkpoints they share with it."""
+        if self._error is None:  # read without the lock (every learner asks at every iteration): a
+            return  # write failing meanwhile is raised at the next call
         with self._changed:
             self._raise_error()
 

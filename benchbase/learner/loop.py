@@ -191,17 +191,15 @@ class _Training:
             if nearby is not None:
                 values["neighbour_distance"] = nearby
         steps = state.local_steps
-        for name, value in values.items():
-            self.tables["metrics"].append(
-                cell_id=self.cell_id,
-                learner=self.rank,
-                iteration=state.iteration,
-                env_step=steps,
-                cell_env_step=steps * self.world,
-                wall_time_s=self.wall,
-                metric=name,
-                value=float(value),
-            )
+        shared = {
+            "cell_id": self.cell_id,
+            "learner": self.rank,
+            "iteration": state.iteration,
+            "env_step": steps,
+            "cell_env_step": steps * self.world,
+            "wall_time_s": self.wall,
+        }
+        self.tables["metrics"].extend(shared, metric=list(values), value=[float(value) for value in values.values()])
         state.metric_sums, state.metric_count = {}, 0
         if self.live is not None:  # throttled per logger and handed to their threads: never waits on them
             logged = {name: float(value) for name, value in values.items()}

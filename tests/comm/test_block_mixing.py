@@ -67,6 +67,26 @@ def test_a_block_mixes_as_every_learner_diffusing_its_neighbours(registry, name,
     assert [mixer.member(rank).statistics()["messages_sent"] for rank in range(n)] == sent
 
 
+def test_a_pattern_of_shifts_without_the_rows_own_weights_mixes_as_the_product():
+    """Shifted rows where no learner keeps a weight on itself (the first shift is not 0): every row
+    is written by the first shift, then added to."""
+    import numpy as np
+
+    from benchbase.comm.block import _shifted_pieces, _shifts
+
+    learners = 16
+    weights = np.zeros((learners, learners), dtype=np.float32)
+    for row in range(learners):
+        weights[row, (row + 1) % learners], weights[row, (row + 3) % learners] = 0.25, 0.75
+    rows = torch.randn(learners, NUMEL)
+    shifts = _shifts(weights, rows)
+    assert [offset for offset, _ in shifts] == [1, 3]
+    mixed = torch.full_like(rows, float("nan"))  # what a piece adds to must have been written
+    for out, source, weight, writes in _shifted_pieces(shifts, rows, mixed):
+        torch.mul(source, weight, out=out) if writes else out.addcmul_(source, weight)
+    torch.testing.assert_close(mixed, torch.from_numpy(weights) @ rows)
+
+
 def test_consensus_is_measured_on_the_parameters_as_between_processes(registry):
     plan = plan_for(registry, "ring", 4)
     buffers = torch.randn(4, NUMEL)
