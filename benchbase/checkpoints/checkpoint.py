@@ -1,13 +1,20 @@
 """Checkpoint files: written atomically, verified before loading, loaded without unpickling code.
 
-A checkpoint is `<name>.pt` (`torch.save` of plain data: tensors, numbers, strings, lists, dicts)
-plus `<name>.json` beside it, written after the data and holding its SHA-256, size, env steps,
-the cell config and the package versions. Loading checks, in order: the sidecar exists and parses,
-the data file has the recorded size and digest (a truncated or corrupted file is caught here, not
-half-loaded), the cell config matches the cell asking for it, and then `torch.load(...,
-weights_only=True)`, which refuses anything but plain data (containers of builtins inside travel
-as pickles, read back by an unpickler that refuses every global). `latest_good` walks a learner's
-checkpoints newest first and falls back to an older one when the newest is bad, saying why.
+A checkpoint is `<name>.pt`, plain data (tensors, numpy arrays and scalars, numbers, strings,
+lists, tuples, sets, dicts), plus `<name>.json` beside it, written after the data and holding its
+SHA-256, size, env steps, the cell config and the package versions. Loading checks, in order: the
+sidecar exists and parses, the data file has the recorded size and digest (a truncated or
+corrupted file is caught here, not half-loaded), the cell config matches the cell asking for it,
+and then the data is read by unpicklers that refuse every global (a class or function, which is
+how a pickle runs code). `latest_good` walks a learner's checkpoints newest first and falls back
+to an older one when the newest is bad, saying why.
+
+The data file (format 3): a magic line, the length of a pickle of builtins, that pickle, then raw
+sections. The pickle stands for the state with each tensor, numpy array or scalar, and each
+container of eight or more builtins-only items, replaced by a persistent id naming its section
+(kind, dtype and shape, offset and size), so pickling calls back into Python once per object of the
+state's outline, not once per value of the rows it carries. Formats 1 and 2 (`torch.save`, read
+with `torch.load(weights_only=True)`) still load.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import functools
 import hashlib
 import io
 import json
+import math
 import pickle
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +40,12 @@ import torch
 
 from benchbase.results import write_atomic
 
-FORMAT_VERSION = 2
-# Format 1 pickled only long lists of scalars, one byte tensor each; it reads the same way.
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+# Formats 1 and 2 are `torch.save` files (format 1 pickled only long lists of scalars, one byte
+# tensor each); they load through `torch.load(weights_only=True)`.
+READABLE_FORMATS = (1, 2, 3)
+_MAGIC = b"benchbase checkpoint 3\n"
+_SECTION_FROM = 8  # containers of at least this many items are tried as a section of their own
 KEEP = 2  # checkpoints kept per learner: the newest and one to fall back to
 
 
@@ -69,15 +81,13 @@ def steps_of(path: Path) -> int:
     return int(path.stem.split("-", 1)[1])
 
 
+# Formats 1 and 2 (`torch.save`) marked what `torch.load(weights_only=True)` does not take: a numpy
+# array as a tensor under _NUMPY, a container of builtins as its pickle in a byte tensor under
+# _PLAIN_PICKLED (format 1: one long column of scalars under _SCALARS_PICKLED). `from_plain` turns
+# them back; `_BuiltinsOnly` reads the pickles without importing anything.
 _NUMPY = "__numpy__"
-# Plain data (dicts, lists, tuples, strings, numbers, booleans and None, at any depth: the rows a
-# learner has written so far, the loop's counters) travels as one pickle of builtins in a byte
-# tensor. `torch.save` calls back into Python for each object it pickles and stores each tensor as
-# a record of its own, so the rows as one tensor per column took most of a checkpoint's encoding
-# (docs/scaling.md). `_BuiltinsOnly` reads them back without importing anything.
 _PLAIN_PICKLED = "__plain__"
-_SCALARS_PICKLED = "__scalars__"  # format 1: one long column of scalars per byte tensor
-_INLINE_BYTES = 512  # plain data smaller than this pickled stays inline: a record costs more
+_SCALARS_PICKLED = "__scalars__"
 
 
 class _BuiltinsOnly(pickle.Unpickler):
@@ -111,29 +121,8 @@ def _pickled_if_plain(value: Any) -> bytes | None:
     return buffer.getvalue()
 
 
-def to_plain(value: Any) -> Any:
-    """`value` with numpy arrays and scalars turned into tensors (marked, so `from_plain` turns
-    them back), each container of builtins only into one byte tensor of its pickle (marked) and
-    tuples kept: what `torch.load(weights_only=True)` accepts."""
-    if isinstance(value, (dict, list, tuple)):
-        pickled = _pickled_if_plain(value)
-        if pickled is not None:
-            if len(pickled) < _INLINE_BYTES:
-                return value
-            return {_PLAIN_PICKLED: torch.frombuffer(bytearray(pickled), dtype=torch.uint8)}
-    if isinstance(value, np.ndarray):
-        return {_NUMPY: torch.from_numpy(np.ascontiguousarray(value).copy())}
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {key: to_plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        converted = [to_plain(item) for item in value]
-        return converted if isinstance(value, list) else tuple(converted)
-    return value
-
-
 def from_plain(value: Any) -> Any:
+    """A format-1 or -2 state as `torch.load` gives it, its marked arrays and pickles turned back."""
     if isinstance(value, dict):
         if len(value) == 1 and _NUMPY in value:
             return value[_NUMPY].numpy()
@@ -156,10 +145,108 @@ def save(
 
 
 def encode(state: dict[str, Any]) -> bytes:
-    """`state` as a checkpoint's data file holds it."""
-    buffer = io.BytesIO()
-    torch.save(to_plain(state), buffer)
-    return buffer.getvalue()
+    """`state` as a checkpoint's data file holds it (format 3)."""
+    outline = io.BytesIO()
+    pickler = _SectionPickler(outline)
+    pickler.dump(state)
+    head = outline.getvalue()
+    return b"".join([_MAGIC, struct.pack("<Q", len(head)), head, *pickler.sections])
+
+
+class _SectionPickler(pickle.Pickler):
+    """Pickles a state's outline; its arrays and long containers of builtins go to `sections`."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.sections: list[bytes | memoryview] = []
+        self.size = 0
+
+    def _section(self, data: bytes | memoryview) -> tuple[int, int]:
+        offset, length = self.size, len(data) if isinstance(data, bytes) else data.nbytes
+        self.sections.append(data)
+        self.size += length
+        return offset, length
+
+    def persistent_id(self, obj: Any) -> tuple | None:
+        kind = type(obj)
+        if kind is dict or kind is list or kind is tuple:
+            if len(obj) >= _SECTION_FROM:
+                pickled = _pickled_if_plain(obj)
+                if pickled is not None:
+                    return ("pickle", *self._section(pickled))
+            return None
+        if isinstance(obj, torch.Tensor):
+            tensor = obj.detach().to("cpu").contiguous()
+            data = tensor.reshape(-1).view(torch.uint8).numpy().data
+            return ("tensor", str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), *self._section(data))
+        if isinstance(obj, (np.ndarray, np.generic)):
+            array = np.asarray(obj, order="C")
+            if array.dtype.hasobject:
+                raise TypeError("a checkpoint holds plain data only, not a numpy array of objects")
+            kind_name = "ndarray" if isinstance(obj, np.ndarray) else "scalar"
+            return (kind_name, array.dtype.str, array.shape, *self._section(array.reshape(-1).view(np.uint8).data))
+        return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        # Asked only about what the pickler does not write itself: anything but plain builtins.
+        raise TypeError(f"a checkpoint holds plain data only, not a {type(obj).__module__}.{type(obj).__qualname__}")
+
+
+class _SectionUnpickler(_BuiltinsOnly):
+    """Reads a format-3 outline: builtins only, each persistent id checked and read from `sections`."""
+
+    def __init__(self, outline: memoryview, sections: memoryview) -> None:
+        super().__init__(io.BytesIO(outline))
+        self.sections = sections
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or len(pid) not in (3, 5) or not isinstance(pid[0], str):
+            raise pickle.UnpicklingError(f"a checkpoint section named {pid!r}")
+        offset, length = pid[-2:]
+        if not (type(offset) is int and type(length) is int and 0 <= offset <= offset + length <= len(self.sections)):
+            raise pickle.UnpicklingError(f"a checkpoint section outside the file: {pid!r}")
+        data = self.sections[offset : offset + length]
+        if pid[0] == "pickle" and len(pid) == 3:
+            return _BuiltinsOnly(io.BytesIO(data)).load()
+        kind, dtype_name, shape = pid[:3]
+        if not (isinstance(shape, tuple) and all(type(size) is int and size >= 0 for size in shape)):
+            raise pickle.UnpicklingError(f"a checkpoint array of shape {shape!r}")
+        if kind == "tensor":
+            dtype = getattr(torch, str(dtype_name), None)
+            if not isinstance(dtype, torch.dtype):
+                raise pickle.UnpicklingError(f"a checkpoint tensor of dtype {dtype_name!r}")
+            _check_size(pid, length, math.prod(shape) * torch.empty((), dtype=dtype).element_size())
+            if length == 0:
+                return torch.empty(shape, dtype=dtype)
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape)
+        if kind in ("ndarray", "scalar"):
+            try:
+                dtype = np.dtype(dtype_name)
+            except TypeError:
+                raise pickle.UnpicklingError(f"a checkpoint array of dtype {dtype_name!r}") from None
+            if dtype.hasobject:
+                raise pickle.UnpicklingError("a checkpoint array of objects")
+            _check_size(pid, length, math.prod(shape) * dtype.itemsize)
+            array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+            return array if kind == "ndarray" else array.item()  # numpy scalars come back as Python's, as before
+        raise pickle.UnpicklingError(f"a checkpoint section of kind {kind!r}")
+
+
+def _check_size(pid: tuple, length: int, expected: int) -> None:
+    if length != expected:
+        raise pickle.UnpicklingError(f"a checkpoint section of {length} bytes, its shape needs {expected}: {pid!r}")
+
+
+def decode(data: bytes) -> Any:
+    """The state in a format-3 data file (`encode`)."""
+    start = len(_MAGIC) + 8
+    if not data.startswith(_MAGIC) or len(data) < start:
+        raise pickle.UnpicklingError("not a format-3 checkpoint (no magic line)")
+    (length,) = struct.unpack_from("<Q", data, len(_MAGIC))
+    view = memoryview(data)
+    if start + length > len(data):
+        raise pickle.UnpicklingError("a checkpoint whose outline runs past its end")
+    return _SectionUnpickler(view[start : start + length], view[start + length :]).load()
 
 
 def write_encoded(
@@ -207,7 +294,10 @@ def load(path: Path | str, cell_config: dict[str, Any] | None = None) -> Checkpo
     _check_data(data_path, len(data), hashlib.sha256(data).hexdigest(), info)
     _check_cell(data_path, info, cell_config)
     try:
-        state = from_plain(torch.load(io.BytesIO(data), weights_only=True))
+        if info["format"] == 3:
+            state = decode(data)
+        else:
+            state = from_plain(torch.load(io.BytesIO(data), weights_only=True))
     except Exception as error:  # noqa: BLE001 - any failure means this file is unusable
         raise CheckpointError(f"{data_path.name} cannot be loaded as plain data: {error}") from None
     return Checkpoint(path=data_path, env_steps=int(info["env_steps"]), state=state, info=info)
@@ -293,7 +383,7 @@ def _read_info(data_path: Path) -> dict[str, Any]:
     if info.get("format") not in READABLE_FORMATS:
         raise CheckpointError(
             f"{data_path.name}: checkpoint format {info.get('format')}, this benchbase reads "
-            f"{' and '.join(map(str, READABLE_FORMATS))}"
+            f"{', '.join(map(str, READABLE_FORMATS[:-1]))} and {READABLE_FORMATS[-1]}"
         )
     return info
 

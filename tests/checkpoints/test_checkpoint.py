@@ -93,41 +93,111 @@ def test_plain_data_beside_tensors_and_numpy_values_loads_back_as_it_was(tmp_pat
     assert type(scalar) is float and scalar == 1.5 and pair == (4, "x" * 600) and type(pair[0]) is int
 
 
+def write_in_format(folder: Path, payload: object, version: int) -> Path:
+    """`payload` as `torch.save` writes it, with a sidecar saying format `version` (1 or 2)."""
+    import json
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path = checkpoint.write_encoded(folder, buffer.getvalue(), env_steps=1, cell_config=CONFIG)
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "format": version}))
+    return path
+
+
+class Calls:
+    """What a crafted pickle would carry to run code as it is read."""
+
+    def __reduce__(self):
+        return (print, ("this must not run",))
+
+
 @pytest.mark.parametrize("marker", ["__plain__", "__scalars__"])  # format 2, and format 1's columns
 def test_a_column_that_would_run_code_when_read_is_refused(tmp_path: Path, marker: str):
     """The pickles of plain data are read by an unpickler that imports nothing: one naming a
     function (as a crafted file could, to run it) makes the checkpoint unusable, and nothing runs."""
     import pickle
 
-    class Calls:
-        def __reduce__(self):
-            return (print, ("this must not run",))
-
     crafted = bytearray(pickle.dumps([Calls()] * 20))
-    data = checkpoint.encode({"rows": {marker: torch.frombuffer(crafted, dtype=torch.uint8)}})
-    path = checkpoint.write_encoded(tmp_path, data, env_steps=1, cell_config=CONFIG)
+    path = write_in_format(tmp_path, {"rows": {marker: torch.frombuffer(crafted, dtype=torch.uint8)}}, 2)
     with pytest.raises(CheckpointError, match="cannot be loaded as plain data: .*only plain values"):
         checkpoint.load(path, CONFIG)
 
 
-def test_a_format_1_checkpoint_still_loads_and_an_unknown_format_is_refused(tmp_path: Path):
-    """Format 1 pickled each long column of scalars on its own; its files load as before. A format
-    this benchbase does not know is refused in one line."""
+def test_formats_1_and_2_still_load_and_an_unknown_format_is_refused(tmp_path: Path):
+    """Formats 1 and 2 (`torch.save`) load as before. A format this benchbase does not know is
+    refused in one line."""
     import json
     import pickle
 
     column = bytearray(pickle.dumps([1.5, None, "x"] * 10))
-    data = checkpoint.encode({"rows": {"value": {"__scalars__": torch.frombuffer(column, dtype=torch.uint8)}}})
-    path = checkpoint.write_encoded(tmp_path, data, env_steps=1, cell_config=CONFIG)
+    path = write_in_format(
+        tmp_path, {"rows": {"value": {"__scalars__": torch.frombuffer(column, dtype=torch.uint8)}}}, 1
+    )
+    assert checkpoint.load(path, CONFIG).state == {"rows": {"value": [1.5, None, "x"] * 10}}
+    old = {"weights": torch.ones(3), "obs": {"__numpy__": torch.arange(4.0)}, "steps": 7}
+    path = write_in_format(tmp_path / "2", old, 2)
+    loaded = checkpoint.load(path, CONFIG).state
+    assert torch.equal(loaded["weights"], torch.ones(3)) and loaded["steps"] == 7
+    assert np.array_equal(loaded["obs"], np.arange(4.0))
     sidecar = path.with_suffix(".json")
-    for version in (1, 3):
-        info = json.loads(sidecar.read_text())
-        sidecar.write_text(json.dumps({**info, "format": version}))
-        if version == 1:
-            assert checkpoint.load(path, CONFIG).state == {"rows": {"value": [1.5, None, "x"] * 10}}
-        else:
-            with pytest.raises(CheckpointError, match="checkpoint format 3, this benchbase reads 1 and 2"):
-                checkpoint.load(path, CONFIG)
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "format": 4}))
+    with pytest.raises(CheckpointError, match="checkpoint format 4, this benchbase reads 1, 2 and 3"):
+        checkpoint.load(path, CONFIG)
+
+
+def crafted_checkpoint(outline: object, sections: bytes, pids: dict[str, tuple]) -> bytes:
+    """A format-3 data file whose outline pickles `outline`, each string in `pids` as that persistent id."""
+    import pickle
+    import struct
+
+    class Crafting(pickle.Pickler):
+        def persistent_id(self, obj):
+            return pids.get(obj) if isinstance(obj, str) else None
+
+    buffer = io.BytesIO()
+    Crafting(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(outline)
+    head = buffer.getvalue()
+    return checkpoint._MAGIC + struct.pack("<Q", len(head)) + head + sections
+
+
+@pytest.mark.parametrize(
+    "pid,why",
+    [
+        (("tensor", "Tensor", (2,), 0, 8), "dtype 'Tensor'"),
+        (("tensor", "float32", (2,), 4, 8), "outside the file"),
+        (("tensor", "float32", (3,), 0, 8), "8 bytes, its shape needs 12"),
+        (("tensor", "float32", (-2,), 0, 8), "shape"),
+        (("ndarray", "|O", (1,), 0, 8), "array of objects"),
+        (("pickle", 0, 8), "only plain values"),  # the section: a pickle naming print
+        (("something", 0, 8), "shape"),
+        ("not a tuple", "section named"),
+    ],
+)
+def test_a_crafted_format_3_file_is_refused_and_runs_nothing(tmp_path: Path, pid, why: str):
+    """Format 3's outline and sections are read by unpicklers that import nothing; every section it
+    names is checked (kind, dtype, shape against size, inside the file) before it is read."""
+    import pickle
+
+    sections = bytes(8)
+    if pid[0] == "pickle":
+        sections = pickle.dumps(Calls())
+        pid = ("pickle", 0, len(sections))
+    data = crafted_checkpoint({"learner": "x"}, sections, {"x": pid})
+    path = checkpoint.write_encoded(tmp_path, data, env_steps=1, cell_config=CONFIG)
+    with pytest.raises(CheckpointError, match=f"cannot be loaded as plain data: .*{why}"):
+        checkpoint.load(path, CONFIG)
+    outline = crafted_checkpoint(Calls(), b"", {})  # the outline itself naming a function
+    path = checkpoint.write_encoded(tmp_path / "outline", outline, env_steps=1, cell_config=CONFIG)
+    with pytest.raises(CheckpointError, match="only plain values"):
+        checkpoint.load(path, CONFIG)
+
+
+def test_a_state_holding_anything_but_plain_data_is_refused_when_saved(tmp_path: Path):
+    with pytest.raises(TypeError, match="plain data only, not a .*Calls"):
+        checkpoint.save(tmp_path, {"learner": {"schedule": Calls()}}, env_steps=1, cell_config=CONFIG)
+    with pytest.raises(TypeError, match="numpy array of objects"):
+        checkpoint.save(tmp_path, {"obs": np.array([None, 1])}, env_steps=1, cell_config=CONFIG)
 
 
 def test_a_shared_writer_takes_a_blocks_checkpoints_at_once_and_writes_them_all(tmp_path: Path, monkeypatch):
@@ -242,7 +312,7 @@ def test_a_classic_env_saved_mid_episode_continues_exactly(family_name: str, ove
     original = family.make_env(params, tasks, seed=3)
     original.reset(seed=3)
     _trajectory(original, 150)  # episodes in flight, resampled tasks, streaks
-    saved = checkpoint.from_plain(checkpoint.to_plain(original.state_dict()))
+    saved = checkpoint.decode(checkpoint.encode(original.state_dict()))
     expected = _trajectory(original, 300)
     restored = family.make_env(params, tasks, seed=99)  # built differently, then loaded
     restored.load_state_dict(saved)
