@@ -626,6 +626,8 @@ def test_one_vtrace_learner_with_queue_and_uniform_solves_cartpole_within_200k_s
         "2",
         "--eval-episodes",
         "5",
+        "--jobs",  # the three seeds' cells side by side on the two cores: the same results, sooner
+        "2",
         "-r",
         "queue:capacity=8,ratio=0.5+uniform:capacity=1000,ratio=0.5",
     )
