@@ -211,8 +211,10 @@ class _SectionUnpickler(_BuiltinsOnly):
         kind, dtype_name, shape = pid[:3]
         if not (isinstance(shape, tuple) and all(type(size) is int and size >= 0 for size in shape)):
             raise pickle.UnpicklingError(f"a checkpoint array of shape {shape!r}")
+        if type(dtype_name) is not str:  # a name, never a description numpy would build a dtype from
+            raise pickle.UnpicklingError(f"a checkpoint array of dtype {dtype_name!r}")
         if kind == "tensor":
-            dtype = getattr(torch, str(dtype_name), None)
+            dtype = getattr(torch, dtype_name, None)
             if not isinstance(dtype, torch.dtype):
                 raise pickle.UnpicklingError(f"a checkpoint tensor of dtype {dtype_name!r}")
             _check_size(pid, length, math.prod(shape) * torch.empty((), dtype=dtype).element_size())

@@ -169,6 +169,7 @@ def crafted_checkpoint(outline: object, sections: bytes, pids: dict[str, tuple])
         (("tensor", "float32", (3,), 0, 8), "8 bytes, its shape needs 12"),
         (("tensor", "float32", (-2,), 0, 8), "shape"),
         (("ndarray", "|O", (1,), 0, 8), "array of objects"),
+        (("ndarray", [("a", "O")], (1,), 0, 8), "dtype"),
         (("pickle", 0, 8), "only plain values"),  # the section: a pickle naming print
         (("something", 0, 8), "shape"),
         ("not a tuple", "section named"),
