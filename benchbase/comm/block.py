@@ -147,7 +147,8 @@ class BlockMixer:
             None if shifts is not None else _neighbour_slots(w[self.rows, self.rows], buffers)
             for w, shifts in zip(plan.weights, self._own_shifts)
         ]
-        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._mixed: torch.Tensor | None = None  # the product's rows, for shifts and gathers
+        self._gathered: torch.Tensor | None = None  # one gathered neighbour row each, for gathers
         self._shift_pieces: list[list[ShiftPiece] | None] = [None] * plan.period
         self._deviations: torch.Tensor | None = None  # consensus_distance's work buffer
         self._incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in plan.weights]
@@ -175,7 +176,9 @@ class BlockMixer:
         if self._unsettled_s or any(self._unsettled):
             share = self._unsettled_s / len(self._counters)
             for phase, mixes in enumerate(self._unsettled):
-                for counters, (sent, received) in zip(self._counters, self._degrees[phase] if mixes else ()):
+                if not mixes:
+                    continue
+                for counters, (sent, received) in zip(self._counters, self._degrees[phase]):
                     counters.bytes_sent += mixes * sent * self._message_bytes
                     counters.messages_sent += mixes * sent
                     counters.messages_received += mixes * received
@@ -213,9 +216,9 @@ class BlockMixer:
         shifts, slots = self._own_shifts[phase], self._own_neighbours[phase]
         if shifts is None and slots is None:
             return self._own_weights[phase] @ self.buffers
-        if self._scratch is None:
-            self._scratch = (torch.empty_like(self.buffers), torch.empty_like(self.buffers))
-        mixed, gathered = self._scratch
+        if self._mixed is None:
+            self._mixed = torch.empty_like(self.buffers)
+        mixed = self._mixed
         if shifts is not None:
             pieces = self._shift_pieces[phase]
             if pieces is None:  # views of the rows and the scratch, kept: slicing at every mix cost 10 µs
@@ -226,6 +229,9 @@ class BlockMixer:
                 else:
                     out.addcmul_(source, weight)
             return mixed
+        if self._gathered is None:
+            self._gathered = torch.empty_like(self.buffers)
+        gathered = self._gathered
         (first_columns, first_weights), *rest = slots
         torch.index_select(self.buffers, 0, first_columns, out=mixed).mul_(first_weights)
         for columns, weights in rest:
