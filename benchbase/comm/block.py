@@ -131,12 +131,7 @@ class BlockMixer:
             raise ValueError("blocks in several processes mix through a BlockExchange")
         self.plan, self.buffers, self.parameter_numel, self.exchange = plan, buffers, parameter_numel, exchange
         self.rows = slice(first_rank, first_rank + learners)
-        self._counters = [CommCounters() for _ in range(learners)]
-        # Mixes per phase and seconds mixing not yet added to the counters (`counters` adds them
-        # when read, for metrics and checkpoints: adding at every mix cost a 16-learner block 12 µs).
-        self._unsettled = [0] * plan.period
-        self._unsettled_s = 0.0
-        self._has_edges = plan.has_edges
+        self.counters = [CommCounters() for _ in range(learners)]
         self._message_bytes = buffers.shape[1] * buffers.element_size()
         self._consensus: float | None = None
         as_tensor = lambda array: torch.tensor(array, dtype=buffers.dtype, device=buffers.device)  # noqa: E731
@@ -171,33 +166,15 @@ class BlockMixer:
         ]
 
     @property
-    def counters(self) -> list[CommCounters]:
-        """Each learner's counters, the mixes so far added."""
-        if self._unsettled_s or any(self._unsettled):
-            share = self._unsettled_s / len(self._counters)
-            for phase, mixes in enumerate(self._unsettled):
-                if not mixes:
-                    continue
-                for counters, (sent, received) in zip(self._counters, self._degrees[phase]):
-                    counters.bytes_sent += mixes * sent * self._message_bytes
-                    counters.messages_sent += mixes * sent
-                    counters.messages_received += mixes * received
-            for counters in self._counters:
-                counters.wait_s += share
-            self._unsettled = [0] * len(self._unsettled)
-            self._unsettled_s = 0.0
-        return self._counters
-
-    @property
     def transport(self) -> str:
         """What carried the parameters, as the cells table records it."""
-        if not self._has_edges:
+        if not self.plan.has_edges:
             return "none"
         return BLOCK_TRANSPORT if self.exchange is None else f"{BLOCK_TRANSPORT}/{self.exchange.name}"
 
     def mix(self, iteration: int) -> None:
         self._consensus = None
-        if not self._has_edges:
+        if not self.plan.has_edges:
             self._cell_stale = self.distributed  # gathered when consensus is next measured
             return
         started = time.perf_counter()
@@ -208,8 +185,12 @@ class BlockMixer:
             mixed.addmm_(weights, received[block].to(self.buffers.device, non_blocking=True))
         self.buffers.copy_(mixed)
         self._cell_stale = self.distributed
-        self._unsettled[phase] += 1
-        self._unsettled_s += time.perf_counter() - started
+        share = (time.perf_counter() - started) / len(self.buffers)
+        for counters, (sent, received_count) in zip(self.counters, self._degrees[phase]):
+            counters.bytes_sent += sent * self._message_bytes
+            counters.messages_sent += sent
+            counters.messages_received += received_count
+            counters.wait_s += share
 
     def _own_product(self, phase: int) -> torch.Tensor:
         """W_bb X_b: one matrix product, or on a sparse graph a weighted sum of shifted or gathered rows."""
@@ -283,13 +264,9 @@ class BlockMemberComm:
 
     def __init__(self, mixer: BlockMixer, rank: int) -> None:
         self.mixer, self.rank = mixer, rank
-        self.index = rank - mixer.rows.start
+        self.counters = mixer.counters[rank - mixer.rows.start]
         # What carried the parameters, as the cells table records it: nothing, without edges.
         self.transport = mixer.transport
-
-    @property
-    def counters(self) -> CommCounters:
-        return self.mixer.counters[self.index]
 
     def mix(self, params: torch.Tensor, iteration: int) -> None:
         """Nothing: the block mixes every learner at once (`BlockMixer.mix`)."""

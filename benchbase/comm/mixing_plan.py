@@ -26,6 +26,7 @@ between its two neighbours.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class MixingPlan:
         """Every learner that ever receives from `learner` (union over phases), sorted."""
         return np.flatnonzero(self._union()[:, learner]).tolist()
 
-    @property
+    @functools.cached_property  # the arrays are read-only: read at every mix, computed once
     def has_edges(self) -> bool:
         return bool(self._union().any())
 
