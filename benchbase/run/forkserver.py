@@ -20,9 +20,8 @@ def context() -> Any:
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        # torch._dynamo: torch.optim imports it lazily on first use, ~1 s per learner otherwise.
         # benchbase.run.forkserver_lifeline: the forkserver dies with this process, killed or not.
-        preload = ["benchbase.run.forkserver_lifeline", "torch._dynamo", "benchbase.learner.process"]
+        preload = ["benchbase.run.forkserver_lifeline", "benchbase.learner.process"]
         _context.set_forkserver_preload([*preload, *BUILTIN_PLUGINS])
     return _context
 

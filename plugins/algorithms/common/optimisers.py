@@ -11,17 +11,19 @@ of 3 rounds; `--adam` times Diff-PPO's Adam the same way).
 `RMSprop` and `Adam` are torch.optim's (the same hyperparameters, state and `state_dict`, so
 checkpoints load either way) with a `lean_step` that does the plain case itself: what torch's
 single-tensor path does (on a CPU by default, or with `foreach=False`) for a float learning rate
-and no weight decay or maximising (nor momentum and centring for RMSprop, AMSGrad for Adam), with
-state made by a first step of torch's, no step hooks and no profiler running. It applies torch's
-operations in torch's order, so every parameter and statistic gets the same bits; anything else
-(a GPU's multi-tensor default among them) goes to `step()`. `step(optimizer)` is what the
-learners call.
+and no weight decay or maximising (nor momentum and centring for RMSprop, AMSGrad for Adam), no
+step hooks and no profiler running. It makes a parameter's state as torch's first step would and
+applies torch's operations in torch's order, so every parameter and statistic gets the same bits;
+anything else (a GPU's multi-tensor default among them) goes to `step()`. `step(optimizer)` is
+what the learners call. Neither imports torch._dynamo, which torch.optim's own methods do on their
+first call (`_without_dynamo`).
 
 Imported where a learner is built or stepped (it imports torch; registering a plugin does not).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -65,26 +67,45 @@ def _lean(optimizer: torch.optim.Optimizer, plain: Callable[[dict[str, Any]], bo
         if not (_single_tensor_path(group) and plain(group)):
             return False
         for param in group["params"]:
-            if param.grad is not None and (
-                not optimizer.state[param] or param.grad.is_sparse or torch.is_complex(param)
-            ):
+            if param.grad is not None and (param.grad.is_sparse or torch.is_complex(param)):
                 return False
     return True
 
 
+def _without_dynamo(method: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.optim's `method` without its `torch._disable_dynamo` wrapper while torch._dynamo is not
+    loaded: the wrapper's first call imports it (1.3 s, in every learner process), only to keep
+    torch.compile out of a function that nothing here compiles. Once something has loaded it,
+    torch's wrapped method."""
+    undecorated = getattr(method, "__wrapped__", method)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return (method if "torch._dynamo" in sys.modules else undecorated)(*args, **kwargs)
+
+    return call
+
+
 class _LeanStep:
-    """What the lean optimisers share: `lean_step` checks, counts the step and hands each
+    """What the lean optimisers share: `lean_step` checks, makes a parameter's state on its first
+    step as torch's `_init_group` does (the kind's `_new_state`), counts the step and hands each
     parameter with a gradient to the kind's `_update`; what it does not take goes to `step()`."""
+
+    add_param_group = _without_dynamo(torch.optim.Optimizer.add_param_group)
+    state_dict = _without_dynamo(torch.optim.Optimizer.state_dict)
+    load_state_dict = _without_dynamo(torch.optim.Optimizer.load_state_dict)
+    zero_grad = _without_dynamo(torch.optim.Optimizer.zero_grad)
 
     def lean_step(self) -> None:
         if not _lean(self, self._plain):
-            self.step()  # torch makes the state (and refuses what it refuses) on a first step
+            self.step()
             return
         with torch.no_grad():
             for group in self.param_groups:
                 for param in group["params"]:
                     if param.grad is not None:
                         state = self.state[param]
+                        if not state:
+                            self._new_state(state, param)
                         state["step"] += 1
                         self._update(group, param, param.grad, state)
 
@@ -96,6 +117,11 @@ class RMSprop(_LeanStep, torch.optim.RMSprop):
     @staticmethod
     def _plain(group: dict[str, Any]) -> bool:
         return not (group["momentum"] or group["centered"])
+
+    @staticmethod
+    def _new_state(state: dict[str, Any], param: torch.Tensor) -> None:
+        state["step"] = torch.zeros((), dtype=torch_optimizer._get_scalar_dtype())
+        state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     @staticmethod
     def _update(group: dict[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
@@ -112,6 +138,12 @@ class Adam(_LeanStep, torch.optim.Adam):
     @staticmethod
     def _plain(group: dict[str, Any]) -> bool:
         return not group["amsgrad"] and not any(torch.is_tensor(beta) for beta in group["betas"])
+
+    @staticmethod
+    def _new_state(state: dict[str, Any], param: torch.Tensor) -> None:
+        state["step"] = torch.zeros((), dtype=torch_optimizer._get_scalar_dtype())
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     @staticmethod
     def _update(group: dict[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
