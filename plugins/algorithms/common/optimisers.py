@@ -53,8 +53,8 @@ def _single_tensor_path(group: dict[str, Any]) -> bool:
 
 def _lean(optimizer: torch.optim.Optimizer, plain: Callable[[dict[str, Any]], bool]) -> bool:
     """Whether `optimizer`'s next step is one its `lean_step` takes itself: what `step()` would
-    do beyond the arithmetic (hooks, profiler records, making state) is nothing, and every group
-    is `plain` for its kind of optimiser."""
+    do beyond the arithmetic and making state (hooks, profiler records) is nothing, every group is
+    `plain` for its kind of optimiser, and no gradient is sparse or complex."""
     if (
         optimizer._optimizer_step_pre_hooks
         or optimizer._optimizer_step_post_hooks
