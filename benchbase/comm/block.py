@@ -43,9 +43,8 @@ def _shifts(weights: np.ndarray, like: torch.Tensor) -> list[tuple[int, torch.Te
     one of D offsets (j − i) mod K and every row has one at each (a ring; a phase of the exponential
     graph): W_bb X = Σ_c w_c ⊙ X[(i + c) mod K], each shift two slices of the rows, nothing gathered.
     [(c, each row's weight at offset c [K, 1])], offsets ascending; None on a GPU, below
-    SHIFTS_FROM rows, where 4·D > K, or where the pattern is not one of shifts. Measured with 2
-    threads and rows of 9,164 values: a ring of 16 mixed in 61-67 µs by shifts, 89-99 by the
-    product and 70-88 by gathered rows; of 64, 157 by shifts and 228 by gathered rows."""
+    SHIFTS_FROM rows, where 4·D > K, or where the pattern is not one of shifts (the measurements
+    behind these bounds: docs/scaling.md, `benchmarks/block_mixing.py`)."""
     learners = len(weights)
     if like.device.type != "cpu" or learners < SHIFTS_FROM:
         return None

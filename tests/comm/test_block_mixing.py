@@ -12,7 +12,7 @@ import torch
 from benchbase.api.contracts import params_of
 from benchbase.api.registry import load_registry
 from benchbase.comm.block import BlockMixer, block_mixing_refusal
-from benchbase.comm.mixing_plan import build_mixing_plan
+from benchbase.comm.mixing_plan import MixingPlan, build_mixing_plan
 from benchbase.comm.rules import diffuse, phase_weights
 
 NUMEL, PARAMETERS = 40, 32  # 8 mixed values after the parameters (e.g. normaliser statistics)
@@ -27,6 +27,20 @@ def plan_for(registry, name: str, n: int, seed: int = 0, **overrides):
     topology = registry.get("topology", name)
     params = params_of(topology, overrides)
     return build_mixing_plan(topology, params, topology.learner_count(n, params), seed)
+
+
+def mixes_as_diffusion(plan, buffers: torch.Tensor, mixer: BlockMixer) -> None:
+    """`mixer` mixes `buffers` as each learner's Diffusion rule would, over two periods and one more mix."""
+    n = len(buffers)
+    expected = buffers.clone()
+    weights = [phase_weights(plan, rank) for rank in range(n)]
+    for iteration in range(2 * plan.period + 1):
+        before = expected.clone()
+        for rank in range(n):  # what each learner's Diffusion rule does with this iteration's messages
+            phase = weights[rank][plan.phase(iteration)]
+            diffuse(expected[rank], phase.own, [(before[j], w) for j, w in phase.incoming])
+        mixer.mix(iteration)
+        torch.testing.assert_close(buffers, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -53,38 +67,27 @@ def test_a_block_mixes_as_every_learner_diffusing_its_neighbours(registry, name,
         for shifts, slots in zip(mixer._own_shifts, mixer._own_neighbours)
     }
     assert ways == {way}
-    expected = buffers.clone()
-    weights = [phase_weights(plan, rank) for rank in range(n)]
-    for iteration in range(2 * plan.period + 1):
-        before = expected.clone()
-        for rank in range(n):  # what each learner's Diffusion rule does with this iteration's messages
-            phase = weights[rank][plan.phase(iteration)]
-            diffuse(expected[rank], phase.own, [(before[j], w) for j, w in phase.incoming])
-        mixer.mix(iteration)
-        torch.testing.assert_close(buffers, expected, rtol=1e-5, atol=1e-6)
+    mixes_as_diffusion(plan, buffers, mixer)
     sent = [sum(len(plan.out_neighbours(rank, plan.phase(i))) for i in range(2 * plan.period + 1)) for rank in range(n)]
     assert [counters.bytes_sent for counters in mixer.counters] == [count * NUMEL * 4 for count in sent]
     assert [mixer.member(rank).statistics()["messages_sent"] for rank in range(n)] == sent
 
 
-def test_a_pattern_of_shifts_without_the_rows_own_weights_mixes_as_the_product():
+def test_a_pattern_of_shifts_without_the_rows_own_weights_mixes_as_diffusion():
     """Shifted rows where no learner keeps a weight on itself (the first shift is not 0): every row
     is written by the first shift, then added to."""
     import numpy as np
-
-    from benchbase.comm.block import _shifted_pieces, _shifts
 
     learners = 16
     weights = np.zeros((learners, learners), dtype=np.float32)
     for row in range(learners):
         weights[row, (row + 1) % learners], weights[row, (row + 3) % learners] = 0.25, 0.75
-    rows = torch.randn(learners, NUMEL)
-    shifts = _shifts(weights, rows)
-    assert [offset for offset, _ in shifts] == [1, 3]
-    mixed = torch.full_like(rows, float("nan"))  # what a piece adds to must have been written
-    for out, source, weight, writes in _shifted_pieces(shifts, rows, mixed):
-        torch.mul(source, weight, out=out) if writes else out.addcmul_(source, weight)
-    torch.testing.assert_close(mixed, torch.from_numpy(weights) @ rows)
+    plan = MixingPlan(learners, True, (weights != 0,), (weights,))
+    buffers = torch.randn(learners, NUMEL)
+    mixer = BlockMixer(plan, buffers, PARAMETERS)
+    assert [offset for offset, _ in mixer._own_shifts[0]] == [1, 3]
+    mixer._mixed = torch.full_like(buffers, float("nan"))  # what a piece adds to must have been written
+    mixes_as_diffusion(plan, buffers, mixer)
 
 
 def test_consensus_is_measured_on_the_parameters_as_between_processes(registry):
