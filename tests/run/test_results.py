@@ -284,3 +284,15 @@ def test_row_buffers_from_older_checkpoints_get_null_columns() -> None:
     episodes = RowBuffer(results.EPISODES_SCHEMA)
     with pytest.raises(KeyError):  # nor may any column of the other tables
         episodes.append(**{name: 1 for name in results.EPISODES_SCHEMA.names if name != "wall_time_s"})
+
+
+def test_extending_a_row_buffer_adds_the_rows_append_would() -> None:
+    """`extend`: rows sharing some values, a column at a time, as `append` adds them one by one."""
+    shared = {"cell_id": "c", "learner": 3, "iteration": 7, "env_step": 70, "cell_env_step": 280, "wall_time_s": 1.5}
+    extended, appended = RowBuffer(results.METRICS_SCHEMA), RowBuffer(results.METRICS_SCHEMA)
+    extended.extend(shared, metric=["loss", "entropy"], value=[0.25, 0.5])
+    for metric, value in (("loss", 0.25), ("entropy", 0.5)):
+        appended.append(**shared, metric=metric, value=value)
+    assert extended.columns == appended.columns and len(extended) == 2
+    with pytest.raises(KeyError):  # a column neither shared nor varying may not be left out
+        extended.extend({name: shared[name] for name in shared if name != "learner"}, metric=["x"], value=[1.0])
