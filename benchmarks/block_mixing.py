@@ -40,7 +40,9 @@ def time_ways(plan, numel: int) -> tuple[int, dict[str, float | None], str]:
     mixer = BlockMixer(plan, rows, numel)
     weights = plan.weights[0]
     repeats = max(5, 200_000 // (learners * learners))
-    chosen = "shifts" if mixer._own_shifts[0] is not None else "gathers" if mixer._own_neighbours[0] else "product"
+    chosen = "product"
+    if mixer._own_shifts[0] is not None or mixer._own_neighbours[0] is not None:
+        chosen = "shifts" if mixer._own_shifts[0] is not None else "gathers"
     product = microseconds(lambda: rows.copy_(mixer._own_weights[0] @ rows), repeats)
     times: dict[str, float | None] = {"product": product}
     for way, build in (("shifts", _shifts), ("gathers", _neighbour_slots)):
