@@ -414,7 +414,8 @@ def block_mixing_suite(
     other blocks carried by `transport` (p2p or shm); its rows, consensus, bytes, and what its
     exchange sent."""
     from benchbase.comm.block import BlockMixer
-    from benchbase.comm.block_exchange import BlockGraph, build_block_exchange
+    from benchbase.comm.block_exchange import build_block_exchange
+    from benchbase.comm.block_graph import BlockGraph
     from benchbase.comm.shm import SharedBoard, synchronous_slots
 
     size = len(buffers) // world

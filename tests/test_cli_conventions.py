@@ -267,10 +267,25 @@ def test_an_ambiguous_or_unknown_baseline_is_one_line_naming_the_candidates(type
 # -- start-up ----------------------------------------------------------------------------------------------
 
 
+def _cartpole_run(topology: str, learners: int, *options: str) -> list[str]:
+    return ["run", "-a", "diff-a2c", "-t", topology, "-e", "CartPole-v1", "--learners", str(learners), *options]
+
+
 @pytest.mark.parametrize(
-    "args", [["--version"], ["-h"], ["run", "-h"], ["plugins", "diff-a2c", "--json"], ["plugins", "rnig"]]
+    ("args", "code"),
+    [
+        (["--version"], 0),
+        (["-h"], 0),
+        (["run", "-h"], 0),
+        (["plugins", "diff-a2c", "--json"], 0),
+        (["plugins", "rnig"], 2),
+        # every cell's process layout is checked before a run (`benchbase.run.blocks`), and refused
+        (["run", "--dry-run"], 0),
+        (_cartpole_run("ring", 4, "--learners-per-process", "3"), 2),
+        (_cartpole_run("exponential", 64, "--transport", "shm", "--dry-run"), 2),
+    ],
 )
-def test_conventions_answer_without_importing_torch(args: list[str]) -> None:
+def test_conventions_answer_without_importing_torch(args: list[str], code: int) -> None:
     body = f"""
 import sys
 from benchbase.cli import main
@@ -278,7 +293,9 @@ sys.argv = ["bench", *{args!r}]
 try:
     main()
 except SystemExit as stop:
-    assert stop.code in (0, 2), stop.code
+    assert (stop.code or 0) == {code}, stop.code
+else:
+    assert {code} == 0
 assert "torch" not in sys.modules, "torch was imported"
 print("no torch")
 """

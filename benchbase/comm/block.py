@@ -95,17 +95,6 @@ def _neighbour_slots(weights: np.ndarray, like: torch.Tensor) -> list[tuple[torc
     ]
 
 
-def block_mixing_refusal(plan: MixingPlan, staleness: int, link_drop: float) -> str | None:
-    """Why a cell with this plan cannot mix inside a block; None when it can."""
-    if staleness > 0:
-        return "asynchronous mixing (staleness > 0) runs one learner per process"
-    if link_drop > 0:
-        return "dropped links (link_drop > 0) run one learner per process"
-    if plan.push_sum:
-        return "push-sum mixing runs one learner per process"
-    return None
-
-
 class BlockMixer:
     """The mixing of learners `first_rank` … `first_rank + K − 1` of a cell, whose buffers are the
     rows of `buffers` [K, numel]: X ← W(iteration) X, in place. With K < N and edges, `exchange`

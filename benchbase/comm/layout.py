@@ -4,10 +4,12 @@ board (sized by it before the communicator exists) agree on its width and elemen
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from benchbase.comm.mixing_plan import MixingPlan
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class MessageLayout:
 
 def message_layout(plan: MixingPlan, numel: int, dtype: torch.dtype, staleness: int) -> MessageLayout:
     """The layout of the messages a cell exchanges (the shared-memory board is sized by it)."""
+    import torch  # here, not above: checking a grid's layout (`BlockGraph`) must not load torch
+
     if staleness > 0 and plan.has_edges and plan.column_stochastic:
         return MessageLayout(numel + 1, torch.float64, True)  # cumulative sums need float64
     if plan.push_sum:

@@ -33,16 +33,17 @@ from benchbase.checkpoints.resume import (
     default_every,
 )
 from benchbase.comm.block import BlockMixer
-from benchbase.comm.block_exchange import BlockExchange, BlockGraph, build_block_exchange
+from benchbase.comm.block_exchange import BlockExchange, build_block_exchange
+from benchbase.comm.block_graph import BlockGraph
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.comm.shm import synchronous_slots
 from benchbase.grid.cell import Cell
 from benchbase.learner.build import initialise_from, learner_spec, simulator_seed, simulator_tasks
+from benchbase.learner.cell_plugins import CellPlugins
 from benchbase.learner.evaluation import Evaluator
 from benchbase.learner.events import Note, Report, Resumed, Started
 from benchbase.learner.loop import LoopContext, _Training
 from benchbase.learner.process import (
-    CellPlugins,
     _device_group,
     _finish,
     _join_group,

@@ -4,22 +4,20 @@ resume, the loop, result files.
 `run_learner` is independent of how the process was started: the local launcher calls it in a
 forked process, and a torchrun worker calls it with rank and rendezvous from the environment.
 It reports typed events (`benchbase.learner.events`) through a callback and writes its own
-Parquet files. Learner blocks (several learners with stacked parameters in one process, DESIGN §6)
-would be built in `_build` and driven by one loop per block in place of `train`.
+Parquet files. A block of several learners in one process runs in `benchbase.learner.block`,
+which shares this module's group, resume and result helpers.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from benchbase.api.contracts import ConsensusParams, GossipParams, params_of
 from benchbase.api.registry import Registry, load_registry
 from benchbase.checkpoints import checkpoint
 from benchbase.checkpoints.resume import (
@@ -40,6 +38,7 @@ from benchbase.comm.shm import (
 )
 from benchbase.grid.cell import Cell
 from benchbase.learner.build import build_learner, initialise_from, simulator_seed, simulator_tasks
+from benchbase.learner.cell_plugins import CellPlugins
 from benchbase.learner.evaluation import Evaluator
 from benchbase.learner.events import Note, Report, Resumed
 from benchbase.learner.loop import (
@@ -50,40 +49,6 @@ from benchbase.learner.loop import (
 )
 from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
 from benchbase.results import RowBuffer, RunFolder, write_table
-
-
-@dataclass(frozen=True)
-class CellPlugins:
-    """A cell's plugins and their parameters, resolved in this process."""
-
-    algorithm: Any
-    topology: Any
-    family: Any
-    algorithm_params: Any
-    topology_params: Any
-    env_params: Any
-    staleness: int  # 0: synchronous diffusion
-    link_drop: float
-    num_peers: int | None
-
-    @classmethod
-    def resolve(cls, registry: Registry, cell: Cell) -> CellPlugins:
-        algorithm = registry.get("algorithm", cell.algorithm)
-        topology = registry.get("topology", cell.topology)
-        family = registry.get("env", cell.env)
-        algorithm_params = params_of(algorithm, cell.algorithm_params)
-        communicates = isinstance(algorithm_params, ConsensusParams)
-        return cls(
-            algorithm,
-            topology,
-            family,
-            algorithm_params,
-            params_of(topology, cell.topology_params),
-            params_of(family, cell.env_params),
-            staleness=algorithm_params.staleness if communicates else 0,
-            link_drop=algorithm_params.link_drop if communicates else 0.0,
-            num_peers=algorithm_params.num_peers if isinstance(algorithm_params, GossipParams) else None,
-        )
 
 
 def run_learner(launch: LearnerLaunch, report: Report) -> dict[str, Any]:

@@ -23,13 +23,12 @@ import os
 from typing import Any
 
 from benchbase.api.contracts import Algorithm, params_of
-from benchbase.comm.block import block_mixing_refusal
-from benchbase.comm.block_exchange import BlockGraph
+from benchbase.comm.block_graph import BlockGraph, block_mixing_refusal
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.comm.shm import MAX_SLOTS, message_slots
 from benchbase.errors import UserError
 from benchbase.grid.cell import Cell
-from benchbase.learner.process import CellPlugins
+from benchbase.learner.cell_plugins import CellPlugins
 from benchbase.learner.settings import ExecutionSettings
 from benchbase.run.placement import device_for
 
@@ -68,13 +67,13 @@ def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings)
         return 1
     if asked is None and settings.transport != "auto":  # a transport between the learners' processes
         return 1
-    on_cpu = device_for(0, settings.device) == "cpu"  # `auto` without CUDA too
-    if asked is None and on_cpu and cell.learner_processes <= len(os.sched_getaffinity(0)):
+    if asked is None and cell.learner_processes <= len(os.sched_getaffinity(0)):
         # Frames on a CPU with a core per learner: a process per learner convolves on cores of its
         # own, faster than a block's threads (2 Atari learners on 2 cores: 283 steps/s against
         # 206); with more learners than cores the block wins (4 on 2 cores: 164 against 102).
+        # The device last: asking whether CUDA is there (`auto`) imports torch.
         plugins = CellPlugins.resolve(registry, cell)
-        if _observation_kind(plugins.family, cell) == "image":
+        if _observation_kind(plugins.family, cell) == "image" and device_for(0, settings.device) == "cpu":
             return 1
     return cell.learner_processes if asked is None else asked
 

@@ -11,7 +11,8 @@ import torch
 
 from benchbase.api.contracts import params_of
 from benchbase.api.registry import load_registry
-from benchbase.comm.block import BlockMixer, block_mixing_refusal
+from benchbase.comm.block import BlockMixer
+from benchbase.comm.block_graph import block_mixing_refusal
 from benchbase.comm.mixing_plan import MixingPlan, build_mixing_plan
 from benchbase.comm.rules import diffuse, phase_weights
 
@@ -158,7 +159,7 @@ def test_blocks_exchange_only_the_rows_other_blocks_read(registry):
     rows, never the whole block nor every block's rows."""
     from dist_helpers import block_mixing_suite, run_group
 
-    from benchbase.comm.block_exchange import BlockGraph
+    from benchbase.comm.block_graph import BlockGraph
 
     plan = plan_for(registry, "ring", 12)
     graph = BlockGraph(plan, 4)
@@ -174,7 +175,7 @@ def test_blocks_exchange_only_the_rows_other_blocks_read(registry):
 def test_a_time_varying_graph_between_blocks_reads_phase_by_phase(registry):
     """The time-varying exponential graph on 8 learners in 2 blocks of 4: each phase reads only that
     phase's in-neighbours from the other block; a block's message holds the rows any phase reads."""
-    from benchbase.comm.block_exchange import BlockGraph
+    from benchbase.comm.block_graph import BlockGraph
 
     plan = plan_for(registry, "exponential", 8)
     graph = BlockGraph(plan, 4)
