@@ -517,6 +517,9 @@ def run(
         if launcher == "local" and jobs is None:
             jobs = cells_at_once(cells, registry)
         check_memory(cells, registry, jobs if launcher == "local" else 1)
+        from benchbase.run.blocks import check_gpu_memory
+
+        check_gpu_memory(cells, registry, settings)
     if dry_run:
         _print_cells(console, cells, out, registry, as_json)
         return
@@ -946,9 +949,11 @@ def _run_cells_of_folder(
     if dry_run:
         return _print_cells(console, [cell for cell in cells if cell.cell_id in set(cell_ids)], out, registry, as_json)
     if not worker:
-        from benchbase.run.blocks import check_process_layout
+        from benchbase.run.blocks import check_gpu_memory, check_process_layout
 
-        check_process_layout([cell for cell in cells if cell.cell_id in set(cell_ids)], registry, settings)
+        chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
+        check_process_layout(chosen, registry, settings)
+        check_gpu_memory(chosen, registry, settings)
     if worker:
         from benchbase.run.torchrun import run_as_worker
 

@@ -402,8 +402,9 @@ class Algorithm(Component):
         return None
 
     def model_bytes(self, params: Any, observation_space: Any, action_space: Any) -> int | None:
-        """Bytes of one learner's model parameters, so a network too large for the machine is
-        refused before the run. None when unknown."""
+        """Bytes of one learner's model parameters, so a network too large for the machine (or
+        for a GPU, with the learners it would host) is refused before the run. None when unknown.
+        Called while `bench run` checks a grid: count from the spaces, without importing torch."""
         return None
 
     def segment_bytes(self, params: Any, observation_space: Any, action_space: Any) -> int | None:

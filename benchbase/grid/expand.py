@@ -311,7 +311,7 @@ def check_memory(cells: Sequence[Cell], registry: Registry, cells_at_once: int, 
     available = machine_memory() if available is None else available
     if not available:
         return
-    largest = _memory_needs(cells, registry)
+    largest = memory_needs(cells, registry)
     total = sum(need[0] for need in largest[: max(cells_at_once, 1)])
     if total <= available:
         return
@@ -332,7 +332,7 @@ def cells_that_fit(cells: Sequence[Cell], registry: Registry, at_most: int, avai
     if not available:
         return max(at_most, 1)
     fitting, total = 0, 0
-    for size, *_ in _memory_needs(cells, registry)[:at_most]:
+    for size, *_ in memory_needs(cells, registry)[:at_most]:
         total += size
         if total > available:
             break
@@ -340,9 +340,10 @@ def cells_that_fit(cells: Sequence[Cell], registry: Registry, at_most: int, avai
     return max(fitting, 1)
 
 
-def _memory_needs(cells: Sequence[Cell], registry: Registry) -> list[tuple[int, Cell, int, int]]:
+def memory_needs(cells: Sequence[Cell], registry: Registry) -> list[tuple[int, Cell, int, int]]:
     """(bytes, cell, replay bytes per learner, model bytes per learner) of each setting of the
-    grid (the seeds of one setting need the same), largest first."""
+    grid (the seeds of one setting need the same), largest first; the model's bytes are
+    MODEL_COPIES copies of its parameters."""
     cache: dict[str, tuple[Any, Any]] = {}
     needs: dict[str, tuple[int, Cell, int, int]] = {}
     for cell in cells:

@@ -27,10 +27,11 @@ from benchbase.comm.block_graph import BlockGraph, block_mixing_refusal
 from benchbase.comm.mixing_plan import build_mixing_plan
 from benchbase.comm.shm import MAX_SLOTS, message_slots
 from benchbase.errors import UserError
+from benchbase.formatting import size
 from benchbase.grid.cell import Cell
 from benchbase.learner.cell_plugins import CellPlugins
 from benchbase.learner.settings import ExecutionSettings
-from benchbase.run.placement import device_for
+from benchbase.run.placement import device_for, gpu_memory
 
 _observation_kinds: dict[str, str] = {}
 
@@ -88,6 +89,36 @@ def check_process_layout(cells: list[Cell], registry: Any, settings: ExecutionSe
             if reason is not None:
                 hint = "--transport auto or p2p sends them over gloo"
                 raise UserError(f"--transport shm: {_label(cell)}: {reason} ({hint})")
+
+
+def check_gpu_memory(
+    cells: list[Cell], registry: Any, settings: ExecutionSettings, gpus: list[int] | None = None
+) -> None:
+    """A UserError naming the first cell whose learners would not fit on a GPU, before anything
+    runs: the learners one GPU hosts (its share of the cell's processes, round-robin, times the
+    learners a process hosts) times each learner's model (`memory_needs`: parameters, gradients and
+    optimiser state), against the smallest GPU's memory (`gpus`: bytes per GPU, default
+    `gpu_memory()`). Activations and CUDA's own memory come on top, so what it refuses cannot fit."""
+    if settings.device == "cpu":
+        return
+    gpus = gpu_memory() if gpus is None else gpus
+    if not gpus or device_for(0, settings.device) == "cpu":  # `auto` without CUDA (asked last: imports torch)
+        return
+    from benchbase.grid.expand import memory_needs
+
+    for _, cell, _, model in memory_needs(cells, registry):
+        per_process = learners_per_process(cell, registry, settings)
+        processes = cell.learner_processes // per_process
+        on_one_gpu = -(-processes // min(processes, len(gpus))) * per_process
+        if on_one_gpu * model > min(gpus):
+            hint = "fewer learners per process, more GPUs, fewer learners or a smaller network"
+            if per_process == 1:
+                hint = "more GPUs, fewer learners or a smaller network"
+            raise UserError(
+                f"GPU memory: {_label(cell)} puts {on_one_gpu} learners on one GPU, about "
+                f"{size(on_one_gpu * model)} for their models alone, more than the {size(min(gpus))} "
+                f"of {'the smallest' if len(gpus) > 1 else 'this'} GPU: {hint}"
+            )
 
 
 def shared_memory_refusal(cell: Cell, registry: Any, settings: ExecutionSettings) -> str | None:

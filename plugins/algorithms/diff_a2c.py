@@ -21,6 +21,7 @@ import numpy as np
 from benchbase import Algorithm, ConsensusParams, EnvBlock, LearnerSpec, hookimpl, lazy_import, param
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.block import OnPolicyBlock, block_of
+from plugins.algorithms.common.model_size import actor_critic_bytes
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.on_policy import BlockRollout, OnPolicyLearner, Rollout
 from plugins.algorithms.common.returns import discounted_returns, gae_advantages
@@ -164,6 +165,9 @@ class DiffA2C(Algorithm):
 
     def steps_per_simulator(self, params: A2CParams) -> int:
         return params.n_steps
+
+    def model_bytes(self, params: A2CParams, observation_space, action_space) -> int:
+        return actor_critic_bytes(observation_space, action_space, params.hidden)
 
     def make_learner(self, params: A2CParams, spec: LearnerSpec) -> A2CLearner:
         return A2CLearner(params, spec)

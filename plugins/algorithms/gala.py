@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchbase import Algorithm, GossipParams, IterationOutput, LearnerSpec, hookimpl, param
+from plugins.algorithms.common.model_size import actor_critic_bytes
 from plugins.algorithms.common.schedules import anneal, remaining_fraction
 from plugins.algorithms.diff_a2c import A2CLearner, A2CParams
 
@@ -71,6 +72,9 @@ class Gala(Algorithm):
 
     def steps_per_simulator(self, params: GalaParams) -> int:
         return params.n_steps
+
+    def model_bytes(self, params: GalaParams, observation_space, action_space) -> int:
+        return actor_critic_bytes(observation_space, action_space, params.hidden)
 
     def make_learner(self, params: GalaParams, spec: LearnerSpec) -> GalaLearner:
         return GalaLearner(params, spec)

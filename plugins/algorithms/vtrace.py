@@ -29,6 +29,7 @@ from benchbase import Algorithm, ConsensusParams, EnvBlock, LearnerSpec, hookimp
 from plugins.algorithms.common import distributions
 from plugins.algorithms.common.block import block_of
 from plugins.algorithms.common.distributions import kl_divergence
+from plugins.algorithms.common.model_size import actor_critic_bytes
 from plugins.algorithms.common.normalisation import NormaliserMode
 from plugins.algorithms.common.off_policy import OffPolicyLearner, SampledBatch, segment_bytes
 from plugins.algorithms.common.off_policy_block import OffPolicyBlock
@@ -309,6 +310,9 @@ class VTrace(Algorithm):
 
     def steps_per_simulator(self, params: VTraceParams) -> int:
         return params.unroll_length
+
+    def model_bytes(self, params: VTraceParams, observation_space, action_space) -> int:
+        return actor_critic_bytes(observation_space, action_space, params.hidden)
 
     def make_learner(self, params: VTraceParams, spec: LearnerSpec) -> VTraceLearner:
         return VTraceLearner(params, spec)

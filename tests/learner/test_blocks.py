@@ -386,3 +386,64 @@ def test_shared_memory_asked_for_a_graph_it_cannot_carry_is_one_line_and_exit_2(
     assert "--transport shm: cell" in result.stderr and "more than a shared-memory segment holds" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_learners_that_would_not_fit_on_a_gpu_are_refused_in_one_line(monkeypatch):
+    """The learners one GPU would host (its share of the cell's processes times the learners a
+    process hosts), each with its model's copies, against the smallest GPU's memory; checked on
+    this CPU machine with the GPUs' sizes given and CUDA said to be present."""
+    from benchbase.errors import UserError
+    from benchbase.grid.expand import memory_needs
+    from benchbase.run import blocks
+
+    registry = load_registry()
+    cell = cell_of(learners=16)
+    ((_, _, _, model),) = memory_needs([cell], registry)
+    assert model > 0
+
+    def check(gpus: list[int], device: str = "cuda", per_process: int | None = None) -> None:
+        settings = ExecutionSettings(device=device, learners_per_process=per_process)
+        blocks.check_gpu_memory([cell], registry, settings, gpus)
+
+    check([1], device="cpu")  # the CPU: no GPU to fit
+    monkeypatch.setattr(blocks, "device_for", lambda rank, requested, gpus=(): "cpu")
+    check([1], device="auto")  # auto without CUDA runs on the CPU
+    monkeypatch.setattr(blocks, "device_for", lambda rank, requested, gpus=(): "cuda:0")
+    check([16 * model])  # one block of 16 on one GPU
+    with pytest.raises(UserError, match="puts 16 learners on one GPU.*than the .* of this GPU: fewer learners per"):
+        check([16 * model - 1])
+    check([4 * model] * 4, per_process=4)  # a block of 4 on each of 4 GPUs
+    with pytest.raises(UserError, match="puts 8 learners on one GPU.*of the smallest GPU"):
+        check([4 * model] * 2, per_process=4)  # 4 blocks on 2 GPUs: two on each
+    with pytest.raises(UserError, match="puts 8 learners on one GPU"):
+        check([8 * model, 4 * model, 8 * model], per_process=4)  # the smallest GPU sets the bound
+    check([model] * 16, per_process=1)  # a learner per GPU
+    with pytest.raises(UserError, match=r"puts 2 learners on one GPU.*: more GPUs, fewer learners"):
+        check([model] * 8, per_process=1)
+
+
+def test_gpu_memory_reads_nvidia_smi_for_the_gpus_cuda_sees(monkeypatch):
+    from benchbase.run import placement
+
+    listing = "0, GPU-aaaa, 81559\n1, GPU-bbbb, 40960\n"
+
+    def nvidia_smi(command, **kwargs):
+        assert command[0] == "nvidia-smi"
+        return subprocess.CompletedProcess(command, 0, stdout=listing, stderr="")
+
+    monkeypatch.setattr(placement.subprocess, "run", nvidia_smi)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert placement.gpu_memory() == [81559 * 2**20, 40960 * 2**20]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert placement.gpu_memory() == [40960 * 2**20]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaaa")
+    assert placement.gpu_memory() == [81559 * 2**20]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert placement.gpu_memory() == []
+
+    def missing(command, **kwargs):
+        raise FileNotFoundError(command[0])
+
+    monkeypatch.setattr(placement.subprocess, "run", missing)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert placement.gpu_memory() == []
