@@ -96,9 +96,10 @@ def check_gpu_memory(
 ) -> None:
     """A UserError naming the first cell whose learners would not fit on a GPU, before anything
     runs: the learners one GPU hosts (its share of the cell's processes, round-robin, times the
-    learners a process hosts) times each learner's model (`memory_needs`: parameters, gradients and
-    optimiser state), against the smallest GPU's memory (`gpus`: bytes per GPU, default
-    `gpu_memory()`). Activations and CUDA's own memory come on top, so what it refuses cannot fit."""
+    learners a process hosts) times each learner's model as the machine's memory check estimates
+    it (`memory_needs`: MODEL_COPIES copies of the parameters: themselves, their gradients and an
+    optimiser's two moments), against the smallest GPU's memory (`gpus`: bytes per GPU, default
+    `gpu_memory()`). Activations and CUDA's own memory come on top."""
     if settings.device == "cpu":
         return
     gpus = gpu_memory() if gpus is None else gpus
