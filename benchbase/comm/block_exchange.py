@@ -5,10 +5,11 @@ A cell of N learners runs as N/K processes of K consecutive learners. Block b's 
 at each iteration, the rows of its learners' in-neighbours that live in other blocks, and
 nothing else: for a ring that is one row from each neighbouring block, whatever N.
 `benchbase.comm.block_graph.BlockGraph` is the cell's graph seen between blocks (which rows each
-block reads from which, phase by phase); `BlockExchange` carries them with the transports learners use between processes
-(`benchbase.comm.transports`): shared-memory segments on one host, gloo point-to-point messages,
-or an NCCL group between GPUs. Each block sends one message, its boundary rows (those any other
-block reads in some phase), to the blocks that read them this phase.
+block reads from which, phase by phase); `BlockExchange` carries them with the transports
+learners use between processes (`benchbase.comm.transports`): shared-memory segments on one
+host, gloo point-to-point messages, or an NCCL group between GPUs. Each block sends one message,
+its boundary rows (those any other block reads in some phase), to the blocks that read them this
+phase.
 """
 
 from __future__ import annotations

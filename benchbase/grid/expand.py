@@ -249,16 +249,23 @@ def probe_spaces(family: Any, env_params: Any) -> tuple[str, str]:
         env.close()
 
 
-def _spaces(cell: Cell, registry: Registry, cache: dict[str, tuple[Any, Any]]) -> tuple[Any, Any]:
-    """(observation space, action space) of a cell's env, one simulator built per distinct env."""
+# (family, (observation space, action space)) by env and parameters: the replay and memory
+# estimates and the GPU check each ask for every cell's spaces, and building a simulator is slow.
+_spaces_of_env: dict[str, tuple[Any, tuple[Any, Any]]] = {}
+
+
+def _spaces(cell: Cell, registry: Registry) -> tuple[Any, Any]:
+    """(observation space, action space) of a cell's env, one simulator built per distinct env
+    (and family: another registry may name another family alike)."""
+    family = registry.get("env", cell.env)
     key = json.dumps([cell.env, cell.env_params], sort_keys=True, default=str)
-    if key not in cache:
-        family = registry.get("env", cell.env)
+    cached = _spaces_of_env.get(key)
+    if cached is None or cached[0] is not family:
         fixed = without_resampling(params_of(family, cell.env_params))
         env = family.make_env(fixed, family.training_tasks(fixed, 1, 0), 0)
-        cache[key] = (env.observation_space, env.action_space)
+        cached = _spaces_of_env[key] = (family, (env.observation_space, env.action_space))
         env.close()
-    return cache[key]
+    return cached[1]
 
 
 def _replay_bytes(cell: Cell, registry: Registry, spaces: tuple[Any, Any]) -> int | None:
@@ -280,11 +287,10 @@ def replay_memory(cells: Sequence[Cell], registry: Registry) -> list[tuple[str, 
     """(label, bytes) per distinct off-policy setting: at most how much one learner's replay
     buffers hold when full, from the algorithm's `segment_bytes` and the strategies' capacities."""
     found: dict[str, int] = {}
-    cache: dict[str, tuple[Any, Any]] = {}
     for cell in cells:
         if not registry.get("algorithm", cell.algorithm).uses_replay:
             continue
-        size = _replay_bytes(cell, registry, _spaces(cell, registry, cache))
+        size = _replay_bytes(cell, registry, _spaces(cell, registry))
         if size is not None:
             label = f"{cell.algorithm} · {cell.replay} · {cell.env}"
             found[label] = max(found.get(label, 0), size)
@@ -344,14 +350,13 @@ def memory_needs(cells: Sequence[Cell], registry: Registry) -> list[tuple[int, C
     """(bytes, cell, replay bytes per learner, model bytes per learner) of each setting of the
     grid (the seeds of one setting need the same), largest first; the model's bytes are
     MODEL_COPIES copies of its parameters."""
-    cache: dict[str, tuple[Any, Any]] = {}
     needs: dict[str, tuple[int, Cell, int, int]] = {}
     for cell in cells:
         key = json.dumps({**cell.config(), "seed": None}, sort_keys=True, default=str)
         if key in needs:
             continue
         algorithm = registry.get("algorithm", cell.algorithm)
-        spaces = _spaces(cell, registry, cache)
+        spaces = _spaces(cell, registry)
         replay = _replay_bytes(cell, registry, spaces) or 0
         model = (algorithm.model_bytes(params_of(algorithm, cell.algorithm_params), *spaces) or 0) * MODEL_COPIES
         needs[key] = (cell.learner_processes * (replay + model), cell, replay, model)

@@ -761,6 +761,24 @@ def test_memory_is_checked_against_the_machine(registry):
         check_memory(cells, registry, cells_at_once=1, available=2**20)
 
 
+def test_the_estimates_build_one_simulator_per_env_whatever_asks(registry, monkeypatch):
+    """The replay and memory estimates (and the GPU check) all read every cell's spaces: one
+    simulator is built per env and parameters, not one per question."""
+    from benchbase.grid import expand as expand_module
+
+    monkeypatch.setattr(expand_module, "_spaces_of_env", {})
+    family = registry.get("env", "CartPole-v1")
+    built = []
+    make_env = family.make_env
+    monkeypatch.setattr(family, "make_env", lambda *args: built.append(args) or make_env(*args))
+    cells = plan(registry, a=("vtrace",), r=("uniform:capacity=1000",), e=("CartPole-v1",), seeds=2).cells
+    built.clear()  # expanding the grid probes its spaces its own way
+    expand_module.replay_memory(cells, registry)
+    expand_module.memory_needs(cells, registry)
+    expand_module.check_memory(cells, registry, cells_at_once=1, available=2**40)
+    assert len(built) == 1
+
+
 def test_a_connected_topology_needs_two_learners_and_isolated_does_not(registry):
     with pytest.raises(UserError, match="topology ring needs at least 2 learners and the cell has 1"):
         plan(registry, learners=1)

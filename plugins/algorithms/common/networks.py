@@ -22,6 +22,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional
 
+from plugins.algorithms.common.model_size import NATURE_CNN_CONVOLUTIONS, NATURE_CNN_FEATURES, action_outputs
 from plugins.algorithms.common.observations import is_image
 
 
@@ -37,11 +38,6 @@ def _conv(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.C
     nn.init.orthogonal_(layer.weight, math.sqrt(2))
     nn.init.zeros_(layer.bias)
     return layer
-
-
-def _action_outputs(action_space: spaces.Space) -> tuple[bool, int]:
-    continuous = isinstance(action_space, spaces.Box)
-    return continuous, int(np.prod(action_space.shape)) if continuous else int(action_space.n)
 
 
 class ActorCritic(nn.Module):
@@ -91,7 +87,7 @@ class MLPActorCritic(ActorCritic):
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, hidden: int = 64) -> None:
         super().__init__()
         obs_dim = int(np.prod(observation_space.shape))
-        self.continuous, self.action_outputs = _action_outputs(action_space)
+        self.continuous, self.action_outputs = action_outputs(action_space)
         self.feature_dim = hidden
         self.actor_trunk = nn.Sequential(
             _linear(obs_dim, hidden, math.sqrt(2)), nn.Tanh(), _linear(hidden, hidden, math.sqrt(2)), nn.Tanh()
@@ -133,19 +129,15 @@ class NatureCNNActorCritic(ActorCritic):
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, hidden: int = 512) -> None:
         super().__init__()
         channels, height, width = observation_space.shape
-        self.continuous, self.action_outputs = _action_outputs(action_space)
-        convolutions = nn.Sequential(
-            _conv(channels, 32, 8, 4),
-            nn.ReLU(),
-            _conv(32, 64, 4, 2),
-            nn.ReLU(),
-            _conv(64, 64, 3, 1),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
+        self.continuous, self.action_outputs = action_outputs(action_space)
+        layers: list[nn.Module] = []
+        for out_channels, kernel, stride in NATURE_CNN_CONVOLUTIONS:
+            layers += [_conv(channels, out_channels, kernel, stride), nn.ReLU()]
+            channels = out_channels
+        convolutions = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():
-            flat = convolutions(torch.zeros(1, channels, height, width)).shape[1]
-        self.feature_dim = 512
+            flat = convolutions(torch.zeros(1, observation_space.shape[0], height, width)).shape[1]
+        self.feature_dim = NATURE_CNN_FEATURES
         self.trunk = nn.Sequential(convolutions, _linear(flat, self.feature_dim, math.sqrt(2)), nn.ReLU())
         self.actor_head = _linear(self.feature_dim, self.action_outputs, 0.01)
         self.value_head = _linear(self.feature_dim, 1, 1.0)

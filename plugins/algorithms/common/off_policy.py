@@ -35,10 +35,10 @@ import threading
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
-from gymnasium import spaces
 
 from benchbase import BatchPreparer, FinishedEpisode, IterationOutput, LearnerSpec, ReplayMix, Segment, lazy_import
 from plugins.algorithms.common import distributions
+from plugins.algorithms.common.model_size import NATURE_CNN_FEATURES, action_outputs
 from plugins.algorithms.common.observations import is_image
 from plugins.algorithms.common.rollout import RolloutLearner, RolloutParams
 
@@ -330,11 +330,10 @@ def segment_bytes(unroll_length: int, hidden: int, observation_space: Any, actio
     """Bytes of one segment as `collect_segments` stores it: float32 everywhere except frames
     (uint8) and discrete actions (int64)."""
     steps, obs = unroll_length, int(np.prod(observation_space.shape))
-    continuous = isinstance(action_space, spaces.Box)
-    outputs = int(np.prod(action_space.shape)) if continuous else int(action_space.n)
+    continuous, outputs = action_outputs(action_space)
     # observations, rewards and discounts, behaviour logits (or means), values, features
     frames = is_image(observation_space)
-    features = 512 if frames else hidden  # the Nature CNN's width is fixed
+    features = NATURE_CNN_FEATURES if frames else hidden  # the Nature CNN's width is fixed
     floats = 2 * steps + steps * outputs + (steps + 1) + steps * features
     observation_bytes = (steps + 1) * obs * (1 if frames else 4)  # frames are stored as uint8
     if continuous:
