@@ -35,6 +35,7 @@ from benchbase.comm.mixing_plan import MixingPlan
 BLOCK_TRANSPORT = "block"
 
 
+CONSENSUS_SCRATCH = 1 << 22  # values (16 MiB of float32) measuring consensus takes at most
 SHIFTS_FROM = 16  # blocks of fewer rows mix by one product (benchmarks/block_mixing.py)
 
 
@@ -230,9 +231,16 @@ class BlockMixer:
             mean = params.sum(0) / n
             # Into a buffer kept for it: a fresh [N, numel] temporary each time cost a 256-learner
             # block 10 ms a measurement in its process (0.7 ms in a loop that reuses the memory).
+            # A bounded one, a slice of columns at a time: wide models would need another copy
+            # of every parameter for it (small ones fit in one slice, summed as one block).
+            columns = min(self.parameter_numel, max(1, CONSENSUS_SCRATCH // n))
             if self._deviations is None:
-                self._deviations = torch.empty_like(params)
-            spread = float(torch.sub(params, mean, out=self._deviations).square_().sum(1).double().sum())
+                self._deviations = params.new_empty((n, columns))
+            spread = 0.0
+            for start in range(0, self.parameter_numel, columns):
+                part = params[:, start : start + columns]
+                deviations = torch.sub(part, mean[start : start + columns], out=self._deviations[:, : part.shape[1]])
+                spread += float(deviations.square_().sum(1).double().sum())
             self._consensus = 0.0 if n == 1 else math.sqrt(spread / n) / (float(mean.norm()) + 1e-12)
         return self._consensus
 

@@ -18,7 +18,7 @@ class FlatParameters:
     """Re-seats every parameter of `modules` into one buffer. Build optimisers on `.parameter`;
     the core mixes `.mixed` (the parameters, then `extra` values)."""
 
-    def __init__(self, *modules: nn.Module, extra: int = 0) -> None:
+    def __init__(self, *modules: nn.Module, extra: int = 0, learns: bool = True) -> None:
         params = [p for module in modules for p in module.parameters()]
         if not params:
             raise ValueError("a model without parameters has nothing to mix")
@@ -29,33 +29,37 @@ class FlatParameters:
         for p in params:
             mixed[offset : offset + p.numel()].copy_(p.detach().reshape(-1))
             offset += p.numel()
-        self._views = params
-        self._seat(mixed, torch.zeros(total, dtype=first.dtype, device=first.device))
+        self._views, self._total = params, total
+        # Parameters that never learn (a behaviour policy copied from the learner) need no gradients.
+        self._seat(mixed, torch.zeros(total, dtype=first.dtype, device=first.device) if learns else None)
 
     def reseat(self, mixed: torch.Tensor, grad: torch.Tensor | None = None) -> None:
         """Move the buffers into `mixed` and `grad` (a learner block's rows of its stacked
         buffers), values kept: the model's parameters and gradients become views of them.
-        Without `grad` the gradients stay in their own buffer (parameters that do not learn)."""
-        total = self.parameter.numel()
-        grad = self.parameter.grad if grad is None else grad
-        if mixed.shape != self.mixed.shape or grad.shape != (total,):
-            shapes = f"{tuple(mixed.shape)} and {tuple(grad.shape)}"
+        Without `grad` the gradients stay where they are (in their own buffer, or none for
+        parameters that do not learn)."""
+        total, own = self._total, self.parameter.grad
+        grad = own if grad is None else grad
+        if mixed.shape != self.mixed.shape or (grad is not None and grad.shape != (total,)):
+            shapes = f"{tuple(mixed.shape)} and {None if grad is None else tuple(grad.shape)}"
             raise ValueError(f"reseat: buffers of {shapes} for {self.mixed.numel()} values and {total} gradients")
         mixed.copy_(self.mixed)
-        if grad is not self.parameter.grad:
-            grad.copy_(self.parameter.grad)
+        if grad is not own and own is not None:
+            grad.copy_(own)
+        elif grad is not own:
+            grad.zero_()
         self._seat(mixed, grad)
 
-    def _seat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:
-        """Make every parameter a view of `mixed` and its gradient a view of `grad`."""
-        total = grad.numel()
+    def _seat(self, mixed: torch.Tensor, grad: torch.Tensor | None) -> None:
+        """Make every parameter a view of `mixed` and its gradient a view of `grad` (None: no gradient)."""
+        total = self._total
         data, offset = mixed[:total], 0
         for p in self._views:
             size = p.numel()
             p.data = data[offset : offset + size].view_as(p)
-            p.grad = grad[offset : offset + size].view_as(p)
+            p.grad = None if grad is None else grad[offset : offset + size].view_as(p)
             offset += size
-        self.parameter = nn.Parameter(data)
+        self.parameter = nn.Parameter(data, requires_grad=grad is not None)
         self.parameter.grad = grad
         self.mixed = mixed
         self.extra = mixed[total:]

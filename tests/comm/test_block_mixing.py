@@ -103,6 +103,20 @@ def test_consensus_is_measured_on_the_parameters_as_between_processes(registry):
     assert mixer.consensus_distance() < expected  # mixing brings them closer
 
 
+def test_consensus_measured_a_slice_of_columns_at_a_time_is_the_whole_measurement(registry, monkeypatch):
+    """Its work buffer is bounded (CONSENSUS_SCRATCH values), not another copy of every
+    parameter; slices of columns give the same figure as one pass (within rounding)."""
+    from benchbase.comm import block
+
+    plan = plan_for(registry, "ring", 4)
+    buffers = torch.randn(4, NUMEL)
+    whole = BlockMixer(plan, buffers, PARAMETERS).consensus_distance()
+    monkeypatch.setattr(block, "CONSENSUS_SCRATCH", 4 * 7)  # 7 columns a slice: the last one shorter
+    sliced = BlockMixer(plan, buffers, PARAMETERS)
+    assert sliced.consensus_distance() == pytest.approx(whole, rel=1e-6)
+    assert sliced._deviations.shape == (4, 7) and PARAMETERS % 7
+
+
 def test_isolated_learners_do_not_mix(registry):
     plan = plan_for(registry, "isolated", 3)
     buffers = torch.randn(3, NUMEL)

@@ -103,6 +103,7 @@ class BlockMember(Learner):
         self.block.load_learner_state(self.index)
         if mode != "model":
             self.block.load_optimizer_row(self.index, state["optimizer"])
+        self.learner.optimizer.state.clear()  # the block's optimiser steps this learner: its own keeps no moments
 
     def close(self) -> None:
         self.learner.close()

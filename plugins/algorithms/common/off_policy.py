@@ -115,8 +115,7 @@ class OffPolicyLearner(RolloutLearner[SampledBatch]):
         from benchbase import FlatParameters  # imports torch: here, not with the plugin
 
         self.behaviour = copy.deepcopy(self.model)
-        self.behaviour_flat = FlatParameters(self.behaviour)
-        self.behaviour_flat.parameter.requires_grad_(False)
+        self.behaviour_flat = FlatParameters(self.behaviour, learns=False)
         self.refreshed_at = 0  # the update count at the last copy
 
         num_envs = self.env.num_envs

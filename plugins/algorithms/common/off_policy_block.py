@@ -46,7 +46,6 @@ class OffPolicyBlock(RolloutBlock):
         self._behaviour_rows = torch.zeros(rows, total, dtype=self._stacked.dtype, device=self.device)
         for k, learner in enumerate(learners):
             learner.behaviour_flat.reseat(self._behaviour_rows[k])  # μ does not learn: no gradient rows
-            learner.behaviour_flat.parameter.requires_grad_(False)
         self.behaviour = stacked_network(first.behaviour, self._behaviour_rows)
         steps, simulators = self.n_steps, first.env.num_envs
         self._behaviour_out = np.zeros((steps, rows, simulators, first.model.action_outputs), dtype=np.float32)

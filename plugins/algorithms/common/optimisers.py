@@ -152,7 +152,8 @@ class Adam(_LeanStep, torch.optim.Adam):
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        # The bias corrections as torch's single-tensor step computes them: Python floats.
+        # The bias corrections as torch's single-tensor step computes them: Python floats. The
+        # division in place: the same bits as torch's, one temporary copy of the moments fewer.
         step_size = group["lr"] / (1 - beta1**step)
-        denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
+        denom = exp_avg_sq.sqrt().div_((1 - beta2**step) ** 0.5).add_(group["eps"])
         param.addcdiv_(exp_avg, denom, value=-step_size)

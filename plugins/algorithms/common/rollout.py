@@ -137,7 +137,14 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
     def reseat(self, mixed: torch.Tensor, grad: torch.Tensor) -> None:
         """Move the learner's buffers into a learner block's rows (`FlatParameters.reseat`);
         mixed observation statistics live in that buffer, so they move with it."""
+        moved = self.flat.parameter
         self.flat.reseat(mixed, grad)
+        # The optimiser follows the parameter, so the buffers it leaves behind are freed (a
+        # block's learner would otherwise keep two copies of its parameters it never uses).
+        for group in self.optimizer.param_groups:
+            group["params"] = [self.flat.parameter if param is moved else param for param in group["params"]]
+        if moved in self.optimizer.state:
+            self.optimizer.state[self.flat.parameter] = self.optimizer.state.pop(moved)
         if isinstance(self.obs_normaliser.stats, MixedStatistics):
             self.obs_normaliser.stats.values = self.flat.extra
 

@@ -107,6 +107,28 @@ def test_a_block_learners_checkpoint_is_a_learner_checkpoint_and_back():
     torch.testing.assert_close(row, alone[1].optimizer.state_dict()["state"][0]["square_avg"])
 
 
+def storages(*tensors: torch.Tensor) -> set[int]:
+    return {tensor.untyped_storage().data_ptr() for tensor in tensors}
+
+
+def test_a_blocks_learners_keep_no_parameters_or_moments_of_their_own():
+    """A block's learners step through the block's optimiser: their own optimisers follow their
+    parameters into the block's rows and hold no moments, even after loading a checkpoint, so a
+    block holds its parameters, gradients and moments once (benchmarks/model_memory.py)."""
+    _, alone, block = learners_and_block(False)
+    rows = storages(block.parameters(), block.parameter.grad)
+    for member in block.learners:
+        own = member.learner.optimizer
+        (parameter,) = own.param_groups[0]["params"]
+        assert parameter is member.learner.flat.parameter and storages(parameter, parameter.grad) <= rows
+    rollouts = [copied(learner.collect()[0]) for learner in alone]
+    for learner, rollout in zip(alone, rollouts):
+        learner.update(rollout)
+    block.learners[0].load_state_dict(alone[0].state_dict())
+    assert not any(member.learner.optimizer.state for member in block.learners)
+    assert block.optimizer.state[block.parameter]["square_avg"].shape == block.parameter.shape
+
+
 def test_a_block_iterates_every_learner_with_its_own_simulators():
     _, _, block = learners_and_block(True)
     before = block.parameters().clone()

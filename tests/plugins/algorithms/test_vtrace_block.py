@@ -48,6 +48,15 @@ def learners_and_block(continuous: bool, **overrides):
     return params, alone, block
 
 
+def test_the_behaviour_policy_keeps_no_gradients_alone_or_in_a_block():
+    """μ is copied from π and never learns: no gradient buffer (a copy of the parameters) for it."""
+    _, alone, block = learners_and_block(False)
+    for learner in [*alone, *(member.learner for member in block.learners)]:
+        assert learner.behaviour_flat.parameter.grad is None
+        assert not learner.behaviour_flat.parameter.requires_grad
+        assert all(parameter.grad is None for parameter in learner.behaviour.parameters())
+
+
 @pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
 @pytest.mark.parametrize(
     "overrides",
