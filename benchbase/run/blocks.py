@@ -97,9 +97,9 @@ def check_gpu_memory(
     """A UserError naming the first cell whose learners would not fit on a GPU, before anything
     runs: the learners one GPU hosts (its share of the cell's processes, round-robin, times the
     learners a process hosts) times each learner's model as the machine's memory check estimates
-    it (`memory_needs`: MODEL_COPIES copies of the parameters: themselves, their gradients and an
-    optimiser's two moments), against the smallest GPU's memory (`gpus`: bytes per GPU, default
-    `gpu_memory()`). Activations and CUDA's own memory come on top."""
+    it (`memory_needs`: MODEL_COPIES copies of the parameters, as measured in blocks), against
+    the smallest GPU's memory (`gpus`: bytes per GPU, default `gpu_memory()`). Activations and
+    CUDA's own memory come on top."""
     if settings.device == "cpu":
         return
     gpus = gpu_memory() if gpus is None else gpus

@@ -755,7 +755,7 @@ def test_memory_is_checked_against_the_machine(registry):
     check_memory(cells, registry, cells_at_once=1, available=2**40)  # a terabyte: fits
     with pytest.raises(
         UserError,
-        match=r"needs about [\d.]+ MiB \(2 learners × [\d.]+ MiB replay when full \+ 0.1 MiB model\), more than this "
+        match=r"needs about [\d.]+ MiB \(2 learners × [\d.]+ MiB replay when full \+ 0.2 MiB model\), more than this "
         r"machine's 1.0 MiB",
     ):
         check_memory(cells, registry, cells_at_once=1, available=2**20)
