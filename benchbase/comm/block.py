@@ -134,7 +134,7 @@ class BlockMixer:
         self._mixed: torch.Tensor | None = None  # the product's rows, for shifts and gathers
         self._gathered: torch.Tensor | None = None  # one gathered neighbour row each, for gathers
         self._shift_pieces: list[list[ShiftPiece] | None] = [None] * plan.period
-        self._deviations: torch.Tensor | None = None  # consensus_distance's work buffer
+        self._consensus_slices: Any = None  # consensus_distance's buffers (`_slices_for_consensus`)
         self._incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in plan.weights]
         if exchange is not None:
             graph, block = exchange.graph, first_rank // learners
@@ -219,6 +219,22 @@ class BlockMixer:
         dist.all_gather(list(self._host_cell.chunk(blocks)), self.buffers.cpu())
         self._cell.copy_(self._host_cell)
 
+    def _slices_for_consensus(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """The mean's buffer and, per slice of columns, (the cell's parameters there, the mean
+        there, the work buffer's columns). The work buffer is kept: a fresh [N, numel] temporary
+        each time cost a 256-learner block 10 ms a measurement in its process (0.7 ms in a loop
+        that reuses the memory). It is bounded (CONSENSUS_SCRATCH values), a slice of columns at a
+        time, not another copy of every parameter; small models are one slice, as before."""
+        params = self._cell[:, : self.parameter_numel]
+        n, numel = params.shape
+        columns = min(numel, max(1, CONSENSUS_SCRATCH // n))
+        mean, work = params.new_empty(numel), params.new_empty((n, columns))
+        slices = []
+        for start in range(0, numel, columns):
+            part = params[:, start : start + columns]
+            slices.append((part, mean[start : start + columns], work[:, : part.shape[1]]))
+        return mean, slices
+
     def consensus_distance(self) -> float:
         """sqrt(mean_i ‖θ_i − θ̄‖²) / ‖θ̄‖ over the model parameters of the whole cell, as
         `benchbase.comm.consensus.consensus_distance` measures it between processes."""
@@ -227,20 +243,13 @@ class BlockMixer:
                 self._gather()
                 self._cell_stale = False
             n = self.plan.n_learners
-            params = self._cell[:, : self.parameter_numel]
-            mean = params.sum(0) / n
-            # Into a buffer kept for it: a fresh [N, numel] temporary each time cost a 256-learner
-            # block 10 ms a measurement in its process (0.7 ms in a loop that reuses the memory).
-            # A bounded one, a slice of columns at a time: wide models would need another copy
-            # of every parameter for it (small ones fit in one slice, summed as one block).
-            columns = min(self.parameter_numel, max(1, CONSENSUS_SCRATCH // n))
-            if self._deviations is None:
-                self._deviations = params.new_empty((n, columns))
+            if self._consensus_slices is None:
+                self._consensus_slices = self._slices_for_consensus()
+            mean, slices = self._consensus_slices
+            torch.sum(self._cell[:, : self.parameter_numel], 0, out=mean).div_(n)
             spread = 0.0
-            for start in range(0, self.parameter_numel, columns):
-                part = params[:, start : start + columns]
-                deviations = torch.sub(part, mean[start : start + columns], out=self._deviations[:, : part.shape[1]])
-                spread += float(deviations.square_().sum(1).double().sum())
+            for part, mean_part, deviations in slices:
+                spread += float(torch.sub(part, mean_part, out=deviations).square_().sum(1).double().sum())
             self._consensus = 0.0 if n == 1 else math.sqrt(spread / n) / (float(mean.norm()) + 1e-12)
         return self._consensus
 

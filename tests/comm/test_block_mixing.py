@@ -114,7 +114,9 @@ def test_consensus_measured_a_slice_of_columns_at_a_time_is_the_whole_measuremen
     monkeypatch.setattr(block, "CONSENSUS_SCRATCH", 4 * 7)  # 7 columns a slice: the last one shorter
     sliced = BlockMixer(plan, buffers, PARAMETERS)
     assert sliced.consensus_distance() == pytest.approx(whole, rel=1e-6)
-    assert sliced._deviations.shape == (4, 7) and PARAMETERS % 7
+    _, slices = sliced._consensus_slices
+    assert [tuple(work.shape) for _, _, work in slices] == [(4, 7)] * 4 + [(4, PARAMETERS % 7)]
+    assert len({work.untyped_storage().data_ptr() for _, _, work in slices}) == 1  # one buffer of 4 x 7
 
 
 def test_isolated_learners_do_not_mix(registry):
