@@ -300,7 +300,7 @@ def replay_memory(cells: Sequence[Cell], registry: Registry) -> list[tuple[str, 
 #: A learner's model is counted as this many copies of its parameters: the parameters, their
 #: gradients, an optimiser's moments (Adam two, RMSprop one), a mixing buffer, V-trace's behaviour
 #: policy and the optimiser's temporaries. Measured in learner blocks on the CPU at their peak:
-#: 5.1 (Diff-A2C), 6.2 (Diff-PPO) and 6.6 (V-trace) copies (`benchmarks/model_memory.py`).
+#: 5.1-5.2 (Diff-A2C), 6.2-6.3 (Diff-PPO) and 6.6 (V-trace) copies (`benchmarks/model_memory.py`).
 MODEL_COPIES = 7
 
 
