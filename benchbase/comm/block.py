@@ -134,7 +134,8 @@ class BlockMixer:
         self._mixed: torch.Tensor | None = None  # the product's rows, for shifts and gathers
         self._gathered: torch.Tensor | None = None  # one gathered neighbour row each, for gathers
         self._shift_pieces: list[list[ShiftPiece] | None] = [None] * plan.period
-        self._consensus_slices: Any = None  # consensus_distance's buffers (`_slices_for_consensus`)
+        # consensus_distance's buffers (`_slices_for_consensus`), built at its first call
+        self._consensus_slices: tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]] | None = None
         self._incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in plan.weights]
         if exchange is not None:
             graph, block = exchange.graph, first_rank // learners

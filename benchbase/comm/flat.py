@@ -44,9 +44,7 @@ class FlatParameters:
             shapes = f"{tuple(mixed.shape)} and {None if grad is None else tuple(grad.shape)}"
             raise ValueError(f"reseat: buffers of {shapes} for {self.mixed.numel()} values and {total} gradients")
         mixed.copy_(self.mixed)
-        if grad is not own and own is None:
-            grad.zero_()  # parameters that did not learn take gradient rows: they start at zero
-        elif grad is not own:
+        if own is not None and grad is not own:
             grad.copy_(own)
         self._seat(mixed, grad)
 

@@ -301,6 +301,7 @@ def replay_memory(cells: Sequence[Cell], registry: Registry) -> list[tuple[str, 
 #: gradients, an optimiser's moments (Adam two, RMSprop one), a mixing buffer, V-trace's behaviour
 #: policy and the optimiser's temporaries. Measured in learner blocks on the CPU at their peak:
 #: 5.1-5.2 (Diff-A2C), 6.2-6.3 (Diff-PPO) and 6.6 (V-trace) copies (`benchmarks/model_memory.py`).
+#: A learner in a process of its own peaked higher (10.8, shared-memory slots included; docs/scaling.md).
 MODEL_COPIES = 7
 
 

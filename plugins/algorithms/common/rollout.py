@@ -143,8 +143,6 @@ class RolloutLearner(Learner, ABC, Generic[Batch]):
         # block's learner would otherwise keep two copies of its parameters it never uses).
         for group in self.optimizer.param_groups:
             group["params"] = [self.flat.parameter if param is moved else param for param in group["params"]]
-        if moved in self.optimizer.state:
-            self.optimizer.state[self.flat.parameter] = self.optimizer.state.pop(moved)
         if isinstance(self.obs_normaliser.stats, MixedStatistics):
             self.obs_normaliser.stats.values = self.flat.extra
 
