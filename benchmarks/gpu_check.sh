@@ -20,10 +20,11 @@
 #    as a straight run, bit for bit (benchmarks/gpu_resume.py);
 # 7. the GPU memory check against this machine's GPUs (benchmarks/gpu_memory.py).
 #
-# Each cell prints its figures (status, steps/s, wall time, and on a GPU the most GPU memory used
-# while it ran, as nvidia-smi samples it every 200 ms, less what was used before); a step that fails prints why and the
-# script goes on, exiting 1 at the end if any failed. Results go to a temporary folder (or
-# GPU_CHECK_OUT). Every `bench run` has a time limit, so the whole check stays near 5 minutes.
+# Each cell prints its figures (status, steps/s, wall time, and on a GPU the most memory the
+# busiest GPU used while it ran, as nvidia-smi samples it every 200 ms, less what it used before);
+# a step that fails prints why and the script goes on, exiting 1 at the end if any failed. Results
+# go to a temporary folder (or GPU_CHECK_OUT). Every `bench run` has a time limit, so the whole
+# check stays near 5 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

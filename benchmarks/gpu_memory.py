@@ -49,10 +49,13 @@ def main() -> int:
     by_index = gpu_memory()
     cuda = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
     print(f"nvidia-smi: {[size(gpu) for gpu in by_index]}; CUDA: {[size(gpu) for gpu in cuda]}")
-    uuid = torch.cuda.get_device_properties(0).uuid
+    uuid, visible = torch.cuda.get_device_properties(0).uuid, os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = f"GPU-{uuid}"
     by_uuid = gpu_memory()
-    del os.environ["CUDA_VISIBLE_DEVICES"]
+    if visible is None:
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     print(f"CUDA_VISIBLE_DEVICES=GPU-{uuid}: {[size(gpu) for gpu in by_uuid]}")
     failed = len(by_index) != len(cuda) or by_uuid != by_index[:1]
     # nvidia-smi counts whole MiB of what the driver reserves too, CUDA what it can allocate

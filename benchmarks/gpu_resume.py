@@ -56,7 +56,9 @@ def interrupted(args: list[str], out: Path, learners: int) -> float:
     )
     try:
         deadline = time.time() + 180
-        while time.time() < deadline and len(list(out.glob("checkpoints/*/learner-*/step-*.json"))) < learners:
+        while len(list(out.glob("checkpoints/*/learner-*/step-*.json"))) < learners:
+            if time.time() > deadline or process.poll() is not None:
+                raise SystemExit(f"no checkpoint of every learner in {out} within 180 s, or the run ended first")
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=120)
@@ -126,6 +128,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     options = parser.parse_args()
     out = options.out or Path(tempfile.mkdtemp(prefix="gpu-resume-"))
+    if out.exists() and any(out.iterdir()):  # runs there would resume earlier ones, not start afresh
+        parser.error(f"--out {out}: give a new or empty folder")
     common = ["--seeds", "1", "--device", options.device]
     passed = [check(label, args + common, out / str(index)) for index, (label, args) in enumerate(CELLS.items())]
     return 0 if all(passed) else 1
