@@ -164,6 +164,16 @@ def synchronous_suite(rank: int, world: int, plans: dict[str, Any], numel: int, 
         comm.close()
     ring = Communicator(plans["ring"], rank, numel, torch.float32, staleness=0, timeout_s=PG_TIMEOUT_S)
     out["consensus_distance_initial"] = ring.consensus_distance(initial_vector(rank, numel))
+    from benchbase.comm import consensus
+
+    whole, consensus.CONSENSUS_SCRATCH = (
+        consensus.CONSENSUS_SCRATCH,
+        max(1, numel // 3 + 1),
+    )  # 3 slices, the last shorter
+    try:
+        out["consensus_distance_in_slices"] = ring.consensus_distance(initial_vector(rank, numel))
+    finally:
+        consensus.CONSENSUS_SCRATCH = whole
     return out
 
 

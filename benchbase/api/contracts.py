@@ -296,7 +296,9 @@ class Learner:
 
     def state_dict(self, replay: bool = False) -> dict[str, Any]:
         """Everything needed to carry on exactly; only when `checkpointable`. `replay`: include
-        the replay buffers' contents (learners that train from replay; they can be large)."""
+        the replay buffers' contents (learners that train from replay; they can be large). Its
+        tensors and arrays are copies, or data the learner never writes again: a background
+        thread writes them to disk while training goes on."""
         raise NotImplementedError(f"{type(self).__name__} cannot be checkpointed")
 
     def load_state_dict(self, state: dict[str, Any], *, mode: Literal["resume", "init", "model"] = "resume") -> None:

@@ -141,16 +141,24 @@ def save(
     folder: Path | str, state: dict[str, Any], *, env_steps: int, cell_config: dict[str, Any], keep: int | None = KEEP
 ) -> Path:
     """Write `state` as the checkpoint at `env_steps` in `folder`; keep the newest `keep` (None: all)."""
-    return write_encoded(folder, encode(state), env_steps=env_steps, cell_config=cell_config, keep=keep)
+    return write_encoded(folder, encode_parts(state), env_steps=env_steps, cell_config=cell_config, keep=keep)
 
 
 def encode(state: dict[str, Any]) -> bytes:
     """`state` as a checkpoint's data file holds it (format 3)."""
+    return b"".join(encode_parts(state))
+
+
+def encode_parts(state: dict[str, Any]) -> list[bytes | memoryview]:
+    """`encode`'s bytes as the parts they are joined from: the header and outline, then each
+    section. A tensor's or array's section is its own memory, not a copy, so `state` must not
+    change until the parts are written; joining them would be one more copy of every tensor in
+    the checkpoint, at the moment a learner's memory peaks (docs/scaling.md)."""
     outline = io.BytesIO()
     pickler = _SectionPickler(outline)
     pickler.dump(state)
     head = outline.getvalue()
-    return b"".join([_MAGIC, struct.pack("<Q", len(head)), head, *pickler.sections])
+    return [_MAGIC + struct.pack("<Q", len(head)), head, *pickler.sections]
 
 
 class _SectionPickler(pickle.Pickler):
@@ -252,20 +260,34 @@ def decode(data: bytes) -> Any:
 
 
 def write_encoded(
-    folder: Path | str, data: bytes, *, env_steps: int, cell_config: dict[str, Any], keep: int | None = KEEP
+    folder: Path | str,
+    data: bytes | list[bytes | memoryview],
+    *,
+    env_steps: int,
+    cell_config: dict[str, Any],
+    keep: int | None = KEEP,
 ) -> Path:
-    """Write `encode`'s `data` as the checkpoint at `env_steps` in `folder`, then its sidecar; keep
-    the newest `keep` (None: all)."""
+    """Write `encode`'s `data` (or `encode_parts`'s parts, in order) as the checkpoint at
+    `env_steps` in `folder`, then its sidecar; keep the newest `keep` (None: all)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(env_steps)
     data_path, info_path = folder / f"{name}.pt", folder / f"{name}.json"
-    write_atomic(data_path, lambda temporary: Path(temporary).write_bytes(data))
+    parts = [data] if isinstance(data, bytes) else data
+    digest = hashlib.sha256()
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as handle:
+            for part in parts:  # hashed as written: the bytes are read once, not joined
+                handle.write(part)
+                digest.update(part)
+
+    write_atomic(data_path, write)
     info = {
         "format": FORMAT_VERSION,
         "env_steps": env_steps,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": sum(memoryview(part).nbytes for part in parts),
+        "sha256": digest.hexdigest(),
         "cell_config": cell_config,
         "versions": _versions(),
     }
@@ -443,7 +465,7 @@ class BackgroundWriter:
     ) -> float:
         """Encode `state` now and queue its write; the seconds encoding took."""
         started = time.perf_counter()
-        data = encode(state)
+        data = encode_parts(state)
         encoding_s = time.perf_counter() - started
         with self._changed:
             while self._pending >= self.max_pending:

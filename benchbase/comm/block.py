@@ -29,13 +29,13 @@ import torch
 import torch.distributed as dist
 
 from benchbase.comm.block_exchange import BlockExchange
+from benchbase.comm.consensus import CONSENSUS_SCRATCH
 from benchbase.comm.counters import CommCounters
 from benchbase.comm.mixing_plan import MixingPlan
 
 BLOCK_TRANSPORT = "block"
 
 
-CONSENSUS_SCRATCH = 1 << 22  # values (16 MiB of float32) measuring consensus takes at most
 SHIFTS_FROM = 16  # blocks of fewer rows mix by one product (benchmarks/block_mixing.py)
 
 

@@ -21,17 +21,31 @@ import torch.distributed as dist
 
 SNAPSHOT_TAG = 7  # gloo tag of consensus snapshots, apart from parameter messages (tag 0)
 SNAPSHOT_COORDINATES = 1 << 16  # larger models are measured on a fixed subset of coordinates
+CONSENSUS_SCRATCH = 1 << 22  # values (16 MiB of float32) a buffer for measuring consensus holds at most
 
 
 def consensus_distance(params: torch.Tensor, n_learners: int) -> float:
     """sqrt(mean_i ‖θ_i − θ̄‖²) / ‖θ̄‖ of host `params`. A collective: every learner must call it
-    at the same point."""
-    mean = params.clone()
-    dist.all_reduce(mean)
-    mean.div_(n_learners)
-    spread = torch.stack([(params - mean).pow(2).sum()]).double()
-    dist.all_reduce(spread)
-    return math.sqrt(float(spread) / n_learners) / (float(mean.norm()) + 1e-12)
+    at the same point. Measured a slice of at most CONSENSUS_SCRATCH values at a time (an
+    all-reduce each; every learner's model has the same size, so the same slices), through two
+    buffers of that size: the mean and the deviations of the whole model at once were three more
+    copies of it, the largest part of a learner's peak memory (docs/scaling.md). A model that
+    fits one slice is measured in one pass, as before."""
+    flat = params.reshape(-1)
+    numel = flat.numel()
+    size = max(1, min(numel, CONSENSUS_SCRATCH))
+    mean_buffer, deviations = flat.new_empty(size), flat.new_empty(size)
+    spread, mean_squares = 0.0, 0.0
+    for start in range(0, numel, size):
+        part = flat[start : start + size]
+        mean = mean_buffer[: part.numel()].copy_(part)
+        dist.all_reduce(mean)
+        mean.div_(n_learners)
+        spread += float(torch.sub(part, mean, out=deviations[: part.numel()]).square_().sum().double())
+        mean_squares += float(mean.norm()) ** 2  # exact: a float32's square fits a float64
+    total = torch.tensor([spread], dtype=torch.float64)
+    dist.all_reduce(total)
+    return math.sqrt(float(total) / n_learners) / (math.sqrt(mean_squares) + 1e-12)
 
 
 def neighbour_distance(params: torch.Tensor, views: dict[int, torch.Tensor], push_sum: bool) -> float:

@@ -44,6 +44,24 @@ def test_a_saved_checkpoint_loads_back_exactly(tmp_path: Path):
     assert not list(tmp_path.glob(".*.tmp"))  # nothing temporary left behind
 
 
+def test_a_checkpoint_is_written_from_its_parts_as_the_bytes_they_join(tmp_path: Path):
+    """The writer takes `encode_parts` (each tensor's own memory, not one joined copy of them all):
+    the file, its size and its hash are `encode`'s bytes, and it loads back as saved."""
+    import hashlib
+    import json
+
+    saved = state(2.5)
+    parts = checkpoint.encode_parts(saved)
+    assert any(isinstance(part, memoryview) for part in parts)  # the tensors' memory, not copies
+    encoded = checkpoint.encode(saved)
+    assert b"".join(parts) == encoded
+    path = checkpoint.write_encoded(tmp_path / "parts", parts, env_steps=500, cell_config=CONFIG)
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert path.read_bytes() == encoded
+    assert info["bytes"] == len(encoded) and info["sha256"] == hashlib.sha256(encoded).hexdigest()
+    assert torch.equal(checkpoint.load(path, CONFIG).state["model"]["weight"], saved["model"]["weight"])
+
+
 def test_the_rows_written_so_far_load_back_as_the_same_python_values(tmp_path: Path):
     """A learner's rows travel in its checkpoints as columns of builtins, pickled together, and come
     back as lists of the same Python values (NaN, -0.0, big ints and booleans included)."""
