@@ -512,13 +512,13 @@ def run(
     _print_replay_memory(console, cells, registry)
     if not worker and (launcher == "local" or execute):  # the learners run on this machine
         from benchbase.grid.expand import check_memory
+        from benchbase.run.blocks import check_gpu_memory, runs_in_blocks
         from benchbase.run.schedule import cells_at_once
 
+        in_blocks = runs_in_blocks(registry, settings)
         if launcher == "local" and jobs is None:
-            jobs = cells_at_once(cells, registry)
-        check_memory(cells, registry, jobs if launcher == "local" else 1)
-        from benchbase.run.blocks import check_gpu_memory
-
+            jobs = cells_at_once(cells, registry, in_blocks)
+        check_memory(cells, registry, jobs if launcher == "local" else 1, in_blocks=in_blocks)
         check_gpu_memory(cells, registry, settings)
     if dry_run:
         _print_cells(console, cells, out, registry, as_json)
@@ -960,9 +960,11 @@ def _run_cells_of_folder(
         chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
         raise typer.Exit(run_as_worker(None, chosen, out, registry, console, settings))
     if jobs is None:
+        from benchbase.run.blocks import runs_in_blocks
         from benchbase.run.schedule import cells_at_once
 
-        jobs = cells_at_once([cell for cell in cells if cell.cell_id in set(cell_ids)], registry)
+        chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
+        jobs = cells_at_once(chosen, registry, runs_in_blocks(registry, settings))
     code = run_grid(None, cells, out, registry, console=console, settings=settings, jobs=jobs, only=set(cell_ids))
     console.print(f"results: {out}")
     raise typer.Exit(code)

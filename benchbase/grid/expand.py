@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,12 +297,17 @@ def replay_memory(cells: Sequence[Cell], registry: Registry) -> list[tuple[str, 
     return sorted(found.items())
 
 
-#: A learner's model is counted as this many copies of its parameters: the parameters, their
+#: A learner's model in a learner block is counted as this many copies of its parameters: the parameters, their
 #: gradients, an optimiser's moments (Adam two, RMSprop one), a mixing buffer, V-trace's behaviour
 #: policy and the optimiser's temporaries. Measured in learner blocks on the CPU at their peak:
 #: 5.1-5.2 (Diff-A2C), 6.2-6.3 (Diff-PPO) and 6.6 (V-trace) copies (`benchmarks/model_memory.py`).
-#: A learner in a process of its own peaked higher (10.8, shared-memory slots included; docs/scaling.md).
 MODEL_COPIES = 7
+#: A learner in a process of its own holds more of the host's memory: its periodic checkpoint copies
+#: its whole model and optimiser state at once (a block's learners copy theirs one after another),
+#: and its messages to its neighbours wait in shared memory (two slots). Measured at their peak, two
+#: ring learners of hidden 4096 on the CPU: 9.2-9.4 (Diff-A2C), 11.3 (Diff-PPO) and 9.5-9.9
+#: (V-trace) copies, their shared-memory slots included (`benchmarks/model_memory.py --processes`).
+PROCESS_MODEL_COPIES = 12
 
 
 def machine_memory() -> int | None:
@@ -313,14 +318,20 @@ def machine_memory() -> int | None:
         return None
 
 
-def check_memory(cells: Sequence[Cell], registry: Registry, cells_at_once: int, available: int | None = None) -> None:
+def check_memory(
+    cells: Sequence[Cell],
+    registry: Registry,
+    cells_at_once: int,
+    available: int | None = None,
+    in_blocks: Callable[[Cell], bool] | None = None,
+) -> None:
     """Refuse a grid whose largest cells, `cells_at_once` side by side, would need more memory than
-    the machine has: every learner's replay buffers when full plus its model (MODEL_COPIES copies
-    of the parameters the algorithm declares in `model_bytes`). Checked before anything runs."""
+    the machine has: every learner's replay buffers when full plus its model (`memory_needs`).
+    Checked before anything runs."""
     available = machine_memory() if available is None else available
     if not available:
         return
-    largest = memory_needs(cells, registry)
+    largest = memory_needs(cells, registry, in_blocks)
     total = sum(need[0] for need in largest[: max(cells_at_once, 1)])
     if total <= available:
         return
@@ -334,14 +345,20 @@ def check_memory(cells: Sequence[Cell], registry: Registry, cells_at_once: int, 
     )
 
 
-def cells_that_fit(cells: Sequence[Cell], registry: Registry, at_most: int, available: int | None = None) -> int:
+def cells_that_fit(
+    cells: Sequence[Cell],
+    registry: Registry,
+    at_most: int,
+    available: int | None = None,
+    in_blocks: Callable[[Cell], bool] | None = None,
+) -> int:
     """The most of the grid's largest cells, up to `at_most`, that fit in memory side by side (at
     least 1: `check_memory` says whether one does)."""
     available = machine_memory() if available is None else available
     if not available:
         return max(at_most, 1)
     fitting, total = 0, 0
-    for size, *_ in memory_needs(cells, registry)[:at_most]:
+    for size, *_ in memory_needs(cells, registry, in_blocks)[:at_most]:
         total += size
         if total > available:
             break
@@ -349,10 +366,13 @@ def cells_that_fit(cells: Sequence[Cell], registry: Registry, at_most: int, avai
     return max(fitting, 1)
 
 
-def memory_needs(cells: Sequence[Cell], registry: Registry) -> list[tuple[int, Cell, int, int]]:
+def memory_needs(
+    cells: Sequence[Cell], registry: Registry, in_blocks: Callable[[Cell], bool] | None = None
+) -> list[tuple[int, Cell, int, int]]:
     """(bytes, cell, replay bytes per learner, model bytes per learner) of each setting of the
-    grid (the seeds of one setting need the same), largest first; the model's bytes are
-    MODEL_COPIES copies of its parameters."""
+    grid (the seeds of one setting need the same), largest first. The model's bytes are
+    MODEL_COPIES copies of its parameters where `in_blocks(cell)` says the cell's learners run in
+    blocks, else PROCESS_MODEL_COPIES (`in_blocks` None: every learner in a process of its own)."""
     needs: dict[str, tuple[int, Cell, int, int]] = {}
     for cell in cells:
         key = json.dumps({**cell.config(), "seed": None}, sort_keys=True, default=str)
@@ -361,7 +381,8 @@ def memory_needs(cells: Sequence[Cell], registry: Registry) -> list[tuple[int, C
         algorithm = registry.get("algorithm", cell.algorithm)
         spaces = _spaces(cell, registry)
         replay = _replay_bytes(cell, registry, spaces) or 0
-        model = (algorithm.model_bytes(params_of(algorithm, cell.algorithm_params), *spaces) or 0) * MODEL_COPIES
+        copies = MODEL_COPIES if in_blocks is not None and in_blocks(cell) else PROCESS_MODEL_COPIES
+        model = (algorithm.model_bytes(params_of(algorithm, cell.algorithm_params), *spaces) or 0) * copies
         needs[key] = (cell.learner_processes * (replay + model), cell, replay, model)
     return sorted(needs.values(), key=lambda need: need[0], reverse=True)
 

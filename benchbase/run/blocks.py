@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from benchbase.api.contracts import Algorithm, params_of
@@ -79,6 +80,11 @@ def learners_per_process(cell: Cell, registry: Any, settings: ExecutionSettings)
     return cell.learner_processes if asked is None else asked
 
 
+def runs_in_blocks(registry: Any, settings: ExecutionSettings) -> Callable[[Cell], bool]:
+    """Whether a cell's learners run in blocks, as the memory checks ask (`memory_needs`)."""
+    return lambda cell: learners_per_process(cell, registry, settings) > 1
+
+
 def check_process_layout(cells: list[Cell], registry: Any, settings: ExecutionSettings) -> None:
     """A UserError naming the first cell that cannot run as `--learners-per-process` and
     `--transport` ask, before anything runs."""
@@ -97,9 +103,10 @@ def check_gpu_memory(
     """A UserError naming the first cell whose learners would not fit on a GPU, before anything
     runs: the learners one GPU hosts (its share of the cell's processes, round-robin, times the
     learners a process hosts) times each learner's model as the machine's memory check estimates
-    it (`memory_needs`: MODEL_COPIES copies of the parameters, as measured in blocks), against
-    the smallest GPU's memory (`gpus`: bytes per GPU, default `gpu_memory()`). Activations and
-    CUDA's own memory come on top."""
+    it in a block (`memory_needs`: MODEL_COPIES copies of the parameters, whatever the layout: what
+    a learner in a process of its own holds beyond that, its checkpoints' copies and its
+    shared-memory slots, is host memory), against the smallest GPU's memory (`gpus`: bytes per
+    GPU, default `gpu_memory()`). Activations and CUDA's own memory come on top."""
     if settings.device == "cpu":
         return
     gpus = gpu_memory() if gpus is None else gpus
@@ -107,7 +114,7 @@ def check_gpu_memory(
         return
     from benchbase.grid.expand import memory_needs
 
-    for _, cell, _, model in memory_needs(cells, registry):
+    for _, cell, _, model in memory_needs(cells, registry, in_blocks=lambda cell: True):
         per_process = learners_per_process(cell, registry, settings)
         processes = cell.learner_processes // per_process
         on_one_gpu = -(-processes // min(processes, len(gpus))) * per_process

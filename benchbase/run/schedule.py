@@ -11,18 +11,20 @@ with CUDA, GPUs are handed out the same way (one per learner where there are eno
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchbase.run.placement import Placement
 
 
-def cells_at_once(cells: Sequence[Any], registry: Any) -> int:
+def cells_at_once(cells: Sequence[Any], registry: Any, in_blocks: Callable[[Any], bool] | None = None) -> int:
     """`--jobs` unset: one cell per core, at most the grid's cells and at most as many of its
-    largest cells as fit in memory side by side (docs/running.md)."""
+    largest cells as fit in memory side by side (docs/running.md; `in_blocks`: whether a cell's
+    learners run in blocks, as `memory_needs` asks)."""
     from benchbase.grid.expand import cells_that_fit
 
-    return cells_that_fit(cells, registry, min(len(os.sched_getaffinity(0)), len(cells)))
+    at_most = min(len(os.sched_getaffinity(0)), len(cells))
+    return cells_that_fit(cells, registry, at_most, in_blocks=in_blocks)
 
 
 def visible_gpus(device: str) -> list[int]:

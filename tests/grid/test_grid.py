@@ -752,13 +752,36 @@ def test_memory_is_checked_against_the_machine(registry):
     from benchbase.grid.expand import check_memory
 
     cells = plan(registry, a=("vtrace",), r=("uniform:capacity=1000",), seeds=2).cells
-    check_memory(cells, registry, cells_at_once=1, available=2**40)  # a terabyte: fits
+    in_a_block = lambda cell: True  # noqa: E731
+    check_memory(cells, registry, cells_at_once=1, available=2**40, in_blocks=in_a_block)  # a terabyte: fits
     with pytest.raises(
         UserError,
         match=r"needs about [\d.]+ MiB \(2 learners × [\d.]+ MiB replay when full \+ 0.2 MiB model\), more than this "
         r"machine's 1.0 MiB",
     ):
-        check_memory(cells, registry, cells_at_once=1, available=2**20)
+        check_memory(cells, registry, cells_at_once=1, available=2**20, in_blocks=in_a_block)
+
+
+def test_a_learner_in_a_process_of_its_own_is_counted_with_more_copies_than_in_a_block(registry):
+    """Its periodic checkpoint copies its whole model and optimiser state at once and its messages
+    wait in shared memory, so the memory check counts PROCESS_MODEL_COPIES of its parameters where
+    a block's learner counts MODEL_COPIES; `bench run` asks each cell's layout (`runs_in_blocks`)."""
+    from benchbase.grid.expand import MODEL_COPIES, PROCESS_MODEL_COPIES, check_memory, memory_needs
+    from benchbase.learner.settings import ExecutionSettings
+    from benchbase.run.blocks import runs_in_blocks
+
+    cells = plan(registry, a=("diff-a2c",), t=("ring",), e=("random-cartpole",), seeds=1).cells
+    in_a_block = runs_in_blocks(registry, ExecutionSettings())
+    one_per_process = runs_in_blocks(registry, ExecutionSettings(learners_per_process=1))
+    assert in_a_block(cells[0]) and not one_per_process(cells[0])
+    assert not in_a_block(plan(registry, a=("gala-a2c",), t=("ring",), e=("random-cartpole",), seeds=1).cells[0])
+    ((block_need, _, _, block_model),) = memory_needs(cells, registry, in_a_block)
+    ((process_need, _, _, process_model),) = memory_needs(cells, registry, one_per_process)
+    assert process_model * MODEL_COPIES == block_model * PROCESS_MODEL_COPIES and process_need > block_need
+    assert memory_needs(cells, registry) == memory_needs(cells, registry, one_per_process)  # unless told otherwise
+    check_memory(cells, registry, cells_at_once=1, available=block_need, in_blocks=in_a_block)
+    with pytest.raises(UserError, match="memory: diff-a2c · none · random-cartpole needs about"):
+        check_memory(cells, registry, cells_at_once=1, available=block_need, in_blocks=one_per_process)
 
 
 def test_the_estimates_build_one_simulator_per_env_whatever_asks(registry, monkeypatch):

@@ -49,7 +49,9 @@ def test_unset_jobs_is_one_cell_per_core_at_most_the_grids_cells_and_what_fits_i
     from benchbase.run import schedule
 
     gib = 2**30
-    monkeypatch.setattr(expand, "memory_needs", lambda cells, registry: [(3 * gib, cell, 0, 0) for cell in cells])
+    monkeypatch.setattr(
+        expand, "memory_needs", lambda cells, registry, in_blocks=None: [(3 * gib, cell, 0, 0) for cell in cells]
+    )
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
     monkeypatch.setattr(expand, "machine_memory", lambda: 100 * gib)
     assert schedule.cells_at_once(["cell"] * 12, None) == 4  # the cores
