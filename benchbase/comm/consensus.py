@@ -29,8 +29,7 @@ def consensus_distance(params: torch.Tensor, n_learners: int) -> float:
     at the same point. Measured a slice of at most CONSENSUS_SCRATCH values at a time (an
     all-reduce each; every learner's model has the same size, so the same slices), through two
     buffers of that size: the mean and the deviations of the whole model at once were three more
-    copies of it, the largest part of a learner's peak memory (docs/scaling.md). A model that
-    fits one slice is measured in one pass, as before."""
+    copies of it (docs/scaling.md). A model that fits one slice is measured in one pass, as before."""
     flat = params.reshape(-1)
     numel = flat.numel()
     size = max(1, min(numel, CONSENSUS_SCRATCH))
