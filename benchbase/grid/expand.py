@@ -297,10 +297,11 @@ def replay_memory(cells: Sequence[Cell], registry: Registry) -> list[tuple[str, 
     return sorted(found.items())
 
 
-#: A learner's model in a learner block is counted as this many copies of its parameters: the parameters, their
-#: gradients, an optimiser's moments (Adam two, RMSprop one), a mixing buffer, V-trace's behaviour
-#: policy and the optimiser's temporaries. Measured in learner blocks on the CPU at their peak:
-#: 5.1-5.2 (Diff-A2C), 6.2-6.3 (Diff-PPO) and 6.6 (V-trace) copies (`benchmarks/model_memory.py`).
+#: A learner's model in a learner block is counted as this many copies of its parameters: the
+#: parameters, their gradients, an optimiser's moments (Adam two, RMSprop one), a mixing buffer,
+#: V-trace's behaviour policy and the optimiser's temporaries. Measured in learner blocks on the CPU
+#: at their peak: 5.1-5.2 (Diff-A2C), 6.2-6.3 (Diff-PPO) and 6.5-6.6 (V-trace) copies
+#: (`benchmarks/model_memory.py`, three runs).
 MODEL_COPIES = 7
 #: A learner in a process of its own holds more of the host's memory: its periodic checkpoint copies
 #: its whole model and optimiser state at once (a block's learners copy theirs one after another),
