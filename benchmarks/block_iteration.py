@@ -123,7 +123,7 @@ def compare(block_steps: BlockSteps, centralised, args) -> None:
     print(f"block ({args.threads} threads): {block_ms:.3f} ms per iteration ({block_rate:,.0f} steps/s); mean {parts}")
     print(f"centralised (1 thread): {central_ms:.3f} ms per iteration ({1000 * steps / central_ms:,.0f} steps/s)")
     print(
-        f"block / centralised steps/s: median {statistics.median(ratios):.2f} over {len(ratios)} chunk pairs "
+        f"block / centralised steps/s: median {statistics.median(ratios):.2f} over {len(ratios)} turns "
         f"({min(ratios):.2f}–{max(ratios):.2f})"
     )
 
