@@ -106,7 +106,8 @@ def learner_peaks(algorithm: str, hidden: int) -> list[tuple[float, float]]:
     command += ["-e", "random-cartpole", "--learners", "2", "--envs-per-learner", "1", "--seeds", "1"]
     command += ["--evaluations", "0", "--env-steps", str(env_steps), "--learners-per-process", "1"]
     command += ["--set", f"{algorithm}.hidden={hidden}", "--out", f"{out}/run"]
-    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    errors = open(f"{out}/stderr.txt", "w+")  # a file, not a pipe: nobody reads it until bench ends
+    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True)
     peaks: dict[int, tuple[float, float]] = {}
     while bench.poll() is None:
         parents = process_tree()
@@ -120,9 +121,12 @@ def learner_peaks(algorithm: str, hidden: int) -> list[tuple[float, float]]:
                 high, shared = peaks.get(pid, (0.0, 0.0))
                 peaks[pid] = (max(high, values["VmHWM"]), max(shared, values["RssShmem"]))
         time.sleep(0.02)
+    errors.seek(0)
+    failure = errors.read().strip()[-500:]
+    errors.close()
     shutil.rmtree(out, ignore_errors=True)
     if bench.returncode != 0:
-        raise SystemExit(f"bench run failed for {algorithm} (hidden {hidden}): {bench.stderr.read().strip()[-500:]}")
+        raise SystemExit(f"bench run failed for {algorithm} (hidden {hidden}): {failure}")
     return sorted(peaks.values())
 
 

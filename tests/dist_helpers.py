@@ -166,10 +166,8 @@ def synchronous_suite(rank: int, world: int, plans: dict[str, Any], numel: int, 
     out["consensus_distance_initial"] = ring.consensus_distance(initial_vector(rank, numel))
     from benchbase.comm import consensus
 
-    whole, consensus.CONSENSUS_SCRATCH = (
-        consensus.CONSENSUS_SCRATCH,
-        max(1, numel // 3 + 1),
-    )  # 3 slices, the last shorter
+    whole = consensus.CONSENSUS_SCRATCH
+    consensus.CONSENSUS_SCRATCH = numel // 3 + 1  # three slices, the last one shorter
     try:
         out["consensus_distance_in_slices"] = ring.consensus_distance(initial_vector(rank, numel))
     finally:
