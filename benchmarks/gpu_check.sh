@@ -61,7 +61,8 @@ cell() {  # label, seconds allowed, then bench run options
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$folder.gpu-memory" &
     sampler=$!
   fi
-  timeout "$limit" "$PYTHON" -m benchbase run -a diff-a2c --seeds 1 --evaluations 0 \
+  # At the limit SIGTERM checkpoints and stops the cell; --kill-after bounds that stop.
+  timeout --kill-after=60 "$limit" "$PYTHON" -m benchbase run -a diff-a2c --seeds 1 --evaluations 0 \
       --out "$folder" "$@" >"$folder.log" 2>&1
   local status=$?
   [ -z "$sampler" ] || kill "$sampler" 2>/dev/null

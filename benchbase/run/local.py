@@ -54,7 +54,9 @@ def _pin_to_core(rank: int, world: int, allotted: tuple[int, ...] = ()) -> None:
 
 def _learner_process(launch: LearnerLaunch, events: Any, launcher_pid: int) -> None:
     die_with(launcher_pid)  # the forkserver is our parent: watch the launcher itself (benchbase.run.lifeline)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when learners stop
+    # The launcher decides when learners stop: Ctrl-C and SIGTERM to the process group reach them as its SIGUSR1.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _pin_to_core(launch.rank, launch.world_size, launch.cores)
     cell_id = Cell.from_config(launch.cell_config).cell_id
     try:
@@ -335,16 +337,12 @@ def _request_checkpoint_and_stop(processes: list[Any], finished: dict[int, Any],
 
 
 def _stop(processes: list[Any]) -> None:
-    """Terminate learners still running; kill those that ignore it."""
+    """Kill learners still running (they ignore SIGTERM: `_learner_process`)."""
     for process in processes:
         if process.is_alive():
-            process.terminate()
-    deadline = time.time() + 3
+            process.kill()
     for process in processes:
-        process.join(timeout=max(0.0, deadline - time.time()))
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGKILL)
-            process.join(timeout=1)
+        process.join(timeout=3)
 
 
 class LocalCells:

@@ -9,10 +9,12 @@ bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any, Protocol
@@ -190,7 +192,10 @@ def _run_grid_holding(
             grid_console.message("stopping: every running cell checkpoints, then exits (Ctrl-C again to stop at once)")
 
         # The cells' threads call show_event; the console locks.
-        with LocalCells(str(out), settings, functools.partial(show_event, grid_console), jobs) as executor:
+        with (
+            terminate_as_interrupt(),
+            LocalCells(str(out), settings, functools.partial(show_event, grid_console), jobs) as executor,
+        ):
             interrupted = run_cells(to_run, executor, start, finish, stopping)
         if interrupted:
             grid_console.message("interrupted: re-run the same command to continue the grid from its checkpoints")
@@ -199,6 +204,29 @@ def _run_grid_holding(
     if any(row["status"] == "completed" for row in rows.values()):
         print_leaderboard(console, out, registry)
     return status
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While a local run's cells run, SIGTERM does what Ctrl-C does: the first asks the running cells
+    to checkpoint and stop, a second stops them at once. It is what `kill`, `timeout`, `docker stop`
+    and a batch scheduler's time limit send first; without this, Python's default ends `bench run`
+    at once and its learners with it (`benchbase.run.lifeline`), leaving the cell `running` with only
+    its last periodic checkpoints. Local learners ignore SIGTERM as they ignore SIGINT, so a signal to
+    the whole process group reaches them through the launcher. (A torchrun worker keeps its own
+    meaning of SIGTERM: it is not a local run.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def show_event(grid_console: GridConsole, event: CellEvent) -> None:

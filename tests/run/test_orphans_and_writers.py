@@ -1,5 +1,6 @@
 """Who runs a run folder, with real processes: a killed `bench run` leaves no learner, forkserver
-or resource tracker behind and a re-run completes its grid as if uninterrupted; a second `bench
+or resource tracker behind and a re-run completes its grid as if uninterrupted; SIGTERM to its
+whole process group checkpoints and stops it as Ctrl-C does; a second `bench
 run` on a folder in use stops naming the holder; a `running` cell names its process, so a re-run
 resumes it when that process is gone and refuses while it lives."""
 
@@ -143,6 +144,36 @@ def _kill_once_running(grid: list[str], out: Path) -> int:
     finally:
         kill_group(process)
     return process.pid
+
+
+@pytest.mark.parametrize("per_process", ["1", "2"], ids=["processes", "blocks"])
+def test_sigterm_to_the_process_group_checkpoints_and_stops_the_run_as_ctrl_c_does(tmp_path: Path, per_process: str):
+    """What `kill -TERM -PGID`, `docker stop` or a scheduler's time limit sends: every process of the
+    run gets it, the learners and their forkserver included. The learners stop at one agreed step
+    and checkpoint there, the cell is marked interrupted (exit 130), nothing is left running, and a
+    re-run resumes from that step."""
+    grid = [*GRID[:-1], per_process, "--env-steps", "40000", "--checkpoint-every", "4000"]
+    out = tmp_path / "run"
+    process = start_bench(*grid, "--out", str(out))
+    try:
+        wait_for(lambda: list(out.glob("checkpoints/*/learner-1/step-*.json")), 60, "a first checkpoint")
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr[-2000:]
+        assert "stopping" in stdout
+        wait_for(lambda: not process_group(process.pid), 5, "the run's processes to end")
+    finally:
+        kill_group(process)
+    [row] = cell_rows(out)
+    assert row["status"] == "interrupted", row["error"]
+    stopped = {max(folder.glob("step-*.json")).name for folder in out.glob("checkpoints/*/learner-*")}
+    assert len(stopped) == 1  # both learners at one agreed step
+
+    result = bench(*grid, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    [row] = cell_rows(out)
+    assert row["status"] == "completed" and row["env_steps"] == 40000
+    assert row["resumed_from_env_step"] == 2 * int(stopped.pop().removeprefix("step-").removesuffix(".json"))
 
 
 def test_a_second_bench_run_on_a_folder_in_use_stops_and_names_the_holder(tmp_path: Path):
