@@ -152,7 +152,7 @@ def test_sigterm_to_the_process_group_checkpoints_and_stops_the_run_as_ctrl_c_do
     run gets it, the learners and their forkserver included. The learners stop at one agreed step
     and checkpoint there, the cell is marked interrupted (exit 130), nothing is left running, and a
     re-run resumes from that step."""
-    grid = [*GRID[:-1], per_process, "--env-steps", "40000", "--checkpoint-every", "4000"]
+    grid = [*GRID[:-2], "--learners-per-process", per_process, "--env-steps", "40000", "--checkpoint-every", "4000"]
     out = tmp_path / "run"
     process = start_bench(*grid, "--out", str(out))
     try:
