@@ -161,6 +161,9 @@ def encode_parts(state: dict[str, Any]) -> list[bytes | memoryview]:
     return [_MAGIC + struct.pack("<Q", len(head)), head, *pickler.sections]
 
 
+_WRITTEN_AS_IS = frozenset({str, int, float, bool, type(None), bytes})
+
+
 class _SectionPickler(pickle.Pickler):
     """Pickles a state's outline; its arrays and long containers of builtins go to `sections`."""
 
@@ -177,6 +180,8 @@ class _SectionPickler(pickle.Pickler):
 
     def persistent_id(self, obj: Any) -> tuple | None:
         kind = type(obj)
+        if kind in _WRITTEN_AS_IS:  # most of an outline: asked first, since the pickler asks about every object
+            return None
         if kind is dict or kind is list or kind is tuple:
             if len(obj) >= _SECTION_FROM:
                 pickled = _pickled_if_plain(obj)

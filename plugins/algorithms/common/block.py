@@ -255,9 +255,9 @@ class RolloutBlock(LearnerBlock):
         rows = self.parameter.shape[0]
         state = {
             key: {
-                name: value[index].clone()
-                if torch.is_tensor(value) and value.dim() == 2 and len(value) == rows
-                # a shared step count: the same for every learner
+                name: (value[index] if value.dim() == 2 and len(value) == rows else value).clone()
+                # else a shared step count: the same for every learner
+                if torch.is_tensor(value)
                 else copy.deepcopy(value)
                 for name, value in entry.items()
             }
