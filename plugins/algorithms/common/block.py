@@ -253,16 +253,15 @@ class RolloutBlock(LearnerBlock):
         """Learner `index`'s optimiser state, as its own optimiser's `state_dict()` would be."""
         saved = self.optimizer.state_dict()
         rows = self.parameter.shape[0]
-        state = {
-            key: {
-                name: (value[index] if value.dim() == 2 and len(value) == rows else value).clone()
-                # else a shared step count: the same for every learner
-                if torch.is_tensor(value)
-                else copy.deepcopy(value)
-                for name, value in entry.items()
-            }
-            for key, entry in saved["state"].items()
-        }
+
+        def own(value: Any) -> Any:
+            if not torch.is_tensor(value):
+                return copy.deepcopy(value)
+            if value.dim() == 2 and len(value) == rows:
+                return value[index].clone()
+            return value.clone()  # a shared step count: the same for every learner
+
+        state = {key: {name: own(value) for name, value in entry.items()} for key, entry in saved["state"].items()}
         return {"state": state, "param_groups": copy.deepcopy(saved["param_groups"])}
 
     def load_optimizer_row(self, index: int, saved: dict[str, Any]) -> None:
