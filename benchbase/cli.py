@@ -944,28 +944,27 @@ def _run_cells_of_folder(
     from benchbase.run.runner import run_grid
 
     cells = _cells_of_folder(cell_ids, out, axes_given)
+    only = set(cell_ids)
+    chosen = [cell for cell in cells if cell.cell_id in only]
     dry_run, as_json = listing
     console = _console(stderr=as_json)
     if dry_run:
-        return _print_cells(console, [cell for cell in cells if cell.cell_id in set(cell_ids)], out, registry, as_json)
+        return _print_cells(console, chosen, out, registry, as_json)
     if not worker:
         from benchbase.run.blocks import check_gpu_memory, check_process_layout
 
-        chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
         check_process_layout(chosen, registry, settings)
         check_gpu_memory(chosen, registry, settings)
     if worker:
         from benchbase.run.torchrun import run_as_worker
 
-        chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
         raise typer.Exit(run_as_worker(None, chosen, out, registry, console, settings))
     if jobs is None:
         from benchbase.run.blocks import runs_in_blocks
         from benchbase.run.schedule import cells_at_once
 
-        chosen = [cell for cell in cells if cell.cell_id in set(cell_ids)]
         jobs = cells_at_once(chosen, registry, runs_in_blocks(registry, settings))
-    code = run_grid(None, cells, out, registry, console=console, settings=settings, jobs=jobs, only=set(cell_ids))
+    code = run_grid(None, cells, out, registry, console=console, settings=settings, jobs=jobs, only=only)
     console.print(f"results: {out}")
     raise typer.Exit(code)
 
