@@ -30,7 +30,7 @@ from benchbase.api.registry import load_registry
 from benchbase.errors import UserError
 from benchbase.formatting import size
 from benchbase.grid.cell import Cell
-from benchbase.grid.expand import expand, memory_needs
+from benchbase.grid.expand import expand, in_a_block, memory_needs
 from benchbase.grid.spec import make_spec
 from benchbase.learner.settings import ExecutionSettings
 from benchbase.run.blocks import check_gpu_memory
@@ -69,14 +69,14 @@ def main() -> int:
         ),
         ("Pong ring 4x4", cell_of("PongNoFrameskip-v4", 4, envs_per_learner=4)),
     ):
-        ((_, _, _, model),) = memory_needs([cell], registry, in_blocks=lambda cell: True)
+        ((_, _, _, model),) = memory_needs([cell], registry, in_blocks=in_a_block)
         print(
             f"estimate for {label}: {cell.learner_processes} x {size(model)} = {size(cell.learner_processes * model)}"
         )
 
     # A cell has at most 1,024 learners, too few Nature CNNs to fill a large GPU: wide MLPs do
     wide = {"set": {"diff-a2c": {"hidden": 4096}}, "envs_per_learner": 1}
-    ((_, _, _, model),) = memory_needs([cell_of("random-cartpole", 2, **wide)], registry, in_blocks=lambda cell: True)
+    ((_, _, _, model),) = memory_needs([cell_of("random-cartpole", 2, **wide)], registry, in_blocks=in_a_block)
     fits = min(by_index) // model
     check_gpu_memory([cell_of("random-cartpole", fits, **wide)], registry, settings)
     print(f"{fits:,} CartPole learners of hidden 4096 ({size(model)} each) in one block, {size(fits * model)}: passes")

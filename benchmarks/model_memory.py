@@ -46,7 +46,7 @@ def measure(algorithm: str, learners: int, hidden: int) -> None:
     import torch
 
     from benchbase.api.registry import load_registry
-    from benchbase.grid.expand import MODEL_COPIES, expand, memory_needs
+    from benchbase.grid.expand import MODEL_COPIES, expand, in_a_block, memory_needs
     from benchbase.grid.spec import make_spec
     from benchbase.learner.block import run_block
     from benchbase.learner.settings import ExecutionSettings, LearnerLaunch
@@ -59,7 +59,7 @@ def measure(algorithm: str, learners: int, hidden: int) -> None:
     }
     registry = load_registry()
     (cell,) = expand(make_spec(spec, {}), registry).cells
-    ((_, _, _, model),) = memory_needs([cell], registry, in_blocks=lambda cell: True)
+    ((_, _, _, model),) = memory_needs([cell], registry, in_blocks=in_a_block)
     parameters = learners * model / MODEL_COPIES / 2**20
     out = tempfile.mkdtemp(prefix="model-memory-")
     settings = ExecutionSettings(checkpoint_every=0)
@@ -132,7 +132,7 @@ def learner_peaks(algorithm: str, hidden: int) -> list[tuple[float, float]]:
 
 def measure_processes(hidden: int) -> None:
     from benchbase.api.registry import load_registry
-    from benchbase.grid.expand import MODEL_COPIES, PROCESS_MODEL_COPIES, expand, memory_needs
+    from benchbase.grid.expand import MODEL_COPIES, PROCESS_MODEL_COPIES, expand, in_a_block, memory_needs
     from benchbase.grid.spec import make_spec
 
     registry = load_registry()
@@ -143,7 +143,7 @@ def measure_processes(hidden: int) -> None:
         spec = {"algorithms": [algorithm], "replay": [replay], "topologies": ["ring"], "envs": ["random-cartpole"]}
         spec |= {"seeds": 1, "learners": 2, "envs_per_learner": 1, "set": {algorithm: {"hidden": hidden}}}
         (cell,) = expand(make_spec(spec, {}), registry).cells
-        ((_, _, _, model),) = memory_needs([cell], registry, in_blocks=lambda cell: True)
+        ((_, _, _, model),) = memory_needs([cell], registry, in_blocks=in_a_block)
         parameters = model / MODEL_COPIES / 2**20
         narrow = max(peak for peak, _ in learner_peaks(algorithm, NARROW))
         for peak, shared in learner_peaks(algorithm, hidden):

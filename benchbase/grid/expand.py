@@ -311,6 +311,12 @@ MODEL_COPIES = 7
 PROCESS_MODEL_COPIES = 12
 
 
+def in_a_block(cell: Cell) -> bool:
+    """`memory_needs`' `in_blocks` that counts every cell's learners as a block's (MODEL_COPIES):
+    what a GPU holds of a learner whatever its layout, and what the benchmarks compare."""
+    return True
+
+
 def machine_memory() -> int | None:
     """This machine's physical memory in bytes (None where the system does not say)."""
     try:

@@ -112,9 +112,9 @@ def check_gpu_memory(
     gpus = gpu_memory() if gpus is None else gpus
     if not gpus or device_for(0, settings.device) == "cpu":  # `auto` without CUDA (asked last: imports torch)
         return
-    from benchbase.grid.expand import memory_needs
+    from benchbase.grid.expand import in_a_block, memory_needs
 
-    for _, cell, _, model in memory_needs(cells, registry, in_blocks=lambda cell: True):
+    for _, cell, _, model in memory_needs(cells, registry, in_blocks=in_a_block):
         per_process = learners_per_process(cell, registry, settings)
         processes = cell.learner_processes // per_process
         on_one_gpu = -(-processes // min(processes, len(gpus))) * per_process

@@ -749,10 +749,9 @@ def test_observation_kinds_name_what_algorithms_declare():
 
 
 def test_memory_is_checked_against_the_machine(registry):
-    from benchbase.grid.expand import check_memory
+    from benchbase.grid.expand import check_memory, in_a_block
 
     cells = plan(registry, a=("vtrace",), r=("uniform:capacity=1000",), seeds=2).cells
-    in_a_block = lambda cell: True  # noqa: E731
     check_memory(cells, registry, cells_at_once=1, available=2**40, in_blocks=in_a_block)  # a terabyte: fits
     with pytest.raises(
         UserError,
